@@ -26,7 +26,10 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 import numpy as np
 
@@ -337,6 +340,41 @@ class SearchSpace:
     def macs_ratio(self, arch: Mapping[str, Choice]) -> float:
         """MACs of ``arch`` as a fraction of the full arch's."""
         return self.macs(arch) / self.macs(self.full())
+
+    def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+        """Differentiable MACs for relaxed choices (what a gradient-trained router needs).
+
+        ``weights[name]`` is a tensor of shape ``(len(choices),)`` per free dimension: a
+        probability vector, or a straight-through one-hot. Missing dimensions count as full.
+        The default is first-order: ``macs(full) + sum_d sum_c w[d, c] * delta(d, c)`` with
+        ``delta(d, c) = macs(full with d=c) - macs(full)``; it is exact for spaces whose MACs
+        are additive over dimensions. Spaces with interactions (a skipped layer makes its
+        width irrelevant) override it.
+        """
+        import torch
+
+        table = getattr(self, "_diffnas_delta_cache", None)
+        if table is None:
+            full = self.full()
+            base = self.macs(full)
+            table = {}
+            for d in self.free_dimensions():
+                table[d.name] = [
+                    float(self.macs(self.repair(self.complete({**full, d.name: c}))) - base)
+                    for c in d.choices
+                ]
+            table = (float(base), table)
+            try:
+                object.__setattr__(self, "_diffnas_delta_cache", table)
+            except AttributeError:  # pragma: no cover
+                pass
+        base, deltas = table
+        total = torch.tensor(base, dtype=torch.float64)
+        for name, w in weights.items():
+            if name not in deltas:
+                raise ValueError(f"unknown or tied dimension {name!r} in relaxed weights")
+            total = total + (w.to(torch.float64) * torch.tensor(deltas[name], dtype=torch.float64)).sum()
+        return total
 
 
 def _root(dims: Mapping[str, Dimension], name: str) -> str:
