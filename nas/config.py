@@ -1,0 +1,667 @@
+"""Experiment configuration: one frozen dataclass per stage, nested in :class:`ExperimentConfig`.
+
+YAML comes in, strictly: an unknown key or a value of the wrong type raises
+:class:`~nas.errors.UserError` naming the full dotted key. Values are layered, later wins:
+
+    dataclass defaults < preset (``nas/presets/<name>.yaml``) < config file < ``--set key=value``
+
+The conversion walks the dataclasses' type hints (``int``, ``float``, ``bool``, ``str``,
+``Optional[...]``, ``Literal[...]``, ``tuple[T, ...]``, ``tuple[A, B]``, ``dict[str, T]``, nested
+dataclasses), so adding a stage is one dataclass plus one field in :class:`ExperimentConfig`.
+Range checks live in each dataclass's ``__post_init__`` through :func:`require`, which names the
+key; the loader prefixes it with the section path.
+
+Example:
+    >>> cfg = load_config(None, ["sampling.num_steps=50", "space.width_fractions=[0.5, 1.0]"])
+    >>> cfg.sampling.num_steps, cfg.space.width_fractions
+    (50, (0.5, 1.0))
+    >>> config_from_dict(config_to_dict(cfg)) == cfg
+    True
+    >>> load_config(None, ["model.trian_steps=5"])
+    Traceback (most recent call last):
+    ...
+    search_spaces.errors.UserError: unknown config key 'model.trian_steps' (did you mean 'model.train_steps'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import math
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from nas.errors import UserError
+
+__all__ = [
+    "ConfigValueError",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "SamplingConfig",
+    "SpaceConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "dump_config",
+    "list_presets",
+    "load_config",
+    "load_preset_dict",
+    "require",
+]
+
+
+class ConfigValueError(UserError):
+    """A config value that has the right type but breaks a rule; names the (dotted) key.
+
+    Raised by :func:`require` inside a dataclass's ``__post_init__``; the loader re-raises it with
+    the full dotted path (``sampling.num_steps``) so the user knows where to look.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        self.detail = detail
+        super().__init__(f"config key '{key}' {detail}")
+
+
+def require(condition: bool, key: str, detail: str) -> None:
+    """Raise :class:`ConfigValueError` for ``key`` unless ``condition`` holds.
+
+    Example:
+        >>> require(3 >= 1, "num_steps", "must be >= 1")
+    """
+    if not condition:
+        raise ConfigValueError(key, detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage configs. Keep field names stable: other modules and user YAML files rely on them.
+# --------------------------------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training/reference images.
+
+    Attributes:
+        dataset: ``digits`` (scikit-learn's bundled 8x8 digits, resized) or ``folder``.
+        path: folder of images (searched recursively) when ``dataset`` is ``folder``.
+        image_size: side of the square images, in pixels.
+        center_crop: resize the shorter side then crop the centre; ``False`` squashes.
+        limit: use only the first ``limit`` images (sorted by path), or all when ``None``.
+    """
+
+    dataset: Literal["digits", "folder"] = "digits"
+    path: Optional[str] = None
+    image_size: int = 16
+    center_crop: bool = True
+    limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 1, "image_size", f"must be >= 1, got {self.image_size}")
+        require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1 or null, got {self.limit}")
+        require(
+            self.dataset != "folder" or bool(self.path),
+            "path",
+            "is required when data.dataset is 'folder' (set it to a folder of images)",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained base model, and how the embedded default is built and trained.
+
+    Attributes:
+        base: ``embedded:digits`` (trained here once, then reused), a diffusers hub id, or a
+            local path to a diffusers model/pipeline folder.
+        train_steps, batch_size, learning_rate, checkpoint_every: training of the embedded model.
+        block_out_channels, layers_per_block, norm_num_groups, attention: its UNet2DModel shape.
+        num_train_timesteps: length of its training noise schedule.
+    """
+
+    base: str = "embedded:digits"
+    train_steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    checkpoint_every: int = 250
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 2
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    attention: bool = True
+
+    def __post_init__(self) -> None:
+        require(bool(self.base), "base", "must not be empty")
+        require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            "learning_rate",
+            f"must be a positive number, got {self.learning_rate}",
+        )
+        require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        require(self.norm_num_groups >= 1, "norm_num_groups", f"must be >= 1, got {self.norm_num_groups}")
+        require(len(self.block_out_channels) >= 1, "block_out_channels", "must list at least one width")
+        for c in self.block_out_channels:
+            require(
+                c >= 1 and c % self.norm_num_groups == 0,
+                "block_out_channels",
+                f"must be positive multiples of norm_num_groups={self.norm_num_groups}, "
+                f"got {list(self.block_out_channels)}",
+            )
+        require(self.layers_per_block >= 1, "layers_per_block", f"must be >= 1, got {self.layers_per_block}")
+        require(
+            self.num_train_timesteps >= 2,
+            "num_train_timesteps",
+            f"must be >= 2, got {self.num_train_timesteps}",
+        )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How images are generated.
+
+    Attributes:
+        sampler: ``ddim`` (default), ``ddpm`` or ``dpm-solver++``.
+        num_steps: number of denoising steps of one trajectory.
+        batch_size: images per UNet call.
+        num_images: images written by ``diffnas sample``.
+        seed: seed of the initial noise (and of stochastic samplers).
+    """
+
+    sampler: Literal["ddim", "ddpm", "dpm-solver++"] = "ddim"
+    num_steps: int = 20
+    batch_size: int = 64
+    num_images: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.num_steps >= 1, "num_steps", f"must be >= 1, got {self.num_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.num_images >= 1, "num_images", f"must be >= 1, got {self.num_images}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How generated images are scored.
+
+    Attributes:
+        num_samples: generated images per seed for FID/KID.
+        seeds: one FID/KID per seed (mean and spread are reported when there are several).
+        extractor: ``auto`` (digit classifier for ``digits``, Inception otherwise), ``digits``
+            or ``inception``.
+        inception_weights: local clean-fid Inception file (``inception-2015-12-05.pt``) or the
+            folder holding it, for machines without network.
+        latency_batch_size, latency_repeats: measured sampling latency per image.
+        compare_untrained: also score an untrained model of the same shape (a sanity floor).
+    """
+
+    num_samples: int = 500
+    seeds: tuple[int, ...] = (0,)
+    extractor: Literal["auto", "digits", "inception"] = "auto"
+    inception_weights: Optional[str] = None
+    latency_batch_size: int = 64
+    latency_repeats: int = 5
+    compare_untrained: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.num_samples >= 2, "num_samples", f"must be >= 2, got {self.num_samples}")
+        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
+        require(
+            self.latency_batch_size >= 1,
+            "latency_batch_size",
+            f"must be >= 1, got {self.latency_batch_size}",
+        )
+        require(self.latency_repeats >= 1, "latency_repeats", f"must be >= 1, got {self.latency_repeats}")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The elastic search space built over the base UNet.
+
+    Attributes:
+        width_fractions: allowed fractions of each layer's width, increasing, ending at 1.0.
+        depth, heads, ffn: whether layer skipping, attention heads and feed-forward width are
+            elastic.
+        importance: channel importance used to order channels before slicing.
+    """
+
+    width_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    depth: bool = True
+    heads: bool = True
+    ffn: bool = True
+    importance: str = "magnitude"
+
+    def __post_init__(self) -> None:
+        w = list(self.width_fractions)
+        require(len(w) >= 1, "width_fractions", "must list at least one fraction")
+        require(
+            all(0.0 < x <= 1.0 for x in w) and all(b > a for a, b in zip(w, w[1:])) and w[-1] == 1.0,
+            "width_fractions",
+            f"must be strictly increasing fractions in (0, 1] ending at 1.0, got {w}",
+        )
+        require(bool(self.importance), "importance", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
+
+    Attributes:
+        name: run name, the folder under ``run_root``.
+        run_root: where run folders live.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: global seed for training and searches.
+    """
+
+    name: str = "default"
+    run_root: str = "runs"
+    device: str = "auto"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    def __post_init__(self) -> None:
+        require(
+            bool(_NAME_RE.match(self.name)) and self.name not in (".", ".."),
+            "name",
+            f"must be a folder name (letters, digits, '.', '_', '-'), got {self.name!r}",
+        )
+        require(bool(self.run_root), "run_root", "must not be empty")
+        require(bool(self.device), "device", "must not be empty")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+# --------------------------------------------------------------------------------------------
+# Strict conversion: plain data (from YAML) -> dataclasses, walking the type hints.
+# --------------------------------------------------------------------------------------------
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _describe(tp: Any) -> str:
+    """Human name of a type hint, for error messages ("an int", "a list of floats")."""
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an int"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "a bool (true/false)"
+    if tp is str:
+        return "a string"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any value"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is Literal:
+        return "one of " + ", ".join(_show(c) for c in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            inner = _describe(args[0])
+            for article in ("an ", "a "):
+                if inner.startswith(article):
+                    inner = inner[len(article):]
+            return f"a list of {inner}s" if " " not in inner else f"a list of ({inner})"
+        return f"a list of {len(args)} items"
+    if origin in (dict, Mapping, typing.get_origin(Mapping[str, int])):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _wrong(key: str, tp: Any, value: Any) -> UserError:
+    return UserError(f"config key '{key}' must be {_describe(tp)}, got {_show(value)}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert plain ``value`` to type hint ``tp`` or raise a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _wrong(key, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _wrong(key, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-3` (no dot) as a string: accept plain numeric strings for floats.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        raise _wrong(key, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _wrong(key, tp, value)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _wrong(key, tp, value)
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if type(choice) is type(value) and choice == value:
+                return value
+        raise _wrong(key, tp, value)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _wrong(key, tp, value)
+        members = [a for a in args if a is not type(None)]
+        for arg in members:
+            try:
+                return _convert(value, arg, key)
+            except UserError as err:
+                # a problem deeper inside (a nested key, a list item) is the precise message
+                if len(members) == 1 and str(err) != str(_wrong(key, arg, value)):
+                    raise
+        raise _wrong(key, tp, value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(key, tp, value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise UserError(
+                f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {_show(list(value))}"
+            )
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(key, tp, value)
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or origin is Mapping or tp is dict:
+        args = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, Mapping):
+            raise _wrong(key, tp, value)
+        out = {}
+        for k, v in value.items():
+            kk = _convert(k, args[0], f"{key} (key {_show(k)})")
+            out[kk] = _convert(v, args[1], f"{key}.{k}")
+        return out
+    raise TypeError(f"config key '{key}': unsupported type hint {tp!r} (extend nas.config._convert)")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly."""
+    where = prefix or "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        if prefix:
+            raise UserError(f"config key '{prefix}' must be a mapping of settings, got {_show(data)}")
+        raise UserError(f"the config must be a mapping of settings, got {_show(data)}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    dotted = (prefix + ".") if prefix else ""
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or k not in names:
+            raise _unknown_key(k, names, dotted, where)
+        kwargs[k] = _convert(v, hints[k], dotted + k)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as err:
+        raise UserError(f"config key '{dotted}{err.key}' {err.detail}") from None
+
+
+def _unknown_key(key: Any, names: Sequence[str], dotted: str, where: str) -> UserError:
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    hint = f" (did you mean '{dotted}{close[0]}'?)" if close else f" (known keys in {where}: {', '.join(names)})"
+    return UserError(f"unknown config key '{dotted}{key}'{hint}")
+
+
+def config_from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from plain data (parsed YAML), strictly.
+
+    Example:
+        >>> config_from_dict({"sampling": {"num_steps": 10}}).sampling.num_steps
+        10
+    """
+    return _build(ExperimentConfig, data, "")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) of a config dataclass; YAML/JSON friendly.
+
+    Example:
+        >>> config_to_dict(ExperimentConfig())["sampling"]["sampler"]
+        'ddim'
+    """
+    out = _plain(cfg)
+    if not isinstance(out, dict):
+        raise TypeError(f"expected a config dataclass, got {type(cfg).__name__}")
+    return out
+
+
+def config_to_yaml(cfg: Any) -> str:
+    """The config as YAML text, keys in dataclass order.
+
+    Example:
+        >>> "num_steps: 20" in config_to_yaml(ExperimentConfig())
+        True
+    """
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML to ``path`` (atomically: temp file then rename).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = dump_config(ExperimentConfig(), os.path.join(tempfile.mkdtemp(), "config.yaml"))
+        >>> load_config(p) == ExperimentConfig()
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = config_to_yaml(cfg)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: presets, files, overrides.
+# --------------------------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``nas/presets``.
+
+    Example:
+        >>> "demo" in list_presets()
+        True
+    """
+    folder = importlib.resources.files("nas") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"cannot parse {source}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must hold a mapping of settings at the top level, got {_show(data)}")
+    return data
+
+
+def load_preset_dict(name: str) -> dict[str, Any]:
+    """The raw settings of preset ``name`` (a plain dict), or a UserError listing the presets."""
+    names = list_presets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown preset '{name}'{hint}; available presets: {', '.join(names)}")
+    text = (importlib.resources.files("nas") / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
+    return _parse_yaml(text, f"preset '{name}'")
+
+
+def _load_file_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file '{p}' does not exist (check the --config path)")
+    if not p.is_file():
+        raise UserError(f"config path '{p}' is not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read config file '{p}': {err}") from None
+    return _parse_yaml(text, f"config file '{p}'")
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            here = ".".join(parts[: i + 1])
+            raise UserError(f"cannot set '{dotted}': config key '{here}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UserError(f"--set expects key=value (e.g. sampling.num_steps=50), got {text!r}")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set expects key=value with a dotted key (e.g. sampling.num_steps=50), got {text!r}")
+    if raw.strip() == "":
+        return key, ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"cannot parse the value in --set {text!r} (quote strings, use [a, b] for lists)") from None
+    return key, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (values parsed as YAML) to plain config data.
+
+    Example:
+        >>> apply_overrides({}, ["sampling.num_steps=50", "name=x"])
+        {'sampling': {'num_steps': 50}, 'name': 'x'}
+    """
+    out = _merge({}, data)
+    for text in overrides:
+        key, value = _parse_override(text)
+        _set_dotted(out, key, value)
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    preset: str | None = None,
+) -> ExperimentConfig:
+    """Resolve a config: defaults < ``preset`` < YAML file at ``path`` < ``overrides``.
+
+    Args:
+        path: YAML file, or ``None``.
+        overrides: ``key=value`` strings; values are parsed as YAML (``[0.5, 1.0]``, ``true``).
+        preset: name of a preset in ``nas/presets`` (see :func:`list_presets`), or ``None``.
+
+    Raises:
+        UserError: missing/unparsable file, unknown key, wrong type or value; the message
+            names the dotted key.
+
+    Example:
+        >>> load_config(preset="demo", overrides=["seed=3"]).seed
+        3
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    data: dict[str, Any] = {}
+    if preset:
+        data = _merge(data, load_preset_dict(preset))
+    if path is not None:
+        data = _merge(data, _load_file_dict(path))
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data)

@@ -1,0 +1,264 @@
+"""Training and reference images: the bundled digits, any folder of images, and VAE latents.
+
+Every loader returns one float32 tensor ``(N, C, H, W)`` in ``[-1, 1]`` on the CPU. Mistakes a
+user can fix (missing folder, empty folder, unreadable files) raise :class:`~nas.errors.UserError`
+with what to do.
+
+Example:
+    >>> from nas.config import DataConfig
+    >>> x = load_dataset(DataConfig(dataset="digits", image_size=16, limit=10))
+    >>> tuple(x.shape), x.dtype, bool(x.min() >= -1 and x.max() <= 1)
+    ((10, 1, 16, 16), torch.float32, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.config import DataConfig
+from nas.errors import UserError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "dataset_id",
+    "encode_latents",
+    "find_images",
+    "infinite_batches",
+    "load_dataset",
+    "load_digits_images",
+    "load_folder_images",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_MAX_LISTED = 5
+
+
+def load_dataset(cfg: DataConfig) -> torch.Tensor:
+    """Images described by ``cfg`` as float32 ``(N, C, H, W)`` in ``[-1, 1]`` (CPU).
+
+    ``digits`` gives 1 channel, ``folder`` gives RGB (3 channels).
+
+    Raises:
+        UserError: unknown dataset, or a folder problem (see :func:`load_folder_images`).
+    """
+    if cfg.dataset == "digits":
+        return load_digits_images(cfg.image_size, limit=cfg.limit)
+    if cfg.dataset == "folder":
+        if not cfg.path:
+            raise UserError("data.path is required when data.dataset is 'folder' (set it to a folder of images)")
+        return load_folder_images(cfg.path, cfg.image_size, center_crop=cfg.center_crop, limit=cfg.limit)
+    raise UserError(f"unknown dataset {cfg.dataset!r} (use 'digits' or 'folder')")
+
+
+def dataset_id(cfg: DataConfig) -> str:
+    """A stable name for the dataset as configured, used to cache reference statistics.
+
+    Example:
+        >>> dataset_id(DataConfig())
+        'digits-16'
+    """
+    suffix = "" if cfg.limit is None else f"-n{cfg.limit}"
+    if cfg.dataset == "digits":
+        return f"digits-{cfg.image_size}{suffix}"
+    path = str(Path(cfg.path or "").expanduser().resolve())
+    digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
+    base = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(path).name)[:32] or "folder"
+    crop = "crop" if cfg.center_crop else "resize"
+    return f"folder-{base}-{digest}-{cfg.image_size}-{crop}{suffix}"
+
+
+def load_digits_images(image_size: int = 16, limit: int | None = None) -> torch.Tensor:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16) as ``(N, 1, S, S)`` in [-1, 1].
+
+    Resized bilinearly with antialiasing to ``image_size``; ships with scikit-learn (offline).
+
+    Example:
+        >>> load_digits_images(8, limit=3).shape
+        torch.Size([3, 1, 8, 8])
+    """
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images  # (N, 8, 8) float64 in [0, 16]
+    if limit is not None:
+        images = images[:limit]
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8)
+    if image_size != x.shape[-1]:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()  # (N,1,S,S) in [-1,1]
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted, by extension; hidden entries skipped).
+
+    Raises:
+        UserError: the folder is missing, is not a folder, or holds no image files.
+    """
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise UserError(f"data folder '{root}' does not exist (set data.path to a folder of images)")
+    if not root.is_dir():
+        raise UserError(f"data path '{root}' is not a folder (set data.path to a folder of images)")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / name)
+    if not found:
+        raise UserError(
+            f"data folder '{root}' holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
+            "recursively); point data.path at a folder that does"
+        )
+    return sorted(found)
+
+
+def _load_one(path: Path, image_size: int, center_crop: bool) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if center_crop:
+            w, h = im.size
+            scale = image_size / min(w, h)
+            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
+            left, top = (nw - image_size) // 2, (nh - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+        else:
+            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)  # (S, S, 3)
+
+
+def load_folder_images(
+    folder: str | os.PathLike[str],
+    image_size: int,
+    center_crop: bool = True,
+    limit: int | None = None,
+) -> torch.Tensor:
+    """All images under ``folder`` as RGB ``(N, 3, S, S)`` float32 in [-1, 1].
+
+    Each image is resized so its shorter side is ``image_size`` and centre-cropped to a square
+    (``center_crop=True``), or resized to ``image_size`` x ``image_size`` (``False``).
+
+    Raises:
+        UserError: missing/empty folder, or image files that cannot be read (all named).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    paths = find_images(folder)
+    if limit is not None:
+        paths = paths[:limit]
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    bad: list[str] = []
+    for i, p in enumerate(tqdm(paths, desc="loading images", unit="img", leave=False, disable=len(paths) < 200)):
+        try:
+            out[i] = _load_one(p, image_size, center_crop)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            log.debug("cannot read %s: %s", p, err)
+            bad.append(str(p))
+    if bad:
+        listed = ", ".join(bad[:_MAX_LISTED]) + (f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else "")
+        raise UserError(
+            f"{len(bad)} of {len(paths)} image files in '{folder}' cannot be read: {listed} "
+            "(remove or re-save them)"
+        )
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (N,3,S,S) in [-1,1]
+    log.info("loaded %d images of %dx%d from %s", len(paths), image_size, image_size, folder)
+    return x.contiguous()
+
+
+@torch.no_grad()
+def encode_latents(
+    images: torch.Tensor,
+    vae: Any,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Encode images in [-1, 1] into the scaled latents a latent diffusion UNet is trained on.
+
+    ``AutoencoderKL``: ``encode(x).latent_dist.mean * scaling_factor``; ``VQModel``:
+    ``encode(x).latents * scaling_factor`` (the LDM pipelines divide by it before decoding).
+    The VAE is moved to ``device`` and put in eval mode; the result is float32 on the CPU.
+
+    Args:
+        images: ``(N, C, H, W)`` float in [-1, 1].
+        vae: a diffusers ``AutoencoderKL`` or ``VQModel``.
+        batch_size: images per encoder call.
+        device: where to run the encoder.
+
+    Raises:
+        UserError: the images' channel count differs from what the autoencoder takes.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    config = getattr(vae, "config", None)
+    in_channels = getattr(config, "in_channels", None)
+    if in_channels is not None and images.shape[1] != in_channels:
+        raise UserError(
+            f"the autoencoder takes {in_channels}-channel images but the data has {images.shape[1]} "
+            "channels (use an RGB image folder for this model)"
+        )
+    scale = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+    device = torch.device(device)
+    vae = vae.to(device).eval()
+    dtype = next(vae.parameters()).dtype
+    chunks: list[torch.Tensor] = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device=device, dtype=dtype)  # (B,C,H,W)
+        enc = vae.encode(x)
+        if hasattr(enc, "latent_dist"):
+            z = enc.latent_dist.mean  # AutoencoderKL: (B,c,h,w)
+        elif hasattr(enc, "latents"):
+            z = enc.latents  # VQModel (pre-quantisation latents): (B,c,h,w)
+        else:
+            raise TypeError(f"unsupported autoencoder output {type(enc).__name__} (AutoencoderKL or VQModel)")
+        chunks.append((z * scale).float().cpu())
+    return torch.cat(chunks, dim=0)  # (N,c,h,w)
+
+
+def infinite_batches(
+    images: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    steps: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Yield exactly ``steps`` random batches, reshuffling after each pass over the data.
+
+    Batches never repeat an image before every image has been used once (within one pass);
+    a batch larger than the dataset spans several passes.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> batches = list(infinite_batches(torch.arange(10.0).view(10, 1), 4, g, steps=5))
+        >>> len(batches), tuple(batches[0].shape)
+        (5, (4, 1))
+    """
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("infinite_batches needs at least one image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.empty(0, dtype=torch.long)
+    passes_per_batch = math.ceil(batch_size / n) + 1
+    for _ in range(max(0, steps)):
+        for _ in range(passes_per_batch):
+            if order.numel() >= batch_size:
+                break
+            order = torch.cat([order, torch.randperm(n, generator=generator)])
+        idx, order = order[:batch_size], order[batch_size:]
+        yield images[idx]
