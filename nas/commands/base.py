@@ -1,0 +1,384 @@
+"""Subcommands on the base model: ``train-base``, ``sample``, ``evaluate`` (and ``config``).
+
+Each is thin: resolve the config, write it to ``runs/<name>/config.yaml``, call the library.
+Heavy imports (torch, diffusers, clean-fid) happen inside the functions so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas.commands import register
+from nas.config import ExperimentConfig, config_to_yaml
+from nas.errors import UserError
+from nas.rundir import RunDir
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from nas.models import BaseModel
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvalRow",
+    "evaluate_base",
+    "format_table",
+    "load_base",
+    "prepare_run",
+    "sample_base",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers (also used by later commands)
+
+
+def prepare_run(cfg: ExperimentConfig) -> RunDir:
+    """The run directory of ``cfg``, created, with the resolved config written into it."""
+    run = RunDir.from_config(cfg)
+    run.ensure()
+    run.write_config(cfg)
+    log.debug("run directory %s", run.path)
+    return run
+
+
+def load_base(cfg: ExperimentConfig, run: RunDir, device: torch.device, progress: bool = True) -> BaseModel:
+    """Load ``cfg.model.base`` (training the embedded model into ``run.base_dir`` the first time)."""
+    from nas.data import load_dataset
+    from nas.models import load_base_model
+
+    images = None
+    if cfg.model.base.startswith("embedded:"):
+        if cfg.model.base == "embedded:digits" and cfg.data.dataset != "digits":
+            raise UserError(
+                "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
+                f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
+            )
+        images = load_dataset(cfg.data)
+    return load_base_model(
+        cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=run.base_dir, device=device,
+        progress=progress,
+    )
+
+
+def _unet_fn(base: BaseModel, unet: Any = None) -> Any:
+    """The denoiser to hand to ``nas.sampling.generate`` (the UNet, with its context if any)."""
+    unet = base.unet if unet is None else unet
+    if base.encoder_hidden_states is None:
+        return unet
+
+    def call(sample, timestep):  # conditional UNets get the neutral context
+        return unet(sample, timestep, **base.unet_kwargs(sample.shape[0]))
+
+    return call
+
+
+def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int, device: Any,
+              unet: Any = None, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    from nas.sampling import generate, make_scheduler
+
+    scheduler = make_scheduler(cfg.sampling.sampler, base.scheduler_config)
+    return generate(
+        _unet_fn(base, unet), scheduler, num_images=num_images, num_steps=cfg.sampling.num_steps,
+        batch_size=batch_size or cfg.sampling.batch_size, seed=seed, device=device,
+        sample_shape=base.sample_shape, vae=base.vae, **_generate_extras(base, progress),
+    )
+
+
+def _generate_extras(base: BaseModel, progress: bool) -> dict:
+    """Optional keyword arguments of ``generate`` that this version of nas.sampling accepts."""
+    import inspect
+
+    from nas.sampling import generate
+
+    params = inspect.signature(generate).parameters
+    extras: dict[str, Any] = {}
+    if "latent_scale" in params:
+        extras["latent_scale"] = base.latent_scale
+    if "progress" in params:
+        extras["progress"] = progress
+    return extras
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+@register("config", "print the resolved config as YAML (defaults < preset < --config < --set)")
+def config_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    sys.stdout.write(config_to_yaml(cfg))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train-base
+
+
+@register(
+    "train-base",
+    "train the embedded base model (or reuse it), or check that a hub id / local model loads",
+    description="Train the embedded base model once (resumable; reused afterwards), or load a "
+    "diffusers hub id / local folder given by model.base, and report what was loaded. "
+    "Writes runs/<name>/config.yaml and runs/<name>/base/.",
+)
+def train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from nas.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    run = prepare_run(cfg)
+    base = load_base(cfg, run, device)
+    n_params = sum(p.numel() for p in base.unet.parameters())
+    where = base.path if base.path is not None else base.source
+    sys.stdout.write(
+        f"base model: {base.source} ({type(base.unet).__name__}, {n_params / 1e6:.2f}M parameters, "
+        f"sample shape {tuple(base.sample_shape)}{', latent' if base.vae is not None else ''}) at {where}\n"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# sample
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="PNG", help="where to write the grid (default runs/<name>/samples/...)")
+    parser.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
+
+
+def sample_base(cfg: ExperimentConfig, run: RunDir, device: Any, out: Path | None = None,
+                nrow: int | None = None) -> Path:
+    """Sample ``cfg.sampling.num_images`` images from the base model and save a PNG grid."""
+    from nas.sampling import save_grid
+
+    base = load_base(cfg, run, device)
+    s = cfg.sampling
+    images = _generate(cfg, base, num_images=s.num_images, seed=s.seed, device=device)  # (N,C,H,W) in [-1,1]
+    path = out or run.samples_dir / f"base-{s.sampler}-{s.num_steps}steps-seed{s.seed}.png"
+    save_grid(images, path, nrow=nrow)
+    return Path(path)
+
+
+@register(
+    "sample",
+    "sample images from the base model into a PNG grid",
+    arguments=_sample_arguments,
+    description="Sample sampling.num_images images with sampling.sampler in sampling.num_steps steps "
+    "(seeded by sampling.seed) and write a PNG grid to runs/<name>/samples/.",
+)
+def sample(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from nas.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    run = prepare_run(cfg)
+    path = sample_base(cfg, run, device, out=Path(args.out) if args.out else None, nrow=args.nrow)
+    sys.stdout.write(f"wrote {cfg.sampling.num_images} samples to {path}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRow:
+    """One evaluated model, as printed and stored (one line of results.jsonl).
+
+    ``fid``/``kid`` are means over ``evaluation.seeds``; ``fid_std``/``kid_std`` their sample
+    standard deviations (``None`` with one seed). ``latency_ms_per_image`` is the measured
+    wall time of a whole sampling trajectory divided by the batch size.
+    """
+
+    model: str
+    source: str
+    fid: float
+    kid: float
+    fid_std: float | None
+    kid_std: float | None
+    fid_per_seed: tuple[float, ...]
+    kid_per_seed: tuple[float, ...]
+    extractor: str
+    num_generated: int
+    num_reference: int
+    seeds: tuple[int, ...]
+    sampler: str
+    num_steps: int
+    macs_per_call: int
+    macs_per_trajectory: int
+    latency_ms_per_image: float | None
+    latency_batch_size: int
+    device: str
+    dataset: str
+
+    def record(self, run_name: str) -> dict[str, Any]:
+        out = {"kind": "evaluate", "run": run_name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        out.update(dataclasses.asdict(self))
+        return out
+
+
+def _std(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _fmt_macs(macs: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.2f}{unit}"
+    return str(macs)
+
+
+def _fmt_pm(mean: float, std: float | None, digits: int) -> str:
+    text = f"{mean:.{digits}f}"
+    return text if std is None else f"{text}±{std:.{digits}f}"
+
+
+def format_table(rows: Sequence[EvalRow]) -> str:
+    """A plain-text table of evaluated models (what ``diffnas evaluate`` prints).
+
+    Example:
+        >>> row = EvalRow("base", "embedded:digits", 3.5, 0.01, None, None, (3.5,), (0.01,), "digits",
+        ...               500, 1797, (0,), "ddim", 20, 1_000_000, 20_000_000, 1.5, 64, "cpu", "digits-16")
+        >>> print(format_table([row]).splitlines()[0].split())
+        ['model', 'FID', 'KID', 'MACs/call', 'MACs/trajectory', 'ms/image', 'extractor', 'generated', 'reference']
+    """
+    header = ("model", "FID", "KID", "MACs/call", "MACs/trajectory", "ms/image", "extractor", "generated", "reference")
+    body = [
+        (
+            r.model,
+            _fmt_pm(r.fid, r.fid_std, 2),
+            _fmt_pm(r.kid, r.kid_std, 4),
+            _fmt_macs(r.macs_per_call),
+            _fmt_macs(r.macs_per_trajectory),
+            "-" if r.latency_ms_per_image is None else f"{r.latency_ms_per_image:.2f}",
+            r.extractor,
+            f"{r.num_generated} x {len(r.seeds)} seeds" if len(r.seeds) > 1 else str(r.num_generated),
+            str(r.num_reference),
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _extractor_kind(cfg: ExperimentConfig) -> str:
+    if cfg.evaluation.extractor != "auto":
+        return cfg.evaluation.extractor
+    return "digits" if cfg.data.dataset == "digits" else "inception"
+
+
+def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> list[EvalRow]:
+    """Score the base model (and, if ``evaluation.compare_untrained``, an untrained copy of the
+    same shape): FID/KID per seed, MACs per call and per trajectory, latency per image.
+
+    Every row is appended to ``results.jsonl``.
+    """
+    import torch
+
+    from nas.data import dataset_id, load_dataset
+
+    ev = cfg.evaluation
+    # cheap checks first: the data and the feature extractor, before any model work
+    reference = load_dataset(cfg.data)  # (N,C,H,W) in [-1,1]
+    name = dataset_id(cfg.data)
+
+    from nas.latency import measure_latency_ms
+    from nas.metrics import build_extractor, compute_quality
+    from search_spaces.macs import count_unet_macs, trajectory_macs
+
+    cache_dir = run.cache_dir
+    extractor = build_extractor(_extractor_kind(cfg), device=device, cache_dir=cache_dir,
+                                inception_weights=ev.inception_weights)
+    base = load_base(cfg, run, device, progress=progress)
+    macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
+    macs_per_traj = int(trajectory_macs([macs_per_call] * cfg.sampling.num_steps))
+
+    models: list[tuple[str, Any]] = [("base", base.unet)]
+    if ev.compare_untrained:
+        torch.manual_seed(cfg.seed)
+        untrained = type(base.unet).from_config(base.unet.config).to(device).eval()
+        models.append(("untrained", untrained))
+
+    rows: list[EvalRow] = []
+    for label, unet in models:
+        fids: list[float] = []
+        kids: list[float] = []
+        extractor_name, num_gen, num_ref = "", 0, 0
+        for seed in ev.seeds:
+            with torch.no_grad():
+                images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
+                                   progress=progress)  # (N,C,H,W) in [-1,1]
+            q = compute_quality(images, name, reference, extractor, cache_dir)
+            fids.append(float(q.fid))
+            kids.append(float(q.kid))
+            extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
+            log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
+                     extractor_name, num_gen, num_ref)
+        latency = None
+        if label == "base":  # the untrained copy has the same shape: same MACs and latency
+            bs = ev.latency_batch_size
+
+            def trajectory() -> None:
+                with torch.no_grad():
+                    _generate(cfg, base, num_images=bs, seed=0, device=device, unet=unet, batch_size=bs,
+                              progress=False)
+
+            latency = float(measure_latency_ms(trajectory, repeats=ev.latency_repeats, warmup=1)) / bs
+        row = EvalRow(
+            model=label, source=base.source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
+            fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
+            extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
+            sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
+            macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
+            device=str(device), dataset=name,
+        )
+        if not all(math.isfinite(v) for v in (row.fid, row.kid)):
+            log.warning("%s: non-finite FID/KID (%s, %s)", label, row.fid, row.kid)
+        run.append_result(row.record(cfg.name))
+        rows.append(row)
+    return rows
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compare-untrained",
+        action="store_true",
+        default=None,
+        help="also score an untrained model of the same shape (same as --set evaluation.compare_untrained=true)",
+    )
+
+
+@register(
+    "evaluate",
+    "FID/KID, MACs per call and per trajectory, and latency per image of the base model",
+    arguments=_evaluate_arguments,
+    description="Generate evaluation.num_samples images per seed in evaluation.seeds, score them "
+    "against the data with clean-fid (FID and KID; the digit classifier's features for the digits "
+    "data, Inception otherwise), count MACs, measure latency, print a table and append one record "
+    "per model to runs/<name>/results.jsonl.",
+)
+def evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from nas.device import resolve_device
+
+    if args.compare_untrained:
+        cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, compare_untrained=True))
+    device = resolve_device(cfg.device)
+    run = prepare_run(cfg)
+    rows = evaluate_base(cfg, run, device)
+    first = rows[0]
+    sys.stdout.write(
+        f"{first.sampler}, {first.num_steps} steps, {first.extractor} features, device {first.device}; "
+        f"results appended to {run.results_path}\n"
+    )
+    sys.stdout.write(format_table(rows) + "\n")
+    return 0

@@ -1,0 +1,114 @@
+"""The command line: help for everything, one-line user errors with exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from nas.cli import build_parser, main
+from nas.commands import all_commands
+
+BASE_COMMANDS = ("train-base", "sample", "evaluate")
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: diffnas" in out
+    for name in BASE_COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(all_commands()))
+def test_every_command_has_help_with_the_common_options(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"usage: diffnas {name}" in out
+    for option in ("--config", "--preset", "--set", "--name", "--device", "--verbose"):
+        assert option in out
+
+
+def test_base_commands_are_registered():
+    assert set(BASE_COMMANDS) <= set(all_commands())
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "choose a command" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["trian-base"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def _assert_one_line_error(capsys, code, *fragments):
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("diffnas: error: ")
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_config_key_is_one_line(capsys, tmp_path):
+    code = main(["train-base", "--set", "model.trian_steps=5", "--set", f"run_root={tmp_path}"])
+    _assert_one_line_error(capsys, code, "unknown config key 'model.trian_steps'", "model.train_steps")
+
+
+def test_bad_config_file_key_is_one_line(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sampling:\n  num_steps: many\n")
+    code = main(["sample", "--config", str(path)])
+    _assert_one_line_error(capsys, code, "config key 'sampling.num_steps' must be an int, got 'many'")
+
+
+def test_missing_data_folder_is_one_line(capsys, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    code = main(["evaluate", "--set", "data.dataset=folder", "--set", f"data.path={missing}",
+                 "--set", f"run_root={tmp_path}", "--set", "model.base=embedded:digits", "--device", "cpu"])
+    # the data folder is checked before any model work when the embedded digits model is not used
+    captured_code = code
+    _assert_one_line_error(capsys, captured_code, "no-such-folder")
+
+
+def test_unavailable_device_and_bad_name_are_one_line(capsys, tmp_path):
+    code = main(["train-base", "--device", "tpu", "--set", f"run_root={tmp_path}"])
+    _assert_one_line_error(capsys, code, "unknown device 'tpu'")
+    code = main(["train-base", "--name", "a/b", "--set", f"run_root={tmp_path}"])
+    _assert_one_line_error(capsys, code, "config key 'name'")
+
+
+def test_unknown_preset_is_one_line(capsys):
+    code = main(["config", "--preset", "nope"])
+    _assert_one_line_error(capsys, code, "unknown preset 'nope'", "demo")
+
+
+def test_config_command_prints_the_resolved_yaml(capsys):
+    code = main(["config", "--preset", "demo", "--set", "sampling.num_steps=7", "--name", "x1", "--device", "cpu"])
+    assert code == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["sampling"]["num_steps"] == 7
+    assert data["name"] == "x1"
+    assert data["device"] == "cpu"
+
+
+def test_parser_keeps_repeated_set_options():
+    args = build_parser().parse_args(["sample", "--set", "a=1", "--set", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+
+
+def test_python_dash_m_nas_reports_user_errors_with_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas", "config", "--set", "sampling.nun_steps=3"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "diffnas: error: unknown config key 'sampling.nun_steps' (did you mean 'sampling.num_steps'?)"
+    )
