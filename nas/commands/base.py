@@ -271,12 +271,6 @@ def format_table(rows: Sequence[EvalRow]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _extractor_kind(cfg: ExperimentConfig) -> str:
-    if cfg.evaluation.extractor != "auto":
-        return cfg.evaluation.extractor
-    return "digits" if cfg.data.dataset == "digits" else "inception"
-
-
 def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> list[EvalRow]:
     """Score the base model (and, if ``evaluation.compare_untrained``, an untrained copy of the
     same shape): FID/KID per seed, MACs per call and per trajectory, latency per image.
@@ -285,20 +279,28 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
     """
     import torch
 
-    from nas.data import dataset_id, load_dataset
+    from nas.data import dataset_id, find_images, load_dataset
 
-    ev = cfg.evaluation
-    # cheap checks first: the data and the feature extractor, before any model work
-    reference = load_dataset(cfg.data)  # (N,C,H,W) in [-1,1]
-    name = dataset_id(cfg.data)
-
-    from nas.latency import measure_latency_ms
-    from nas.metrics import build_extractor, compute_quality
+    from nas.metrics import (
+        build_extractor,
+        check_extractor_available,
+        compute_quality,
+        reference_features,
+        resolve_extractor_kind,
+    )
     from search_spaces.macs import count_unet_macs, trajectory_macs
 
+    ev = cfg.evaluation
     cache_dir = run.cache_dir
-    extractor = build_extractor(_extractor_kind(cfg), device=device, cache_dir=cache_dir,
-                                inception_weights=ev.inception_weights)
+    # cheap checks first (data, feature extractor), before any model work
+    if cfg.data.dataset == "folder":
+        find_images(cfg.data.path or "")  # missing/empty folder: fail before anything slow
+    kind = resolve_extractor_kind(ev.extractor, cfg.data.dataset)
+    check_extractor_available(kind, cache_dir=cache_dir, inception_weights=ev.inception_weights)
+    reference = load_dataset(cfg.data)  # (N,C,H,W) in [-1,1]
+    name = dataset_id(cfg.data)
+    extractor = build_extractor(kind, device=device, cache_dir=cache_dir, inception_weights=ev.inception_weights)
+    ref_feats = reference_features(name, reference, extractor, cache_dir)  # (N_ref, D), cached per dataset
     base = load_base(cfg, run, device, progress=progress)
     macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
     macs_per_traj = int(trajectory_macs([macs_per_call] * cfg.sampling.num_steps))
@@ -318,7 +320,7 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
             with torch.no_grad():
                 images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
                                    progress=progress)  # (N,C,H,W) in [-1,1]
-            q = compute_quality(images, name, reference, extractor, cache_dir)
+            q = compute_quality(images, ref_feats, extractor)
             fids.append(float(q.fid))
             kids.append(float(q.kid))
             extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
@@ -326,6 +328,8 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
                      extractor_name, num_gen, num_ref)
         latency = None
         if label == "base":  # the untrained copy has the same shape: same MACs and latency
+            from nas.latency import measure_latency_ms
+
             bs = ev.latency_batch_size
 
             def trajectory() -> None:

@@ -71,10 +71,9 @@ def test_bad_config_file_key_is_one_line(capsys, tmp_path):
 def test_missing_data_folder_is_one_line(capsys, tmp_path):
     missing = tmp_path / "no-such-folder"
     code = main(["evaluate", "--set", "data.dataset=folder", "--set", f"data.path={missing}",
-                 "--set", f"run_root={tmp_path}", "--set", "model.base=embedded:digits", "--device", "cpu"])
-    # the data folder is checked before any model work when the embedded digits model is not used
-    captured_code = code
-    _assert_one_line_error(capsys, captured_code, "no-such-folder")
+                 "--set", f"run_root={tmp_path}", "--device", "cpu"])
+    # the data folder is checked first, before the feature extractor or any model work
+    _assert_one_line_error(capsys, code, "no-such-folder", "does not exist")
 
 
 def test_unavailable_device_and_bad_name_are_one_line(capsys, tmp_path):
@@ -112,3 +111,11 @@ def test_python_dash_m_nas_reports_user_errors_with_exit_2(tmp_path):
     assert proc.stderr.strip() == (
         "diffnas: error: unknown config key 'sampling.nun_steps' (did you mean 'sampling.num_steps'?)"
     )
+
+
+def test_unavailable_inception_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("DIFFNAS_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DIFFNAS_ALLOW_DOWNLOAD", raising=False)
+    code = main(["evaluate", "--set", "evaluation.extractor=inception", "--set", f"run_root={tmp_path}",
+                 "--device", "cpu"])
+    _assert_one_line_error(capsys, code, "Inception")
