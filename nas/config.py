@@ -50,6 +50,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "SamplingConfig",
+    "SearchConfig",
     "SpaceConfig",
     "apply_overrides",
     "config_from_dict",
@@ -260,6 +261,98 @@ class SpaceConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Optuna search of allocations (``diffnas search``), run by Ray Tune or in-process.
+
+    Attributes:
+        mode: ``constrained`` (minimise quality subject to trajectory MACs <= budget, one study
+            per budget) or ``multi_objective`` (one study over (quality, MACs ratio); the best
+            feasible allocation per budget is read off its Pareto front).
+        budgets: budgets as fractions of the base model's trajectory MACs.
+        sampler: ``tpe`` (default), ``nsga2``, ``gp`` or ``random``.
+        n_trials: architectures evaluated per study at the cheap (proxy) fidelity; proposals
+            that repeat an evaluated architecture are answered from the stored result and do
+            not count.
+        promote_top_k: per budget, the best feasible trials (by proxy) that are re-evaluated at
+            the expensive fidelity (FID); 0 turns multi-fidelity off.
+        seed: sampler seed; ``null`` uses the experiment seed.
+        enqueue_known: evaluate known points first (full arch, uniform width at the budget, the
+            router's allocation when ``allocations/router-<budget>.json`` exists).
+        skip_infeasible: constrained mode: do not evaluate archs over the budget (they are told
+            to Optuna as pruned, with their constraint value).
+        storage: ``sqlite`` (``search/study.db``), ``journal`` (``search/journal.log``), or an
+            Optuna storage URL / file path (``sqlite:///...``, ``postgresql://...``, ``x.log``).
+        study_prefix: study names are ``<prefix>-b<budget>`` (``<prefix>-mo`` for multi-objective).
+        backend: ``ray`` (Ray Tune, parallel, any cluster) or ``local`` (in-process, sequential).
+        address: ``null`` starts a local Ray; ``auto`` or ``host:port`` joins a running cluster.
+        num_cpus, num_gpus: size of the local Ray instance (``null``: what the machine has).
+        cpus_per_trial: CPUs per trial.
+        gpus_per_trial: GPUs per trial, fractions allowed (0.5: two trials share a GPU);
+            ``null``: 1 when the cluster has GPUs, else 0.
+        max_concurrent_trials: ``null``: as many as the per-trial resources fit in the cluster.
+        max_failures: retries of a trial that raises or whose worker dies, before it is failed.
+        max_duplicate_proposals: consecutive proposals of already-evaluated archs after which a
+            study stops early (the sampler has converged or the space is exhausted).
+    """
+
+    mode: Literal["constrained", "multi_objective"] = "constrained"
+    budgets: tuple[float, ...] = (0.5,)
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    n_trials: int = 32
+    promote_top_k: int = 2
+    seed: Optional[int] = None
+    enqueue_known: bool = True
+    skip_infeasible: bool = False
+    storage: str = "sqlite"
+    study_prefix: str = "search"
+    backend: Literal["ray", "local"] = "ray"
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[float] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: Optional[float] = None
+    max_concurrent_trials: Optional[int] = None
+    max_failures: int = 1
+    max_duplicate_proposals: int = 100
+
+    def __post_init__(self) -> None:
+        b = list(self.budgets)
+        require(len(b) >= 1, "budgets", "must list at least one budget")
+        require(all(0.0 < x <= 1.0 for x in b), "budgets", f"must be fractions in (0, 1], got {b}")
+        require(len(set(b)) == len(b), "budgets", f"must not repeat a budget, got {b}")
+        require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        require(self.promote_top_k >= 0, "promote_top_k", f"must be >= 0, got {self.promote_top_k}")
+        require(self.seed is None or self.seed >= 0, "seed", f"must be >= 0 or null, got {self.seed}")
+        require(bool(self.storage), "storage", "must not be empty")
+        require(
+            bool(_NAME_RE.match(self.study_prefix)),
+            "study_prefix",
+            f"must be letters, digits, '.', '_', '-', got {self.study_prefix!r}",
+        )
+        require(self.address is None or bool(self.address.strip()), "address", "must be null, 'auto' or host:port")
+        require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", f"must be >= 1 or null, got {self.num_cpus}")
+        require(self.num_gpus is None or self.num_gpus >= 0, "num_gpus", f"must be >= 0 or null, got {self.num_gpus}")
+        require(self.cpus_per_trial >= 0, "cpus_per_trial", f"must be >= 0, got {self.cpus_per_trial}")
+        g = self.gpus_per_trial
+        require(
+            g is None or (g >= 0 and (g <= 1 or float(g).is_integer())),
+            "gpus_per_trial",
+            f"must be a fraction in [0, 1] or a whole number of GPUs, got {g}",
+        )
+        require(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+            "max_concurrent_trials",
+            f"must be >= 1 or null, got {self.max_concurrent_trials}",
+        )
+        require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        require(
+            self.max_duplicate_proposals >= 1,
+            "max_duplicate_proposals",
+            f"must be >= 1, got {self.max_duplicate_proposals}",
+        )
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
 
@@ -279,6 +372,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         require(
