@@ -1,0 +1,341 @@
+"""The elastic UNet supernet: one pretrained diffusers UNet, every sub-network of its space.
+
+:class:`ElasticUNet` *wraps* (never forks) a diffusers ``UNet2DModel`` or
+``UNet2DConditionModel``. The full weights stay in place; a sub-network is selected by
+channel masks (forward pre-hooks on the layers that consume the elastic channels) and by
+layer skipping (the skipped module's ``forward`` is replaced by an identity on the instance),
+so :meth:`ElasticUNet.set_active` switches sub-networks without allocating. With the full arch
+no hook changes anything, so the output equals the pretrained model's bit for bit.
+
+Why masks are exact: a ResNet's inner width is consumed only by ``conv2``; whole GroupNorm
+groups are kept (widths are multiples of the group size) and the kept channels come first,
+so masking ``conv2``'s input equals physically removing the channels. The same holds for
+attention heads (mask the input of ``to_out``) and feed-forward width (mask the input of the
+output projection). Channels are ordered by importance once, at construction, by permuting
+whole groups/heads, which leaves the function unchanged.
+
+Masks can also be *relaxed* (:meth:`ElasticUNet.set_active_relaxed`): a probability or
+straight-through one-hot per choice gives a differentiable mask, which is how the routing
+agent trains through the experts.
+
+Example:
+    >>> import torch
+    >>> from diffusers import UNet2DModel
+    >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    ...     layers_per_block=1, norm_num_groups=4, add_attention=False,
+    ...     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    >>> net = ElasticUNet(unet)
+    >>> x, t = torch.randn(1, 1, 8, 8), torch.tensor([5])
+    >>> net.set_active(net.space.smallest())
+    >>> small = net(x, t).sample
+    >>> sub = net.materialize(net.space.smallest())
+    >>> bool(torch.allclose(sub(x, t).sample, small, atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from search_spaces.base import Arch, Choice
+from search_spaces.unet_space import SpaceOptions, UNetSpace
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ElasticUNet", "reorder_by_importance"]
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+def _ff_out(ff: nn.Module) -> nn.Linear:
+    return [m for m in ff.net if isinstance(m, nn.Linear)][-1]
+
+
+def _ff_in(ff: nn.Module) -> nn.Linear:
+    return ff.net[0].proj
+
+
+def _is_gated(ff: nn.Module) -> bool:
+    """GEGLU/SwiGLU projections emit 2x inner features (value and gate halves)."""
+    return _ff_in(ff).out_features == 2 * _ff_out(ff).in_features
+
+
+# ---------------------------------------------------------------------- importance ordering
+def _permute_rows(lin_or_conv: nn.Module, perm: torch.Tensor) -> None:
+    lin_or_conv.weight.data = lin_or_conv.weight.data[perm].clone()
+    if lin_or_conv.bias is not None:
+        lin_or_conv.bias.data = lin_or_conv.bias.data[perm].clone()
+
+
+def _permute_cols(lin_or_conv: nn.Module, perm: torch.Tensor) -> None:
+    lin_or_conv.weight.data = lin_or_conv.weight.data[:, perm].clone()
+
+
+def _group_perm(scores: torch.Tensor, unit: int) -> torch.Tensor:
+    """Channel permutation that sorts whole units (groups/heads) by descending score."""
+    n_units = scores.numel() // unit
+    unit_scores = scores.view(n_units, unit).sum(1)  # (n_units,)
+    order = torch.argsort(unit_scores, descending=True, stable=True)
+    return (order[:, None] * unit + torch.arange(unit)[None, :]).reshape(-1)
+
+
+@torch.no_grad()
+def reorder_by_importance(unet: nn.Module, space: UNetSpace, method: str = "magnitude") -> None:
+    """Permute elastic channels/heads so the most important come first (function unchanged).
+
+    ``magnitude``: the L2 norm of every weight that reads or writes a channel, summed per
+    GroupNorm group / head (torch-pruning's group magnitude importance with p=2, at group
+    granularity so normalisation groups stay intact). ``none``: keep the pretrained order.
+    """
+    if method == "none":
+        return
+    if method != "magnitude":
+        raise ValueError(f"unknown importance {method!r}; choose 'magnitude' or 'none'")
+    for site in space.sites:
+        m = _get(unet, site.module)
+        if site.kind == "width":
+            C = site.full
+            score = m.conv1.weight.pow(2).flatten(1).sum(1) + m.conv2.weight.pow(2).transpose(0, 1).flatten(1).sum(1)
+            perm = _group_perm(score, site.unit)
+            _permute_rows(m.conv1, perm)
+            if m.time_emb_proj is not None:
+                if m.time_emb_proj.out_features == 2 * C:  # scale_shift: both halves
+                    _permute_rows(m.time_emb_proj, torch.cat([perm, perm + C]))
+                else:
+                    _permute_rows(m.time_emb_proj, perm)
+            m.norm2.weight.data = m.norm2.weight.data[perm].clone()
+            m.norm2.bias.data = m.norm2.bias.data[perm].clone()
+            _permute_cols(m.conv2, perm)
+        elif site.kind == "heads":
+            inner = m.to_q.out_features
+            d = inner // site.full
+            score = sum(l.weight.pow(2).sum(1) for l in (m.to_q, m.to_k, m.to_v)) + m.to_out[0].weight.pow(2).sum(0)
+            perm = _group_perm(score, d)
+            for l in (m.to_q, m.to_k, m.to_v):
+                _permute_rows(l, perm)
+            _permute_cols(m.to_out[0], perm)
+        elif site.kind == "ffn":
+            fin, fout = _ff_in(m), _ff_out(m)
+            inner = fout.in_features
+            score = fout.weight.pow(2).sum(0) + fin.weight[:inner].pow(2).sum(1)
+            perm = _group_perm(score, 1)
+            _permute_rows(fin, torch.cat([perm, perm + inner]) if _is_gated(m) else perm)
+            _permute_cols(fout, perm)
+
+
+# ---------------------------------------------------------------------- skipping
+def _skip_resnet(self: nn.Module, input_tensor: torch.Tensor, temb: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    # down/mid: input has out_channels already; up: input is cat(hidden, skip) -> keep hidden
+    return input_tensor[:, : self.out_channels]
+
+
+def _skip_attention(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    if kwargs.get("return_dict", True) is False:
+        return (hidden_states,)
+    if hasattr(self, "transformer_blocks"):
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=hidden_states)
+    return hidden_states
+
+
+def _relaxed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Blend of the module and its skip, weighted by the relaxed keep-probability."""
+    p = self._diffnas_keep
+    out = type(self).forward(self, *args, **kwargs)
+    skip = self._diffnas_skip(self, *args, **kwargs)
+    if isinstance(out, torch.Tensor):
+        return p * out + (1 - p) * skip
+    if isinstance(out, tuple):
+        return (p * out[0] + (1 - p) * skip[0],) + tuple(out[1:])
+    out.sample = p * out.sample + (1 - p) * skip.sample
+    return out
+
+
+class ElasticUNet(nn.Module):
+    """A supernet over a diffusers UNet (see the module docstring).
+
+    Args:
+        unet: the pretrained ``UNet2DModel`` / ``UNet2DConditionModel``.
+        options: what is elastic (:class:`SpaceOptions`).
+        importance: channel ordering applied once (``magnitude`` or ``none``).
+        copy_model: work on a deep copy (default) so the caller's model is left untouched.
+        encoder_seq_len: text length assumed by the MACs count of conditional UNets.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        options: SpaceOptions | None = None,
+        *,
+        importance: str = "magnitude",
+        copy_model: bool = True,
+        encoder_seq_len: int = 77,
+    ) -> None:
+        super().__init__()
+        self.unet = copy.deepcopy(unet) if copy_model else unet
+        self.space = UNetSpace.from_unet(self.unet, options, encoder_seq_len=encoder_seq_len)
+        self.importance = importance
+        reorder_by_importance(self.unet, self.space, importance)
+        self._masks: dict[str, torch.Tensor] = {}
+        self._mask_full: dict[str, bool] = {}
+        self._tables: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._controllers: dict[str, list[str]] = {}
+        self._install()
+        self.active: Arch = self.space.full()
+
+    # ------------------------------------------------------------------ install hooks
+    def _install(self) -> None:
+        for site in self.space.sites:
+            if site.kind in ("width", "heads", "ffn"):
+                m = _get(self.unet, site.module)
+                if site.kind == "width":
+                    target, n_ch, unit = m.conv2, site.full, 1
+                elif site.kind == "heads":
+                    target, n_ch, unit = m.to_out[0], m.to_q.out_features, m.to_q.out_features // site.full
+                else:
+                    target, n_ch, unit = _ff_out(m), site.full, 1
+                dim = self.space.dimension(site.name)
+                # (n_choices, n_ch): row c keeps the first choice*unit channels
+                table = torch.zeros(len(dim.choices), n_ch)
+                for i, c in enumerate(dim.choices):
+                    table[i, : c * unit] = 1.0
+                self._tables[site.name] = table
+                mask = torch.ones(n_ch)
+                self._masks[site.name] = mask
+                self._mask_full[site.name] = True
+                self._handles.append(target.register_forward_pre_hook(self._make_hook(site.name, site.kind)))
+            else:
+                for path in site.modules or (site.module,):
+                    mod = _get(self.unet, path)
+                    mod._diffnas_skip = _skip_resnet if "resnets" in path.split(".")[-2:] else _skip_attention
+                    mod._diffnas_keep = True
+                    # a module is kept only if every dimension that can remove it keeps it
+                    # (an attention is removed by its own depth and by its layer's)
+                    self._controllers.setdefault(path, []).append(site.name)
+
+    def _make_hook(self, name: str, kind: str):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if self._mask_full[name]:
+                return None
+            mask = self._masks[name].to(dtype=args[0].dtype, device=args[0].device)
+            x = args[0]
+            if kind == "width":  # x: (B, C, H, W)
+                x = x * mask.view(1, -1, 1, 1)
+            else:  # x: (B, L, inner)
+                x = x * mask
+            return (x,) + tuple(args[1:])
+
+        return hook
+
+    def _set_depth(self, path: str, keep: bool | torch.Tensor) -> None:
+        mod = _get(self.unet, path)
+        mod._diffnas_keep = keep
+        if keep is True:
+            mod.__dict__.pop("forward", None)
+        elif keep is False:
+            mod.forward = types.MethodType(mod._diffnas_skip, mod)
+        else:
+            mod.forward = types.MethodType(_relaxed_forward, mod)
+
+    # ------------------------------------------------------------------ public API
+    def set_active(self, arch: Mapping[str, Choice]) -> None:
+        """Select the sub-network ``arch`` (validated; no allocation)."""
+        arch = Arch(arch)
+        self.space.validate(arch)
+        for site in self.space.sites:
+            v = arch[site.name]
+            if site.kind in ("width", "heads", "ffn"):
+                dim = self.space.dimension(site.name)
+                full = v == dim.full
+                self._mask_full[site.name] = full
+                if not full:
+                    if self._masks[site.name].requires_grad:  # left over from a relaxed pass
+                        self._masks[site.name] = torch.ones(self._tables[site.name].shape[1])
+                    self._masks[site.name].copy_(self._tables[site.name][dim.index(v)])
+        for path, names in self._controllers.items():
+            self._set_depth(path, all(bool(arch[n]) for n in names))
+        self.active = arch
+
+    def set_active_relaxed(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Relaxed sub-network: ``weights[name]`` is a (n_choices,) probability/one-hot tensor.
+
+        Missing free dimensions are full; tied dimensions follow their partner. Gradients flow
+        from the output into the weights.
+        """
+        dims = {d.name: d for d in self.space.dimensions()}
+        for name in weights:
+            if name not in dims or dims[name].tied_to is not None:
+                raise ValueError(f"unknown or tied dimension {name!r} in relaxed weights")
+        for site in self.space.sites:
+            d = dims[site.name]
+            w = weights.get(d.tied_to or site.name)
+            if site.kind in ("width", "heads", "ffn"):
+                if w is None:
+                    self._mask_full[site.name] = True
+                    continue
+                table = self._tables[site.name].to(w.device, w.dtype)
+                self._masks[site.name] = w @ table  # (n_ch,), differentiable
+                self._mask_full[site.name] = False
+        for path, names in self._controllers.items():
+            keep: bool | torch.Tensor = True
+            for n in names:
+                d = dims[n]
+                w = weights.get(d.tied_to or n)
+                if w is not None:
+                    keep = w[1] if keep is True else keep * w[1]
+            self._set_depth(path, keep)
+        self.active = None  # type: ignore[assignment]
+
+    def reset(self) -> None:
+        """Back to the full network (and fresh, non-differentiable mask buffers)."""
+        for name, mask in self._masks.items():
+            self._masks[name] = torch.ones_like(mask, requires_grad=False).detach()
+        self.set_active(self.space.full())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped UNet at the active sub-network (same signature as the UNet)."""
+        return self.unet(*args, **kwargs)
+
+    @property
+    def config(self) -> Any:
+        """The wrapped UNet's diffusers config."""
+        return self.unet.config
+
+    def macs(self, arch: Mapping[str, Choice] | None = None) -> int:
+        """MACs of one call at ``arch`` (default: the active arch)."""
+        return self.space.macs(arch if arch is not None else self.active)
+
+    def plain_unet(self) -> nn.Module:
+        """A deep copy of the (importance-ordered) full UNet with no hooks attached."""
+        return _strip(copy.deepcopy(self.unet))
+
+    def materialize(self, arch: Mapping[str, Choice]) -> nn.Module:
+        """A plain diffusers model with the channels and layers of ``arch`` physically removed."""
+        from search_spaces.materialize import apply_arch
+
+        arch = Arch(arch)
+        self.space.validate(arch)
+        model = self.plain_unet()
+        apply_arch(model, self.space, arch)
+        return model
+
+
+def _strip(model: nn.Module) -> nn.Module:
+    """Remove the supernet's hooks, forward overrides and markers from a copied model."""
+    for m in model.modules():
+        m.__dict__.pop("forward", None)
+        m.__dict__.pop("_diffnas_keep", None)
+        m.__dict__.pop("_diffnas_skip", None)
+        m._forward_pre_hooks.clear()
+    return model

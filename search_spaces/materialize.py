@@ -1,0 +1,255 @@
+"""Materialisation: turn one arch of a :class:`UNetSpace` into a plain, smaller diffusers UNet.
+
+Width is removed with torch-pruning's layer pruners (``conv1`` out / ``time_emb_proj`` out /
+``norm2`` / ``conv2`` in of a ResNet; ``to_q``/``to_k``/``to_v`` out and ``to_out`` in of an
+attention; the FFN's projections), keeping the first channels (the supernet orders them by
+importance). Depth is removed by deleting the layer from its block's ``ModuleList`` (a coupled
+down/up pair, so the skip stack stays aligned: diffusers pops ``len(block.resnets)`` skips per
+up block) or, where diffusers pairs modules by position (mid blocks, attention-only skips), by
+a parameter-free :class:`SkippedLayer`.
+
+Saved format (one folder, one call to load): diffusers' own ``save_pretrained`` (config.json +
+``diffusion_pytorch_model.safetensors``) where ``config.json`` carries the extra key
+``diffnas_arch`` (the arch) and ``diffnas_space`` (the space options). Diffusers' config cannot
+express per-layer widths, so plain ``UNet2DModel.from_pretrained`` refuses the folder (shape
+mismatch); :func:`load_materialized` rebuilds the pruned shapes from the arch and loads the
+safetensors weights strictly.
+
+Example:
+    >>> import tempfile, torch
+    >>> from diffusers import UNet2DModel
+    >>> from search_spaces import ElasticUNet
+    >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    ...     layers_per_block=1, norm_num_groups=4, add_attention=False,
+    ...     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    >>> net = ElasticUNet(unet)
+    >>> small = net.materialize(net.space.smallest())
+    >>> d = tempfile.mkdtemp()
+    >>> save_materialized(small, d)
+    >>> again = load_materialized(d)
+    >>> x, t = torch.randn(1, 1, 8, 8), torch.tensor([3])
+    >>> bool(torch.equal(small(x, t).sample, again(x, t).sample))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from search_spaces.base import Arch
+from search_spaces.errors import UserError
+from search_spaces.unet_space import SpaceOptions, UNetSpace
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SkippedLayer", "apply_arch", "save_materialized", "load_materialized", "arch_of"]
+
+ARCH_KEY = "diffnas_arch"
+OPTIONS_KEY = "diffnas_space"
+
+
+class SkippedLayer(nn.Module):
+    """A removed ResNet or attention that diffusers still calls by position (no parameters).
+
+    ResNet slot: returns the first ``out_channels`` of its input (identity on the hidden
+    part); attention slot: returns its input, as a tuple when called with ``return_dict=False``.
+    """
+
+    def __init__(self, kind: str, out_channels: int = 0) -> None:
+        super().__init__()
+        if kind not in ("resnet", "attention"):
+            raise ValueError(f"SkippedLayer kind must be 'resnet' or 'attention', got {kind!r}")
+        self.kind = kind
+        self.out_channels = int(out_channels)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.kind == "resnet":
+            return hidden_states[:, : self.out_channels]
+        if kwargs.get("return_dict", True) is False:
+            return (hidden_states,)
+        return hidden_states
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, out_channels={self.out_channels}"
+
+
+def _drop_last(n: int, keep: int) -> list[int]:
+    return list(range(keep, n))
+
+
+def _prune_resnet_width(resnet: nn.Module, width: int) -> None:
+    full = resnet.conv2.in_channels
+    if width == full:
+        return
+    gs = full // resnet.norm2.num_groups
+    idxs = _drop_last(full, width)
+    tp.prune_conv_out_channels(resnet.conv1, idxs)
+    if resnet.time_emb_proj is not None:
+        if resnet.time_emb_proj.out_features == 2 * full:  # scale_shift: (scale, shift) halves
+            tp.prune_linear_out_channels(resnet.time_emb_proj, idxs + [i + full for i in idxs])
+        else:
+            tp.prune_linear_out_channels(resnet.time_emb_proj, idxs)
+    tp.prune_groupnorm_out_channels(resnet.norm2, idxs)
+    resnet.norm2.num_groups = width // gs  # torch-pruning leaves num_groups stale
+    tp.prune_conv_in_channels(resnet.conv2, idxs)
+
+
+def _prune_heads(attn: nn.Module, heads: int) -> None:
+    full = attn.heads
+    if heads == full:
+        return
+    head_dim = attn.to_q.out_features // full
+    idxs = _drop_last(full * head_dim, heads * head_dim)
+    for lin in (attn.to_q, attn.to_k, attn.to_v):
+        tp.prune_linear_out_channels(lin, idxs)
+    tp.prune_linear_in_channels(attn.to_out[0], idxs)
+    attn.heads = heads
+    attn.inner_dim = heads * head_dim
+    if hasattr(attn, "inner_kv_dim"):
+        attn.inner_kv_dim = heads * head_dim
+
+
+def _prune_ffn(ff: nn.Module, inner: int) -> None:
+    fin = ff.net[0].proj
+    fout = [m for m in ff.net if isinstance(m, nn.Linear)][-1]
+    full = fout.in_features
+    if inner == full:
+        return
+    idxs = _drop_last(full, inner)
+    if fin.out_features == 2 * full:  # GEGLU/SwiGLU: value and gate halves
+        tp.prune_linear_out_channels(fin, idxs + [i + full for i in idxs])
+    else:
+        tp.prune_linear_out_channels(fin, idxs)
+    tp.prune_linear_in_channels(fout, idxs)
+
+
+@torch.no_grad()
+def apply_arch(model: nn.Module, space: UNetSpace, arch: Mapping[str, Any]) -> nn.Module:
+    """Physically apply ``arch`` to ``model`` (a plain copy of the space's UNet), in place."""
+    arch = Arch(arch)
+    space.validate(arch)
+    # widths first: module paths still match the space's sites
+    for site in space.sites:
+        v = arch[site.name]
+        if site.kind == "width":
+            _prune_resnet_width(model.get_submodule(site.module), int(v))
+        elif site.kind == "heads":
+            _prune_heads(model.get_submodule(site.module), int(v))
+        elif site.kind == "ffn":
+            _prune_ffn(model.get_submodule(site.module), int(v))
+    # then depth: slots first (positions unchanged), deletions last, highest index first
+    deletions: list[tuple[str, int]] = []
+    for site in space.sites:
+        if arch[site.name]:
+            continue
+        if site.kind == "layer":
+            deletions.append((site.container, site.index))
+        elif site.kind == "resnet_depth":
+            _replace(model, site.module, SkippedLayer("resnet", model.get_submodule(site.module).out_channels))
+        elif site.kind == "attn_depth":
+            if _layer_removed(space, arch, site.module):
+                continue
+            _replace(model, site.module, SkippedLayer("attention"))
+    for container, index in sorted(deletions, key=lambda d: (d[0], -d[1])):
+        block = model.get_submodule(container)
+        del block.resnets[index]
+        if getattr(block, "attentions", None) is not None:
+            del block.attentions[index]
+    _sync_config(model, space, arch)
+    return model
+
+
+def _layer_removed(space: UNetSpace, arch: Arch, module_path: str) -> bool:
+    for s in space.sites:
+        if s.kind == "layer" and module_path in s.modules and not arch[s.name]:
+            return True
+    return False
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    parent[int(name)] = new  # a ModuleList slot
+
+
+def _sync_config(model: nn.Module, space: UNetSpace, arch: Arch) -> None:
+    """Record the arch in the diffusers config (saved by ``save_pretrained``)."""
+    model.register_to_config(**{ARCH_KEY: arch.to_dict(), OPTIONS_KEY: asdict(space.options)})
+
+
+def arch_of(model: nn.Module) -> Arch | None:
+    """The arch a materialised model was made with (None for an unpruned diffusers model)."""
+    a = getattr(model.config, ARCH_KEY, None) if hasattr(model, "config") else None
+    return Arch(a) if a is not None else None
+
+
+def save_materialized(model: nn.Module, path: str | Path) -> None:
+    """Save a materialised UNet: diffusers ``save_pretrained`` with safetensors weights."""
+    if arch_of(model) is None:
+        raise ValueError("model has no diffnas arch in its config: use model.save_pretrained for plain models")
+    model.save_pretrained(str(path), safe_serialization=True)
+
+
+def load_materialized(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a folder written by :func:`save_materialized` (or a plain diffusers UNet folder).
+
+    The pruned shapes are rebuilt from the arch stored in ``config.json``; the weights come
+    from the safetensors file only (nothing is unpickled).
+    """
+    from diffusers import UNet2DConditionModel, UNet2DModel
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{path} is not a saved model folder (no config.json); save with save_materialized()")
+    config = json.loads(cfg_file.read_text())
+    cls_name = config.get("_class_name", "UNet2DModel")
+    classes = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+    if cls_name not in classes:
+        raise UserError(f"{path}: unsupported model class {cls_name!r}; expected one of {sorted(classes)}")
+    cls = classes[cls_name]
+    arch_dict = config.pop(ARCH_KEY, None)
+    options = config.pop(OPTIONS_KEY, None)
+    if arch_dict is None:
+        return cls.from_pretrained(str(path), use_safetensors=True).to(device)
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{path}: missing diffusion_pytorch_model.safetensors")
+    model = _skeleton(cls, config)
+    opts = SpaceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    space = _structure_space(model, opts)
+    apply_arch(model, space, Arch(arch_dict))
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not match the stored arch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval()
+
+
+def _skeleton(cls: type, config: dict) -> nn.Module:
+    """The unpruned model with uninitialised storage (built on the meta device: no init cost)."""
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        return model.to_empty(device="cpu")
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - a model that can't go to meta
+        return cls.from_config(config)
+
+
+def _structure_space(model: nn.Module, opts: SpaceOptions) -> UNetSpace:
+    """The space's sites for ``model`` without counting MACs (shapes only)."""
+    from search_spaces.unet_space import _Builder
+
+    b = _Builder(model, opts)
+    b.build()
+    return UNetSpace(tuple(b.sites), tuple(b.dims), (), 0, b.group_size, opts)
