@@ -40,6 +40,17 @@ this module does about them:
 - fvcore attributes an operator to the module whose ``__call__`` is running ("owner" mode) and
   to all its parents, so SDPA is attributed to the diffusers ``Attention`` module that calls it.
 
+Measured cross-checks (torch 2.14.1 CPU, torch 2.11 CUDA on an H200, diffusers 0.42.1): on
+five tiny UNet configurations :func:`count_macs` equals :func:`reference_macs` exactly, in fp32
+and fp16, on CPU and CUDA, and on a 4-level SD-like UNet (15.8 GMACs at 32x32 latents) too.
+``FlopCounterMode`` *without* the MATH backend is not a reference: on CPU it misses SDPA
+entirely (13-20% of a tiny attention UNet); on CUDA in fp16 the flash kernel is counted with
+its head dimension padded (e.g. 4 -> 8), over-counting attention.
+
+Per-module attribution (``MacsCount.by_module`` / :meth:`MacsCount.direct`): every counted
+operator lives in a leaf module (``Conv2d``, ``Linear``...) except SDPA, which belongs to the
+``Attention`` module that calls it, so an analytic model can add up leaves plus attention.
+
 Trajectory MACs (the budget of a sampler) are the sum over sampling steps of the MACs of the
 network serving each step: :func:`trajectory_macs`, :func:`trajectory_macs_for`.
 
