@@ -137,7 +137,7 @@ class ModelConfig:
     base: str = "embedded:digits"
     train_steps: int = 2000
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     checkpoint_every: int = 250
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 2
@@ -177,14 +177,14 @@ class SamplingConfig:
     """How images are generated.
 
     Attributes:
-        sampler: ``ddim`` (default), ``ddpm`` or ``dpm-solver++``.
+        sampler: ``ddim`` (default), ``ddpm`` or ``dpm++`` (DPM-Solver++), as in ``nas.sampling.SAMPLERS``.
         num_steps: number of denoising steps of one trajectory.
         batch_size: images per UNet call.
         num_images: images written by ``diffnas sample``.
         seed: seed of the initial noise (and of stochastic samplers).
     """
 
-    sampler: Literal["ddim", "ddpm", "dpm-solver++"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
     num_steps: int = 20
     batch_size: int = 64
     num_images: int = 64

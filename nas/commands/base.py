@@ -71,43 +71,18 @@ def load_base(cfg: ExperimentConfig, run: RunDir, device: torch.device, progress
     )
 
 
-def _unet_fn(base: BaseModel, unet: Any = None) -> Any:
-    """The denoiser to hand to ``nas.sampling.generate`` (the UNet, with its context if any)."""
-    unet = base.unet if unet is None else unet
-    if base.encoder_hidden_states is None:
-        return unet
-
-    def call(sample, timestep):  # conditional UNets get the neutral context
-        return unet(sample, timestep, **base.unet_kwargs(sample.shape[0]))
-
-    return call
-
-
 def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int, device: Any,
               unet: Any = None, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Sample with ``cfg.sampling`` from ``unet`` (default: the base UNet): (N, C, H, W) in [-1, 1]."""
     from nas.sampling import generate, make_scheduler
 
     scheduler = make_scheduler(cfg.sampling.sampler, base.scheduler_config)
     return generate(
-        _unet_fn(base, unet), scheduler, num_images=num_images, num_steps=cfg.sampling.num_steps,
+        base.unet if unet is None else unet, scheduler, num_images=num_images, num_steps=cfg.sampling.num_steps,
         batch_size=batch_size or cfg.sampling.batch_size, seed=seed, device=device,
-        sample_shape=base.sample_shape, vae=base.vae, **_generate_extras(base, progress),
+        sample_shape=base.sample_shape, vae=base.vae, latent_scale=base.latent_scale,
+        encoder_hidden_states=base.encoder_hidden_states, progress=progress,
     )
-
-
-def _generate_extras(base: BaseModel, progress: bool) -> dict:
-    """Optional keyword arguments of ``generate`` that this version of nas.sampling accepts."""
-    import inspect
-
-    from nas.sampling import generate
-
-    params = inspect.signature(generate).parameters
-    extras: dict[str, Any] = {}
-    if "latent_scale" in params:
-        extras["latent_scale"] = base.latent_scale
-    if "progress" in params:
-        extras["progress"] = progress
-    return extras
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +312,8 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
                     _generate(cfg, base, num_images=bs, seed=0, device=device, unet=unet, batch_size=bs,
                               progress=False)
 
-            latency = float(measure_latency_ms(trajectory, repeats=ev.latency_repeats, warmup=1)) / bs
+            timing = measure_latency_ms(trajectory, repeats=ev.latency_repeats, warmup=1, device=device)
+            latency = float(timing.median_ms) / bs
         row = EvalRow(
             model=label, source=base.source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
             fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from nas.cli import build_parser, main
+from nas.config import load_config
 from nas.commands import all_commands
 
 BASE_COMMANDS = ("train-base", "sample", "evaluate")
@@ -119,3 +120,64 @@ def test_unavailable_inception_is_one_line(capsys, tmp_path, monkeypatch):
     code = main(["evaluate", "--set", "evaluation.extractor=inception", "--set", f"run_root={tmp_path}",
                  "--device", "cpu"])
     _assert_one_line_error(capsys, code, "Inception")
+
+
+def _tiny_unet_folder(tmp_path):
+    from tests.conftest import build_tiny_unet
+
+    folder = tmp_path / "tiny-unet"
+    build_tiny_unet().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_sample_and_evaluate_a_local_unet_folder(capsys, tmp_path):
+    """Wiring of sample/evaluate on a bare local UNet folder (no training): grid, table, records."""
+    from PIL import Image
+
+    from nas.rundir import RunDir
+
+    folder = _tiny_unet_folder(tmp_path)
+    common = ["--set", f"run_root={tmp_path / 'runs'}", "--name", "w", "--device", "cpu",
+              "--set", f"model.base={folder}", "--set", "sampling.num_steps=2", "--set", "sampling.batch_size=8"]
+    assert main(["sample", *common, "--set", "sampling.num_images=6", "-q"]) == 0
+    out = capsys.readouterr().out
+    grid = tmp_path / "runs" / "w" / "samples" / "base-ddim-2steps-seed0.png"
+    assert f"wrote 6 samples to {grid}" in out
+    with Image.open(grid) as im:
+        assert im.size[0] > 3 * 16 and im.size[1] > 2 * 16  # 3x2 tiles, upscaled
+
+    code = main(["evaluate", *common, "--set", "evaluation.num_samples=8", "--set", "evaluation.seeds=[0, 1]",
+                 "--set", "evaluation.latency_batch_size=2", "--set", "evaluation.latency_repeats=1",
+                 "--compare-untrained", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "MACs/trajectory" in out and "untrained" in out and "digits" in out
+    run = RunDir(tmp_path / "runs", "w")
+    records = run.read_results()
+    assert [r["model"] for r in records] == ["base", "untrained"]
+    for r in records:
+        assert r["extractor"] == "digits"
+        assert r["num_generated"] == 8 and r["num_reference"] == 1797
+        assert r["seeds"] == [0, 1] and len(r["fid_per_seed"]) == 2 and r["fid_std"] is not None
+        assert r["macs_per_trajectory"] == 2 * r["macs_per_call"] > 0
+        assert r["fid"] > 0
+    assert records[0]["latency_ms_per_image"] > 0 and records[1]["latency_ms_per_image"] is None
+    assert load_config(run.config_path).model.base == str(folder)
+
+
+@pytest.mark.slow
+def test_train_base_then_reuse_then_evaluate_embedded(capsys, tmp_path):
+    """The embedded model trains (tiny settings), is reused on the next call, and evaluates."""
+    common = ["--set", f"run_root={tmp_path}", "--name", "e", "--device", "cpu",
+              "--set", "model.train_steps=6", "--set", "model.checkpoint_every=3",
+              "--set", "model.block_out_channels=[8, 16]", "--set", "model.norm_num_groups=4",
+              "--set", "model.layers_per_block=1", "--set", "model.attention=false",
+              "--set", "sampling.num_steps=2", "-q"]
+    assert main(["train-base", *common]) == 0
+    first = capsys.readouterr().out
+    assert "base model: embedded:digits (UNet2DModel" in first and "(1, 16, 16)" in first
+    assert main(["train-base", *common]) == 0  # reused: same folder, no new training
+    assert capsys.readouterr().out == first
+    assert main(["evaluate", *common, "--set", "evaluation.num_samples=8",
+                 "--set", "evaluation.latency_batch_size=2", "--set", "evaluation.latency_repeats=1"]) == 0
+    assert "base" in capsys.readouterr().out

@@ -171,3 +171,13 @@ def test_a_new_section_is_one_dataclass_and_one_field():
     assert built.extra.budget_ratios == (0.25, 1.0)
     with pytest.raises(UserError, match=r"unknown config key 'extra.metod' \(did you mean 'extra.method'\?\)"):
         config_mod._build(Extended, {"extra": {"metod": "x"}}, "")
+
+
+def test_sampler_choices_match_nas_sampling():
+    import typing
+
+    from nas.config import SamplingConfig
+    from nas.sampling import SAMPLERS
+
+    choices = typing.get_args(typing.get_type_hints(SamplingConfig)["sampler"])
+    assert set(choices) == set(SAMPLERS)
