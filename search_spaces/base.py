@@ -348,8 +348,9 @@ class SearchSpace:
         probability vector, or a straight-through one-hot. Missing dimensions count as full.
         The default is first-order: ``macs(full) + sum_d sum_c w[d, c] * delta(d, c)`` with
         ``delta(d, c) = macs(full with d=c) - macs(full)``; it is exact for spaces whose MACs
-        are additive over dimensions. Spaces with interactions (a skipped layer makes its
-        width irrelevant) override it.
+        are additive over dimensions. At hard one-hot weights the value is the exact
+        ``macs`` of the selected arch (gradients stay first-order). Spaces with
+        interactions (a skipped layer makes its width irrelevant) may override it.
         """
         import torch
 
@@ -374,6 +375,13 @@ class SearchSpace:
             if name not in deltas:
                 raise ValueError(f"unknown or tied dimension {name!r} in relaxed weights")
             total = total + (w.to(torch.float64) * torch.tensor(deltas[name], dtype=torch.float64)).sum()
+        hard = all(bool(((w == 0) | (w == 1)).all()) and float(w.sum()) == 1.0 for w in weights.values())
+        if hard:
+            # straight-through: the exact MACs of the selected arch, first-order gradients
+            dims = self._dims_by_name()
+            arch = self.complete({n: dims[n].choices[int(w.argmax())] for n, w in weights.items()})
+            exact = float(self.macs(self.repair(arch)))
+            total = total + (exact - total.detach())
         return total
 
 

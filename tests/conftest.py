@@ -9,7 +9,8 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: on the 2-core CI machine, several OpenMP threads per process contend badly
+torch.set_num_threads(1)
 
 
 def _seeded(fn):

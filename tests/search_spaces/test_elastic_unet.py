@@ -1,0 +1,165 @@
+"""The built-in elastic UNet space and supernet on three tiny UNet configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from search_spaces import ElasticUNet, SpaceOptions
+from search_spaces.macs import count_unet_macs
+from search_spaces.materialize import arch_of, load_materialized, save_materialized
+from tests.conftest import UNET_BUILDERS, unet_inputs
+from tests.search_spaces.contract import SearchSpaceContract
+
+CONFIGS = sorted(UNET_BUILDERS)
+_NETS: dict[str, ElasticUNet] = {}
+
+
+def supernet(name: str) -> ElasticUNet:
+    """One supernet per configuration for the whole module (construction counts MACs once)."""
+    if name not in _NETS:
+        _NETS[name] = ElasticUNet(UNET_BUILDERS[name]())
+    net = _NETS[name]
+    net.set_active(net.space.full())
+    return net
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+class TestUNetSpaceContract(SearchSpaceContract):
+    @pytest.fixture
+    def space(self, config):
+        return supernet(config).space
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_full_arch_reproduces_the_pretrained_model(config):
+    base = UNET_BUILDERS[config]()
+    kw = unet_inputs(base)
+    net = supernet(config)
+    with torch.no_grad():
+        ref = base(**kw).sample
+        out = net(**kw).sample
+    # channels were permuted by importance: equal up to float summation order
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_supernet_without_reordering_is_bit_exact(tiny_attn_unet):
+    kw = unet_inputs(tiny_attn_unet)
+    net = ElasticUNet(tiny_attn_unet, importance="none")
+    with torch.no_grad():
+        assert torch.equal(net(**kw).sample, tiny_attn_unet(**kw).sample)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_random_archs_materialise_exactly(config, tmp_path):
+    """20 random archs: materialised output = supernet output, analytic MACs = fvcore count,
+    and save/load gives an identical model."""
+    net = supernet(config)
+    kw = unet_inputs(net.unet, batch_size=2, seed=3)
+    rng = np.random.default_rng(42)
+    archs = [net.space.smallest()] + [net.space.sample(rng) for _ in range(19)]
+    assert len(set(archs)) >= 15, "sampler should give mostly distinct archs"
+    for i, arch in enumerate(archs):
+        net.set_active(arch)
+        sub = net.materialize(arch)
+        with torch.no_grad():
+            out_super = net(**kw).sample
+            out_sub = sub(**kw).sample
+        assert (out_super - out_sub).abs().max().item() <= 1e-4, f"arch {i}: outputs differ"
+        fv = count_unet_macs(sub, batch_size=1)
+        assert abs(net.space.macs(arch) - fv) <= 0.01 * fv, f"arch {i}: MACs {net.space.macs(arch)} vs fvcore {fv}"
+        if i < 5:  # save/load is the slow part; a few archs cover it
+            folder = tmp_path / f"a{i}"
+            save_materialized(sub, folder)
+            again = load_materialized(folder)
+            assert arch_of(again) == arch
+            with torch.no_grad():
+                assert torch.equal(again(**kw).sample, out_sub)
+    net.set_active(net.space.full())
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_materialised_model_is_physically_smaller(config):
+    net = supernet(config)
+    small = net.materialize(net.space.smallest())
+    n_full = sum(p.numel() for p in net.unet.parameters())
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small < 0.8 * n_full
+    assert net.space.macs(net.space.smallest()) < 0.6 * net.space.total_macs
+
+
+def test_set_active_does_not_allocate_new_mask_tensors(tiny_unet):
+    net = ElasticUNet(tiny_unet)
+    before = {k: v.data_ptr() for k, v in net._masks.items()}
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        net.set_active(net.space.sample(rng))
+    assert {k: v.data_ptr() for k, v in net._masks.items()} == before
+
+
+def test_relaxed_one_hot_equals_hard_arch_and_is_differentiable(tiny_attn_unet):
+    net = ElasticUNet(tiny_attn_unet)
+    kw = unet_inputs(net.unet)
+    arch = net.space.sample(np.random.default_rng(5))
+    weights = {}
+    for d in net.space.free_dimensions():
+        w = torch.zeros(len(d.choices))
+        w[d.index(arch[d.name])] = 1.0
+        weights[d.name] = w.requires_grad_(True)
+    net.set_active_relaxed(weights)
+    out_relaxed = net(**kw).sample
+    out_relaxed.pow(2).mean().backward()
+    assert any(w.grad is not None and w.grad.abs().sum() > 0 for w in weights.values())
+    net.set_active(arch)
+    with torch.no_grad():
+        out_hard = net(**kw).sample
+    torch.testing.assert_close(out_relaxed.detach(), out_hard, rtol=1e-5, atol=1e-5)
+    assert float(net.space.macs_relaxed(weights)) == pytest.approx(net.space.macs(arch))
+
+
+def test_coupled_depth_dims_are_tied(tiny_unet):
+    space = ElasticUNet(tiny_unet).space
+    tied = [d for d in space.dimensions() if d.tied_to]
+    assert tied, "the tiny UNet has removable down/up layer pairs"
+    for d in tied:
+        assert d.name.startswith("up.") and d.tied_to.startswith("down.")
+
+
+def test_options_shape_the_space(tiny_attn_unet):
+    only_width = ElasticUNet(tiny_attn_unet, SpaceOptions(depth=False, heads=False, attention_depth=False)).space
+    kinds = {d.kind for d in only_width.dimensions()}
+    assert kinds == {"width"}
+    with pytest.raises(ValueError, match="width_fractions"):
+        SpaceOptions(width_fractions=(0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- invalid archs
+def _invalid_cases():
+    space = supernet("unet").space
+    full = dict(space.full())
+    width = next(d for d in space.free_dimensions() if d.kind == "width")
+    gs = space.group_size[width.name]
+    tied = next(d for d in space.dimensions() if d.tied_to)
+    return [
+        ("unknown key", {**full, "down.9.resnets.0.width": 8}, "unknown key 'down.9.resnets.0.width'"),
+        ("width not a multiple of the group size", {**full, width.name: gs + 1},
+         f"{width.name}: width {gs + 1} is not a multiple of the GroupNorm group size {gs}"),
+        ("broken skip pairing", {**full, tied.name: False},
+         f"{tied.name}: coupling rule broken \\(skip pairing"),
+        ("out-of-range choice", {**full, width.name: 10 * width.full},
+         f"{width.name}: choice {10 * width.full} is out of range"),
+        ("wrong type", {**full, tied.tied_to: 1}, f"{tied.tied_to}: choice 1 has the wrong type"),
+        ("missing key", {k: v for k, v in full.items() if k != width.name}, f"missing key '{width.name}'"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6), ids=["unknown-key", "group-multiple", "skip-pairing",
+                                                  "out-of-range", "wrong-type", "missing-key"])
+def test_invalid_arch_names_the_problem(case):
+    label, arch, pattern = _invalid_cases()[case]
+    net = supernet("unet")
+    with pytest.raises(ValueError, match=pattern):
+        net.set_active(arch)
+    with pytest.raises(ValueError, match=pattern):
+        net.materialize(arch)
