@@ -36,9 +36,12 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import types
 from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +53,8 @@ from search_spaces.unet_space import SpaceOptions, UNetSpace
 logger = logging.getLogger(__name__)
 
 __all__ = ["ElasticUNet", "reorder_by_importance"]
+
+SUPERNET_FILE = "diffnas_supernet.json"
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -185,6 +190,7 @@ class ElasticUNet(nn.Module):
         self.unet = copy.deepcopy(unet) if copy_model else unet
         self.space = UNetSpace.from_unet(self.unet, options, encoder_seq_len=encoder_seq_len)
         self.importance = importance
+        self.encoder_seq_len = encoder_seq_len
         reorder_by_importance(self.unet, self.space, importance)
         self._masks: dict[str, torch.Tensor] = {}
         self._mask_full: dict[str, bool] = {}
@@ -319,6 +325,33 @@ class ElasticUNet(nn.Module):
     def plain_unet(self) -> nn.Module:
         """A deep copy of the (importance-ordered) full UNet with no hooks attached."""
         return _strip(copy.deepcopy(self.unet))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save the supernet: the full (importance-ordered) UNet via diffusers' safetensors
+        ``save_pretrained`` plus ``diffnas_supernet.json`` (the space options)."""
+        path = Path(path)
+        self.plain_unet().save_pretrained(str(path), safe_serialization=True)
+        meta = {"options": asdict(self.space.options), "importance": self.importance,
+                "encoder_seq_len": self.encoder_seq_len}
+        (path / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "ElasticUNet":
+        """Load a folder written by :meth:`save_pretrained` (channels already ordered)."""
+        from diffusers import UNet2DConditionModel, UNet2DModel
+
+        from search_spaces.errors import UserError
+
+        path = Path(path)
+        meta_file = path / SUPERNET_FILE
+        if not meta_file.is_file():
+            raise UserError(f"{path} is not a saved supernet (no {SUPERNET_FILE}); save with ElasticUNet.save_pretrained")
+        meta = json.loads(meta_file.read_text())
+        cfg = json.loads((path / "config.json").read_text())
+        klass = UNet2DConditionModel if cfg.get("_class_name") == "UNet2DConditionModel" else UNet2DModel
+        unet = klass.from_pretrained(str(path), use_safetensors=True).to(device)
+        opts = SpaceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["options"].items()})
+        return cls(unet, opts, importance="none", copy_model=False, encoder_seq_len=meta["encoder_seq_len"])
 
     def materialize(self, arch: Mapping[str, Choice]) -> nn.Module:
         """A plain diffusers model with the channels and layers of ``arch`` physically removed."""

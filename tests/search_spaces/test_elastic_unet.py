@@ -163,3 +163,16 @@ def test_invalid_arch_names_the_problem(case):
         net.set_active(arch)
     with pytest.raises(ValueError, match=pattern):
         net.materialize(arch)
+
+
+def test_supernet_save_and_load_round_trip(tmp_path, tiny_cond_unet):
+    net = ElasticUNet(tiny_cond_unet)
+    net.save_pretrained(tmp_path / "sn")
+    again = ElasticUNet.from_pretrained(tmp_path / "sn")
+    assert again.space.names() == net.space.names()
+    arch = net.space.sample(np.random.default_rng(0))
+    kw = unet_inputs(net.unet)
+    net.set_active(arch)
+    again.set_active(arch)
+    with torch.no_grad():
+        assert torch.equal(net(**kw).sample, again(**kw).sample)
