@@ -594,7 +594,19 @@ def config_to_yaml(cfg: Any) -> str:
         >>> "num_steps: 20" in config_to_yaml(ExperimentConfig())
         True
     """
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Sections as blocks, lists of values inline (``block_out_channels: [32, 64, 64]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
 
 
 def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
