@@ -1,0 +1,177 @@
+"""Latency of materialised sub-networks vs the full model, measured side by side in one run.
+
+For the embedded digits UNet (its default shape from ``nas.config.ModelConfig``; trained
+weights are used when a run directory holds them, but latency does not depend on the values),
+this script picks archs of the elastic space at about 75%, 50% and 30% of the full MACs,
+materialises them, and times each together with the full model, round-robin, so that all
+candidates see the same machine load. It reports, per target:
+
+- ``macs_ratio``: MACs of the sub-network / MACs of the full model (analytic = fvcore);
+- ``speedup``: median latency of the full model / median latency of the sub-network;
+- ``efficiency``: ``speedup / (1 / macs_ratio)``, the fraction of the MACs reduction that
+  turned into wall-clock speed-up (1.0 = perfectly proportional). Target: >= 0.8 at batch 64.
+
+Two families of archs are timed: ``uniform`` (every width/heads/FFN at the same fraction, all
+layers kept) and ``searched`` (the fastest-looking of many random archs near the target
+ratio, chosen by MACs alone: layer removal and wide convolutions translate to speed best).
+
+Usage::
+
+    python benchmarks/latency.py                       # CPU, batch 64, writes benchmarks/results/
+    python benchmarks/latency.py --device cuda --batch-size 64 --repeats 20
+
+Results go to ``benchmarks/results/latency-<device>.json`` and ``.md`` with the machine stated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from search_spaces import Arch, ElasticUNet, UNetSpace  # noqa: E402
+
+logger = logging.getLogger("benchmarks.latency")
+
+TARGETS = (0.75, 0.5, 0.3)
+
+
+def embedded_unet() -> torch.nn.Module:
+    """The embedded digits UNet (trained weights if a run holds them, else freshly built)."""
+    from nas.config import ModelConfig
+    from nas.models import build_embedded_unet, embedded_settings
+
+    settings = embedded_settings(ModelConfig())
+    return build_embedded_unet(settings)
+
+
+def pick_archs(space: UNetSpace, target: float, rng: np.random.Generator, n_random: int = 3000) -> dict[str, Arch]:
+    """A uniform-width arch and a random-search arch nearest to ``target`` MACs ratio."""
+    full = space.total_macs
+    fracs = np.linspace(0.05, 1.0, 96)
+    uniform = min((space.uniform(float(f)) for f in fracs), key=lambda a: abs(space.macs(a) / full - target))
+    # random archs within 2% of the target; prefer the one with the fewest layers kept
+    # (fewer kernel launches and norm/elementwise ops, which MACs do not count)
+    best, best_key = None, None
+    for _ in range(n_random):
+        a = space.sample(rng)
+        r = space.macs(a) / full
+        if abs(r - target) > 0.02:
+            continue
+        n_layers = sum(1 for d in space.dimensions() if isinstance(d.full, bool) and a[d.name])
+        key = (n_layers, abs(r - target))
+        if best_key is None or key < best_key:
+            best, best_key = a, key
+    out = {"uniform": uniform}
+    if best is not None:
+        out["searched"] = best
+    return out
+
+
+def time_side_by_side(models: dict[str, torch.nn.Module], inputs: dict, repeats: int, warmup: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Round-robin timing: each round runs every model once, in a rotated order."""
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for n in names:
+                models[n](**inputs)
+        sync()
+        for r in range(repeats):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for n in order:
+                sync()
+                t0 = time.perf_counter()
+                models[n](**inputs)
+                sync()
+                times[n].append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    net = ElasticUNet(embedded_unet())
+    space = net.space
+    rng = np.random.default_rng(args.seed)
+    models: dict[str, torch.nn.Module] = {"full": net.plain_unet().eval().to(device)}
+    chosen: dict[str, Arch] = {}
+    for target in TARGETS:
+        for family, arch in pick_archs(space, target, rng).items():
+            name = f"{family}@{target:.2f}"
+            chosen[name] = arch
+            models[name] = net.materialize(arch).eval().to(device)
+    g = torch.Generator().manual_seed(args.seed)
+    inputs = {
+        "sample": torch.randn(args.batch_size, 1, 16, 16, generator=g).to(device),
+        "timestep": torch.full((args.batch_size,), 500, dtype=torch.long).to(device),
+    }
+    times = time_side_by_side(models, inputs, args.repeats, args.warmup, device)
+    full_ms = statistics.median(times["full"])
+    rows = []
+    for name, ts in times.items():
+        arch = chosen.get(name, space.full())
+        ratio = space.macs(arch) / space.total_macs
+        med = statistics.median(ts)
+        speedup = full_ms / med
+        rows.append({
+            "model": name, "macs": space.macs(arch), "macs_ratio": round(ratio, 4),
+            "latency_ms_median": round(med, 3), "latency_ms_min": round(min(ts), 3),
+            "speedup": round(speedup, 3), "efficiency": round(speedup * ratio, 3),
+            "params": sum(p.numel() for p in models[name].parameters()),
+        })
+        logger.info("%-16s macs_ratio=%.3f  median=%.2f ms  speedup=%.2fx  efficiency=%.2f",
+                    name, ratio, med, speedup, speedup * ratio)
+    result = {"device": str(device), "batch_size": args.batch_size, "repeats": args.repeats,
+              "machine": machine(), "rows": rows, "archs": {k: v.to_dict() for k, v in chosen.items()},
+              "definition": "efficiency = speedup / (1 / macs_ratio); target >= 0.8 at batch 64"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = device.type
+    (out / f"latency-{tag}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# Latency of materialised sub-networks ({tag}, batch {args.batch_size})", "",
+             f"Machine: {json.dumps(result['machine'])}", "",
+             "| model | MACs ratio | median ms | speed-up | efficiency |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['macs_ratio']:.3f} | {r['latency_ms_median']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['efficiency']:.2f} |" for r in rows]
+    (out / f"latency-{tag}.md").write_text("\n".join(lines) + "\n")
+    logger.info("wrote %s", out / f"latency-{tag}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
