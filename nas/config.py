@@ -48,6 +48,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",
+    "IntervalsConfig",
     "ModelConfig",
     "SamplingConfig",
     "SearchConfig",
@@ -353,6 +354,66 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class IntervalsConfig:
+    """Interval discovery (``diffnas intervals``): timestep similarity -> contiguous intervals.
+
+    Cost: ``grid_size * num_batches`` UNet passes of ``batch_size`` images, each with a
+    backward pass for ``measure: gradient`` (forward only for ``activation``).
+
+    Attributes:
+        grid_size: training timesteps on the grid (bin centres of ``[0, T)``), the matrix side.
+        num_batches, batch_size: fixed (seeded) batches of data and noise, reused at every
+            timestep; the gradient at each timestep is their mean.
+        measure: ``gradient`` (cosine of denoising-loss gradients, the method's measure) or
+            ``activation`` (cosine of ``activation_module``'s output).
+        projection_dim: ``auto`` (exact gradients while grid_size x parameters fits in 1 GiB,
+            else a 65,536-dim count sketch), ``null`` (always exact) or a count-sketch size.
+        activation_module: dotted UNet module name for ``measure: activation``.
+        num_intervals: ``auto`` (chosen by ``criterion``) or a fixed number of intervals.
+        max_intervals: the largest number ``auto`` considers.
+        criterion: ``elbow`` (explained dissimilarity minus ``penalty * (k-1)/(grid_size-1)``)
+            or ``ch`` (Calinski-Harabasz); see ``experts.segmentation``.
+        penalty: weight of the elbow criterion's per-interval share.
+        seed: seed of the batches (and sketch); ``null`` uses the experiment seed.
+    """
+
+    grid_size: int = 20
+    num_batches: int = 4
+    batch_size: int = 64
+    measure: Literal["gradient", "activation"] = "gradient"
+    projection_dim: Union[int, Literal["auto"], None] = "auto"
+    activation_module: str = "mid_block"
+    num_intervals: Union[int, Literal["auto"]] = "auto"
+    max_intervals: int = 6
+    criterion: Literal["elbow", "ch"] = "elbow"
+    penalty: float = 1.0
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.grid_size >= 2, "grid_size", f"must be >= 2, got {self.grid_size}")
+        require(self.num_batches >= 1, "num_batches", f"must be >= 1, got {self.num_batches}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
+            self.projection_dim in ("auto", None) or (isinstance(self.projection_dim, int) and self.projection_dim >= 1),
+            "projection_dim",
+            f"must be 'auto', null or a positive int, got {self.projection_dim!r}",
+        )
+        require(bool(self.activation_module), "activation_module", "must not be empty")
+        require(
+            self.num_intervals == "auto" or (isinstance(self.num_intervals, int) and 1 <= self.num_intervals <= self.grid_size),
+            "num_intervals",
+            f"must be 'auto' or an int in [1, grid_size={self.grid_size}], got {self.num_intervals!r}",
+        )
+        require(
+            1 <= self.max_intervals <= self.grid_size,
+            "max_intervals",
+            f"must be in [1, grid_size={self.grid_size}], got {self.max_intervals}",
+        )
+        require(self.penalty >= 0 and math.isfinite(self.penalty), "penalty", f"must be >= 0, got {self.penalty}")
+        require(self.seed is None or self.seed >= 0, "seed", f"must be >= 0 or null, got {self.seed}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
 
@@ -373,6 +434,7 @@ class ExperimentConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
 
     def __post_init__(self) -> None:
         require(

@@ -1,0 +1,436 @@
+"""How alike the denoising task is at two timesteps: a ``G x G`` similarity matrix.
+
+Two measures over a grid of training timesteps ``t_1 < ... < t_G``:
+
+- ``gradient`` (the method's measure): for each grid timestep ``t``, the gradient of the
+  denoising loss ``|| unet(x_t, t) - target ||^2`` (``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+  eps`` from the model's training scheduler, ``DDPMScheduler.add_noise``; the target follows
+  the scheduler's ``prediction_type``: ``eps``, ``v`` or ``x0``) with respect to every
+  floating-point parameter of the UNet, averaged over ``num_batches`` fixed batches. The same
+  ``x0`` and noise are used at every ``t`` (seeded), so differences between timesteps are not
+  sampling noise. Entry ``(a, b)`` is the cosine of the mean gradients at ``t_a`` and ``t_b``.
+  **Cost:** ``G * num_batches`` forward+backward passes of ``batch_size`` images (e.g. 20 x 4
+  = 80 for the defaults) and ``G`` stored gradient vectors.
+- ``activation``: the cosine similarity of one intermediate activation (default the UNet's
+  ``mid_block`` output) at ``t_a`` and ``t_b`` for the same image and noise, averaged over the
+  images. **Cost:** ``G * num_batches`` forward passes, no backward.
+
+Memory of the gradient measure: ``G`` vectors of ``P`` numbers (``P`` = parameter count).
+``projection_dim`` replaces each by a count sketch of that many dimensions (each parameter is
+hashed, with a seeded random sign, into one of ``projection_dim`` buckets: a fixed sparse random
+projection whose inner products are unbiased, cosine error about ``1 / sqrt(projection_dim)``).
+``"auto"`` keeps exact gradients while the ``G x P`` matrix fits in 1 GiB (float32), and
+sketches to 65,536 dimensions above that (large latent-diffusion UNets).
+
+Example:
+    >>> import torch
+    >>> from diffusers import UNet2DModel
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+    ...                    norm_num_groups=4, layers_per_block=1, add_attention=False,
+    ...                    down_block_types=("DownBlock2D", "DownBlock2D"),
+    ...                    up_block_types=("UpBlock2D", "UpBlock2D"))
+    >>> images = torch.rand(16, 1, 8, 8) * 2 - 1
+    >>> S = timestep_similarity(unet, images, {"num_train_timesteps": 1000}, [100, 500, 900],
+    ...                         num_batches=1, batch_size=4, progress=False)
+    >>> S.shape, bool((abs(S.diagonal() - 1) < 1e-6).all())
+    ((3, 3), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "AUTO_EXACT_LIMIT_BYTES",
+    "AUTO_SKETCH_DIM",
+    "CountSketch",
+    "MEASURES",
+    "activation_similarity",
+    "cosine_matrix",
+    "denoising_target",
+    "fixed_batches",
+    "gradient_similarity",
+    "make_training_scheduler",
+    "resolve_projection_dim",
+    "timestep_similarity",
+]
+
+log = logging.getLogger(__name__)
+
+MEASURES = ("gradient", "activation")
+AUTO_EXACT_LIMIT_BYTES = 1 << 30  # exact gradients while G x P float32 fits in 1 GiB
+AUTO_SKETCH_DIM = 1 << 16
+
+UnetKwargs = Callable[[int], Mapping[str, Any]]
+ProjectionDim = Union[int, Literal["auto"], None]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_training_scheduler(scheduler_config: Mapping[str, Any] | Any):
+    """A ``DDPMScheduler`` from a training scheduler config (or a scheduler, used as is if it
+    has ``add_noise``): it defines ``x_t`` and the denoising target."""
+    if hasattr(scheduler_config, "add_noise") and hasattr(scheduler_config, "config"):
+        return scheduler_config
+    from diffusers import DDPMScheduler
+
+    cfg = {k: v for k, v in dict(scheduler_config).items() if not str(k).startswith("_")}
+    known = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
+    return DDPMScheduler(**{k: v for k, v in cfg.items() if k in known})
+
+
+def denoising_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict at ``t``: the noise, the velocity or the clean image."""
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon, v_prediction or sample)")
+
+
+def fixed_batches(
+    images: torch.Tensor, num_batches: int, batch_size: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``num_batches`` seeded ``(x0, noise)`` pairs, each ``(batch_size, C, H, W)`` on the CPU.
+
+    Images are drawn without replacement while the data set is large enough, else with.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches}, {batch_size}")
+    n = int(images.shape[0])
+    total = num_batches * batch_size
+    g = torch.Generator().manual_seed(int(seed))
+    if n >= total:
+        idx = torch.randperm(n, generator=g)[:total]
+    else:
+        idx = torch.randint(0, n, (total,), generator=g)
+    x0 = images[idx].to(torch.float32)  # (nb*bs, C, H, W)
+    noise = torch.randn(x0.shape, generator=g)  # (nb*bs, C, H, W)
+    return [(x0[i * batch_size:(i + 1) * batch_size], noise[i * batch_size:(i + 1) * batch_size])
+            for i in range(num_batches)]
+
+
+def _sample_of(out: Any) -> torch.Tensor:
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def cosine_matrix(vectors: torch.Tensor) -> np.ndarray:
+    """Cosine similarities of the rows of ``vectors`` (G, D): symmetric, unit diagonal, in [-1, 1].
+
+    A zero row has similarity 0 with every other row (and 1 with itself).
+
+    Example:
+        >>> cosine_matrix(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])).round(3).tolist()
+        [[1.0, 0.707, 0.0], [0.707, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    v = vectors.to(torch.float32)
+    norms = v.norm(dim=1, keepdim=True)  # (G, 1)
+    unit = v / norms.clamp_min(1e-30)
+    unit[norms.squeeze(1) == 0] = 0
+    S = (unit @ unit.T).double().cpu().numpy()  # (G, G)
+    return _tidy(S)
+
+
+def _tidy(S: np.ndarray) -> np.ndarray:
+    S = 0.5 * (S + S.T)
+    np.fill_diagonal(S, 1.0)
+    return np.clip(S, -1.0, 1.0)
+
+
+@contextlib.contextmanager
+def _grad_mode(module: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    """Eval mode and ``requires_grad`` on ``params`` for the duration; restored afterwards."""
+    was_training = module.training
+    flags = [p.requires_grad for p in params]
+    module.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        module.train(was_training)
+
+
+class CountSketch:
+    """A fixed sparse random projection of a model's flattened gradient to ``dim`` numbers.
+
+    Each parameter element is hashed (seeded, per parameter tensor, generated on the CPU so the
+    result does not depend on the device) to one bucket with a random sign; the sketch of a
+    gradient is the signed bucket sums. Inner products are preserved in expectation.
+
+    Example:
+        >>> p = [torch.nn.Parameter(torch.zeros(1000))]
+        >>> cs = CountSketch(p, dim=64, seed=0)
+        >>> g = torch.randn(1000)
+        >>> s = cs([g])
+        >>> s.shape, bool(abs(float(s.norm() / g.norm()) - 1) < 0.5)
+        (torch.Size([64]), True)
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], dim: int, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        if dim < 1:
+            raise ValueError(f"projection dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.buckets: list[torch.Tensor] = []
+        self.signs: list[torch.Tensor] = []
+        for i, p in enumerate(params):
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+            n = p.numel()
+            self.buckets.append(torch.randint(0, self.dim, (n,), generator=g, dtype=torch.int64)
+                                .to(torch.int32).to(device or p.device))  # (n,)
+            self.signs.append((torch.randint(0, 2, (n,), generator=g, dtype=torch.int8) * 2 - 1)
+                              .to(device or p.device))  # (n,) in {-1, +1}
+
+    def __call__(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        out = None
+        for g, b, s in zip(grads, self.buckets, self.signs):
+            if out is None:
+                out = torch.zeros(self.dim, device=b.device, dtype=torch.float32)
+            if g is None:
+                continue
+            out.index_add_(0, b, g.reshape(-1).to(torch.float32) * s)  # (dim,)
+        if out is None:
+            raise ValueError("no parameters to sketch")
+        return out
+
+
+def resolve_projection_dim(projection_dim: ProjectionDim, num_params: int, grid_size: int) -> int | None:
+    """``None`` for exact gradients, else the sketch size (see the module docstring).
+
+    Example:
+        >>> resolve_projection_dim("auto", 1_000_000, 20), resolve_projection_dim("auto", 10**9, 20)
+        (None, 65536)
+    """
+    if projection_dim is None:
+        return None
+    if projection_dim == "auto":
+        return None if 4 * num_params * grid_size <= AUTO_EXACT_LIMIT_BYTES else AUTO_SKETCH_DIM
+    if isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
+        raise ValueError(f"projection_dim must be 'auto', None or a positive int, got {projection_dim!r}")
+    return int(projection_dim)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def _check_timesteps(timesteps: Sequence[int], scheduler: Any) -> list[int]:
+    ts = [int(t) for t in timesteps]
+    T = int(scheduler.config.num_train_timesteps)
+    if not ts:
+        raise ValueError("timesteps must not be empty")
+    if any(not 0 <= t < T for t in ts):
+        raise ValueError(f"timesteps must lie in [0, {T}), got {ts}")
+    return ts
+
+
+# --------------------------------------------------------------------------------------------
+# measures
+
+
+def gradient_similarity(
+    unet: torch.nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    scheduler: Any,
+    timesteps: Sequence[int],
+    *,
+    projection_dim: ProjectionDim = "auto",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    unet_kwargs: UnetKwargs | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Cosine similarity of the mean denoising-loss gradients at each pair of ``timesteps``.
+
+    Cost: ``len(timesteps) * len(batches)`` forward+backward passes. The UNet's parameters,
+    ``.grad`` and train/eval mode are left as they were (it runs in eval mode).
+
+    Args:
+        unet: a diffusers UNet (or anything called as ``unet(x_t, t, **kw)`` returning ``.sample``).
+        batches: fixed ``(x0, noise)`` pairs (see :func:`fixed_batches`), reused at every ``t``.
+        scheduler: the training scheduler (``add_noise``, ``config.prediction_type``).
+        timesteps: training timesteps, the rows/columns of the result, in order.
+        projection_dim: ``"auto"``, ``None`` (exact) or a count-sketch size.
+        seed: seeds the count sketch.
+        device: where to compute (default: the UNet's device).
+        unet_kwargs: ``batch_size -> extra keyword arguments`` of the UNet call (e.g.
+            ``encoder_hidden_states`` of a conditional UNet).
+        progress: tqdm bar.
+
+    Returns:
+        ``(G, G)`` float64 numpy array.
+    """
+    ts = _check_timesteps(timesteps, scheduler)
+    params = [p for p in unet.parameters() if p.dtype.is_floating_point]
+    if not params:
+        raise ValueError("the UNet has no floating-point parameters")
+    dev = torch.device(device) if device is not None else params[0].device
+    num_params = sum(p.numel() for p in params)
+    dim = resolve_projection_dim(projection_dim, num_params, len(ts))
+    sketch = CountSketch(params, dim, seed=seed, device=dev) if dim is not None else None
+    log.info(
+        "gradient similarity: %d timesteps x %d batches = %d backward passes, %s",
+        len(ts), len(batches), len(ts) * len(batches),
+        f"count sketch of {dim} dims" if dim else f"exact gradients ({num_params:,} parameters)",
+    )
+    rows = torch.zeros(len(ts), dim if dim is not None else num_params, dtype=torch.float32)  # (G, D) CPU
+    bar = _progress(len(ts) * len(batches), "gradient similarity", progress)
+    with _grad_mode(unet, params):
+        for gi, t in enumerate(ts):
+            acc = torch.zeros(rows.shape[1], device=dev, dtype=torch.float32)  # (D,)
+            for x0, noise in batches:
+                x0 = x0.to(dev)  # (B, C, H, W)
+                noise = noise.to(dev)
+                tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
+                xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
+                target = denoising_target(scheduler, x0, noise, tt)
+                kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
+                pred = _sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                if sketch is not None:
+                    acc += sketch(grads)
+                else:
+                    acc += torch.cat([
+                        (g.reshape(-1).float() if g is not None else torch.zeros(p.numel(), device=dev))
+                        for g, p in zip(grads, params)
+                    ])
+                bar.update(1)
+            rows[gi] = (acc / len(batches)).cpu()
+    bar.close()
+    return cosine_matrix(rows)
+
+
+def _find_module(unet: torch.nn.Module, name: str) -> torch.nn.Module:
+    modules = dict(unet.named_modules())
+    if name not in modules or modules[name] is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"the UNet has no module named {name!r}{hint}")
+    return modules[name]
+
+
+def activation_similarity(
+    unet: torch.nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    scheduler: Any,
+    timesteps: Sequence[int],
+    *,
+    module: str = "mid_block",
+    device: torch.device | str | None = None,
+    unet_kwargs: UnetKwargs | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Per-image cosine similarity of one module's output at each pair of ``timesteps``, averaged.
+
+    Cost: ``len(timesteps) * len(batches)`` forward passes (no backward); memory for one batch
+    of activations at every timestep.
+
+    Args:
+        module: dotted module name inside the UNet (``mid_block``, ``down_blocks.1``, ...); a
+            tuple output uses its first tensor.
+
+    Returns:
+        ``(G, G)`` float64 numpy array.
+    """
+    ts = _check_timesteps(timesteps, scheduler)
+    target_module = _find_module(unet, module)
+    first = next(iter(unet.parameters()), None)
+    dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> None:
+        t = out[0] if isinstance(out, (tuple, list)) else out
+        captured.append(t.detach().flatten(1).float())  # (B, F)
+
+    gram = torch.zeros(len(ts), len(ts), dtype=torch.float64)
+    count = 0
+    was_training = unet.training
+    unet.eval()
+    handle = target_module.register_forward_hook(hook)
+    bar = _progress(len(ts) * len(batches), "activation similarity", progress)
+    try:
+        with torch.no_grad():
+            for x0, noise in batches:
+                x0 = x0.to(dev)  # (B, C, H, W)
+                noise = noise.to(dev)
+                feats = []
+                for t in ts:
+                    captured.clear()
+                    tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
+                    xt = scheduler.add_noise(x0, noise, tt)
+                    kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
+                    unet(xt, tt, **kw)
+                    if not captured:
+                        raise ValueError(f"module {module!r} did not run in the UNet's forward pass")
+                    a = captured[-1]  # (B, F)
+                    feats.append(a / a.norm(dim=1, keepdim=True).clamp_min(1e-30))
+                    bar.update(1)
+                A = torch.stack(feats)  # (G, B, F)
+                gram += torch.einsum("gbf,hbf->gh", A, A).double().cpu()
+                count += int(x0.shape[0])
+    finally:
+        handle.remove()
+        unet.train(was_training)
+        bar.close()
+    return _tidy((gram / max(count, 1)).numpy())
+
+
+def timestep_similarity(
+    unet: torch.nn.Module,
+    images: torch.Tensor,
+    scheduler_config: Mapping[str, Any] | Any,
+    timesteps: Sequence[int],
+    *,
+    measure: str = "gradient",
+    num_batches: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    projection_dim: ProjectionDim = "auto",
+    activation_module: str = "mid_block",
+    device: torch.device | str | None = None,
+    unet_kwargs: UnetKwargs | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The ``(G, G)`` similarity matrix of ``timesteps`` with ``measure`` (module docstring).
+
+    ``images`` are what the UNet denoises (latents for a latent model), ``(N, C, H, W)``; the
+    fixed batches are drawn from them with ``seed``. Cost: ``len(timesteps) * num_batches``
+    passes of ``batch_size`` (forward+backward for ``gradient``, forward for ``activation``).
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown similarity measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    scheduler = make_training_scheduler(scheduler_config)
+    batches = fixed_batches(images, num_batches, batch_size, seed)
+    if measure == "gradient":
+        return gradient_similarity(unet, batches, scheduler, timesteps, projection_dim=projection_dim, seed=seed,
+                                   device=device, unet_kwargs=unet_kwargs, progress=progress)
+    return activation_similarity(unet, batches, scheduler, timesteps, module=activation_module, device=device,
+                                 unet_kwargs=unet_kwargs, progress=progress)
