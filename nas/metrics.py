@@ -51,6 +51,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +196,6 @@ class InceptionFeatureExtractor(FeatureExtractor):
 
     def __init__(self, weights_file: Path, *, device: torch.device | str, cache_dir: Path, batch_size: int = 32) -> None:
         super().__init__(device=device, batch_size=batch_size, fingerprint=_sha256_file(weights_file)[:16])
-        import warnings
-
         from cleanfid.inception_torchscript import InceptionV3W
         from cleanfid.resize import build_resizer
 
@@ -493,11 +492,44 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     mu1, sigma1 = np.mean(feats1, axis=0), np.cov(feats1, rowvar=False)
     mu2, sigma2 = np.mean(feats2, axis=0), np.cov(feats2, rowvar=False)
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):  # clean-fid prints when it regularises sigma
-        fid = frechet_distance(mu1, sigma1, mu2, sigma2)
-    if captured.getvalue().strip():
-        logger.info("clean-fid: %s", captured.getvalue().strip())
+    with contextlib.redirect_stdout(captured), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # clean-fid prints (and scipy warns) when the covariance product is singular
+        try:
+            fid = frechet_distance(mu1, sigma1, mu2, sigma2)
+        except TypeError as exc:
+            if "disp" not in str(exc):
+                raise
+            fid = _frechet_distance_without_disp(mu1, sigma1, mu2, sigma2)
+    notes = [captured.getvalue().strip()] + [str(w.message) for w in caught]
+    if any(notes):
+        logger.info("clean-fid frechet_distance: %s", "; ".join(n for n in notes if n))
     return float(np.real(fid))
+
+
+def _frechet_distance_without_disp(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """clean-fid 0.1.35's ``frechet_distance``, line for line, for SciPy >= 1.18.
+
+    clean-fid calls ``scipy.linalg.sqrtm(..., disp=False)``; SciPy 1.18 removed ``disp`` (1.17
+    deprecates it), so clean-fid's function raises TypeError there. Only the sqrtm call differs.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        logger.info("fid calculation produces singular product; adding %s to diagonal of cov estimates", eps)
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def kernel_distance_seeded(

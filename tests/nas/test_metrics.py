@@ -117,7 +117,7 @@ def test_fid_orders_data_blur_noise(cache_dir: Path, digits_ext: metrics.DigitsF
         "mix50": 0.5 * b + 0.5 * noise,
         "noise": noise,
     }
-    results = {name: compute_quality(x, ref, digits_ext) for name, x in degraded.items()}
+    results = {name: compute_quality(x, ref, digits_ext, kid_num_subsets=20) for name, x in degraded.items()}
     fid = {k: r.fid for k, r in results.items()}
     kid = {k: r.kid for k, r in results.items()}
     print("FID:", {k: round(v, 4) for k, v in fid.items()})
@@ -142,6 +142,25 @@ def test_kid_is_seeded_and_leaves_numpy_state_alone(digits_ext, halves) -> None:
     r3 = quality_from_features(gen, ref, extractor="digits", kid_subset_size=100, kid_num_subsets=10, kid_seed=7)
     assert r1 == r2 and r1.kid != r3.kid
     assert np.array_equal(np.random.get_state()[1], before)
+
+
+def test_fid_survives_scipy_without_sqrtm_disp(monkeypatch) -> None:
+    """clean-fid 0.1.35 passes ``disp=False`` to scipy's sqrtm, which SciPy 1.18 removed."""
+    import types
+
+    import cleanfid.fid
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(loc=0.3, size=(300, 16))
+    expected = metrics.frechet_distance_from_features(a, b)
+
+    def sqrtm_new(A, blocksize=64):  # SciPy >= 1.18 signature: no ``disp``
+        return linalg.sqrtm(A)
+
+    monkeypatch.setattr(cleanfid.fid, "linalg", types.SimpleNamespace(sqrtm=sqrtm_new))
+    assert metrics.frechet_distance_from_features(a, b) == pytest.approx(expected, rel=1e-9)
+    assert expected > 16 * 0.3**2 * 0.5  # the mean shift is seen
 
 
 def test_quality_rejects_mismatched_features(digits_ext, halves) -> None:
@@ -293,8 +312,19 @@ def test_inception_extractor_plumbing_with_a_local_file(tmp_path: Path, monkeypa
     rgb = ext(a.expand(-1, 3, -1, -1))
     assert np.allclose(rgb, fa)  # grey is repeated to RGB
     ref = reference_features("digits", a, ext, tmp_path / "cache")
-    res = compute_quality(b, ref, ext, kid_subset_size=10, kid_num_subsets=5)
-    assert res.extractor == "inception" and res.feature_dim == 2048 and np.isfinite(res.fid)
+    assert np.array_equal(ref, fa)
+    assert metrics.reference_cache_path("digits", a, ext, tmp_path / "cache").name.startswith("digits-inception-n20-")
+
+
+@pytest.mark.slow
+def test_inception_quality_end_to_end(tmp_path: Path, monkeypatch, halves) -> None:
+    """FID on 2048-d features: clean-fid's sqrtm of a 2048x2048 matrix takes a while on a CPU."""
+    weights = _fake_inception_file(tmp_path / metrics.INCEPTION_FILENAME)
+    ext = build_extractor("inception", device="cpu", cache_dir=tmp_path, inception_weights=str(tmp_path))
+    ref = reference_features("digits", halves[0][:40], ext, tmp_path)
+    res = compute_quality(halves[1][:40], ref, ext, kid_subset_size=20, kid_num_subsets=5)
+    assert res.extractor == "inception" and res.feature_dim == 2048 and np.isfinite(res.fid) and res.fid >= -1e-6
+    assert weights.is_file()
 
 
 def test_quality_with_ci_matches_scipy() -> None:
