@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
 
 import ray  # noqa: E402 - after the environment above
 from ray import tune  # noqa: E402

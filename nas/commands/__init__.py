@@ -27,6 +27,8 @@ __all__ = ["COMMAND_MODULES", "Command", "all_commands", "register"]
 #: Modules that define subcommands; imported (in this order) when the CLI starts.
 COMMAND_MODULES: list[str] = [
     "nas.commands.base",
+    "nas.commands.intervals",
+    "nas.commands.search",
 ]
 
 CommandFn = Callable[["ExperimentConfig", argparse.Namespace], int]
