@@ -44,6 +44,7 @@ import yaml
 from nas.errors import UserError
 
 __all__ = [
+    "BenchConfig",
     "ConfigValueError",
     "DataConfig",
     "EvalConfig",
@@ -414,6 +415,79 @@ class IntervalsConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """The comparison (``diffnas bench``), its fine-tuning budget and the report.
+
+    Attributes:
+        budgets: trajectory-MACs budgets, as fractions of the base model's.
+        methods: what is compared: ``routed`` (allocations/router-<b>.json), ``searched``
+            (allocations/search-<b>.json), ``uniform`` (every expert at the same width),
+            ``static`` (one model pruned with torch-pruning, no intervals), ``base`` (the
+            unpruned model) and ``base_steps`` (the base model with fewer sampling steps at the
+            same trajectory MACs).
+        seeds: sampling seeds; FID/KID are reported as mean and t interval over them (>= 3).
+        num_samples: generated images per seed.
+        confidence: level of the FID/KID intervals.
+        finetune_steps: optimizer steps of fine-tuning given to every pruned method (a mixture
+            splits them evenly over its experts), so all methods get the same steps x batch.
+        finetune_batch_size: images per fine-tuning step.
+        finetune_learning_rate: Adam learning rate of the fine-tuning.
+        distill_weight: weight of distillation from the base model in the fine-tuning loss.
+        static_importance: channel importance of static pruning: ``taylor`` (|w * dL/dw| of
+            the denoising loss over timesteps, Diff-Pruning style) or ``magnitude``.
+        static_taylor_batches: batches of gradients for Taylor importance.
+        static_max_iterations: bisection steps on the pruning ratio to meet the budget.
+        static_tolerance: stop when the pruned MACs ratio is within this below the budget.
+        latency_batch_size, latency_repeats: latency per image of a whole trajectory, timed
+            round-robin with the base model in the same run.
+        grid_images: images in each method's sample grid.
+    """
+
+    budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
+    methods: tuple[Literal["routed", "searched", "uniform", "static", "base", "base_steps"], ...] = (
+        "routed", "searched", "uniform", "static", "base", "base_steps")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    num_samples: int = 256
+    confidence: float = 0.95
+    finetune_steps: int = 300
+    finetune_batch_size: int = 32
+    finetune_learning_rate: float = 2e-4
+    distill_weight: float = 1.0
+    static_importance: Literal["taylor", "magnitude"] = "taylor"
+    static_taylor_batches: int = 4
+    static_max_iterations: int = 12
+    static_tolerance: float = 0.02
+    latency_batch_size: int = 16
+    latency_repeats: int = 3
+    grid_images: int = 36
+
+    def __post_init__(self) -> None:
+        b = list(self.budgets)
+        require(len(b) >= 1, "budgets", "must list at least one budget")
+        require(all(0.0 < x < 1.0 for x in b), "budgets", f"must be fractions in (0, 1), got {b}")
+        require(len(set(b)) == len(b), "budgets", f"must not repeat a budget, got {b}")
+        require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods), "methods",
+                f"must list methods once each, got {list(self.methods)}")
+        require(len(self.seeds) >= 3 and len(set(self.seeds)) == len(self.seeds), "seeds",
+                f"must list at least 3 distinct seeds (for a 95% interval), got {list(self.seeds)}")
+        require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
+        require(self.num_samples >= 2, "num_samples", f"must be >= 2, got {self.num_samples}")
+        require(0.0 < self.confidence < 1.0, "confidence", f"must be in (0, 1), got {self.confidence}")
+        require(self.finetune_steps >= 0, "finetune_steps", f"must be >= 0, got {self.finetune_steps}")
+        require(self.finetune_batch_size >= 1, "finetune_batch_size", f"must be >= 1, got {self.finetune_batch_size}")
+        require(self.finetune_learning_rate > 0, "finetune_learning_rate",
+                f"must be > 0, got {self.finetune_learning_rate}")
+        require(self.distill_weight >= 0, "distill_weight", f"must be >= 0, got {self.distill_weight}")
+        require(self.static_taylor_batches >= 1, "static_taylor_batches", f"must be >= 1, got {self.static_taylor_batches}")
+        require(1 <= self.static_max_iterations <= 50, "static_max_iterations",
+                f"must be in [1, 50], got {self.static_max_iterations}")
+        require(0.0 <= self.static_tolerance < 1.0, "static_tolerance", f"must be in [0, 1), got {self.static_tolerance}")
+        require(self.latency_batch_size >= 1, "latency_batch_size", f"must be >= 1, got {self.latency_batch_size}")
+        require(self.latency_repeats >= 1, "latency_repeats", f"must be >= 1, got {self.latency_repeats}")
+        require(self.grid_images >= 1, "grid_images", f"must be >= 1, got {self.grid_images}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
 
@@ -435,6 +509,7 @@ class ExperimentConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
         require(
