@@ -1,0 +1,228 @@
+"""Fine-tuning the pruned experts of an allocation, at a fixed cost per expert.
+
+:func:`finetune_allocation` (what ``diffnas finetune --allocation PATH`` calls): for each
+interval ``k``, materialise the expert at ``allocation.archs[k]`` (a plain, physically smaller
+diffusers UNet), train it on interval ``k``'s timesteps with the loss of the elastic stage
+(denoising + ``distill_weight`` x MSE to the frozen pretrained model) for exactly
+``settings.steps`` AdamW steps of ``settings.batch_size`` images, and save the mixture of the
+fine-tuned experts as a :class:`~experts.pipeline.MixturePipeline` folder
+(``runs/<name>/mixtures/<method>-<budget>/``). The budget (steps x batch per expert) is the
+same for every allocation method, so methods are compared at equal fine-tuning cost; it is
+recorded in ``finetune.json`` and in the mixture's info.
+
+Resumable like the elastic stage: checkpoints in ``<out>/checkpoints/expert_<k>/`` (weights and
+AdamW state in safetensors, step and RNG state in JSON); a rerun continues; a finished folder
+(``finetune.json`` present, same settings) is reused. Checkpoints are deleted once the mixture
+is saved (``keep_checkpoints=True`` keeps them).
+
+Example::
+
+    >>> from experts.finetune import finetune_allocation
+    >>> res = finetune_allocation(Allocation.load("runs/demo/allocations/router-0.5.json"),
+    ...                           "runs/demo/experts", images, ExpertTrainSettings(steps=200),
+    ...                           "runs/demo/mixtures/router-0.5",
+    ...                           scheduler_config=base.scheduler_config)  # doctest: +SKIP
+    >>> res.loss_before, res.loss_after  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from experts.allocation import Allocation
+from experts.losses import HeldOutSet, proxy_loss, training_scheduler
+from experts.mixture import MixtureOfExperts
+from experts.training import (
+    CHECKPOINTS_DIR,
+    ExpertTrainSettings,
+    _jsonable,
+    load_experts,
+    load_supernet,
+    run_training,
+)
+from search_spaces.base import Arch
+from search_spaces.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FINETUNE_FILE", "FinetuneResult", "finetune_allocation"]
+
+FINETUNE_FILE = "finetune.json"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What :func:`finetune_allocation` produced.
+
+    Attributes:
+        out_dir: the mixture pipeline folder.
+        steps_per_expert, batch_size: the fine-tuning budget of every expert.
+        seconds: wall time of all experts' training (all calls together).
+        loss_before, loss_after: held-out denoising loss of each interval's materialised
+            expert before and after fine-tuning (empty without a held-out set).
+        macs_per_expert: MACs of one call of each fine-tuned expert.
+    """
+
+    out_dir: Path
+    steps_per_expert: int
+    batch_size: int
+    seconds: float
+    loss_before: tuple[float, ...]
+    loss_after: tuple[float, ...]
+    macs_per_expert: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir), "steps_per_expert": self.steps_per_expert, "batch_size": self.batch_size,
+            "images_per_expert": self.steps_per_expert * self.batch_size, "seconds": round(self.seconds, 3),
+            "loss_before": list(self.loss_before), "loss_after": list(self.loss_after),
+            "macs_per_expert": list(self.macs_per_expert),
+        }
+
+
+def _heldout_loss(model: nn.Module, heldout: HeldOutSet, k: int, sched: Any, kw: Mapping[str, Any] | None) -> float:
+    models: list[Any] = [model] * heldout.intervals.num_intervals
+    return proxy_loss(models, None, _only(heldout, k), sched, model_kwargs=kw).per_interval[k]
+
+
+def _only(heldout: HeldOutSet, k: int) -> HeldOutSet:
+    """The held-out set with every interval but ``k`` reduced to one sample (cheap)."""
+    return HeldOutSet(heldout.intervals,
+                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.x0)),
+                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.noise)),
+                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.t)), heldout.seed)
+
+
+def finetune_allocation(
+    allocation: Allocation,
+    experts: str | Path | nn.Module | Sequence[nn.Module],
+    images: torch.Tensor,
+    settings: ExpertTrainSettings,
+    out_dir: str | Path,
+    *,
+    scheduler_config: Mapping[str, Any],
+    teacher: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    heldout: HeldOutSet | None = None,
+    vae: nn.Module | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    sampler_scheduler: Any = None,
+    progress: bool = True,
+    max_steps_this_call: int | None = None,
+    keep_checkpoints: bool = False,
+) -> FinetuneResult:
+    """Materialise each expert at its arch, fine-tune it on its interval, save the mixture.
+
+    Args:
+        allocation: one arch per interval (router, search, uniform, static...).
+        experts: the experts folder of ``diffnas train-experts``, one supernet per interval, or
+            one supernet shared by all intervals (e.g. the base model's, for static pruning).
+        images: training samples (N, C, H, W) (latents for latent models).
+        settings: the budget (``steps`` x ``batch_size`` per expert) and optimiser settings;
+            ``sandwich`` and ``random_archs`` are ignored (one fixed arch per expert).
+        out_dir: the mixture folder, ``runs/<name>/mixtures/<method>-<budget>``.
+        scheduler_config: the base model's training noise schedule.
+        teacher: frozen model for distillation; default: the experts folder's untrained
+            supernet (the pretrained model) when ``experts`` is a folder, else none.
+        heldout: if given, each expert's held-out loss is measured before and after.
+        vae: stored in the pipeline for latent models.
+        sampler_scheduler: the scheduler stored in the pipeline (default DDIM from the
+            training schedule).
+        max_steps_this_call: stop every expert after this many steps of this call (the state
+            is checkpointed; a later call continues and only then saves the mixture).
+    """
+    from experts.pipeline import MixturePipeline
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    n = allocation.intervals.num_intervals
+    source = str(Path(experts).resolve()) if isinstance(experts, (str, Path)) else "in-memory"
+    if isinstance(experts, (str, Path)):
+        intervals, supernets = load_experts(experts, device=device)
+        if intervals != allocation.intervals:
+            raise UserError(
+                f"the allocation's intervals {list(allocation.intervals.boundaries)} differ from the experts' "
+                f"{list(intervals.boundaries)} in {experts}"
+            )
+        if teacher is None:
+            teacher = load_supernet(experts, device=device).plain_unet()
+    elif isinstance(experts, nn.Module):
+        supernets = [experts] * n
+    else:
+        supernets = list(experts)
+    if len(supernets) != n:
+        raise ValueError(f"got {len(supernets)} experts for {n} intervals")
+    identity = {"settings": _jsonable(settings.identity()), "steps": settings.steps,
+                "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
+                "experts": source, "distill": teacher is not None}
+    marker = out / FINETUNE_FILE
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("identity") == _jsonable(identity):
+            log.info("%s: already fine-tuned with these settings, reused", out)
+            r = done["result"]
+            return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),
+                                  tuple(r["loss_before"]), tuple(r["loss_after"]), tuple(r["macs_per_expert"]))
+        raise UserError(f"{out} holds a mixture fine-tuned with other settings; delete it or choose another folder")
+    sched = training_scheduler(scheduler_config)
+    kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
+    tuned: list[nn.Module] = []
+    before: list[float] = []
+    after: list[float] = []
+    seconds = 0.0
+    finished = True
+    for k in range(n):
+        arch = Arch(allocation.archs[k])
+        model = supernets[k].materialize(arch).to(device)
+        if heldout is not None:
+            before.append(_heldout_loss(model, heldout, k, sched, kw))
+        span = allocation.intervals.spans()[k]
+        tlog = run_training(
+            model, teacher, images, allocation.intervals, k, settings, sched,
+            out / CHECKPOINTS_DIR / f"expert_{k}", {**identity, "k": k},
+            choose_archs=None, device=device, model_kwargs=kw, progress=progress,
+            desc=f"finetune {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call,
+        )
+        seconds += tlog.seconds
+        finished = finished and tlog.step >= settings.steps
+        model.eval().requires_grad_(False)
+        if heldout is not None:
+            after.append(_heldout_loss(model, heldout, k, sched, kw))
+        tuned.append(model)
+    if not finished:
+        log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
+        return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
+    info = {"finetune": {"steps_per_expert": settings.steps, "batch_size": settings.batch_size,
+                         "images_per_expert": settings.steps * settings.batch_size,
+                         "learning_rate": settings.learning_rate, "distill_weight": settings.distill_weight,
+                         "seconds": round(seconds, 3), "experts": source}}
+    mixture = MixtureOfExperts(allocation.intervals, tuned, None, allocation, info)
+    if sampler_scheduler is None:
+        from diffusers import DDIMScheduler
+
+        sampler_scheduler = DDIMScheduler.from_config(
+            {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")})
+    pipe = MixturePipeline(mixture, sampler_scheduler, vae)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out))
+    result = FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after),
+                            tuple(mixture.macs_per_expert()))
+    tmp = marker.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"identity": _jsonable(identity), "result": result.to_dict(),
+                               "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
+    tmp.replace(marker)
+    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
+        shutil.rmtree(out / CHECKPOINTS_DIR)
+    log.info("fine-tuned %d experts (%d steps x %d images each) in %.1f s -> %s", n, settings.steps,
+             settings.batch_size, time.perf_counter() - t0, out)
+    return result

@@ -1,0 +1,215 @@
+"""A diffusers ``DiffusionPipeline`` over a :class:`~experts.mixture.MixtureOfExperts`.
+
+:class:`MixturePipeline` samples with any diffusers scheduler (DDIM, DDPM, DPM-Solver++, Euler,
+...) and any number of steps: the mixture routes each step by its timestep (training units).
+Latent models pass their ``vae``: latents are divided by ``vae.config.scaling_factor`` and
+decoded, as diffusers' LDM pipelines do.
+
+Save/load round trip with the usual diffusers calls: ``pipe.save_pretrained(folder)`` writes
+``model_index.json`` (the mixture recorded as ``["experts.mixture", "MixtureOfExperts"]``),
+``mixture/`` (the mixture's own folder), ``scheduler/`` and, for latent models, ``vae/``.
+``MixturePipeline.from_pretrained(folder)`` reads it back: diffusers resolves a component of a
+library it does not know from ``sys.modules`` (importing this module imports
+``experts.mixture``), sees that :class:`MixtureOfExperts` subclasses ``ModelMixin`` and calls
+its ``from_pretrained``. Nothing is unpickled (safetensors only). Call it on
+``MixturePipeline``: the generic ``DiffusionPipeline.from_pretrained(folder)`` looks the
+pipeline class up in the diffusers package and fails (``module diffusers has no attribute
+MixturePipeline``). :func:`load_model_folder` is the one-call loader the CLI uses for any
+model folder (pipeline, bare mixture, supernet, UNet).
+
+Example:
+    >>> import tempfile, torch
+    >>> from diffusers import DDIMScheduler, UNet2DModel
+    >>> from experts.intervals import Intervals
+    >>> from experts.mixture import MixtureOfExperts
+    >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    ...     layers_per_block=1, norm_num_groups=4, add_attention=False,
+    ...     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    >>> pipe = MixturePipeline(MixtureOfExperts(Intervals(1000, (500,)), [unet, unet]), DDIMScheduler())
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> a = pipe(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(0), output_type="pt").images
+    >>> d = tempfile.mkdtemp()
+    >>> pipe.save_pretrained(d)
+    >>> again = MixturePipeline.from_pretrained(d)
+    >>> again.set_progress_bar_config(disable=True)
+    >>> b = again(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(0), output_type="pt").images
+    >>> bool(torch.equal(a, b))
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from experts.mixture import MixtureOfExperts, is_mixture_folder
+from search_spaces.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedModel", "MixturePipeline", "load_model_folder"]
+
+
+class MixturePipeline(DiffusionPipeline):
+    """Unconditional (or fixed-context) sampling from a mixture of interval experts.
+
+    Args:
+        mixture: the :class:`MixtureOfExperts`.
+        scheduler: any diffusers scheduler built from the base model's training schedule.
+        vae: decoder for latent models (``AutoencoderKL`` / ``VQModel``), or None.
+    """
+
+    model_cpu_offload_seq = "mixture->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, mixture: MixtureOfExperts, scheduler: Any, vae: nn.Module | None = None) -> None:
+        super().__init__()
+        self.register_modules(mixture=mixture, scheduler=scheduler, vae=vae)
+
+    def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        cfg = self.mixture.config
+        size = cfg.sample_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, int(cfg.in_channels), *hw)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        latents: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images in ``num_inference_steps`` steps.
+
+        Args:
+            generator: a generator or one per image (initial noise and stochastic steps).
+            eta: passed to schedulers that take it (DDIM); ignored by the others.
+            latents: (B, C, H, W) initial noise instead of drawing it.
+            encoder_hidden_states: (1, L, D) or (B, L, D) context for conditional UNet experts.
+            output_type: ``pil``, ``np`` (B, H, W, C) in [0, 1], or ``pt`` (B, C, H, W) in [0, 1].
+        """
+        shape = self._sample_shape(batch_size)
+        device = self._execution_device
+        dtype = self.mixture.dtype
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B,C,H,W)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        x = latents * self.scheduler.init_noise_sigma  # (B,C,H,W)
+        kw: dict[str, Any] = {}
+        if encoder_hidden_states is not None:
+            ehs = encoder_hidden_states.to(device=device, dtype=dtype)
+            kw["encoder_hidden_states"] = ehs.expand(batch_size, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
+        params = inspect.signature(self.scheduler.step).parameters
+        step_kw: dict[str, Any] = {}
+        if "eta" in params:
+            step_kw["eta"] = eta
+        if "generator" in params:
+            step_kw["generator"] = generator
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x_in = self.scheduler.scale_model_input(x, t)
+            out = self.mixture(x_in, t, **kw).sample  # (B,C,H,W)
+            x = self.scheduler.step(out, t, x, **step_kw).prev_sample
+        vae = getattr(self, "vae", None)
+        if vae is not None:
+            scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+            x = vae.decode(x / scale).sample  # (B,C',H',W')
+        image = (x / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+
+@dataclass
+class LoadedModel:
+    """A model folder loaded for ``diffnas sample``/``evaluate --model PATH``.
+
+    Attributes:
+        model: callable ``model(x, t, **kw)`` (a mixture, a UNet, a supernet at full arch).
+        kind: ``mixture-pipeline``, ``mixture``, ``supernet`` or ``unet``.
+        scheduler_config: the stored scheduler's config (pipeline folders), else None.
+        vae: the stored decoder (latent pipeline folders), else None.
+        path: where it was read from.
+    """
+
+    model: nn.Module
+    kind: str
+    scheduler_config: dict | None
+    vae: nn.Module | None
+    path: Path
+
+    def macs_per_call(self) -> list[int] | int:
+        """Per-interval MACs for mixtures; one number for a single model."""
+        if isinstance(self.model, MixtureOfExperts):
+            return self.model.macs_per_expert()
+        if hasattr(self.model, "space") and hasattr(self.model, "active"):
+            return int(self.model.space.macs(self.model.active))
+        from search_spaces.macs import count_unet_macs
+
+        return int(count_unet_macs(self.model, batch_size=1))
+
+    def trajectory_macs(self, timesteps: list[int]) -> int:
+        """Sum of the MACs of the model serving each of ``timesteps``."""
+        if isinstance(self.model, MixtureOfExperts):
+            return self.model.trajectory_macs(timesteps)
+        return int(self.macs_per_call()) * len(timesteps)
+
+
+def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a mixture pipeline folder, a mixture folder, a supernet, or a (materialised) UNet folder.
+
+    Raises:
+        UserError: the folder is none of these.
+    """
+    from search_spaces.materialize import load_materialized
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"model folder {str(path)!r} does not exist")
+    index = p / "model_index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        if "mixture" not in data:
+            raise UserError(
+                f"{p} is a diffusers pipeline without a mixture; pass it as model.base, or --model a mixture folder"
+            )
+        pipe = MixturePipeline.from_pretrained(str(p))
+        pipe.to(device)
+        return LoadedModel(pipe.mixture.eval(), "mixture-pipeline", dict(pipe.scheduler.config), pipe.vae, p)
+    if is_mixture_folder(p):
+        return LoadedModel(MixtureOfExperts.from_pretrained(p, device=device).eval(), "mixture", None, None, p)
+    if (p / "diffnas_supernet.json").is_file():
+        from search_spaces.elastic_unet import ElasticUNet
+
+        return LoadedModel(ElasticUNet.from_pretrained(p, device=device).eval(), "supernet", None, None, p)
+    if (p / "config.json").is_file():
+        sched = None
+        for cand in (p / "scheduler_config.json", p.parent / "scheduler" / "scheduler_config.json"):
+            if cand.is_file():
+                sched = json.loads(cand.read_text())
+                break
+        return LoadedModel(load_materialized(p, device=device).eval(), "unet", sched, None, p)
+    raise UserError(
+        f"{p} is not a model folder: expected a mixture (mixture.json), a mixture pipeline (model_index.json), "
+        "a supernet (diffnas_supernet.json) or a UNet (config.json)"
+    )
