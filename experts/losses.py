@@ -408,6 +408,8 @@ def proxy_loss(
     iv = heldout.intervals
     n = iv.num_intervals
     experts = _experts_per_interval(models, n)
+    if archs is None and callable(getattr(models, "expert_for", None)):
+        archs = list(models.archs)  # a mixture: each expert at the mixture's arch
     if archs is not None and len(archs) != n:
         raise ValueError(f"got {len(archs)} archs for {n} intervals")
     if step_weights is None:
