@@ -1,0 +1,251 @@
+"""Sampling: DDIM (default), DDPM and DPM-Solver++ from diffusers, seeded per image, batch-wise.
+
+The samplers are diffusers schedulers built from the *training* scheduler config with
+``from_config``, so any base model (embedded, local folder, hub) samples with any of them.
+
+Reproducibility guarantee of :func:`generate`: image ``i`` depends only on ``(seed, i)``, the
+model, the sampler and ``num_steps``: its initial noise comes from its own CPU generator seeded
+from ``(seed, i)``, and for the stochastic DDPM sampler the noise added at every step comes from
+a second per-image CPU generator seeded from ``(seed, i, 1)`` (diffusers accepts one generator
+per batch element). So the images do not depend on ``batch_size`` or on the device the noise is
+used on, beyond floating-point differences of batched kernels (bitwise equal on the CPU in the
+tests; on CUDA expect ~1e-6 differences, and different kernels than the CPU).
+
+Example::
+
+    >>> import torch
+    >>> from nas.sampling import make_scheduler, generate
+    >>> sched = make_scheduler("ddim", base.scheduler_config)  # doctest: +SKIP
+    >>> x = generate(base.unet, sched, num_images=16, num_steps=50, batch_size=8, seed=0,
+    ...              device="cpu", sample_shape=base.sample_shape)  # doctest: +SKIP
+    >>> x.shape  # doctest: +SKIP
+    torch.Size([16, 1, 16, 16])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from search_spaces.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _ddim(config: dict):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config)
+
+
+def _ddpm(config: dict):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config)
+
+
+def _dpmpp(config: dict):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+
+
+#: Sampler name -> builder from a scheduler config. "ddim" is the default (eta = 0).
+SAMPLERS: dict[str, Callable[[dict], Any]] = {"ddim": _ddim, "ddpm": _ddpm, "dpm++": _dpmpp}
+DEFAULT_SAMPLER = "ddim"
+
+# keys of a scheduler config that belong to the class that wrote it, not to the noise schedule
+_CLASS_KEYS = ("_class_name", "_diffusers_version")
+
+
+def make_scheduler(name: str, scheduler_config: dict):
+    """A fresh diffusers scheduler of kind ``name`` for the model trained with ``scheduler_config``.
+
+    Raises:
+        UserError: ``name`` is not one of :data:`SAMPLERS`.
+
+    Example::
+
+        >>> from diffusers import DDPMScheduler
+        >>> s = make_scheduler("dpm++", dict(DDPMScheduler().config))
+        >>> type(s).__name__, s.config.algorithm_type
+        ('DPMSolverMultistepScheduler', 'dpmsolver++')
+    """
+    key = str(name).strip().lower()
+    if key not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choices: {', '.join(SAMPLERS)}")
+    config = {k: v for k, v in dict(scheduler_config).items() if k not in _CLASS_KEYS}
+    return SAMPLERS[key](config)
+
+
+def sampling_timesteps(scheduler, num_steps: int) -> list[int]:
+    """The training-unit timesteps a sampler visits with ``num_steps`` steps, in visiting order.
+
+    Does not change ``scheduler`` (a copy is configured).
+
+    Example::
+
+        >>> from diffusers import DDPMScheduler
+        >>> sampling_timesteps(make_scheduler("ddim", dict(DDPMScheduler().config)), 4)
+        [750, 500, 250, 0]
+    """
+    _check_steps(num_steps)
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(int(num_steps))
+    return [int(t) for t in fresh.timesteps]
+
+
+def _check_steps(num_steps: int) -> None:
+    if int(num_steps) < 1:
+        raise UserError(f"num_steps must be >= 1, got {num_steps}")
+
+
+def _image_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A well-mixed 63-bit seed for image ``index`` of run ``seed`` (stream 0: initial noise)."""
+    words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, int(index), int(stream)]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _as_tensor(out) -> torch.Tensor:
+    if torch.is_tensor(out):
+        return out
+    sample = getattr(out, "sample", None)
+    if torch.is_tensor(sample):
+        return sample
+    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+        return out[0]
+    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+@torch.no_grad()
+def generate(
+    model: Callable,
+    scheduler,
+    *,
+    num_images: int,
+    num_steps: int,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    sample_shape: tuple[int, int, int],
+    vae: torch.nn.Module | None = None,
+    latent_scale: float = 1.0,
+    encoder_hidden_states: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Sample ``num_images`` images: (N, C, H, W) float32 on the CPU, in [-1, 1].
+
+    Args:
+        model: any ``model(x, t, **kw)`` returning a tensor or an object with ``.sample``
+            (a diffusers UNet, a mixture of experts routing on ``t``). ``t`` is a 0-dim tensor
+            in training timestep units; ``kw`` holds ``encoder_hidden_states`` if given.
+        scheduler: a diffusers scheduler (see :func:`make_scheduler`); it is reconfigured
+            (``set_timesteps``) at the start of every batch.
+        num_images, num_steps, batch_size: counts; the last batch may be smaller.
+        seed: see the module docstring for the exact guarantee.
+        device: where the model runs (the model and vae must already be there).
+        sample_shape: (C, H, W) of the denoised tensor (latents for latent models).
+        vae: decoder for latent models: images = ``vae.decode(latents / latent_scale).sample``.
+        encoder_hidden_states: (1, L, D) or (B, L, D) context for conditional UNets; a (1, L, D)
+            context is expanded to each batch.
+        progress: tqdm bar over batches x steps.
+
+    Example::
+
+        >>> x = generate(unet, make_scheduler("ddim", cfg), num_images=4, num_steps=10,
+        ...              batch_size=2, seed=0, sample_shape=(1, 16, 16))  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    _check_steps(num_steps)
+    if int(num_images) < 1 or int(batch_size) < 1:
+        raise UserError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
+    device = torch.device(device)
+    modules = [m for m in (model, vae) if isinstance(m, torch.nn.Module)]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    stochastic = _accepts(scheduler.step, "generator")
+    n_batches = math.ceil(int(num_images) / int(batch_size))
+    bar = tqdm(total=n_batches * int(num_steps), desc="sampling", disable=not progress, dynamic_ncols=True)
+    chunks: list[torch.Tensor] = []
+    try:
+        for b in range(n_batches):
+            lo, hi = b * int(batch_size), min(int(num_images), (b + 1) * int(batch_size))
+            noise = torch.stack([
+                torch.randn(tuple(sample_shape), generator=torch.Generator().manual_seed(_image_seed(seed, i)))
+                for i in range(lo, hi)
+            ])  # (B,C,H,W) on CPU
+            step_gens = [torch.Generator().manual_seed(_image_seed(seed, i, 1)) for i in range(lo, hi)]
+            scheduler.set_timesteps(int(num_steps), device=device)
+            x = noise.to(device) * scheduler.init_noise_sigma  # (B,C,H,W)
+            kw = {}
+            if encoder_hidden_states is not None:
+                ehs = encoder_hidden_states.to(device)
+                kw["encoder_hidden_states"] = ehs.expand(hi - lo, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
+            step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
+            for t in scheduler.timesteps:
+                x_in = scheduler.scale_model_input(x, t)
+                eps = _as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
+                x = scheduler.step(eps, t, x, **step_kw).prev_sample
+                bar.update(1)
+            if vae is not None:
+                x = vae.decode(x / float(latent_scale)).sample  # (B,C',H',W')
+            chunks.append(x.clamp(-1, 1).to("cpu", torch.float32))
+    finally:
+        bar.close()
+        for m, was in zip(modules, was_training):
+            m.train(was)
+    return torch.cat(chunks)  # (N,C,H,W)
+
+
+def save_grid(images: torch.Tensor, path: Path | str, nrow: int | None = None, *, min_tile_px: int = 64,
+              pad_px: int = 2) -> Path:
+    """Write images (N, C, H, W) in [-1, 1] (C = 1 or 3) as one PNG grid; returns the path.
+
+    Tiles are upscaled by an integer factor (nearest) so each is at least ``min_tile_px`` wide:
+    16x16 digits become 64x64. ``nrow`` = images per row (default: ceil(sqrt(N))).
+
+    Example::
+
+        >>> import torch, tempfile, pathlib
+        >>> p = save_grid(torch.zeros(4, 1, 16, 16), pathlib.Path(tempfile.mkdtemp()) / "g.png")
+        >>> p.suffix
+        '.png'
+    """
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (N, 1|3, H, W), got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = int(nrow) if nrow else max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    scale = max(1, math.ceil(min_tile_px / max(h, w)))
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N,C,H,W)
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # (N,C,sH,sW)
+    th, tw = h * scale, w * scale
+    grid = torch.full((c, ncol * (th + pad_px) + pad_px, nrow * (tw + pad_px) + pad_px), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y0, x0 = pad_px + r * (th + pad_px), pad_px + q * (tw + pad_px)
+        grid[:, y0:y0 + th, x0:x0 + tw] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(np.ascontiguousarray(arr[..., 0] if c == 1 else arr))  # L or RGB
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
