@@ -49,6 +49,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",
+    "ExpertsConfig",
     "IntervalsConfig",
     "ModelConfig",
     "SamplingConfig",
@@ -488,6 +489,58 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class ExpertsConfig:
+    """Per-interval elastic experts (``diffnas train-experts``) and fine-tuning of the pruned
+    experts of an allocation (``diffnas finetune``); see ``experts.training``/``experts.finetune``.
+
+    Attributes:
+        train_steps: optimizer steps per expert of the elastic stage.
+        batch_size: images per step (every sub-network of a step sees the same batch).
+        learning_rate, weight_decay: AdamW of the elastic stage.
+        random_archs: random sub-networks per step besides the full and the smallest (the
+            sandwich rule).
+        distill_weight: weight of the distillation loss (MSE to the frozen pretrained model).
+        grad_clip: max gradient norm, or null for none.
+        checkpoint_every: steps between resumable checkpoints.
+        finetune_steps, finetune_batch_size, finetune_learning_rate: the fixed budget (steps x
+            batch per expert) and learning rate of ``diffnas finetune``.
+        heldout_fraction: share of the images kept out of training for the held-out
+            per-interval loss (the experts' table, fine-tuning before/after, the search's proxy).
+        heldout_per_interval: held-out (image, noise, timestep) draws per interval.
+    """
+
+    train_steps: int = 400
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    random_archs: int = 2
+    distill_weight: float = 1.0
+    grad_clip: Optional[float] = 1.0
+    checkpoint_every: int = 50
+    finetune_steps: int = 200
+    finetune_batch_size: int = 32
+    finetune_learning_rate: float = 2e-4
+    heldout_fraction: float = 0.1
+    heldout_per_interval: int = 256
+
+    def __post_init__(self) -> None:
+        require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        for key in ("learning_rate", "finetune_learning_rate"):
+            v = getattr(self, key)
+            require(v > 0 and math.isfinite(v), key, f"must be a positive number, got {v}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.random_archs >= 0, "random_archs", f"must be >= 0, got {self.random_archs}")
+        require(self.distill_weight >= 0, "distill_weight", f"must be >= 0, got {self.distill_weight}")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
+        require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        require(self.finetune_steps >= 0, "finetune_steps", f"must be >= 0, got {self.finetune_steps}")
+        require(self.finetune_batch_size >= 1, "finetune_batch_size", f"must be >= 1, got {self.finetune_batch_size}")
+        require(0 <= self.heldout_fraction < 1, "heldout_fraction", f"must be in [0, 1), got {self.heldout_fraction}")
+        require(self.heldout_per_interval >= 1, "heldout_per_interval", f"must be >= 1, got {self.heldout_per_interval}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
 
@@ -510,6 +563,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def __post_init__(self) -> None:
         require(
