@@ -66,12 +66,15 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ExpertJob",
     "ExpertResult",
+    "ExpertTableRow",
     "ExpertTrainSettings",
     "ExpertsResult",
     "TrainLog",
     "base_fingerprint",
     "build_supernet",
     "expert_dir",
+    "expert_table",
+    "format_expert_table",
     "load_experts",
     "load_supernet",
     "prepare_expert_jobs",
@@ -636,3 +639,87 @@ def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
             raise UserError(f"expert {k} is not trained yet ({d} is missing); run `diffnas train-experts`")
         experts.append(ElasticUNet.from_pretrained(d, device=device).eval())
     return intervals, experts
+
+
+# --------------------------------------------------------------------------------------------
+# the experts' table: elastic experts vs the base model pruned to the same arch
+
+
+@dataclass(frozen=True)
+class ExpertTableRow:
+    """Held-out denoising loss on interval ``k`` at one arch (see :func:`expert_table`).
+
+    Attributes:
+        k, span: the interval.
+        arch: the arch's name (``smallest``, ``width 0.5``, ...); ``macs_ratio`` its MACs / full.
+        base_full: the pretrained model (full arch).
+        base_pruned: the pretrained model pruned to ``arch`` without any fine-tuning.
+        expert_pruned: the interval's elastic expert at ``arch``.
+        expert_full: the expert at the full arch.
+    """
+
+    k: int
+    span: tuple[int, int]
+    arch: str
+    macs_ratio: float
+    base_full: float
+    base_pruned: float
+    expert_pruned: float
+    expert_full: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def expert_table(
+    out_dir: str | Path,
+    heldout: Any,
+    scheduler_config: Mapping[str, Any],
+    *,
+    archs: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str | torch.device = "cpu",
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> list[ExpertTableRow]:
+    """Per interval and arch: held-out loss of each expert vs the base model pruned to that arch.
+
+    ``archs`` defaults to ``{"smallest": smallest, "width 0.5": uniform(0.5)}``. The base
+    model pruned without fine-tuning is the untrained supernet (``<out>/supernet``) at the arch:
+    the same channels the expert keeps.
+    """
+    from experts.losses import proxy_loss
+
+    start = load_supernet(out_dir, device=device)
+    intervals, experts = load_experts(out_dir, device=device)
+    n = intervals.num_intervals
+    space = start.space
+    if archs is None:
+        archs = {"smallest": space.smallest(), "width 0.5": space.uniform(0.5)}
+    sched = training_scheduler(scheduler_config)
+
+    def losses(models: Any, arch: Mapping[str, Any]) -> tuple[float, ...]:
+        return proxy_loss(models, [Arch(arch)] * n, heldout, sched, model_kwargs=model_kwargs).per_interval
+
+    base_full = losses(start, space.full())
+    expert_full = losses(experts, space.full())
+    rows = []
+    for name, arch in archs.items():
+        base_p = losses(start, arch)
+        exp_p = losses(experts, arch)
+        ratio = space.macs(arch) / space.macs(space.full())
+        for k in range(n):
+            rows.append(ExpertTableRow(k, tuple(intervals.spans()[k]), name, round(ratio, 4), base_full[k],
+                                       base_p[k], exp_p[k], expert_full[k]))
+    return rows
+
+
+def format_expert_table(rows: Sequence[ExpertTableRow]) -> str:
+    """A Markdown table of :func:`expert_table` rows."""
+    header = ("interval", "timesteps", "arch", "MACs ratio", "base (full)", "base pruned, no fine-tuning",
+              "expert at arch", "expert (full)", "expert / pruned base")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        cells = (str(r.k), f"[{r.span[0]}, {r.span[1]})", r.arch, f"{r.macs_ratio:.3f}", f"{r.base_full:.4f}",
+                 f"{r.base_pruned:.4f}", f"{r.expert_pruned:.4f}", f"{r.expert_full:.4f}",
+                 f"{r.expert_pruned / r.base_pruned:.3f}" if r.base_pruned > 0 else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -28,6 +28,7 @@ __all__ = ["COMMAND_MODULES", "Command", "all_commands", "register"]
 COMMAND_MODULES: list[str] = [
     "nas.commands.base",
     "nas.commands.intervals",
+    "nas.commands.experts",
     "nas.commands.search",
 ]
 
