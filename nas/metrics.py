@@ -5,7 +5,8 @@ Everything numeric goes through clean-fid 0.1.35's own functions:
 (KID), ``cleanfid.fid.get_batch_features`` (running a feature model on a batch),
 ``cleanfid.resize.build_resizer("clean")`` (its "clean" PIL-bicubic resize to 299x299) and
 ``cleanfid.inception_torchscript.InceptionV3W`` (its Inception network). Folders of image files
-go through ``cleanfid.fid.compute_fid(..., custom_feat_extractor=...)`` (:func:`fid_folders`).
+go through clean-fid's folder loader ``get_folder_features`` with the extractor plugged in, as
+``compute_fid(fdir1, fdir2, custom_feat_extractor=...)`` does (:func:`fid_folders`).
 
 Two feature extractors (:func:`build_extractor`):
 
@@ -700,33 +701,45 @@ def quality_with_ci(results: Sequence[QualityResult], confidence: float = 0.95) 
     return out
 
 
-def fid_folders(fdir1: str | os.PathLike[str], fdir2: str | os.PathLike[str], extractor: FeatureExtractor) -> float:
-    """FID between two folders of image files through ``cleanfid.fid.compute_fid`` with this
-    extractor plugged in as ``custom_feat_extractor`` (CPU-friendly: ``num_workers=0``).
+def folder_features(fdir: str | os.PathLike[str], extractor: FeatureExtractor) -> np.ndarray:
+    """Features (N, D) of every image file in a folder through clean-fid's own loader
+    (``cleanfid.fid.get_folder_features``: its file list, RGB decoding and resize), with this
+    extractor plugged in as the feature model (CPU-friendly: ``num_workers=0``)."""
+    from cleanfid.fid import get_folder_features
 
-    Images saved as 8-bit PNG from tensors give the same FID as :func:`compute_quality` on
-    those tensors (up to float rounding), since both quantise to 8 bits first.
-    """
-    from cleanfid.fid import compute_fid
-
-    for d in (fdir1, fdir2):
-        if not Path(d).is_dir():
-            raise UserError(f"image folder not found: {d}")
+    if not Path(fdir).is_dir():
+        raise UserError(f"image folder not found: {fdir}")
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        fid = compute_fid(
-            str(fdir1),
-            str(fdir2),
-            mode="clean",
+        feats = get_folder_features(
+            str(fdir),
+            extractor.cleanfid_model,
             num_workers=0,
             batch_size=extractor.batch_size,
             device=extractor.device,
-            custom_feat_extractor=extractor.cleanfid_model,
+            mode="clean",
             custom_fn_resize=extractor.cleanfid_resize,
             verbose=False,
-            use_dataparallel=False,
         )
-    return float(np.real(fid))
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.shape[0] == 0:
+        raise UserError(f"no images found in {fdir}")
+    return feats
+
+
+def fid_folders(fdir1: str | os.PathLike[str], fdir2: str | os.PathLike[str], extractor: FeatureExtractor) -> float:
+    """FID between two folders of image files, the way ``cleanfid.fid.compute_fid(fdir1, fdir2,
+    custom_feat_extractor=...)`` computes it (its ``compare_folders``: folder features, then
+    ``frechet_distance``), with the extractor plugged in.
+
+    Not a direct ``compute_fid`` call, because clean-fid 0.1.35's ``frechet_distance`` fails on
+    SciPy >= 1.18 and :func:`frechet_distance_from_features` works around that. Images saved as
+    8-bit PNG from tensors give the same FID as :func:`compute_quality` on those tensors (up to
+    float rounding), since both quantise to 8 bits first.
+    """
+    feats1 = folder_features(fdir1, extractor)
+    feats2 = folder_features(fdir2, extractor)
+    return frechet_distance_from_features(feats1, feats2)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -182,6 +182,19 @@ def test_fid_folders_through_cleanfid_matches_tensor_path(tmp_path: Path, digits
     via_cleanfid = fid_folders(tmp_path / "a", tmp_path / "b", digits_ext)
     via_tensors = quality_from_features(digits_ext(b), digits_ext(a), extractor="digits").fid
     assert via_cleanfid == pytest.approx(via_tensors, rel=1e-3)
+    # the extractor also plugs straight into clean-fid's compute_fid (where SciPy < 1.18 allows)
+    import cleanfid.fid
+
+    try:
+        direct = cleanfid.fid.compute_fid(
+            str(tmp_path / "a"), str(tmp_path / "b"), mode="clean", num_workers=0, device="cpu",
+            custom_feat_extractor=digits_ext.cleanfid_model, custom_fn_resize=digits_ext.cleanfid_resize,
+            verbose=False,
+        )
+    except TypeError as exc:  # clean-fid 0.1.35 + SciPy >= 1.18: sqrtm(disp=) is gone
+        assert "disp" in str(exc)
+    else:
+        assert float(np.real(direct)) == pytest.approx(via_cleanfid, rel=1e-6)
     with pytest.raises(UserError, match="not found"):
         fid_folders(tmp_path / "missing", tmp_path / "b", digits_ext)
 
