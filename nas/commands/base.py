@@ -128,17 +128,35 @@ def train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="PNG", help="where to write the grid (default runs/<name>/samples/...)")
     parser.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
+    _model_argument(parser)
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", metavar="DIR", default=None,
+        help="use this model folder instead of the base model: a mixture (runs/<name>/mixtures/<method>-<budget>), "
+        "a mixture folder, a supernet or a (pruned) UNet folder; the base model still gives the noise schedule",
+    )
+
+
+def load_model_arg(path: str, device: Any) -> Any:
+    """``--model DIR``: a mixture pipeline / mixture / supernet / UNet folder (``experts.pipeline.load_model_folder``)."""
+    from experts.pipeline import load_model_folder
+
+    return load_model_folder(path, device=device)
 
 
 def sample_base(cfg: ExperimentConfig, run: RunDir, device: Any, out: Path | None = None,
-                nrow: int | None = None) -> Path:
-    """Sample ``cfg.sampling.num_images`` images from the base model and save a PNG grid."""
+                nrow: int | None = None, model: str | None = None) -> Path:
+    """Sample ``cfg.sampling.num_images`` images from the base model (or the ``model`` folder,
+    e.g. a mixture) and save a PNG grid."""
     from nas.sampling import save_grid
 
     base = load_base(cfg, run, device)
     s = cfg.sampling
-    images = _generate(cfg, base, num_images=s.num_images, seed=s.seed, device=device)  # (N,C,H,W) in [-1,1]
-    path = out or run.samples_dir / f"base-{s.sampler}-{s.num_steps}steps-seed{s.seed}.png"
+    unet, label = (None, "base") if model is None else (load_model_arg(model, device).model, Path(model).name)
+    images = _generate(cfg, base, num_images=s.num_images, seed=s.seed, device=device, unet=unet)  # (N,C,H,W)
+    path = out or run.samples_dir / f"{label}-{s.sampler}-{s.num_steps}steps-seed{s.seed}.png"
     save_grid(images, path, nrow=nrow)
     return Path(path)
 
@@ -155,7 +173,8 @@ def sample(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
     device = resolve_device(cfg.device)
     run = prepare_run(cfg)
-    path = sample_base(cfg, run, device, out=Path(args.out) if args.out else None, nrow=args.nrow)
+    path = sample_base(cfg, run, device, out=Path(args.out) if args.out else None, nrow=args.nrow,
+                       model=getattr(args, "model", None))
     sys.stdout.write(f"wrote {cfg.sampling.num_images} samples to {path}\n")
     return 0
 
@@ -246,7 +265,8 @@ def format_table(rows: Sequence[EvalRow]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> list[EvalRow]:
+def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True,
+                  model: str | None = None) -> list[EvalRow]:
     """Score the base model (and, if ``evaluation.compare_untrained``, an untrained copy of the
     same shape): FID/KID per seed, MACs per call and per trajectory, latency per image.
 
@@ -277,10 +297,20 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
     extractor = build_extractor(kind, device=device, cache_dir=cache_dir, inception_weights=ev.inception_weights)
     ref_feats = reference_features(name, reference, extractor, cache_dir)  # (N_ref, D), cached per dataset
     base = load_base(cfg, run, device, progress=progress)
-    macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
-    macs_per_traj = int(trajectory_macs([macs_per_call] * cfg.sampling.num_steps))
+    source = base.source
+    if model is None:
+        macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
+        macs_per_traj = int(trajectory_macs([macs_per_call] * cfg.sampling.num_steps))
+        models: list[tuple[str, Any]] = [("base", base.unet)]
+    else:  # --model DIR: a mixture (MACs of the expert serving each step) or a single model
+        from nas.sampling import make_scheduler, sampling_timesteps
 
-    models: list[tuple[str, Any]] = [("base", base.unet)]
+        loaded = load_model_arg(model, device)
+        steps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
+        macs_per_traj = int(loaded.trajectory_macs(steps))
+        macs_per_call = int(round(macs_per_traj / len(steps)))  # mean over the trajectory's steps
+        models = [(Path(model).name, loaded.model)]
+        source = str(model)
     if ev.compare_untrained:
         torch.manual_seed(cfg.seed)
         untrained = type(base.unet).from_config(base.unet.config).to(device).eval()
@@ -302,7 +332,7 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
             log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
                      extractor_name, num_gen, num_ref)
         latency = None
-        if label == "base":  # the untrained copy has the same shape: same MACs and latency
+        if label != "untrained":  # the untrained copy has the base's shape: same MACs and latency
             from nas.latency import measure_latency_ms
 
             bs = ev.latency_batch_size
@@ -315,7 +345,7 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
             timing = measure_latency_ms(trajectory, repeats=ev.latency_repeats, warmup=1, device=device)
             latency = float(timing.median_ms) / bs
         row = EvalRow(
-            model=label, source=base.source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
+            model=label, source=source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
             fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
             extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
             sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
@@ -336,6 +366,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also score an untrained model of the same shape (same as --set evaluation.compare_untrained=true)",
     )
+    _model_argument(parser)
 
 
 @register(
@@ -354,7 +385,7 @@ def evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, compare_untrained=True))
     device = resolve_device(cfg.device)
     run = prepare_run(cfg)
-    rows = evaluate_base(cfg, run, device)
+    rows = evaluate_base(cfg, run, device, model=getattr(args, "model", None))
     first = rows[0]
     sys.stdout.write(
         f"{first.sampler}, {first.num_steps} steps, {first.extractor} features, device {first.device}; "

@@ -101,3 +101,52 @@ def test_finetune_with_a_shared_supernet_and_no_teacher(tmp_path):
     assert res.steps_per_expert == 2
     moe = MixtureOfExperts.from_pretrained(tmp_path / "m" / "mixture")
     assert moe.expert_of_interval == (0, 1)
+
+
+def test_cli_train_experts_finetune_sample_evaluate(capsys, tmp_path):
+    """train-experts (needs intervals.json) -> finetune --allocation -> sample/evaluate --model."""
+    from nas.cli import main
+    from nas.rundir import RunDir
+
+    folder = tmp_path / "tiny-unet"
+    build_tiny_unet().save_pretrained(folder, safe_serialization=True)
+    runs = tmp_path / "runs"
+    common = ["--set", f"run_root={runs}", "--name", "x", "--device", "cpu", "--set", f"model.base={folder}",
+              "--set", "data.limit=64", "--set", "sampling.num_steps=3", "--set", "sampling.batch_size=8",
+              "--set", "experts.train_steps=2", "--set", "experts.batch_size=4", "--set", "experts.random_archs=1",
+              "--set", "experts.finetune_steps=2", "--set", "experts.finetune_batch_size=4",
+              "--set", "experts.heldout_per_interval=8", "-q"]
+    assert main(["train-experts", *common]) == 2
+    assert "run `diffnas intervals` first" in capsys.readouterr().err
+    run = RunDir(runs, "x")
+    IV.save(run.intervals_path)
+    assert main(["train-experts", *common]) == 0
+    out = capsys.readouterr().out
+    assert "expert 1 [400, 1000]: 2 steps" in out and "base pruned, no fine-tuning" in out
+    assert (run.experts_dir / "table.md").is_file() and (run.experts_dir / "heldout.safetensors").is_file()
+    table = json.loads((run.experts_dir / "table.json").read_text())
+    assert {r["arch"] for r in table["rows"]} == {"smallest", "width 0.5"} and len(table["rows"]) == 4
+
+    sup = ElasticUNet.from_pretrained(run.experts_dir / "expert_0")
+    alloc_path = run.allocations_dir / "uniform-0.5.json"
+    _allocation(sup).save(alloc_path)
+    assert main(["finetune", *common, "--allocation", str(alloc_path)]) == 0
+    out = capsys.readouterr().out
+    mix = run.mixture_dir("uniform", 0.5)
+    assert f"-> {mix}" in out and (mix / "model_index.json").is_file()
+    assert main(["finetune", *common, "--allocation", str(tmp_path / "nope.json")]) == 2
+    capsys.readouterr()
+
+    assert main(["sample", *common, "--model", str(mix), "--set", "sampling.num_images=4"]) == 0
+    assert (run.samples_dir / "uniform-0.5-ddim-3steps-seed0.png").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--model", str(mix), "--set", "evaluation.num_samples=8",
+                 "--set", "evaluation.latency_batch_size=2", "--set", "evaluation.latency_repeats=1"]) == 0
+    rec = run.read_results()[-1]
+    alloc = _allocation(sup)
+    assert rec["model"] == "uniform-0.5" and rec["source"] == str(mix)
+    ts = [666, 333, 0]  # DDIM, 3 steps of 1000
+    assert rec["macs_per_trajectory"] == sum(alloc.macs_per_expert[IV.index(t)] for t in ts)
+    assert rec["latency_ms_per_image"] > 0
+    assert main(["sample", *common, "--model", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
