@@ -65,7 +65,6 @@ __all__ = [
     "PRUNED_KEY",
     "StaticPruneResult",
     "fewer_steps_for_budget",
-    "finetune_unet",
     "is_pruned_folder",
     "load_pruned",
     "prune_once",
@@ -509,58 +508,6 @@ def load_pruned(path: str | Path, *, device: str | torch.device = "cpu") -> nn.M
                         f"unexpected {unexpected[:3]})")
     model.register_to_config(**{PRUNED_KEY: record})
     return model.to(device).eval()
-
-
-# --------------------------------------------------------------------------------------------
-# fine-tuning of a single model (static pruning's share of the equal fine-tuning budget)
-
-
-def finetune_unet(
-    model: nn.Module,
-    teacher: nn.Module | None,
-    images: torch.Tensor,
-    scheduler_config: Mapping[str, Any],
-    *,
-    steps: int,
-    batch_size: int,
-    learning_rate: float = 2e-4,
-    distill_weight: float = 1.0,
-    seed: int = 0,
-    unet_kwargs: Callable[[int], dict] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fine-tune one model in place over the whole schedule: ``steps`` Adam steps of
-    ``batch_size`` images, loss = denoising + ``distill_weight`` x distillation from ``teacher``
-    (the same loss as the experts' fine-tuning). Returns ``{steps, batch_size, wall_s, loss_first,
-    loss_last}``.
-    """
-    from tqdm.auto import tqdm
-
-    from experts.intervals import Intervals
-    from experts.losses import expert_loss, make_batch, training_scheduler
-
-    sched = training_scheduler(scheduler_config)
-    whole = Intervals(int(sched.config.num_train_timesteps), ())
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=float(learning_rate))
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    model.train()
-    if teacher is not None:
-        teacher.eval()
-    for _ in tqdm(range(int(steps)), desc="fine-tune static", disable=not progress, dynamic_ncols=True):
-        batch = make_batch(images, whole, 0, int(batch_size), gen).to(device)
-        kw = unet_kwargs(len(batch)) if unet_kwargs is not None else None
-        terms = expert_loss(model, teacher, batch, sched, distill_weight=distill_weight, model_kwargs=kw)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        opt.step()
-        losses.append(float(terms.total.detach()))
-    model.eval()
-    return {"steps": int(steps), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
-            "distill_weight": float(distill_weight), "wall_s": time.perf_counter() - t0,
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
 
 
 # --------------------------------------------------------------------------------------------

@@ -417,7 +417,12 @@ class IntervalsConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """The comparison (``diffnas bench``), its fine-tuning budget and the report.
+    """The comparison (``diffnas bench``) and the report.
+
+    Fine-tuning uses ``experts.finetune_*`` for every pruned method: each expert of a mixture
+    gets ``finetune_steps`` x ``finetune_batch_size`` images; the static model, which serves
+    every interval, gets ``num_intervals`` x ``finetune_steps`` steps of the same batch (the same
+    total), with the same loss and optimiser (``experts.training.run_training``).
 
     Attributes:
         budgets: trajectory-MACs budgets, as fractions of the base model's.
@@ -429,11 +434,6 @@ class BenchConfig:
         seeds: sampling seeds; FID/KID are reported as mean and t interval over them (>= 3).
         num_samples: generated images per seed.
         confidence: level of the FID/KID intervals.
-        finetune_steps: optimizer steps of fine-tuning given to every pruned method (a mixture
-            splits them evenly over its experts), so all methods get the same steps x batch.
-        finetune_batch_size: images per fine-tuning step.
-        finetune_learning_rate: Adam learning rate of the fine-tuning.
-        distill_weight: weight of distillation from the base model in the fine-tuning loss.
         static_importance: channel importance of static pruning: ``taylor`` (|w * dL/dw| of
             the denoising loss over timesteps, Diff-Pruning style) or ``magnitude``.
         static_taylor_batches: batches of gradients for Taylor importance.
@@ -450,10 +450,6 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     num_samples: int = 256
     confidence: float = 0.95
-    finetune_steps: int = 300
-    finetune_batch_size: int = 32
-    finetune_learning_rate: float = 2e-4
-    distill_weight: float = 1.0
     static_importance: Literal["taylor", "magnitude"] = "taylor"
     static_taylor_batches: int = 4
     static_max_iterations: int = 12
@@ -474,11 +470,6 @@ class BenchConfig:
         require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
         require(self.num_samples >= 2, "num_samples", f"must be >= 2, got {self.num_samples}")
         require(0.0 < self.confidence < 1.0, "confidence", f"must be in (0, 1), got {self.confidence}")
-        require(self.finetune_steps >= 0, "finetune_steps", f"must be >= 0, got {self.finetune_steps}")
-        require(self.finetune_batch_size >= 1, "finetune_batch_size", f"must be >= 1, got {self.finetune_batch_size}")
-        require(self.finetune_learning_rate > 0, "finetune_learning_rate",
-                f"must be > 0, got {self.finetune_learning_rate}")
-        require(self.distill_weight >= 0, "distill_weight", f"must be >= 0, got {self.distill_weight}")
         require(self.static_taylor_batches >= 1, "static_taylor_batches", f"must be >= 1, got {self.static_taylor_batches}")
         require(1 <= self.static_max_iterations <= 50, "static_max_iterations",
                 f"must be in [1, 50], got {self.static_max_iterations}")
