@@ -172,7 +172,11 @@ def load_base_model(
             raise UserError(f"base model {spec!r} is a file; pass a folder saved with save_pretrained")
         return load_folder(path, device=device, source=spec)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        return load_folder(_resolve_hub_id(spec), device=device, source=spec)
+        try:
+            snapshot = _resolve_hub_id(spec)
+        except UserError as exc:
+            raise UserError(f"base model {spec!r} is not a local folder; as a hub id: {exc}") from exc.__cause__
+        return load_folder(snapshot, device=device, source=spec)
     raise UserError(
         f"base model {spec!r} not found: not an existing folder, not a hub id (owner/name), "
         f"and not one of: " + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
@@ -192,9 +196,10 @@ def _hub_offline() -> bool:
 
 def _hub_help(repo_id: str) -> str:
     return (
-        f"on a machine with network access run `huggingface-cli download {repo_id} --local-dir "
-        f"<folder>` (or load it in diffusers and call `.save_pretrained(<folder>, "
-        f"safe_serialization=True)`), copy the folder here and pass its path instead of {repo_id!r}"
+        f"on a machine with network access run `hf download {repo_id} --local-dir <folder>` "
+        f"(`huggingface-cli download ...` with older huggingface_hub), or load it in diffusers and call "
+        f"`.save_pretrained(<folder>, safe_serialization=True)`; copy the folder here and pass its path "
+        f"instead of {repo_id!r}"
     )
 
 

@@ -254,6 +254,7 @@ def test_hub_id_offline_and_not_cached_is_a_helpful_user_error(tmp_path, monkeyp
     assert "some-org/some-ldm-model" in msg
     assert "huggingface-cli download" in msg and "save_pretrained" in msg
     assert "path" in msg and "offline" in msg
+    assert "not a local folder" in msg  # a mistyped relative path looks like owner/name too
 
 
 def test_hub_id_found_in_the_local_cache_loads(tmp_path, monkeypatch):
