@@ -274,6 +274,7 @@ def prune_to_budget(
     tolerance: float = 0.02,
     seed: int = 0,
     unet_kwargs: Callable[[int], dict] | None = None,
+    gradients: Mapping[str, torch.Tensor] | None = None,
 ) -> StaticPruneResult:
     """Prune ``unet`` (a copy) so that its fvcore MACs are at most ``budget_ratio`` of the base's.
 
@@ -281,6 +282,9 @@ def prune_to_budget(
     ``1 - sqrt(budget)`` outwards, then bisection), at most ``max_iterations`` prunings; returns the
     feasible model with the largest MACs seen, stopping early once its MACs ratio is within
     ``tolerance`` below the budget.
+
+    ``gradients`` (from :func:`taylor_gradients`) may be passed to prune several budgets with the
+    same Taylor importance; otherwise they are computed here from ``images``.
 
     Raises:
         UserError: the budget is out of (0, 1], or not reachable even at the largest ratio.
@@ -294,10 +298,10 @@ def prune_to_budget(
     t0 = time.perf_counter()
     base_macs = int(count_unet_macs(unet))
     limit = budget_ratio * base_macs
-    grads = None
-    if importance == "taylor":
+    grads = gradients
+    if importance == "taylor" and grads is None:
         if images is None or scheduler_config is None:
-            raise ValueError("taylor importance needs images and scheduler_config")
+            raise ValueError("taylor importance needs images and scheduler_config (or precomputed gradients)")
         grads = taylor_gradients(unet, images, scheduler_config, num_batches=taylor_batches,
                                  batch_size=batch_size, seed=seed, unet_kwargs=unet_kwargs)
     tries: list[tuple[float, float]] = []

@@ -30,6 +30,8 @@ COMMAND_MODULES: list[str] = [
     "nas.commands.intervals",
     "nas.commands.experts",
     "nas.commands.search",
+    "nas.commands.bench",
+    "nas.commands.run",
 ]
 
 CommandFn = Callable[["ExperimentConfig", argparse.Namespace], int]
