@@ -119,7 +119,9 @@ def ray_cluster(config: SearchConfig) -> Iterator[bool]:
         num_gpus = config.num_gpus
         if num_gpus is not None and float(num_gpus).is_integer():
             num_gpus = int(num_gpus)
-        ray.init(num_cpus=config.num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+        # address="local": always a fresh instance; a bare ray.init() would silently join any Ray
+        # already running on this machine (and then refuse num_cpus/num_gpus)
+        ray.init(address="local", num_cpus=config.num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
     try:
         yield True
     finally:

@@ -774,18 +774,27 @@ class StudyDriver:
                 self._tell_record(t.number, self.completed[key])
                 self.counts["duplicates"] += 1
             else:
+                # the parameters it was asked with (an enqueued point's fixed params count too)
+                params = dict(t.system_attrs.get("fixed_params") or t.params)
+                complete = all(d.name in params for d in self.free)
+                if key is None and complete:  # killed between ask and the attributes
+                    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                        arch = self._arch_from_params(params, require_all=True)
+                        self._set_attr(t, _ATTR_KEY, arch_key(arch))
+                        self._set_attr(t, "diffnas_arch", arch.to_dict())
                 self._set_attr(t, _ATTR_STATE, "interrupted")
                 self.study.tell(t.number, state=TS.FAIL)
                 self.counts["interrupted"] += 1
-                params = dict(t.params)
-                if params and params not in waiting:
+                # re-queue what it was asked to evaluate; a trial killed while its parameters were
+                # being drawn was never dispatched, so the sampler simply proposes anew
+                if complete and params and params not in waiting:
                     self.study.enqueue_trial(
                         params,
                         user_attrs={_ATTR_SOURCE: t.user_attrs.get(_ATTR_SOURCE, "sampler"), _ATTR_RETRY: t.number},
                     )
                     waiting.append(params)
-                log.info("%s: trial %d was interrupted before its result was committed; re-queued",
-                         self.spec.name, t.number)
+                log.info("%s: trial %d was interrupted before its result was committed%s", self.spec.name,
+                         t.number, "; re-queued" if complete else "")
         orphans = [n for n in self.by_number if n not in numbers]
         if orphans:
             log.warning(
@@ -822,13 +831,21 @@ class StudyDriver:
         return added
 
     # ---------------------------------------------------------------------------- proposals
-    def proposal_from_trial(self, trial: Any) -> Proposal:
-        """Turn an asked Optuna trial into a proposal; records the arch, its MACs and (in
-        constrained mode) the constraint on the trial before it is evaluated."""
-        params = trial.params
+    def _arch_from_params(self, params: Mapping[str, Any], require_all: bool = False) -> Arch:
+        """Choice indices of the free dimensions -> completed, repaired, validated arch."""
+        if require_all:
+            missing = [d.name for d in self.free if d.name not in params]
+            if missing:
+                raise KeyError(missing[0])
         free = {d.name: d.choices[int(params[d.name])] for d in self.free if d.name in params}
         arch = self.space.repair(self.space.complete(free))
         self.space.validate(arch)
+        return arch
+
+    def proposal_from_trial(self, trial: Any) -> Proposal:
+        """Turn an asked Optuna trial into a proposal; records the arch, its MACs and (in
+        constrained mode) the constraint on the trial before it is evaluated."""
+        arch = self._arch_from_params(trial.params)
         key = arch_key(arch)
         macs = int(self.space.macs(arch))
         ratio = macs / self.full_macs

@@ -1,0 +1,256 @@
+"""The Ray Tune backend on real Ray: a two-node local cluster with one logical GPU per node,
+failures and retries, the up-front resource check, and killing the driver mid-search.
+
+One ``ray.cluster_utils.Cluster`` is shared by the tests of this module (starting Ray costs
+seconds and memory); the kill test runs the real CLI in subprocesses with their own local Ray.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ray = pytest.importorskip("ray")
+optuna = pytest.importorskip("optuna")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from experts.intervals import Intervals  # noqa: E402
+from nas.config import SearchConfig  # noqa: E402
+from nas.errors import UserError  # noqa: E402
+from nas.ray_backend import (  # noqa: E402
+    SideJob,
+    auto_concurrency,
+    check_cluster_resources,
+    trial_device,
+    trial_resources,
+)
+from nas.rundir import RunDir  # noqa: E402
+from nas.search import RECORD_KIND, SyntheticObjective, arch_key, run_search, synthetic_mixture_space  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+INTERVALS = Intervals(1000, (300, 700))
+_MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """Two Ray nodes on this machine, each with 2 CPUs and 1 logical GPU."""
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "num_gpus": 1, "object_store_memory": 80 * _MiB},
+    )
+    cluster.add_node(num_cpus=2, num_gpus=1, object_store_memory=80 * _MiB)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _records(run: RunDir, fidelity: str | None = "proxy") -> list[dict]:
+    return [r for r in run.read_results()
+            if r.get("kind") == RECORD_KIND and (fidelity is None or r["fidelity"] == fidelity)]
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# ------------------------------------------------------------------ pure helpers (no cluster)
+
+
+NODES = [{"Resources": {"CPU": 4.0, "GPU": 1.0}}, {"Resources": {"CPU": 4.0, "GPU": 1.0}}]
+
+
+def test_resource_check_names_the_numbers():
+    check_cluster_resources({"cpu": 1, "gpu": 1}, NODES)
+    check_cluster_resources({"cpu": 4, "gpu": 0.5}, NODES)
+    with pytest.raises(UserError, match=r"asks for 2 GPU\(s\).*largest node has 1 GPU\(s\), the cluster 2 GPU\(s\) over 2"):
+        check_cluster_resources({"cpu": 1, "gpu": 2}, NODES)
+    with pytest.raises(UserError, match=r"asks for 8 CPU\(s\).*largest node has 4"):
+        check_cluster_resources({"cpu": 8, "gpu": 0}, NODES)
+    with pytest.raises(UserError, match="whole number"):
+        check_cluster_resources({"cpu": 1, "gpu": 1.5}, NODES)
+
+
+def test_concurrency_and_default_gpu_request_follow_the_cluster():
+    assert auto_concurrency({"cpu": 1, "gpu": 1}, NODES) == 2
+    assert auto_concurrency({"cpu": 1, "gpu": 0.5}, NODES) == 4
+    assert auto_concurrency({"cpu": 1, "gpu": 0}, NODES) == 8
+    assert trial_resources(SearchConfig(), NODES) == {"cpu": 1.0, "gpu": 1.0}
+    assert trial_resources(SearchConfig(), [{"Resources": {"CPU": 2.0}}]) == {"cpu": 1.0, "gpu": 0.0}
+    assert trial_device([]) == "cpu"
+
+
+# --------------------------------------------------------------------------- on the cluster
+
+
+def test_asking_more_gpus_than_any_node_has_fails_at_once(two_node_cluster, tmp_path):
+    space = synthetic_mixture_space()
+    run = RunDir(tmp_path, "r")
+    cfg = SearchConfig(backend="ray", gpus_per_trial=2, n_trials=2)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"asks for 2 GPU\(s\).*largest node has 1 GPU\(s\)"):
+        run_search(space, SyntheticObjective(space), cfg, run)
+    assert time.monotonic() - t0 < 60  # a failure, not a trial pending forever
+    assert not run.search_dir.exists()  # nothing was started
+
+
+def test_one_gpu_trials_use_both_nodes_and_never_share_a_gpu(two_node_cluster, tmp_path):
+    space = synthetic_mixture_space()
+    run = RunDir(tmp_path, "r")
+    log = tmp_path / "evals.jsonl"
+    router_arch = space.smallest()
+
+    def train_router():  # the routing agent's job beside the studies (here: writes an allocation)
+        from nas.search import allocation_path, arch_to_allocation
+
+        alloc = arch_to_allocation(space, router_arch, INTERVALS, 0.7, method="router")
+        alloc.save(allocation_path(run.allocations_dir, "router", 0.7))
+        return {"budgets": [0.7]}
+
+    cfg = SearchConfig(backend="ray", gpus_per_trial=1, n_trials=5, budgets=(0.5, 0.7), promote_top_k=1)
+    res = run_search(space, SyntheticObjective(space, sleep_s=0.4, log_path=str(log)), cfg, run,
+                     intervals=INTERVALS, side_jobs={"router": SideJob(train_router, num_cpus=1)})
+    recs = _records(run, None)
+    assert len(_records(run)) == 10 and len(_records(run, "full")) == 2
+    assert all(r["state"] == "complete" for r in recs)
+    nodes = {r["placement"]["node_id"] for r in recs}
+    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
+    by_gpu = collections.defaultdict(list)
+    for r in recs:
+        pl = r["placement"]
+        assert len(pl["gpu_ids"]) == 1 and pl["device"] == "cpu"  # logical GPUs, no CUDA here
+        by_gpu[(pl["node_id"], pl["gpu_ids"][0])].append((pl["start"], pl["end"]))
+    for spans in by_gpu.values():  # one trial per GPU at a time
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert start >= end
+    # every evaluation was committed once; the outputs exist
+    starts = collections.Counter((e["study"], e["key"], e["fidelity"]) for e in _events(log) if e["event"] == "start")
+    assert set(starts.values()) == {1} and len(starts) == len(recs)
+    assert {s.name: s.n_evaluated for s in res.studies} == {"search-b0.5": 5, "search-b0.7": 5}
+    for b in (0.5, 0.7):
+        assert (run.allocations_dir / f"search-{b:g}.json").exists()
+        assert (run.search_dir / f"pareto-search-b{b:g}.json").exists()
+    assert res.side_jobs["router"]["state"] == "complete"
+    assert (run.allocations_dir / "router-0.7.json").exists()
+    study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{run.search_dir / 'study.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_trial_that_raises_is_retried_marked_failed_and_the_study_completes(two_node_cluster, tmp_path):
+    space = synthetic_mixture_space()
+    run = RunDir(tmp_path, "r")
+    log = tmp_path / "evals.jsonl"
+    bad = arch_key(space.full())  # the full arch is enqueued first
+    cfg = SearchConfig(backend="ray", gpus_per_trial=0.5, n_trials=4, max_failures=1, promote_top_k=0)
+    res = run_search(space, SyntheticObjective(space, sleep_s=0.2, fail_keys=(bad,), log_path=str(log)), cfg, run)
+    recs = _records(run)
+    assert len(recs) == 4 and res.studies[0].n_evaluated == 4 and res.studies[0].n_failed == 1
+    (failed,) = [r for r in recs if r["state"] == "failed"]
+    assert failed["key"] == bad and failed["attempts"] == 2
+    assert "synthetic failure" in failed["error"]
+    starts = collections.Counter(e["key"] for e in _events(log) if e["event"] == "start")
+    assert starts[bad] == 2  # one retry (max_failures=1)
+    study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{run.search_dir / 'study.db'}")
+    states = {t.user_attrs["diffnas_key"]: t.state for t in study.trials}
+    assert states[bad] == optuna.trial.TrialState.FAIL
+    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 3
+    # fractional GPUs: never more than two trials on one GPU at a time
+    spans = collections.defaultdict(list)
+    for r in recs:
+        if r["state"] == "complete":
+            pl = r["placement"]
+            spans[(pl["node_id"], pl["gpu_ids"][0])].append((pl["start"], pl["end"]))
+    for s in spans.values():
+        for start, _ in s:
+            assert sum(a <= start < b for a, b in s) <= 2
+
+
+# ------------------------------------------------------------------------ kill the driver
+
+
+def _search_cmd(root: Path, name: str, n_trials: int) -> list[str]:
+    return [
+        sys.executable, "-m", "nas", "search", "--synthetic", "--synthetic-sleep", "0.6",
+        "--name", name, "--set", f"run_root={root}", "--set", f"search.n_trials={n_trials}",
+        "--set", "search.budgets=[0.5]", "--set", "search.num_cpus=2", "--set", "search.promote_top_k=1",
+    ]
+
+
+def _committed(results: Path) -> list[dict]:
+    out = []
+    if results.exists():
+        for line in results.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("kind") == RECORD_KIND:
+                out.append(rec)
+    return out
+
+
+def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(tmp_path):
+    n_trials = 10
+    cmd = _search_cmd(tmp_path, "k", n_trials)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    results = tmp_path / "k" / "results.jsonl"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_committed(results)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-search
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it started (its process group)
+    before = _committed(results)
+    assert 3 <= len(before) < n_trials, "the kill must land mid-search"
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = _committed(results)
+    proxy = [r for r in after if r["fidelity"] == "proxy"]
+    keys = [r["key"] for r in proxy]
+    assert len(keys) == n_trials and len(set(keys)) == n_trials  # none missing, none twice
+    assert [r for r in after[: len(before)]] == before  # the committed lines are kept as they were
+    events = _events(tmp_path / "k" / "search" / "synthetic-evals.jsonl")
+    starts = collections.Counter((e["key"], e["fidelity"]) for e in events if e["event"] == "start")
+    for rec in before:  # completed results were not recomputed
+        assert starts[(rec["key"], rec["fidelity"])] == 1
+    study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{tmp_path / 'k' / 'search' / 'study.db'}")
+    trials = study.trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    told = {t.number: t for t in trials}
+    for rec in proxy:  # Optuna agrees with the ledger
+        t = told[rec["number"]]
+        assert t.user_attrs["diffnas_key"] == rec["key"] and t.state == optuna.trial.TrialState.COMPLETE
+        assert t.values == [rec["quality"]]
+    # a trial in flight at the kill is re-run, not lost (one killed while its parameters were being
+    # drawn was never dispatched and has no architecture)
+    interrupted = [t for t in trials if t.user_attrs.get("diffnas_state") == "interrupted"]
+    assert {t.user_attrs["diffnas_key"] for t in interrupted if "diffnas_key" in t.user_attrs} <= set(keys)
+    assert "study search-b0.5: 10 evaluated" in rerun.stdout
+
