@@ -303,7 +303,7 @@ def _mixture_candidate(ctx: _Context, method: str, budget: float, config_key: st
 
     run, cfg = ctx.run, ctx.cfg
     if not ctx.has_experts():
-        return f"{run.experts_dir} has no trained experts (run `diffnas train-experts`)"
+        return f"{run.experts_dir.relative_to(run.path)}/ has no trained experts (run `diffnas train-experts`)"
     prefix = ALLOCATION_PREFIX[method]
     path = run.allocations_dir / f"{prefix}-{budget:g}.json"
     if method == "uniform":
@@ -675,7 +675,7 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
 
 
 def _fmt(x: Any) -> str:
-    return "-" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
+    return "-" if x is None or not math.isfinite(float(x)) else f"{float(x):.2f}"
 
 
 def format_bench(result: BenchResult) -> str:

@@ -206,6 +206,9 @@ def prune_once(
     model = copy.deepcopy(unet).eval()
     if pruning_ratio == 0.0:
         return model
+    # torch-pruning traces the autograd graph: parameters must require grad (a loaded, frozen
+    # model would otherwise give an empty dependency graph and prune nothing)
+    model.requires_grad_(True)
     if importance == "taylor":
         if gradients is None:
             raise ValueError("taylor importance needs gradients (see taylor_gradients)")
@@ -217,11 +220,12 @@ def prune_once(
         imp = tp.importance.MagnitudeImportance(p=2)
     else:
         raise ValueError(f"importance must be 'taylor' or 'magnitude', got {importance!r}")
-    pruner = tp.pruner.MetaPruner(
-        model, _example_inputs(model), importance=imp, pruning_ratio=float(pruning_ratio),
-        num_heads=_attention_heads(model), ignored_layers=_ignored_layers(model),
-    )
-    pruner.step()
+    with torch.enable_grad():
+        pruner = tp.pruner.MetaPruner(
+            model, _example_inputs(model), importance=imp, pruning_ratio=float(pruning_ratio),
+            num_heads=_attention_heads(model), ignored_layers=_ignored_layers(model),
+        )
+        pruner.step()
     model.zero_grad(set_to_none=True)
     _sync_attributes(model)
     return model.eval()
@@ -429,7 +433,7 @@ def save_pruned(model: nn.Module, path: str | Path, info: Mapping[str, Any] | No
     from safetensors.torch import save_file
 
     path = Path(path)
-    config = {k: v for k, v in dict(model.config).items() if k != PRUNED_KEY}
+    config = {k: v for k, v in dict(model.config).items() if k not in (PRUNED_KEY, "_name_or_path")}
     cls = _unet_class(str(config.get("_class_name", type(model).__name__)))
     record = _shape_record(model, _skeleton(cls, config))
     record["info"] = dict(info or {})
@@ -450,6 +454,8 @@ def save_pruned(model: nn.Module, path: str | Path, info: Mapping[str, Any] | No
 def _json_default(value: Any) -> Any:
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to config.json")
 
 

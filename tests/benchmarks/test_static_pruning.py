@@ -69,6 +69,14 @@ def test_taylor_importance_uses_denoising_gradients():
         prune_to_budget(unet, 0.6, importance="taylor")
 
 
+def test_frozen_model_under_no_grad_is_pruned_too():
+    unet = build_tiny_unet().requires_grad_(False)  # as a loaded base model is
+    with torch.no_grad():
+        res = prune_to_budget(unet, 0.5, importance="magnitude", max_iterations=4)
+    assert res.macs <= 0.5 * res.base_macs
+    assert all(not p.requires_grad for p in unet.parameters())  # the caller's model is untouched
+
+
 def test_unreachable_budget_is_a_user_error():
     with pytest.raises(UserError, match="cannot reach"):
         prune_to_budget(build_tiny_unet(), 0.01, importance="magnitude", max_iterations=3)
