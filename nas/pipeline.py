@@ -304,7 +304,7 @@ def run_pipeline(
         elapsed = _fmt_s(time.perf_counter() - t0)
         if stage.name in skip:
             log.info("[%d/%d %s] %s: skipped (--skip)", i, total, elapsed, stage.name)
-            outcomes.append(StageOutcome(stage.name, "skipped"))
+            outcomes.append(StageOutcome(stage.name, "skipped", 0.0))
             if on_stage:
                 on_stage(i, total, stage.name, "skipped")
             continue
