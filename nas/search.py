@@ -67,7 +67,7 @@ import socket
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -349,6 +349,9 @@ def _fraction(d: Dimension, value: Any) -> float:
 def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
     """The widest *uniform* arch within the budget: every non-boolean dimension at the same
     fraction of its full size (the largest choice not above that fraction), depth kept full.
+    When the space (or every part of a :class:`ProductSpace`) has a ``uniform(fraction)`` method
+    (:class:`~search_spaces.UNetSpace`), that rule is used instead, with the largest fraction
+    among the choices' fractions that meets the budget.
 
     This is the hand-made baseline a searched allocation must beat. Returns ``None`` when even
     the narrowest uniform arch is over the budget.
@@ -360,11 +363,26 @@ def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
         >>> uniform_width_arch(s, 0.5).to_dict()
         {'a': 16, 'b': 16}
     """
+    limit = budget_ratio * space.macs(space.full()) + _EPS
+    parts = list(space.parts.values()) if isinstance(space, ProductSpace) else [space]
+    if all(callable(getattr(p, "uniform", None)) for p in parts):
+        # spaces with their own uniform rule (UNetSpace.uniform: every width at the choice nearest
+        # the fraction, all layers kept): the largest fraction meeting the budget, the rule the
+        # benchmark's uniform baseline uses
+        fracs = {round(_fraction(d, c), 6) for p in parts for d in p.dimensions()
+                 if not isinstance(d.full, bool) and d.full for c in d.choices}
+        for f in sorted(fracs, reverse=True):
+            if isinstance(space, ProductSpace):
+                arch = space.join({name: part.uniform(f) for name, part in space.parts.items()})
+            else:
+                arch = space.uniform(f)  # type: ignore[attr-defined]
+            if space.macs(arch) <= limit:
+                return arch
+        return None
     free = space.free_dimensions()
     levels = sorted({_fraction(d, c) for d in free if not isinstance(d.full, bool) for c in d.choices})
     if not levels:
         return None
-    limit = budget_ratio * space.macs(space.full()) + _EPS
     for level in reversed(levels):
         values: dict[str, Any] = {}
         for d in free:

@@ -69,16 +69,11 @@ def _search_config(cfg: ExperimentConfig, args: argparse.Namespace) -> Experimen
 
 def _mixture_problem(cfg: ExperimentConfig, run: RunDir) -> tuple[Any, Any, Any]:
     """The real problem: the experts' mixture space, its proxy/FID objective and intervals."""
-    try:
-        import experts.mixture  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "the mixture objective needs the interval experts, which this version does not build yet; "
-            "run 'diffnas search --synthetic' for a dry run of the search machinery"
-        ) from None
-    raise UserError(  # pragma: no cover - wired when the experts land
-        "the mixture objective is not wired to 'diffnas search' yet; use --synthetic for a dry run"
-    )
+    from nas.device import resolve_device
+    from nas.search_objective import mixture_problem
+
+    problem = mixture_problem(cfg, run, device=str(resolve_device(cfg.device)))
+    return problem.space, problem.objective, problem.intervals
 
 
 def format_search_summary(result: SearchResult) -> str:

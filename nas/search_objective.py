@@ -1,0 +1,266 @@
+"""The objective of ``diffnas search`` on a real run: allocations of the run's elastic experts.
+
+The search space is a :class:`~search_spaces.ProductSpace` with one part per interval expert
+(``e0``, ``e1``, ... in interval order; each part is that expert's
+:class:`~search_spaces.UNetSpace`), weighted by the sampling steps each interval serves under
+``sampling.sampler`` / ``sampling.num_steps``, so ``space.macs`` is the trajectory MACs and a
+budget is a fraction of the base model's trajectory MACs.
+
+Two fidelities (:class:`MixtureObjective`):
+
+- ``proxy`` (every trial): on the fixed held-out set ``experts/heldout.safetensors`` (the one
+  the experts' table and the fine-tuning report use), each interval's expert at its arch
+  (supernet, ``set_active``; not fine-tuned) is scored with the experts' own training loss:
+  denoising MSE + ``experts.distill_weight`` x MSE to the frozen base model
+  (:func:`experts.losses.expert_loss`); ``quality`` is the step-weighted sum over intervals
+  (weights = share of sampling steps). ``denoise`` and ``distill`` are recorded apart, per
+  interval too.
+- ``fid`` (promoted trials): FID through :mod:`nas.metrics` (``evaluation.extractor``, reference
+  features cached per dataset) of ``evaluation.num_samples`` images sampled by the mixture at the
+  allocation with the run's sampler and steps, seed ``evaluation.seeds[0]``; KID and the number
+  of sampled images are recorded.
+
+The objective object is small (the resolved config); each worker process loads the base model,
+the experts and the held-out set once, on first use, and keeps them (Ray Tune reuses its trial
+actors). On a multi-node cluster the run folder must be on a filesystem every node sees.
+
+Example::
+
+    >>> problem = mixture_problem(cfg, RunDir.from_config(cfg), device="cpu")  # doctest: +SKIP
+    >>> run_search(problem.space, problem.objective, cfg.search, run, intervals=problem.intervals)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experts.intervals import Intervals
+from nas.config import ExperimentConfig
+from nas.errors import UserError
+from nas.rundir import RunDir
+from nas.search import EvalContext
+from search_spaces import Arch, ProductSpace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MixtureObjective", "MixtureProblem", "absolute_config", "mixture_problem", "part_name"]
+
+_LOCK = threading.Lock()
+_STATE: dict[tuple[str, str], Any] = {}  # (run folder, device) -> loaded models, per process
+
+
+def part_name(k: int) -> str:
+    """Name of expert ``k``'s part in the mixture space (``e0``, ``e1``, ...)."""
+    return f"e{k}"
+
+
+def absolute_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with run/data/model paths made absolute (workers may run elsewhere)."""
+    changes: dict[str, Any] = {"run_root": str(Path(cfg.run_root).resolve())}
+    if cfg.data.path:
+        changes["data"] = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve()))
+    base = cfg.model.base
+    if not base.startswith("embedded:") and Path(base).exists():
+        changes["model"] = dataclasses.replace(cfg.model, base=str(Path(base).resolve()))
+    if cfg.evaluation.inception_weights and Path(cfg.evaluation.inception_weights).exists():
+        changes["evaluation"] = dataclasses.replace(
+            cfg.evaluation, inception_weights=str(Path(cfg.evaluation.inception_weights).resolve()))
+    return dataclasses.replace(cfg, **changes)
+
+
+@dataclass
+class _Loaded:
+    base: Any
+    experts: list[Any]
+    intervals: Intervals
+    heldout: Any
+    noise_scheduler: Any
+    step_weights: tuple[float, ...]
+    teacher_out: dict[tuple[int, int], Any]
+    fid: Any = None  # (extractor, reference features) once needed
+
+
+@dataclass(frozen=True)
+class MixtureObjective:
+    """Proxy loss and FID of an allocation of the run's experts (see the module docstring).
+
+    Attributes:
+        cfg: the resolved config, paths absolute (:func:`absolute_config`).
+        steps_per_expert: sampling steps each interval serves (the proxy's weights).
+        batch_size: held-out samples per expert call.
+    """
+
+    cfg: ExperimentConfig
+    steps_per_expert: tuple[int, ...]
+    batch_size: int = 256
+    fidelities: tuple[str, ...] = ("proxy", "fid")
+
+    # --------------------------------------------------------------------------- loading
+    def _load(self, device: str) -> _Loaded:
+        run = RunDir.from_config(self.cfg)
+        key = (str(run.path), str(device))
+        with _LOCK:
+            state = _STATE.get(key)
+            if state is not None:
+                return state
+            from experts.losses import HeldOutSet, training_scheduler
+            from experts.training import load_experts
+            from nas.commands.base import load_base
+
+            t0 = time.perf_counter()
+            base = load_base(self.cfg, run, device, progress=False)
+            base.unet.eval()
+            intervals, experts = load_experts(run.experts_dir, device=device)
+            path = run.experts_dir / "heldout.safetensors"
+            if not path.is_file():
+                raise UserError(f"{path} does not exist; run `diffnas train-experts` (it writes the held-out set)")
+            heldout = HeldOutSet.load(path)
+            if heldout.intervals != intervals:
+                raise UserError(f"{path} was drawn for other intervals than the experts'; rerun `diffnas train-experts`")
+            steps = [float(s) for s in self.steps_per_expert]
+            total = sum(steps) or 1.0
+            state = _Loaded(base, experts, intervals, heldout, training_scheduler(base.scheduler_config),
+                            tuple(s / total for s in steps), {})
+            _STATE[key] = state
+            log.info("search objective: loaded the base model, %d experts and the held-out set on %s in %.1f s "
+                     "(pid %d)", len(experts), device, time.perf_counter() - t0, os.getpid())
+            return state
+
+    def _archs(self, arch: Arch, n: int) -> list[Arch]:
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, value in arch.items():
+            part, _, rest = name.partition(ProductSpace.SEP)
+            if not part.startswith("e") or not part[1:].isdigit() or int(part[1:]) >= n:
+                raise ValueError(f"unknown key {name!r}: not a dimension of the mixture space")
+            out[int(part[1:])][rest] = value
+        return [Arch(a) for a in out]
+
+    # -------------------------------------------------------------------------- evaluate
+    def evaluate(self, arch: Arch, fidelity: str, context: EvalContext) -> Mapping[str, Any]:
+        device = context.device or "cpu"
+        state = self._load(device)
+        archs = self._archs(Arch(arch), state.intervals.num_intervals)
+        if fidelity == "proxy":
+            return self._proxy(state, archs, device)
+        if fidelity == "fid":
+            return self._fid(state, archs, device)
+        raise ValueError(f"unknown fidelity {fidelity!r}; this objective has {list(self.fidelities)}")
+
+    def _proxy(self, state: _Loaded, archs: list[Arch], device: str) -> dict[str, Any]:
+        import torch
+
+        from experts.losses import LossBatch, expert_loss
+
+        w_distill = float(self.cfg.experts.distill_weight)
+        kw = ({"encoder_hidden_states": state.base.encoder_hidden_states}
+              if state.base.encoder_hidden_states is not None else None)
+        teacher = state.base.unet
+        h = state.heldout
+        denoise, distill = [], []
+        with torch.no_grad():
+            for k, (model, arch) in enumerate(zip(state.experts, archs)):
+                model.set_active(arch)
+                m = int(h.t[k].shape[0])
+                acc_dn = acc_ds = 0.0
+                for c, s in enumerate(range(0, m, self.batch_size)):
+                    sl = slice(s, min(m, s + self.batch_size))
+                    batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl]).to(device)
+                    t_out = state.teacher_out.get((k, c))
+                    if t_out is None and w_distill > 0:
+                        from experts.losses import as_tensor
+
+                        x_t = state.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (b,C,H,W)
+                        t_out = as_tensor(teacher(x_t, batch.t, **(_expand(kw, len(batch))))).detach()
+                        state.teacher_out[(k, c)] = t_out
+                    terms = expert_loss(model, None, batch, state.noise_scheduler, distill_weight=w_distill,
+                                        teacher_out=t_out, model_kwargs=kw)
+                    acc_dn += float(terms.denoise) * len(batch)
+                    acc_ds += float(terms.distill) * len(batch)
+                denoise.append(acc_dn / m)
+                distill.append(acc_ds / m)
+        w = state.step_weights
+        dn = sum(wk * x for wk, x in zip(w, denoise))
+        ds = sum(wk * x for wk, x in zip(w, distill))
+        return {"quality": dn + w_distill * ds, "denoise": dn, "distill": ds, "distill_weight": w_distill,
+                "denoise_per_interval": denoise, "distill_per_interval": distill,
+                "heldout_per_interval": int(h.n_per_interval), "sampled_images": 0}
+
+    def _fid(self, state: _Loaded, archs: list[Arch], device: str) -> dict[str, Any]:
+        from experts.mixture import MixtureOfExperts
+        from nas.data import dataset_id, load_dataset
+        from nas.metrics import build_extractor, compute_quality, reference_features, resolve_extractor_kind
+        from nas.sampling import generate, make_scheduler
+
+        cfg = self.cfg
+        ev = cfg.evaluation
+        run = RunDir.from_config(cfg)
+        if state.fid is None:
+            kind = resolve_extractor_kind(ev.extractor, cfg.data.dataset)
+            extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
+                                        inception_weights=ev.inception_weights)
+            ref = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
+            state.fid = (extractor, ref)
+        extractor, ref = state.fid
+        mixture = MixtureOfExperts(state.intervals, state.experts, archs)
+        b = state.base
+        n = int(ev.num_samples)
+        seed = int(ev.seeds[0])
+        images = generate(mixture, make_scheduler(cfg.sampling.sampler, b.scheduler_config), num_images=n,
+                          num_steps=cfg.sampling.num_steps, batch_size=cfg.sampling.batch_size, seed=seed,
+                          device=device, sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
+                          encoder_hidden_states=b.encoder_hidden_states, progress=False)  # (N,C,H,W)
+        q = compute_quality(images, ref, extractor)
+        return {"quality": float(q.fid), "fid": float(q.fid), "kid": float(q.kid), "extractor": q.extractor,
+                "sampled_images": n, "seed": seed, "num_reference": int(q.num_reference),
+                "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps}
+
+
+def _expand(kw: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
+    out = dict(kw or {})
+    for key, v in list(out.items()):
+        if hasattr(v, "ndim") and v.ndim >= 1 and v.shape[0] == 1 and batch > 1:
+            out[key] = v.expand(batch, *v.shape[1:])
+    return out
+
+
+@dataclass(frozen=True)
+class MixtureProblem:
+    """What ``diffnas search`` searches on a real run: the space, the objective, the intervals."""
+
+    space: ProductSpace
+    objective: MixtureObjective
+    intervals: Intervals
+    steps_per_expert: tuple[int, ...]
+
+
+def mixture_problem(cfg: ExperimentConfig, run: RunDir, device: str = "cpu") -> MixtureProblem:
+    """Build the mixture space and objective of a run whose experts are trained.
+
+    Raises:
+        UserError: no trained experts, or no held-out set, with the command that makes them.
+    """
+    from experts.training import load_experts
+    from nas.commands.base import load_base
+    from nas.sampling import make_scheduler, sampling_timesteps
+
+    if not (run.experts_dir / "intervals.json").is_file():
+        raise UserError(f"{run.experts_dir} has no trained experts; run `diffnas train-experts` first "
+                        "(or `diffnas search --synthetic` for a dry run of the search machinery)")
+    if not (run.experts_dir / "heldout.safetensors").is_file():
+        raise UserError(f"{run.experts_dir}/heldout.safetensors does not exist; run `diffnas train-experts`")
+    base = load_base(cfg, run, device, progress=False)
+    intervals, experts = load_experts(run.experts_dir, device="cpu")
+    timesteps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
+    steps = tuple(int(s) for s in intervals.steps_per_interval(timesteps))
+    space = ProductSpace({part_name(k): e.space for k, e in enumerate(experts)},
+                         weights={part_name(k): float(s) for k, s in enumerate(steps)})
+    objective = MixtureObjective(absolute_config(cfg), steps)
+    return MixtureProblem(space, objective, intervals, steps)

@@ -1,0 +1,109 @@
+"""The real search objective on a tiny run: the mixture space of trained experts, the proxy loss
+(denoising + distillation on the held-out set) and FID for promoted trials, through
+``diffnas search``."""
+
+from __future__ import annotations
+
+import pytest
+
+from experts.allocation import Allocation
+from experts.intervals import Intervals
+from nas.cli import main
+from nas.config import load_config
+from nas.rundir import RunDir
+from nas.search import EvalContext, RECORD_KIND, uniform_width_arch
+from nas.search_objective import mixture_problem
+from tests.conftest import build_tiny_unet
+
+IV = Intervals(1000, (400,))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder with a tiny base UNet, intervals, experts (0 elastic steps: each expert is the
+    base model) and the held-out set."""
+    root = tmp_path_factory.mktemp("search-obj")
+    folder = root / "tiny-unet"
+    build_tiny_unet().save_pretrained(folder, safe_serialization=True)
+    overrides = [
+        f"run_root={root / 'runs'}", "name=x", "device=cpu", f"model.base={folder}", "data.limit=64",
+        "sampling.num_steps=4", "sampling.batch_size=8", "experts.train_steps=0", "experts.batch_size=4",
+        "experts.heldout_per_interval=8", "evaluation.num_samples=8",
+    ]
+    run = RunDir(root / "runs", "x")
+    IV.save(run.intervals_path)
+    args = [a for o in overrides for a in ("--set", o)]
+    assert main(["train-experts", *args, "-q"]) == 0
+    return load_config(None, overrides), run, args
+
+
+def test_mixture_space_is_one_part_per_expert_weighted_by_sampling_steps(tiny_run):
+    cfg, run, _ = tiny_run
+    problem = mixture_problem(cfg, run)
+    space = problem.space
+    assert list(space.parts) == ["e0", "e1"] and problem.intervals == IV
+    assert sum(problem.steps_per_expert) == 4 and all(s > 0 for s in problem.steps_per_expert)
+    assert [space.weights[p] for p in space.parts] == list(problem.steps_per_expert)
+    one_call = space.parts["e0"].macs(space.parts["e0"].full())
+    assert space.macs(space.full()) == one_call * 4  # trajectory MACs of the base model
+    # the uniform baseline is the benchmark's: the same UNetSpace.uniform(f) for every expert
+    from benchmarks.static_pruning import uniform_fraction_arch
+
+    arch, _ = uniform_fraction_arch(space.parts["e0"], 0.5)
+    assert uniform_width_arch(space, 0.5) == space.join({"e0": arch, "e1": arch})
+
+
+def test_proxy_is_the_step_weighted_heldout_denoising_plus_distillation_loss(tiny_run):
+    import torch
+
+    from experts.losses import HeldOutSet, proxy_loss, training_scheduler
+    from experts.training import load_experts
+    from nas.commands.base import load_base
+
+    cfg, run, _ = tiny_run
+    problem = mixture_problem(cfg, run)
+    obj, space = problem.objective, problem.space
+    ctx = EvalContext("s", 0, "k", "proxy")
+    full = obj.evaluate(space.full(), "proxy", ctx)
+    # untrained experts at the full arch are the base model: no distillation error
+    assert full["distill"] == pytest.approx(0.0, abs=1e-10)
+    heldout = HeldOutSet.load(run.experts_dir / "heldout.safetensors")
+    sched = training_scheduler(load_base(cfg, run, "cpu", progress=False).scheduler_config)
+    _, experts = load_experts(run.experts_dir)
+    ref = proxy_loss(experts, [space.parts["e0"].full()] * 2, heldout, sched, step_weights=problem.steps_per_expert)
+    assert full["denoise"] == pytest.approx(ref.total, rel=1e-5)
+    assert full["denoise_per_interval"] == pytest.approx(list(ref.per_interval), rel=1e-5)
+    small = obj.evaluate(space.smallest(), "proxy", ctx)
+    assert small["distill"] > 0 and small["quality"] == pytest.approx(small["denoise"] + small["distill"])
+    assert small["quality"] > full["quality"]
+    # the loaded models are reused, and re-evaluation is deterministic
+    assert obj.evaluate(space.smallest(), "proxy", ctx)["quality"] == small["quality"]
+    assert torch.is_grad_enabled()
+
+
+def test_diffnas_search_on_the_experts_writes_a_usable_allocation(tiny_run, capsys):
+    from experts.mixture import MixtureOfExperts
+    from nas.sampling import make_scheduler, sampling_timesteps
+
+    cfg, run, args = tiny_run
+    code = main(["search", *args, "--backend", "local", "--set", "search.n_trials=5",
+                 "--set", "search.budgets=[0.6]", "--set", "search.promote_top_k=1", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    recs = [r for r in run.read_results() if r.get("kind") == RECORD_KIND]
+    proxy = [r for r in recs if r["fidelity"] == "proxy"]
+    fid = [r for r in recs if r["fidelity"] == "fid"]
+    assert len(proxy) == 5 and len({r["key"] for r in proxy}) == 5
+    assert len(fid) == 1 and fid[0]["metrics"]["sampled_images"] == 8 and fid[0]["quality"] == fid[0]["metrics"]["fid"]
+    uniform = next(r for r in proxy if r["source"] == "uniform")
+    alloc = Allocation.load(run.allocations_dir / "search-0.6.json")
+    assert alloc.feasible and alloc.info["selected_by"] == "fid" and alloc.info["key"] == fid[0]["key"]
+    assert alloc.info["search_cost"]["sampled_images"] == 8 and alloc.info["search_cost"]["trials"] == 5
+    assert min(r["quality"] for r in proxy if r["feasible"]) <= uniform["quality"]
+    # the allocation builds the mixture the benchmark and `diffnas finetune` build, at its MACs
+    mixture = MixtureOfExperts.from_allocation(alloc, run.experts_dir)
+    from nas.commands.base import load_base
+
+    sched = make_scheduler(cfg.sampling.sampler, load_base(cfg, run, "cpu", progress=False).scheduler_config)
+    assert mixture.trajectory_macs(sampling_timesteps(sched, cfg.sampling.num_steps)) == alloc.trajectory_macs
+    assert "study search-b0.6: 5 evaluated" in out
