@@ -143,7 +143,7 @@ class ModelConfig:
     learning_rate: float = 2e-3
     checkpoint_every: int = 250
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 2
+    layers_per_block: int = 1
     norm_num_groups: int = 8
     num_train_timesteps: int = 1000
     attention: bool = True
