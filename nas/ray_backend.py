@@ -346,6 +346,14 @@ class _StudySearcher(OptunaSearch):
         if p is None:
             return
         drv = self._driver
+        if not error and not (result and "diffnas_payload" in result):
+            # stopped without a result (the run was interrupted): nothing to commit; the Optuna
+            # trial stays RUNNING and is settled as interrupted (and re-queued) by reconcile
+            if p.fidelity == drv.search_fidelity:
+                drv.inflight.pop(p.key, None)
+            else:
+                drv.inflight_promotions.discard(p.key)
+            return
         outcome = _outcome(result, error, error_text, attempts)
         if p.fidelity != drv.search_fidelity:
             drv.commit_promotion(p, outcome)
@@ -577,4 +585,13 @@ def run_search_ray(
             for drv in session.drivers:
                 for trial, p in list(drv.parked):  # duplicates whose original never finished
                     drv.resolve_parked(p.key)
-            return session.finish(side_jobs=outcomes)
+            unfinished = [drv.spec.name for drv in session.drivers if not drv.finished()]
+            if unfinished:  # Tune stopped early (Ctrl-C): settle what was in flight, keep the rest
+                for drv in session.drivers:
+                    drv.settle_running()
+            result = session.finish(side_jobs=outcomes)
+            if unfinished:
+                log.warning("the search was interrupted before %s finished; re-run the same command to "
+                            "continue (finished evaluations are kept)", ", ".join(unfinished))
+                raise KeyboardInterrupt
+            return result

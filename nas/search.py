@@ -55,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import functools
@@ -771,6 +772,17 @@ class StudyDriver:
             log.warning("%s: results.jsonl holds %d repeated evaluations; the first of each is used",
                         self.spec.name, repeats)
 
+    def finished(self) -> bool:
+        """True when the search phase and the promotions are done."""
+        return self.search_done() and not self.promotion_candidates() and not self.inflight_promotions
+
+    def settle_running(self) -> None:
+        """Settle trials left RUNNING by an interrupted session (as a restart would)."""
+        self.inflight.clear()
+        self.inflight_promotions.clear()
+        self.parked = []
+        self._reconcile()
+
     def _reconcile(self) -> None:
         """Settle trials a killed driver left RUNNING (see the module docstring)."""
         optuna = _optuna()
@@ -1212,7 +1224,8 @@ class StudyResult:
         n_evaluated: architectures evaluated at the search fidelity (complete + failed).
         n_failed: of those, failed ones.
         n_promoted: expensive evaluations.
-        counts: duplicates, interrupted, recovered, skipped_infeasible.
+        counts: trials of the study answered as duplicates, interrupted (re-queued), skipped as
+            infeasible, invalid; ``recovered``: trials committed but not told, settled this session.
         best: per budget, the best feasible record (``None`` when nothing feasible).
         pareto: the (quality, MACs ratio) front.
         cost: evaluations per fidelity, evaluation seconds, sampled images.
@@ -1357,7 +1370,12 @@ class SearchSession:
         allocations: dict[float, Path] = {}
         best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]] = {}
         for drv in self.drivers:
-            rows += drv.trial_rows()
+            study_rows = drv.trial_rows()
+            rows += study_rows
+            states = collections.Counter(r["state"] for r in study_rows)
+            counts = {"duplicates": states["duplicate"], "interrupted": states["interrupted"],
+                      "skipped_infeasible": states["skipped_infeasible"], "invalid": states["invalid"],
+                      "recovered": drv.counts["recovered"]}
             best = {b: drv.best(b) for b in drv.spec.budgets}
             front = drv.pareto()
             _atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
@@ -1371,7 +1389,7 @@ class SearchSession:
             studies.append(StudyResult(
                 name=drv.spec.name, mode=drv.spec.mode, budget_ratio=drv.spec.budget_ratio,
                 n_evaluated=len(evaluated), n_failed=sum(r.get("state") != "complete" for r in evaluated),
-                n_promoted=len(drv.promoted), counts=dict(drv.counts), best=best, pareto=front, cost=drv.cost(),
+                n_promoted=len(drv.promoted), counts=counts, best=best, pareto=front, cost=drv.cost(),
             ))
             for b, rec in best.items():
                 if rec is not None:

@@ -254,3 +254,36 @@ def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(t
     assert {t.user_attrs["diffnas_key"] for t in interrupted if "diffnas_key" in t.user_attrs} <= set(keys)
     assert "study search-b0.5: 10 evaluated" in rerun.stdout
 
+
+
+# ------------------------------------------------------- the searchers, driven without Ray running
+
+
+def test_searcher_commits_before_telling_and_never_commits_a_result_less_stop(tmp_path):
+    from nas.ray_backend import _MultiStudySearcher, _StudySearcher, _TrialRegistry
+    from nas.search import SearchSession
+
+    space = synthetic_mixture_space()
+    run = RunDir(tmp_path, "r")
+    cfg = SearchConfig(backend="ray", n_trials=3, budgets=(0.4, 0.6), promote_top_k=1)
+    with SearchSession(space, SyntheticObjective(space), cfg, run) as session:
+        searcher = _MultiStudySearcher([_StudySearcher(d, 0) for d in session.drivers], _TrialRegistry())
+        configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
+        # round robin over the two studies
+        assert [c["diffnas"]["study"] for c in configs.values()] == ["search-b0.4", "search-b0.6", "search-b0.4"]
+        job = configs["a"]["diffnas"]
+        payload = json.dumps({"metrics": {"quality": 0.5}, "placement": {"node_id": "n"}, "eval_s": 0.1})
+        searcher.on_trial_complete("a", {"quality": 0.5, "macs_ratio": job["macs_ratio"], "diffnas_payload": payload})
+        searcher.on_trial_complete("b", {"trial_id": "b"})  # stopped without a result (Ctrl-C)
+        recs = _records(run)
+        assert [(r["study"], r["number"], r["state"]) for r in recs] == [("search-b0.4", job["number"], "complete")]
+        study = optuna.load_study(study_name="search-b0.4", storage=f"sqlite:///{run.search_dir / 'study.db'}")
+        assert study.trials[job["number"]].values == [0.5]
+        b_study = optuna.load_study(study_name="search-b0.6", storage=f"sqlite:///{run.search_dir / 'study.db'}")
+        b_number = configs["b"]["diffnas"]["number"]
+        assert b_study.trials[b_number].state == optuna.trial.TrialState.RUNNING  # not failed
+        for drv in session.drivers:
+            drv.settle_running()
+        b_trial = optuna.load_study(study_name="search-b0.6",
+                                    storage=f"sqlite:///{run.search_dir / 'study.db'}").trials[b_number]
+        assert b_trial.user_attrs["diffnas_state"] == "interrupted"
