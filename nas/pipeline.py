@@ -16,8 +16,9 @@ Stages (each calls the library function or the registered subcommand of the pack
 ====  ==========  ==========================================  =====================================
 
 A stage is skipped when ``pipeline.json`` in the run folder records it as finished with the same
-*stage key* (a hash of the config sections the stage and the stages before it depend on) and its
-outputs exist; otherwise it runs (every stage resumes or reuses its own partial outputs). A
+*stage key* (a hash of the config sections the stage and the stages before it depend on), its
+outputs exist and no stage before it ran in this call; otherwise it runs (every stage resumes or
+reuses its own partial outputs, so a rerun after an upstream change only redoes what changed). A
 stage whose package is not in this version fails loudly with a message naming it; ``--skip
 STAGE`` leaves a stage out on purpose (the benchmark then skips the methods that need it, and
 says so). The budgets compared are ``bench.budgets``; ``search.budgets`` (and ``router.budgets``
@@ -300,6 +301,7 @@ def run_pipeline(
     ledger = _read_ledger(run)
     outcomes: list[StageOutcome] = []
     total = len(STAGES)
+    upstream_ran = False  # once a stage runs, every later one runs too (each reuses what is still valid)
     for i, stage in enumerate(STAGES, start=1):
         elapsed = _fmt_s(time.perf_counter() - t0)
         if stage.name in skip:
@@ -308,7 +310,7 @@ def run_pipeline(
             if on_stage:
                 on_stage(i, total, stage.name, "skipped")
             continue
-        if stage.name not in force and _is_done(cfg, run, ledger, stage.name):
+        if stage.name not in force and not upstream_ran and _is_done(cfg, run, ledger, stage.name):
             log.info("[%d/%d %s] %s: up to date (same config, outputs present)", i, total, elapsed, stage.name)
             outcomes.append(StageOutcome(stage.name, "up to date", 0.0))
             if on_stage:
@@ -323,6 +325,7 @@ def run_pipeline(
         except UserError as exc:
             raise UserError(f"stage '{stage.name}' ({i}/{total}) failed: {exc}") from exc
         wall = time.perf_counter() - s0
+        upstream_ran = True
         ledger["stages"][stage.name] = {"key": stage_key(cfg, stage.name), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "wall_s": round(wall, 3), "detail": detail}
         _write_ledger(run, ledger)

@@ -62,18 +62,21 @@ def test_pipeline_runs_in_order_and_skips_up_to_date_stages(tmp_path, monkeypatc
     calls.clear()
     res = run_pipeline(load_config(None, over), progress=False)
     assert calls == [] and all(o.status == "up to date" for o in res.stages)
+    calls.clear()
+    run_pipeline(load_config(None, over), progress=False, force=["report"])
+    assert calls == ["report"]
 
     # a bench setting: only the stages from the fine-tuning on run again
     calls.clear()
     run_pipeline(load_config(None, [*over, "bench.num_samples=64"]), progress=False)
     assert calls == ["finetune", "bench", "report"]
 
-    # a missing output makes its stage run again; --force and --skip
+    # a missing output makes its stage (and every later one) run again; --force and --skip
     calls.clear()
     (tmp_path / "p" / "intervals.json").unlink()
     res = run_pipeline(load_config(None, [*over, "bench.num_samples=64"]), progress=False, force=["report"],
                        skip=["search"])
-    assert calls == ["intervals", "report"]
+    assert calls == ["intervals", "experts", "router", "finetune", "bench", "report"]  # all after a rerun stage
     assert {o.name: o.status for o in res.stages}["search"] == "skipped"
     with pytest.raises(UserError, match="unknown stage"):
         run_pipeline(load_config(None, over), skip=["nope"])
