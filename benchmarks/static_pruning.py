@@ -253,15 +253,16 @@ def taylor_gradients(
 
     sched = training_scheduler(scheduler_config)
     whole = Intervals(int(sched.config.num_train_timesteps), ())
-    model = copy.deepcopy(unet).train()
+    model = copy.deepcopy(unet).train().requires_grad_(True)  # the caller's model may be frozen
     device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(int(seed))
-    for _ in range(int(num_batches)):
-        batch = make_batch(images, whole, 0, int(batch_size), gen).to(device)
-        kw = unet_kwargs(len(batch)) if unet_kwargs is not None else None
-        loss = denoising_loss(model, batch.x0, batch.t, batch.noise, sched, model_kwargs=kw)
-        loss.backward()
+    with torch.enable_grad():
+        for _ in range(int(num_batches)):
+            batch = make_batch(images, whole, 0, int(batch_size), gen).to(device)
+            kw = unet_kwargs(len(batch)) if unet_kwargs is not None else None
+            loss = denoising_loss(model, batch.x0, batch.t, batch.noise, sched, model_kwargs=kw)
+            loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 

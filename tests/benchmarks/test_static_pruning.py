@@ -73,7 +73,9 @@ def test_frozen_model_under_no_grad_is_pruned_too():
     unet = build_tiny_unet().requires_grad_(False)  # as a loaded base model is
     with torch.no_grad():
         res = prune_to_budget(unet, 0.5, importance="magnitude", max_iterations=4)
-    assert res.macs <= 0.5 * res.base_macs
+        taylor = prune_to_budget(unet, 0.5, importance="taylor", images=torch.rand(8, 1, 16, 16) * 2 - 1,
+                                 scheduler_config=_scheduler_config(), taylor_batches=1, batch_size=4, max_iterations=4)
+    assert res.macs <= 0.5 * res.base_macs and taylor.macs <= 0.5 * taylor.base_macs
     assert all(not p.requires_grad for p in unet.parameters())  # the caller's model is untouched
 
 
