@@ -246,7 +246,7 @@ class SpaceConfig:
         importance: channel importance used to order channels before slicing.
     """
 
-    width_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    width_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
     depth: bool = True
     heads: bool = True
     ffn: bool = True

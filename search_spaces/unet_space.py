@@ -65,7 +65,7 @@ class SpaceOptions:
         attention_depth: removable attention modules.
     """
 
-    width_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    width_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
     depth: bool = True
     heads: bool = True
     ffn: bool = True
