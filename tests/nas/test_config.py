@@ -24,7 +24,7 @@ def test_defaults_are_valid_and_frozen():
     cfg = load_config()
     assert cfg == ExperimentConfig()
     assert cfg.model.base == "embedded:digits"
-    assert cfg.space.width_fractions == (0.25, 0.5, 0.75, 1.0)
+    assert cfg.space.width_fractions == (0.125, 0.25, 0.5, 0.75, 1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.sampling.num_steps = 3  # type: ignore[misc]
 
