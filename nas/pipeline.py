@@ -196,6 +196,22 @@ def _run_command(cfg: ExperimentConfig, stage: Stage, extra: Sequence[str] = ())
     return f"diffnas {stage.command} done"
 
 
+def _check_available(stages: Sequence[Stage]) -> None:
+    """Fail at once, naming them, if stages to run need subcommands this version lacks."""
+    from nas.commands import all_commands
+
+    have = all_commands()
+    missing = [s for s in stages if s.command is not None and s.command not in have]
+    if missing:
+        names = ", ".join(f"'{s.name}' needs {s.owner}" for s in missing)
+        skips = " ".join(f"--skip {s.name}" for s in missing)
+        raise UserError(
+            f"this version cannot run the whole pipeline: {names}, which it does not have (no "
+            f"{', '.join('`diffnas ' + s.command + '`' for s in missing)} command); add it, or leave the "
+            f"stage out with {skips} (the benchmark then skips the methods that need it)"
+        )
+
+
 def _run_stage(stage: Stage, cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool) -> str:
     if stage.name == "base":
         from nas.commands.base import load_base
@@ -294,6 +310,7 @@ def run_pipeline(
     for name in (*skip, *force):
         if name not in STAGE_NAMES:
             raise UserError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    _check_available([s for s in STAGES if s.name not in skip])  # before any slow work
     cfg = _same_budgets(cfg)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)

@@ -34,6 +34,21 @@ def test_a_missing_stage_fails_loudly():
         pipeline._run_command(cfg, stage)
 
 
+def test_missing_stages_are_reported_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGES", (
+        Stage("base", "x", ("seed",)),
+        Stage("router", "x", ("sampling",), "no-such-route", "the router package (issue 5: `diffnas route`)"),
+    ))
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", ("base", "router"))
+    calls = []
+    monkeypatch.setattr(pipeline, "_run_stage", lambda stage, *a: calls.append(stage.name) or "ran")
+    with pytest.raises(UserError, match=r"'router' needs the router package.*--skip router"):
+        run_pipeline(load_config(None, [f"run_root={tmp_path}"]), progress=False)
+    assert calls == []  # failed before the base stage
+    run_pipeline(load_config(None, [f"run_root={tmp_path}"]), progress=False, skip=["router"])
+    assert calls == ["base"]
+
+
 def _fake_stages(monkeypatch, calls):
     def fake(stage, cfg, run, device, progress):
         calls.append(stage.name)
@@ -46,6 +61,7 @@ def _fake_stages(monkeypatch, calls):
         return "fake"
 
     monkeypatch.setattr(pipeline, "_run_stage", fake)
+    monkeypatch.setattr(pipeline, "_check_available", lambda stages: None)  # order only, whatever is registered
 
 
 def test_pipeline_runs_in_order_and_skips_up_to_date_stages(tmp_path, monkeypatch):
@@ -90,6 +106,7 @@ def test_pipeline_aligns_search_budgets_with_bench(tmp_path, monkeypatch):
         return "fake"
 
     monkeypatch.setattr(pipeline, "_run_stage", fake)
+    monkeypatch.setattr(pipeline, "_check_available", lambda stages: None)
     run_pipeline(load_config(None, [f"run_root={tmp_path}", "bench.budgets=[0.3, 0.7]", "search.budgets=[0.5]"]),
                  progress=False)
     assert seen["search"].search.budgets == (0.3, 0.7)
