@@ -115,7 +115,8 @@ class IntervalDiscovery:
     def summary(self) -> str:
         """One line: ``k`` and the spans, e.g. ``3 intervals (elbow): [0, 300) [300, 650) [650, 1000)``."""
         spans = " ".join(f"[{a}, {b})" for a, b in self.intervals.spans())
-        return f"{self.num_intervals} interval{'s' if self.num_intervals != 1 else ''} ({self.segmentation.criterion}): {spans}"
+        k = self.num_intervals
+        return f"{k} interval{'s' if k != 1 else ''} ({self.segmentation.criterion}): {spans}"
 
     def to_dict(self) -> dict:
         out = self.intervals.to_dict()  # num_train_timesteps, boundaries, spans at the top: Intervals.load reads it
@@ -185,6 +186,7 @@ def intervals_from_similarity(
     max_intervals: int = 6,
     criterion: str = "elbow",
     penalty: float = 1.0,
+    min_grid_points: int = 1,
     measure: str = "given",
     settings: Mapping[str, Any] | None = None,
     runtime_s: float = 0.0,
@@ -196,6 +198,7 @@ def intervals_from_similarity(
         num_train_timesteps: ``T`` of the training schedule.
         num_intervals: fixed ``k`` or ``"auto"`` (``criterion`` over ``1..max_intervals``).
         criterion, penalty: see :mod:`experts.segmentation`.
+        min_grid_points: the fewest grid timesteps an interval may hold (``min_size`` there).
 
     Example:
         >>> S = np.kron(np.eye(2), np.ones((2, 2)))  # timesteps {100, 300} alike, {500, 700} alike
@@ -209,7 +212,7 @@ def intervals_from_similarity(
     if any(b <= a for a, b in zip(ts, ts[1:])) or (ts and not (0 <= ts[0] and ts[-1] < num_train_timesteps)):
         raise ValueError(f"timesteps must increase within [0, {num_train_timesteps}), got {list(ts)}")
     seg = segment_similarity(S, num_segments=num_intervals, max_segments=max_intervals, criterion=criterion,
-                             penalty=penalty)
+                             penalty=penalty, min_size=min_grid_points)
     intervals = Intervals(int(num_train_timesteps), boundaries_from_starts(ts, seg.starts))
     return IntervalDiscovery(
         intervals=intervals, timesteps=ts, similarity=tuple(tuple(float(v) for v in row) for row in S),
@@ -224,6 +227,7 @@ def discover_intervals(
     *,
     grid_size: int = 20,
     measure: str = "gradient",
+    aggregate: str = "per_batch",
     num_batches: int = 4,
     batch_size: int = 64,
     seed: int = 0,
@@ -233,6 +237,7 @@ def discover_intervals(
     max_intervals: int = 6,
     criterion: str = "elbow",
     penalty: float = 1.0,
+    min_grid_points: int = 2,
     device: Any = None,
     unet_kwargs: Any = None,
     settings: Mapping[str, Any] | None = None,
@@ -248,9 +253,11 @@ def discover_intervals(
         images: ``(N, C, H, W)`` data the UNet denoises (latents for latent models), in its range.
         scheduler_config: the training scheduler's config (or the scheduler).
         grid_size: ``G``, grid timesteps (bin centres of ``[0, T)``).
-        measure, num_batches, batch_size, seed, projection_dim, activation_module: see
+        measure, aggregate, num_batches, batch_size, seed, projection_dim, activation_module: see
             :func:`experts.similarity.timestep_similarity`.
-        num_intervals, max_intervals, criterion, penalty: see :func:`intervals_from_similarity`.
+        num_intervals, max_intervals, criterion, penalty, min_grid_points: see
+            :func:`intervals_from_similarity` (``min_grid_points=2`` here: no interval rests on
+            one grid timestep).
         settings: extra provenance stored in the record (model/data identity, ...).
 
     Example::
@@ -266,15 +273,19 @@ def discover_intervals(
     num_params = sum(p.numel() for p in unet.parameters() if p.dtype.is_floating_point)
     t0 = time.perf_counter()
     S = timestep_similarity(
-        unet, images, scheduler, grid, measure=measure, num_batches=num_batches, batch_size=batch_size, seed=seed,
+        unet, images, scheduler, grid, measure=measure, aggregate=aggregate, num_batches=num_batches,
+        batch_size=batch_size, seed=seed,
         projection_dim=projection_dim, activation_module=activation_module, device=device, unet_kwargs=unet_kwargs,
         progress=progress,
     )
     runtime_s = time.perf_counter() - t0
     info = {
-        "grid_size": grid_size, "measure": measure, "num_batches": num_batches, "batch_size": batch_size,
+        "grid_size": grid_size, "measure": measure, "aggregate": aggregate if measure == "gradient" else None,
+        "num_batches": num_batches, "batch_size": batch_size,
         "seed": seed, "projection_dim": projection_dim,
-        "projection_dim_used": resolve_projection_dim(projection_dim, num_params, grid_size) if measure == "gradient" else None,
+        "projection_dim_used": (
+            resolve_projection_dim(projection_dim, num_params, grid_size) if measure == "gradient" else None
+        ),
         "activation_module": activation_module if measure == "activation" else None,
         "num_passes": grid_size * num_batches, "backward": measure == "gradient", "num_parameters": num_params,
         "device": str(device) if device is not None else None,
@@ -283,7 +294,7 @@ def discover_intervals(
     log.info("similarity measured in %.1f s (%d passes)", runtime_s, grid_size * num_batches)
     return intervals_from_similarity(
         S, grid, T, num_intervals=num_intervals, max_intervals=max_intervals, criterion=criterion, penalty=penalty,
-        measure=measure, settings=info, runtime_s=runtime_s,
+        min_grid_points=min_grid_points, measure=measure, settings=info, runtime_s=runtime_s,
     )
 
 

@@ -15,7 +15,8 @@ within-segment sum of squared distances of the ``u_a`` to their mean (``||u_a - 
 segments (Fisher's optimal 1-D partition). Dividing by ``|A|`` is what stops one big segment
 from winning; summing over segments lets the cost fall as ``k`` grows (``W(k) = 0`` at ``k = G``),
 so the number of segments is a separate choice (below). The optimum for every ``k`` comes from
-one dynamic programme, ``O(k_max * G^2)``.
+one dynamic programme, ``O(k_max * G^2)``. ``min_size`` forbids segments of fewer grid points
+(e.g. 2: no interval rests on a single noisy grid timestep); then ``k <= G // min_size``.
 
 **Choosing k** (``num_segments="auto"``), over ``k`` in ``[1, max_segments]``:
 
@@ -74,6 +75,7 @@ class Segmentation:
             outside ``[1, max_segments]``); empty when ``k`` was fixed by the user.
         criterion: ``elbow``, ``ch``, or ``fixed`` (``k`` given by the user).
         penalty: the elbow penalty used (1.0 unless changed).
+        min_size: the fewest grid points a segment was allowed.
     """
 
     starts: tuple[int, ...]
@@ -82,6 +84,7 @@ class Segmentation:
     scores: tuple[float | None, ...] = ()
     criterion: str = "fixed"
     penalty: float = 1.0
+    min_size: int = 1
 
     @property
     def num_segments(self) -> int:
@@ -104,7 +107,7 @@ class Segmentation:
         return {
             "starts": list(self.starts), "grid_size": self.grid_size, "num_segments": self.num_segments,
             "costs": list(self.costs), "scores": list(self.scores), "criterion": self.criterion,
-            "penalty": self.penalty,
+            "penalty": self.penalty, "min_size": self.min_size,
         }
 
     @classmethod
@@ -114,6 +117,7 @@ class Segmentation:
             costs=tuple(float(c) for c in data["costs"]),
             scores=tuple(None if s is None else float(s) for s in data.get("scores", ())),
             criterion=str(data.get("criterion", "fixed")), penalty=float(data.get("penalty", 1.0)),
+            min_size=int(data.get("min_size", 1)),
         )
 
 
@@ -126,8 +130,8 @@ def _check_matrix(similarity: np.ndarray | Sequence[Sequence[float]]) -> np.ndar
     return S
 
 
-def _segment_cost_table(S: np.ndarray) -> np.ndarray:
-    """``C[i, j]`` = cost of the segment ``[i, j)`` (``j > i``), ``inf`` elsewhere. (G+1, G+1)."""
+def _segment_cost_table(S: np.ndarray, min_size: int = 1) -> np.ndarray:
+    """``C[i, j]`` = cost of the segment ``[i, j)`` (``j - i >= min_size``), ``inf`` elsewhere. (G+1, G+1)."""
     G = S.shape[0]
     D = 1.0 - 0.5 * (S + S.T)  # (G, G) cosine dissimilarity, symmetrised
     P = np.zeros((G + 1, G + 1))
@@ -136,7 +140,7 @@ def _segment_cost_table(S: np.ndarray) -> np.ndarray:
     j = np.arange(G + 1)[None, :]
     block = P[j, j] - P[i, j] - P[j, i] + P[i, i]  # sum of D over [i, j) x [i, j)
     with np.errstate(divide="ignore", invalid="ignore"):
-        C = np.where(j > i, block / np.maximum(j - i, 1), np.inf)
+        C = np.where(j - i >= max(1, int(min_size)), block / np.maximum(j - i, 1), np.inf)
     return C
 
 
@@ -158,9 +162,10 @@ def segmentation_cost(similarity: np.ndarray | Sequence[Sequence[float]], starts
 
 
 def optimal_segmentations(
-    similarity: np.ndarray | Sequence[Sequence[float]], max_segments: int | None = None
+    similarity: np.ndarray | Sequence[Sequence[float]], max_segments: int | None = None, min_size: int = 1
 ) -> tuple[list[float], list[tuple[int, ...]]]:
-    """Optimal contiguous segmentations for every ``k = 1 .. max_segments`` (default ``G``).
+    """Optimal contiguous segmentations for every ``k = 1 .. max_segments`` (default ``G // min_size``)
+    with at least ``min_size`` grid points per segment.
 
     Dynamic programme: ``F[k][j] = min_i F[k-1][i] + W([i, j))``; ``O(max_segments * G^2)``.
 
@@ -177,10 +182,13 @@ def optimal_segmentations(
     """
     S = _check_matrix(similarity)
     G = S.shape[0]
-    K = G if max_segments is None else int(max_segments)
-    if not 1 <= K <= G:
-        raise ValueError(f"max_segments must be in [1, {G}], got {K}")
-    C = _segment_cost_table(S)  # (G+1, G+1)
+    m = int(min_size)
+    if not 1 <= m <= G:
+        raise ValueError(f"min_size must be in [1, {G}], got {m}")
+    K = G // m if max_segments is None else int(max_segments)
+    if not 1 <= K <= G // m:
+        raise ValueError(f"max_segments must be in [1, {G // m}] (G={G}, min_size={m}), got {K}")
+    C = _segment_cost_table(S, m)  # (G+1, G+1)
     F = np.full((K + 1, G + 1), np.inf)
     arg = np.zeros((K + 1, G + 1), dtype=np.int64)
     F[0, 0] = 0.0
@@ -262,6 +270,7 @@ def segment_similarity(
     max_segments: int = 6,
     criterion: str = "elbow",
     penalty: float = 1.0,
+    min_size: int = 1,
 ) -> Segmentation:
     """Split the ordered grid into contiguous segments of similar timesteps.
 
@@ -271,9 +280,10 @@ def segment_similarity(
         max_segments: the largest ``k`` considered by ``"auto"``.
         criterion: ``elbow`` or ``ch`` (see the module docstring).
         penalty: the elbow criterion's weight on the per-segment share ``(k-1)/(G-1)``.
+        min_size: the fewest grid points per segment (``auto`` then considers ``k <= G // min_size``).
 
     Raises:
-        ValueError: a fixed ``k`` outside ``[1, G]``, a bad matrix or criterion.
+        ValueError: a fixed ``k`` outside ``[1, G // min_size]``, a bad matrix or criterion.
 
     Example:
         >>> import numpy as np
@@ -289,13 +299,19 @@ def segment_similarity(
             raise ValueError(f"max_segments must be >= 1, got {max_segments}")
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-        costs, starts = optimal_segmentations(S, min(max_segments, G))
+        if not 1 <= min_size <= G:
+            raise ValueError(f"min_size must be in [1, {G}], got {min_size}")
+        costs, starts = optimal_segmentations(S, min(max_segments, G // min_size), min_size)
         k, scores = choose_num_segments(costs, G, criterion, max_segments, penalty)
-        return Segmentation(starts[k - 1], G, tuple(costs), tuple(scores), criterion, float(penalty))
+        return Segmentation(starts[k - 1], G, tuple(costs), tuple(scores), criterion, float(penalty), int(min_size))
     if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)):
         raise ValueError(f"num_segments must be an int or 'auto', got {num_segments!r}")
     k = int(num_segments)
-    if not 1 <= k <= G:
-        raise ValueError(f"num_segments must be in [1, {G}] (the grid size), got {k}")
-    costs, starts = optimal_segmentations(S, k)
-    return Segmentation(starts[k - 1], G, tuple(costs), (), "fixed", float(penalty))
+    if not 1 <= min_size <= G:
+        raise ValueError(f"min_size must be in [1, {G}], got {min_size}")
+    if not 1 <= k <= G // min_size:
+        raise ValueError(
+            f"num_segments must be in [1, {G // min_size}] (grid size {G}, min_size {min_size}), got {k}"
+        )
+    costs, starts = optimal_segmentations(S, k, min_size)
+    return Segmentation(starts[k - 1], G, tuple(costs), (), "fixed", float(penalty), int(min_size))

@@ -368,6 +368,9 @@ class IntervalsConfig:
             timestep; the gradient at each timestep is their mean.
         measure: ``gradient`` (cosine of denoising-loss gradients, the method's measure) or
             ``activation`` (cosine of ``activation_module``'s output).
+        aggregate: for ``gradient``: ``per_batch`` (cosine on each batch, averaged: its
+            expectation does not change with num_batches) or ``mean`` (cosine of the gradients
+            averaged over all batches); see ``experts.similarity``.
         projection_dim: ``auto`` (exact gradients while grid_size x parameters fits in 1 GiB,
             else a 65,536-dim count sketch), ``null`` (always exact) or a count-sketch size.
         activation_module: dotted UNet module name for ``measure: activation``.
@@ -376,6 +379,8 @@ class IntervalsConfig:
         criterion: ``elbow`` (explained dissimilarity minus ``penalty * (k-1)/(grid_size-1)``)
             or ``ch`` (Calinski-Harabasz); see ``experts.segmentation``.
         penalty: weight of the elbow criterion's per-interval share.
+        min_grid_points: the fewest grid timesteps an interval may hold (2: no interval rests on
+            a single, possibly noisy, grid timestep).
         seed: seed of the batches (and sketch); ``null`` uses the experiment seed.
     """
 
@@ -383,16 +388,23 @@ class IntervalsConfig:
     num_batches: int = 4
     batch_size: int = 64
     measure: Literal["gradient", "activation"] = "gradient"
+    aggregate: Literal["per_batch", "mean"] = "per_batch"
     projection_dim: Union[int, Literal["auto"], None] = "auto"
     activation_module: str = "mid_block"
     num_intervals: Union[int, Literal["auto"]] = "auto"
     max_intervals: int = 6
     criterion: Literal["elbow", "ch"] = "elbow"
     penalty: float = 1.0
+    min_grid_points: int = 2
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         require(self.grid_size >= 2, "grid_size", f"must be >= 2, got {self.grid_size}")
+        require(
+            1 <= self.min_grid_points <= self.grid_size,
+            "min_grid_points",
+            f"must be in [1, grid_size={self.grid_size}], got {self.min_grid_points}",
+        )
         require(self.num_batches >= 1, "num_batches", f"must be >= 1, got {self.num_batches}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(
@@ -402,9 +414,11 @@ class IntervalsConfig:
         )
         require(bool(self.activation_module), "activation_module", "must not be empty")
         require(
-            self.num_intervals == "auto" or (isinstance(self.num_intervals, int) and 1 <= self.num_intervals <= self.grid_size),
+            self.num_intervals == "auto"
+            or (isinstance(self.num_intervals, int) and 1 <= self.num_intervals <= self.grid_size // self.min_grid_points),
             "num_intervals",
-            f"must be 'auto' or an int in [1, grid_size={self.grid_size}], got {self.num_intervals!r}",
+            f"must be 'auto' or an int in [1, grid_size // min_grid_points = {self.grid_size // self.min_grid_points}], "
+            f"got {self.num_intervals!r}",
         )
         require(
             1 <= self.max_intervals <= self.grid_size,

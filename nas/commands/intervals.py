@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 __all__ = ["format_intervals", "run_intervals", "similarity_key"]
 
 # intervals.* keys that change the measured matrix (the others only change the segmentation)
-_MATRIX_KEYS = ("grid_size", "measure", "num_batches", "batch_size", "projection_dim", "activation_module")
+_MATRIX_KEYS = ("grid_size", "measure", "aggregate", "num_batches", "batch_size", "projection_dim",
+                "activation_module")
 
 
 def _seed(cfg: ExperimentConfig) -> int:
@@ -55,13 +56,15 @@ def similarity_key(cfg: ExperimentConfig) -> str:
     }
     if cfg.intervals.measure != "activation":
         payload["intervals"].pop("activation_module")
+    else:
+        payload["intervals"].pop("aggregate")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _segment_args(cfg: ExperimentConfig) -> dict[str, Any]:
     iv = cfg.intervals
     return {"num_intervals": iv.num_intervals, "max_intervals": iv.max_intervals, "criterion": iv.criterion,
-            "penalty": iv.penalty}
+            "penalty": iv.penalty, "min_grid_points": iv.min_grid_points}
 
 
 def _stored(run: RunDir, key: str) -> IntervalDiscovery | None:
@@ -136,7 +139,7 @@ def run_intervals(
         "segment": _segment_args(cfg),
     }
     result = discover_intervals(
-        base.unet, images, base.scheduler_config, grid_size=iv.grid_size, measure=iv.measure,
+        base.unet, images, base.scheduler_config, grid_size=iv.grid_size, measure=iv.measure, aggregate=iv.aggregate,
         num_batches=iv.num_batches, batch_size=iv.batch_size, seed=_seed(cfg), projection_dim=iv.projection_dim,
         activation_module=iv.activation_module, device=device, unet_kwargs=base.unet_kwargs, settings=settings,
         progress=progress, **_segment_args(cfg),
@@ -148,8 +151,12 @@ def run_intervals(
 
 def _check_fixed_k(cfg: ExperimentConfig, grid_size: int) -> None:
     k = cfg.intervals.num_intervals
-    if k != "auto" and int(k) > grid_size:
-        raise UserError(f"intervals.num_intervals={k} exceeds the grid of {grid_size} timesteps")
+    m = cfg.intervals.min_grid_points
+    if m > grid_size or (k != "auto" and int(k) > grid_size // m):
+        raise UserError(
+            f"intervals.num_intervals={k} with intervals.min_grid_points={m} does not fit the grid of "
+            f"{grid_size} timesteps"
+        )
 
 
 def _jsonable(value: Any) -> bool:
@@ -173,8 +180,10 @@ def format_intervals(result: IntervalDiscovery, sampler: str | None = None, num_
         try:
             from nas.sampling import make_scheduler, sampling_timesteps
 
-            sched_cfg = result.settings.get("scheduler_config") or {"num_train_timesteps": result.intervals.num_train_timesteps}
-            steps = result.intervals.steps_per_interval(sampling_timesteps(make_scheduler(sampler, sched_cfg), num_steps))
+            T = result.intervals.num_train_timesteps
+            sched_cfg = result.settings.get("scheduler_config") or {"num_train_timesteps": T}
+            visited = sampling_timesteps(make_scheduler(sampler, sched_cfg), num_steps)
+            steps = result.intervals.steps_per_interval(visited)
         except Exception as exc:  # the table is informative; never fail on it
             log.debug("cannot count sampling steps per interval: %s", exc)
     header = ["interval", "timesteps", "grid points", "mean similarity"]
@@ -209,7 +218,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     description="Measure the cosine similarity of the base model's denoising-loss gradients "
     "(intervals.measure=gradient; or of an intermediate activation) between intervals.grid_size "
     "training timesteps, using intervals.num_batches fixed seeded batches of intervals.batch_size "
-    "images. Cost: grid_size x num_batches forward+backward passes (80 with the defaults). The grid "
+    "images (per batch, then averaged; intervals.aggregate=mean averages the gradients first). "
+    "Cost: grid_size x num_batches forward+backward passes (80 with the defaults). The grid "
     "is then split into contiguous intervals by dynamic programming (minimum within-interval "
     "cosine dissimilarity); the number of intervals is intervals.num_intervals, or with 'auto' the "
     "one chosen by intervals.criterion (elbow: explained dissimilarity minus penalty x (k-1)/(G-1); "

@@ -116,6 +116,36 @@ def test_dp_is_optimal_against_brute_force(seed):
     assert costs[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("min_size", [2, 3])
+def test_dp_with_min_size_is_optimal_against_brute_force(min_size):
+    rng = np.random.default_rng(7)
+    G = 9
+    X = rng.normal(size=(G, 3))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    costs, starts = optimal_segmentations(S, min_size=min_size)
+    assert len(costs) == G // min_size
+    for k in range(1, G // min_size + 1):
+        feasible = [
+            (0, *cuts) for cuts in itertools.combinations(range(1, G), k - 1)
+            if all(b - a >= min_size for a, b in zip((0, *cuts), (*cuts, G)))
+        ]
+        assert costs[k - 1] == pytest.approx(min(segmentation_cost(S, st) for st in feasible), abs=1e-9)
+        ends = (*starts[k - 1][1:], G)
+        assert all(b - a >= min_size for a, b in zip(starts[k - 1], ends))
+
+
+def test_min_size_forbids_single_point_intervals():
+    S = block_matrix((5, 1, 6), seed=0)  # a lone odd grid point
+    assert segment_similarity(S, num_segments=3).starts == (0, 5, 6)
+    seg = segment_similarity(S, num_segments=3, min_size=2)
+    ends = (*seg.starts[1:], 12)
+    assert all(b - a >= 2 for a, b in zip(seg.starts, ends)) and seg.min_size == 2
+    assert segment_similarity(S, min_size=2, max_segments=6).num_segments <= 6
+    with pytest.raises(ValueError, match=r"num_segments must be in \[1, 4\]"):
+        segment_similarity(S, num_segments=5, min_size=3)
+
+
 def test_segment_cost_is_kmeans_inertia_of_unit_vectors():
     """W(A) equals the sum of squared distances of the unit vectors to their segment mean."""
     rng = np.random.default_rng(5)
@@ -218,6 +248,28 @@ def test_gradient_similarity_on_tiny_unet_is_a_cosine_matrix_and_seeded():
     assert [p.requires_grad for p in unet.parameters()] == flags
     assert all(p.grad is None for p in unet.parameters())
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+
+
+def test_gradient_aggregates_per_batch_and_mean():
+    unet = build_tiny_unet()
+    sched = make_training_scheduler({"num_train_timesteps": 1000})
+    ts = [20, 500, 980]
+    one = fixed_batches(_images(), 1, 4, seed=0)
+    # with one batch the two aggregates are the same quantity
+    a = gradient_similarity(unet, one, sched, ts, aggregate="per_batch", progress=False)
+    b = gradient_similarity(unet, one, sched, ts, aggregate="mean", progress=False)
+    assert np.allclose(a, b, atol=1e-6)
+    two = fixed_batches(_images(), 2, 4, seed=0)
+    per_batch = gradient_similarity(unet, two, sched, ts, aggregate="per_batch", progress=False)
+    mean = gradient_similarity(unet, two, sched, ts, aggregate="mean", progress=False)
+    _check_similarity(per_batch, 3)
+    _check_similarity(mean, 3)
+    # per_batch is the average of the single-batch matrices
+    singles = [gradient_similarity(unet, [bt], sched, ts, progress=False) for bt in two]
+    assert np.allclose(per_batch, (singles[0] + singles[1]) / 2, atol=1e-6)
+    assert not np.allclose(per_batch, mean, atol=1e-3)
+    with pytest.raises(ValueError, match="aggregate"):
+        gradient_similarity(unet, one, sched, ts, aggregate="median", progress=False)
 
 
 def test_count_sketch_approximates_exact_gradient_similarity():
