@@ -281,8 +281,10 @@ class SearchConfig:
         seed: sampler seed; ``null`` uses the experiment seed.
         enqueue_known: evaluate known points first (full arch, uniform width at the budget, the
             router's allocation when ``allocations/router-<budget>.json`` exists).
-        skip_infeasible: constrained mode: do not evaluate archs over the budget (they are told
-            to Optuna as pruned, with their constraint value).
+        skip_infeasible: constrained mode: do not evaluate archs over the budget (their MACs are
+            known beforehand; they are told to Optuna as pruned, with their constraint value).
+            ``null`` (auto): skip with ``tpe`` and ``random`` (TPE learns feasibility from pruned
+            trials), evaluate with ``gp`` and ``nsga2`` (they learn only from evaluated trials).
         storage: ``sqlite`` (``search/study.db``), ``journal`` (``search/journal.log``), or an
             Optuna storage URL / file path (``sqlite:///...``, ``postgresql://...``, ``x.log``).
         study_prefix: study names are ``<prefix>-b<budget>`` (``<prefix>-mo`` for multi-objective).
@@ -305,7 +307,7 @@ class SearchConfig:
     promote_top_k: int = 2
     seed: Optional[int] = None
     enqueue_known: bool = True
-    skip_infeasible: bool = False
+    skip_infeasible: Optional[bool] = None
     storage: str = "sqlite"
     study_prefix: str = "search"
     backend: Literal["ray", "local"] = "ray"

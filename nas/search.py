@@ -694,6 +694,9 @@ class StudyDriver:
         self.inflight: dict[str, int] = {}  # key -> trial number being evaluated
         self.inflight_promotions: set[str] = set()
         self.parked: list[tuple[Any, Proposal]] = []  # duplicates of in-flight trials
+        skip = config.skip_infeasible
+        # auto: TPE (and random) learn from pruned infeasible trials; GP and NSGA-II only from evaluated ones
+        self.skip_infeasible = bool(skip) if skip is not None else config.sampler in ("tpe", "random")
         self.exhausted = False
         self.counts = {"duplicates": 0, "interrupted": 0, "recovered": 0, "skipped_infeasible": 0, "invalid": 0}
 
@@ -904,7 +907,7 @@ class StudyDriver:
             return "dup_complete"
         if p.key in self.inflight:
             return "dup_inflight"
-        if self.config.skip_infeasible and not p.feasible:
+        if self.skip_infeasible and not p.feasible:
             return "skip_infeasible"
         return "new"
 

@@ -160,7 +160,8 @@ def test_a_trial_that_raises_is_retried_marked_failed_and_the_study_completes(tw
     run = RunDir(tmp_path, "r")
     log = tmp_path / "evals.jsonl"
     bad = arch_key(space.full())  # the full arch is enqueued first
-    cfg = SearchConfig(backend="ray", gpus_per_trial=0.5, n_trials=4, max_failures=1, promote_top_k=0)
+    cfg = SearchConfig(backend="ray", gpus_per_trial=0.5, n_trials=4, max_failures=1, promote_top_k=0,
+                       skip_infeasible=False)
     res = run_search(space, SyntheticObjective(space, sleep_s=0.2, fail_keys=(bad,), log_path=str(log)), cfg, run)
     recs = _records(run)
     assert len(recs) == 4 and res.studies[0].n_evaluated == 4 and res.studies[0].n_failed == 1

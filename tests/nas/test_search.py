@@ -138,7 +138,8 @@ def test_trials_are_categorical_choice_indices_of_free_dimensions_completed_and_
 def test_constrained_search_keeps_infeasible_trials_apart_and_beats_uniform(tmp_path):
     space = _space()
     run = RunDir(tmp_path, "r")
-    res = run_search(space, SyntheticObjective(space), _cfg(n_trials=20, sampler="tpe"), run, intervals=INTERVALS)
+    res = run_search(space, SyntheticObjective(space), _cfg(n_trials=20, sampler="tpe", skip_infeasible=False), run,
+                     intervals=INTERVALS)
     recs = _records(run)
     assert len(recs) == 20 and len({r["key"] for r in recs}) == 20
     infeasible = [r for r in recs if not r["feasible"]]
@@ -204,7 +205,7 @@ def test_known_points_are_evaluated_first(tmp_path):
     router_arch = space.complete({**space.smallest(), "e1/b2.width": 32})
     arch_to_allocation(space, router_arch, INTERVALS, 0.5, method="router").save(
         allocation_path(run.allocations_dir, "router", 0.5))
-    run_search(space, SyntheticObjective(space), _cfg(n_trials=5), run)
+    run_search(space, SyntheticObjective(space), _cfg(n_trials=5, skip_infeasible=False), run)
     recs = sorted(_records(run), key=lambda r: r["number"])
     assert [r["source"] for r in recs[:3]] == ["full", "uniform", "router"]
     assert Arch(recs[0]["arch"]) == space.full() and Arch(recs[2]["arch"]) == router_arch
@@ -228,10 +229,11 @@ def test_proposals_of_evaluated_archs_are_answered_without_evaluating(tmp_path):
         assert t.values == orig.values and t.user_attrs["diffnas_key"] == orig.user_attrs["diffnas_key"]
 
 
-def test_skip_infeasible_evaluates_only_feasible_archs(tmp_path):
+@pytest.mark.parametrize("sampler, skip", [("random", True), ("tpe", None)])
+def test_skip_infeasible_evaluates_only_feasible_archs(tmp_path, sampler, skip):
     space = _space()
     run = RunDir(tmp_path, "r")
-    res = run_search(space, SyntheticObjective(space), _cfg(n_trials=6, skip_infeasible=True, sampler="random"), run)
+    res = run_search(space, SyntheticObjective(space), _cfg(n_trials=6, skip_infeasible=skip, sampler=sampler), run)
     assert all(r["feasible"] for r in _records(run)) and len(_records(run)) == 6
     assert res.studies[0].counts["skipped_infeasible"] >= 1  # at least the full arch
     study = _load_study(run, "search-b0.5")
@@ -245,7 +247,7 @@ def test_a_failing_trial_is_retried_then_failed_and_the_study_goes_on(tmp_path):
     bad = arch_key(space.full())
     log = tmp_path / "evals.jsonl"
     res = run_search(space, SyntheticObjective(space, fail_keys=(bad,), log_path=str(log)),
-                     _cfg(n_trials=5, max_failures=2), run)
+                     _cfg(n_trials=5, max_failures=2, skip_infeasible=False), run)
     recs = _records(run)
     failed = [r for r in recs if r["state"] == "failed"]
     assert [r["key"] for r in failed] == [bad]
@@ -301,7 +303,7 @@ def test_a_driver_killed_between_commit_and_tell_or_mid_trial_is_reconciled(tmp_
     run = RunDir(tmp_path, "r")
     log = tmp_path / "evals.jsonl"
     obj = SyntheticObjective(space, log_path=str(log))
-    cfg = _cfg(n_trials=6, enqueue_known=False, sampler="random")
+    cfg = _cfg(n_trials=6, enqueue_known=False, sampler="random", skip_infeasible=False)
     with SearchSession(space, obj, cfg, run) as session:
         (drv,) = session.drivers
         trial_a, pa = drv.next_proposal()
@@ -377,3 +379,15 @@ def test_cli_search_without_a_model_is_a_one_line_error(tmp_path, capsys):
     code = main(["search", "--backend", "local", "--set", f"run_root={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "diffnas: error:" in err and "--synthetic" in err
+
+
+def test_skip_infeasible_defaults_by_sampler():
+    from nas.search import StudyDriver, study_specs
+
+    space = _space()
+    for sampler, expected in (("tpe", True), ("random", True), ("gp", False), ("nsga2", False)):
+        cfg = _cfg(sampler=sampler)
+        drv = StudyDriver(space, study_specs(cfg)[0], cfg, None, None, ("proxy",))
+        assert drv.skip_infeasible is expected
+    cfg = _cfg(sampler="gp", skip_infeasible=True)
+    assert StudyDriver(space, study_specs(cfg)[0], cfg, None, None, ("proxy",)).skip_infeasible
