@@ -183,8 +183,8 @@ def train_experts_command(cfg: ExperimentConfig, args: argparse.Namespace) -> in
     table = format_expert_table(rows)
     wall = time.perf_counter() - t0
     note = (f"Held-out denoising loss (MSE of the {base.scheduler_config.get('prediction_type', 'epsilon')} "
-            f"prediction), {heldout.n_per_interval} draws per interval from "
-            f"{heldout.x0[0].shape[0]} held-out samples (seed {heldout.seed}); experts trained "
+            f"prediction), {heldout.n_per_interval} (image, noise, timestep) draws per interval, images from the "
+            f"held-out {cfg.experts.heldout_fraction:.0%} of the data (seed {heldout.seed}); experts trained "
             f"{cfg.experts.train_steps} steps x {cfg.experts.batch_size} images each.")
     (run.experts_dir / "table.md").write_text(f"# Elastic experts vs the pruned base model\n\n{note}\n\n{table}\n")
     (run.experts_dir / "table.json").write_text(json.dumps(to_jsonable(
