@@ -399,16 +399,19 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
             raise UserError(f"{meta_file}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
         intervals = Intervals.from_dict(meta["intervals"])
+        from experts.training import quiet_diffusers
+
         models: list[nn.Module] = []
         for entry in meta["experts"]:
             folder = path / entry["folder"]
             kind = entry["kind"]
-            if kind == "supernet":
-                m = ElasticUNet.from_pretrained(folder, device=device)
-            elif kind in ("materialized", "unet"):
-                m = load_materialized(folder, device=device)
-            else:
+            if kind not in ("supernet", "materialized", "unet"):
                 raise UserError(f"{meta_file}: unknown expert kind {kind!r}")
+            with quiet_diffusers():
+                if kind == "supernet":
+                    m = ElasticUNet.from_pretrained(folder, device=device)
+                else:
+                    m = load_materialized(folder, device=device)
             if torch_dtype is not None:
                 m = m.to(torch_dtype)
             models.append(m.eval())

@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -47,7 +48,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,19 @@ def _load_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, g
     return state
 
 
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """Silence diffusers' INFO/WARNING logs (e.g. the "install accelerate" note on every load)."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
 def _jsonable(d: Mapping[str, Any]) -> Any:
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
@@ -447,7 +461,8 @@ def load_supernet(out_dir: str | Path, device: str | torch.device = "cpu") -> nn
     path = Path(out_dir) / SUPERNET_DIR
     if not path.is_dir():
         raise UserError(f"{out_dir} has no {SUPERNET_DIR}/ folder; run `diffnas train-experts` first")
-    return ElasticUNet.from_pretrained(path, device=device).eval()
+    with quiet_diffusers():
+        return ElasticUNet.from_pretrained(path, device=device).eval()
 
 
 def prepare_expert_jobs(
@@ -637,7 +652,8 @@ def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
         d = expert_dir(out, k)
         if not (d / EXPERT_META).is_file():
             raise UserError(f"expert {k} is not trained yet ({d} is missing); run `diffnas train-experts`")
-        experts.append(ElasticUNet.from_pretrained(d, device=device).eval())
+        with quiet_diffusers():
+            experts.append(ElasticUNet.from_pretrained(d, device=device).eval())
     return intervals, experts
 
 
