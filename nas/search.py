@@ -683,6 +683,7 @@ class StudyDriver:
         if self.full_macs <= 0:
             raise UserError("the full architecture has no MACs; budgets are fractions of it")
         self.free = tuple(d for d in space.free_dimensions() if len(d.choices) > 1)
+        self.min_macs_ratio = float(space.macs(space.smallest())) / self.full_macs
         optuna = _optuna()
         self.distributions = {
             d.name: optuna.distributions.CategoricalDistribution(tuple(range(len(d.choices)))) for d in self.free
@@ -748,6 +749,10 @@ class StudyDriver:
                 self.config.sampler, _seed_for(self.seed, self.spec.name, n_existing), self.config.n_trials
             )
         self.study = study
+        for b in self.spec.budgets:
+            if self.min_macs_ratio > b + _EPS:
+                log.warning("%s: budget %g is below the smallest architecture of the space (%.3f of the base "
+                            "MACs): no allocation can meet it", self.spec.name, b, self.min_macs_ratio)
         self._load_ledger()
         self._reconcile()
         if self.config.enqueue_known:
@@ -1232,6 +1237,7 @@ class StudyResult:
         best: per budget, the best feasible record (``None`` when nothing feasible).
         pareto: the (quality, MACs ratio) front.
         cost: evaluations per fidelity, evaluation seconds, sampled images.
+        min_macs_ratio: MACs ratio of the space's smallest arch (budgets below it are infeasible).
     """
 
     name: str
@@ -1244,6 +1250,7 @@ class StudyResult:
     best: Mapping[float, dict[str, Any] | None]
     pareto: Sequence[dict[str, Any]]
     cost: Mapping[str, Any]
+    min_macs_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -1393,6 +1400,7 @@ class SearchSession:
                 name=drv.spec.name, mode=drv.spec.mode, budget_ratio=drv.spec.budget_ratio,
                 n_evaluated=len(evaluated), n_failed=sum(r.get("state") != "complete" for r in evaluated),
                 n_promoted=len(drv.promoted), counts=counts, best=best, pareto=front, cost=drv.cost(),
+                min_macs_ratio=drv.min_macs_ratio,
             ))
             for b, rec in best.items():
                 if rec is not None:
@@ -1430,7 +1438,7 @@ class SearchSession:
             "studies": [
                 {"name": s.name, "mode": s.mode, "budget_ratio": s.budget_ratio, "evaluated": s.n_evaluated,
                  "failed": s.n_failed, "promoted": s.n_promoted, **s.counts, "cost": s.cost,
-                 "pareto_size": len(s.pareto),
+                 "pareto_size": len(s.pareto), "min_macs_ratio": s.min_macs_ratio,
                  "best": {f"{b:g}": (None if r is None else {k: r.get(k) for k in (
                      "number", "key", "quality", "quality_full", "macs_ratio", "selected_by", "source")})
                           for b, r in s.best.items()}}

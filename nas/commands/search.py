@@ -88,7 +88,9 @@ def format_search_summary(result: SearchResult) -> str:
         )
         for b, rec in sorted(s.best.items()):
             if rec is None:
-                lines.append(f"  budget {b:g}: no feasible architecture evaluated")
+                why = (f" (the smallest architecture needs {s.min_macs_ratio:.3f} of the base MACs)"
+                       if s.min_macs_ratio > b else "")
+                lines.append(f"  budget {b:g}: no feasible architecture evaluated{why}")
                 continue
             full = "" if rec.get("quality_full") is None else f", {rec['selected_by']} {rec['quality_full']:.4g}"
             lines.append(

@@ -391,3 +391,12 @@ def test_skip_infeasible_defaults_by_sampler():
         assert drv.skip_infeasible is expected
     cfg = _cfg(sampler="gp", skip_infeasible=True)
     assert StudyDriver(space, study_specs(cfg)[0], cfg, None, None, ("proxy",)).skip_infeasible
+
+
+def test_a_budget_below_the_smallest_arch_is_reported(tmp_path, capsys):
+    code = main(["search", "--synthetic", "--backend", "local", "--name", "s", "--set", f"run_root={tmp_path}",
+                 "--set", "search.n_trials=3", "--set", "search.budgets=[0.05]"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "budget 0.05: no feasible architecture evaluated (the smallest architecture needs" in out
+    assert not (tmp_path / "s" / "allocations" / "search-0.05.json").exists()
