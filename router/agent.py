@@ -6,10 +6,15 @@ sequence runs expert by expert and, inside an expert, block by block). Each toke
 
 - the expert index (the part of a ``ProductSpace``; 0 for a plain space),
 - the dimension's position inside its expert and its kind (``width``, ``heads``, ``depth``...),
-- for a budget-conditioned agent, the target budget ratio (Fourier features of its log).
+- for a budget-conditioned agent, the target budget ratio (Fourier features of its log);
+- the MACs each choice costs (first-order, from the space's cost model).
 
 A GRU runs over the tokens; one shared output head gives logits over the largest number of
-choices, and choices a dimension does not have are masked out. Training samples straight-through
+choices, and choices a dimension does not have are masked out. Logits are the head's output
+plus a per-token table minus ``price(p) x cost``: one learned *price of compute*, a decreasing
+function of the budget ``p``, trades MACs against quality for every dimension at once (the
+Lagrangian structure of the problem), so a budget-conditioned agent moves smoothly along the
+Pareto curve as ``p`` changes. Training samples straight-through
 Gumbel-softmax one-hots (temperature annealed by the caller); :meth:`ExpertRoutingAgent.decode`
 is the deterministic argmax. Tied dimensions are never emitted: they follow their free partner
 through ``space.complete`` / ``space.repair``.
@@ -69,16 +74,19 @@ def _choice_costs(space: SearchSpace) -> torch.Tensor:
 
 
 def gumbel_softmax_st(
-    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None, hard: bool = True
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None, hard: bool = True,
+    noise_scale: float = 1.0,
 ) -> torch.Tensor:
     """Gumbel-softmax over the last axis; straight-through one-hot when ``hard``.
 
     The forward value of the hard version is exactly one-hot; its gradient is that of the soft
     sample. ``generator`` makes the noise reproducible (it must live on ``logits.device``).
+    ``noise_scale`` multiplies the Gumbel noise (1: samples follow ``softmax(logits)``; towards
+    0: samples approach the argmax decode).
     """
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))  # (..., C)
-    soft = torch.softmax((logits + gumbel) / max(float(tau), 1e-6), dim=-1)  # (..., C)
+    soft = torch.softmax((logits + float(noise_scale) * gumbel) / max(float(tau), 1e-6), dim=-1)  # (..., C)
     if not hard:
         return soft
     index = soft.argmax(dim=-1, keepdim=True)
@@ -96,6 +104,7 @@ class ExpertRoutingAgent(nn.Module):
         budget_conditioned: when True the target budget ratio is an input; otherwise the
             budget argument of :meth:`forward` is ignored.
         num_budget_freqs: Fourier frequencies used to embed ``log(budget_ratio)``.
+        num_price_knots: knots of the monotone price-of-compute curve over ``log(budget_ratio)``.
         seed: parameters are initialised from this seed (the global RNG is left untouched).
     """
 
@@ -107,6 +116,7 @@ class ExpertRoutingAgent(nn.Module):
         embed_size: int = 32,
         budget_conditioned: bool = False,
         num_budget_freqs: int = 4,
+        num_price_knots: int = 8,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -142,11 +152,14 @@ class ExpertRoutingAgent(nn.Module):
             nn.init.zeros_(self.head[-1].weight)  # start from the per-token table (uniform)
             # per-token logit table: lets an agent settle on any allocation quickly
             self.token_bias = nn.Parameter(torch.zeros(len(layout), self.max_choices))
-            # price of compute: logits get -price * cost, so one scalar trades MACs for quality
+            # price of compute: logits get -price * cost, so one scalar trades MACs for quality.
+            # log price = price_bias - sum_k softplus(price_slopes[k]) * softplus((log p - c_k) / s):
+            # decreasing in the budget p, so the decode's MACs grow monotonically with p
             self.price_bias = nn.Parameter(torch.zeros(()))
-            self.budget_to_price = nn.Linear(embed_size, 1)
-            nn.init.zeros_(self.budget_to_price.weight)
-            nn.init.zeros_(self.budget_to_price.bias)
+            self.price_slopes = nn.Parameter(torch.full((num_price_knots,), -2.0))
+        knots = torch.linspace(math.log(0.05), 0.0, num_price_knots)  # (K,) over log budget
+        self.register_buffer("price_knots", knots, persistent=False)
+        self._price_width = float(knots[1] - knots[0]) if num_price_knots > 1 else 1.0
 
         self.register_buffer("expert_ids", torch.tensor([t[0] for t in layout]), persistent=False)
         self.register_buffer("pos_ids", torch.tensor([t[1] for t in layout]), persistent=False)
@@ -188,9 +201,17 @@ class ExpertRoutingAgent(nn.Module):
         h0 = torch.tanh(self.budget_to_h0(be))[None]  # (1, B, H)
         out, _ = self.gru(x, h0)  # (B, T, H)
         logits = self.head(torch.cat([out, x], dim=-1)) + self.token_bias[None]  # (B, T, C)
-        price = nn.functional.softplus(self.price_bias + self.budget_to_price(be)[:, 0])  # (B,)
+        price = torch.exp(self.log_price(b))  # (B,)
         logits = logits - price[:, None, None] * self.cost[None]  # (B, T, C)
         return logits.masked_fill(~self.choice_mask[None], _MASK_LOGIT)
+
+    def log_price(self, budget_ratio: torch.Tensor) -> torch.Tensor:
+        """(B,) log price of compute; non-increasing in the budget (constant if not conditioned)."""
+        if not self.budget_conditioned:
+            return self.price_bias.expand(budget_ratio.shape[0])
+        x = torch.log(budget_ratio.clamp_min(1e-4))[:, None]  # (B, 1)
+        basis = nn.functional.softplus((x - self.price_knots[None]) / self._price_width)  # (B, K)
+        return self.price_bias - (basis * nn.functional.softplus(self.price_slopes)[None]).sum(dim=1)
 
     # ----------------------------------------------------------------- decisions
     def weights_dict(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -203,9 +224,10 @@ class ExpertRoutingAgent(nn.Module):
         tau: float,
         generator: torch.Generator | None = None,
         hard: bool = True,
+        noise_scale: float = 1.0,
     ) -> list[dict[str, torch.Tensor]]:
         """One relaxed arch per budget: straight-through Gumbel-softmax one-hots (or soft)."""
-        w = gumbel_softmax_st(self(budget_ratio), tau, generator, hard=hard)  # (B, T, C)
+        w = gumbel_softmax_st(self(budget_ratio), tau, generator, hard=hard, noise_scale=noise_scale)  # (B, T, C)
         return [self.weights_dict(w[i]) for i in range(w.shape[0])]
 
     def probabilities(self, budget_ratio: float) -> dict[str, torch.Tensor]:

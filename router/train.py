@@ -64,10 +64,13 @@ class BudgetOutcome:
         decoded_arch: the agent's deterministic decode before repair/fill.
         macs / achieved_ratio: cost of ``arch``.
         decoded_ratio: cost ratio of ``decoded_arch``.
-        task_loss: loss of ``arch`` by the evaluator (None if no evaluation was made).
-        decoded_task_loss: loss of ``decoded_arch`` (None if not evaluated).
+        task_loss: loss of ``arch`` by the evaluator.
+        decoded_task_loss: loss of ``decoded_arch`` by the evaluator.
+        agent_budget_ratio: the budget given to the agent for the decode (differs from
+            ``budget_ratio`` after calibration of a budget-conditioned agent).
         repair_steps / fill_steps / exchange_steps: steps taken by each loop.
-        evaluations: task-loss evaluations spent by repair/fill (cache hits excluded).
+        evaluations: task-loss evaluations spent by repair/fill/exchange (cache hits excluded;
+            0 when they scored archs by the agent's log-probabilities).
     """
 
     budget_ratio: float
@@ -76,8 +79,9 @@ class BudgetOutcome:
     macs: int
     achieved_ratio: float
     decoded_ratio: float
-    task_loss: float | None
-    decoded_task_loss: float | None
+    task_loss: float
+    decoded_task_loss: float
+    agent_budget_ratio: float
     repair_steps: int
     fill_steps: int
     exchange_steps: int
@@ -125,6 +129,7 @@ class RouterResult:
             "exchange_steps": o.exchange_steps,
             "repair_evaluations": o.evaluations,
             "decoded_ratio": o.decoded_ratio,
+            "agent_budget_ratio": o.agent_budget_ratio,
             "decoded_arch": o.decoded_arch.to_dict(),
             "task_loss": o.task_loss,
             "decoded_task_loss": o.decoded_task_loss,
@@ -299,6 +304,41 @@ def make_feasible(
     return cur, repair_steps, fill_steps, exchange_steps, len(cache)
 
 
+def _calibrate(space: SearchSpace, agent: ExpertRoutingAgent, budget_ratio: float, budget_macs: float,
+               budget_range: Sequence[float] | None, iterations: int = 24) -> tuple[float, Arch]:
+    """Bisect the agent's input budget (log scale) for the largest decode within ``budget_macs``.
+
+    Returns ``(input budget, decoded arch)``; falls back to the plain decode when no input in
+    the range decodes within the budget (the repair then takes over).
+    """
+    lo, hi = budget_range if budget_range is not None else (budget_ratio, budget_ratio)
+    lo, hi = min(lo, budget_ratio), max(hi, budget_ratio)
+    plain = agent.decode(budget_ratio)
+    best: tuple[float, float, Arch] | None = None  # (macs, input, arch)
+
+    def consider(x: float) -> float:
+        nonlocal best
+        arch = agent.decode(x)
+        m = float(space.macs(arch))
+        if m <= budget_macs + 1e-9 and (best is None or m > best[0]):
+            best = (m, x, arch)
+        return m
+
+    if consider(budget_ratio) > budget_macs + 1e-9:
+        a, b = math.log(lo), math.log(budget_ratio)  # over budget: search lower inputs
+    else:
+        a, b = math.log(budget_ratio), math.log(hi)  # fits: search higher inputs
+    for _ in range(iterations):
+        mid = 0.5 * (a + b)
+        if consider(math.exp(mid)) <= budget_macs + 1e-9:
+            a = mid
+        else:
+            b = mid
+    if best is None:
+        return budget_ratio, plain
+    return best[1], best[2]
+
+
 # --------------------------------------------------------------------------- training
 def _tau(step: int, steps: int, tau_start: float, tau_end: float) -> float:
     if steps <= 1:
@@ -316,13 +356,14 @@ def _train_one(
     tau_start: float,
     tau_end: float,
     net_lr_scale: float,
+    dual_on_decode: bool,
     generator: torch.Generator,
     log_every: int,
     tag: str,
     rows: list[dict[str, Any]],
 ) -> int:
     """Adam on the agent for ``steps`` steps; appends log rows; returns task-loss evaluations."""
-    table = [agent.token_bias, agent.price_bias, *agent.budget_to_price.parameters()]
+    table = [agent.token_bias, agent.price_bias, agent.price_slopes]
     table_ids = {id(q) for q in table}
     net = [q for q in agent.parameters() if id(q) not in table_ids]
     opt = torch.optim.Adam([{"params": table, "lr": lr}, {"params": net, "lr": lr * net_lr_scale}])
@@ -345,6 +386,11 @@ def _train_one(
         loss.backward()
         opt.step()
         sched.step()
+        if dual_on_decode:  # the constraint that matters is the deterministic decode's
+            with torch.no_grad():
+                hard = torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)  # (B, T, C)
+                r_dec = objective.batch_ratio(hard).cpu().tolist()  # (B,)
+            gaps = [math.log(max(r, 1e-12) / p) for r, p in zip(r_dec, budgets)]
         objective.update_dual(budgets, gaps)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"router loss became {float(loss.detach())} at step {step} ({tag})")
@@ -377,6 +423,7 @@ def train_router(
     resource_weight: float = 10.0,
     scale_resource_weight: bool = True,
     dual_lr: float = 0.05,
+    dual_on_decode: bool = False,
     tau_start: float = 5.0,
     tau_end: float = 1.0,
     hidden_size: int = 64,
@@ -384,6 +431,7 @@ def train_router(
     device: str | torch.device = "cpu",
     arch_loss_fn: ArchLoss | None = None,
     repair_score: str = "loss",
+    calibrate: bool = True,
     fill: bool = True,
     exchange: bool = True,
     base_macs: float | None = None,
@@ -414,13 +462,20 @@ def train_router(
             task loss's marginal value of compute (d loss / d log MACs) for the optimum to
             sit on the budget.
         dual_lr: dual ascent step of the lagrangian multiplier (fraction of resource_weight).
+        dual_on_decode: the dual ascent follows the MACs ratio of the agent's deterministic
+            decode (argmax) rather than of the random samples, so the budget is met by what is
+            exported (MACs only, no task-loss evaluations).
         scale_resource_weight: multiply ``resource_weight`` by the task loss's mean slope
             ``(loss(smallest) - loss(full)) / log(macs(full) / macs(smallest))`` (two loss
             evaluations before training), so the default works whatever the loss's units.
-        tau_start, tau_end: Gumbel-softmax temperature, annealed geometrically.
+        tau_start, tau_end: Gumbel-softmax temperature, annealed geometrically (with a hard
+            straight-through sample it shapes the gradient only).
         device: where the agent and the relaxed weights live.
         arch_loss_fn: scores discrete archs for repair/fill (default: ``task_loss_fn`` on
             exact one-hots, without gradients).
+        calibrate: budget-conditioned agent only: before repair, bisect the budget given to the
+            agent (within its training range, MACs only, no loss evaluations) for the largest
+            decode that fits the target.
         repair_score: ``"loss"`` (use ``arch_loss_fn``) or ``"logits"`` (minus the agent's
             log-probability of the arch: no model evaluations, for expensive task losses).
         fill: spend leftover budget greedily after decoding.
@@ -486,7 +541,7 @@ def train_router(
         agent = ExpertRoutingAgent(space, budget_conditioned=True, **agent_kw).to(device)
         objective = make_objective(lo, hi)
         evaluations += _train_one(agent, objective, sampler, steps=steps, lr=lr, tau_start=tau_start,
-                                  tau_end=tau_end, net_lr_scale=net_lr_scale, generator=gen,
+                                  tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode, generator=gen,
                                   log_every=log_every, tag="conditioned", rows=rows)
         multipliers = {"conditioned": objective.multipliers()}
         agents = {b: agent for b in budgets}
@@ -498,7 +553,7 @@ def train_router(
             agent = ExpertRoutingAgent(space, budget_conditioned=False, **agent_kw).to(device)
             objective = make_objective(b, b)
             evaluations += _train_one(agent, objective, lambda g, b=b: [b] * budgets_per_step, steps=steps,
-                                      lr=lr, tau_start=tau_start, tau_end=tau_end, net_lr_scale=net_lr_scale,
+                                      lr=lr, tau_start=tau_start, tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode,
                                       generator=gen, log_every=log_every, tag=f"budget={b:g}", rows=rows)
             agents[b] = agent
             multipliers[f"budget={b:g}"] = objective.multipliers()
@@ -510,6 +565,9 @@ def train_router(
         agent = agents[b]
         agent.eval()
         decoded = agent.decode(b)
+        agent_input = b
+        if budget_conditioned and calibrate:
+            agent_input, decoded = _calibrate(space, agent, b, b * ref_macs, settings_range)
         if repair_score == "logits":
             lp = agent.log_probs(b)
 
@@ -520,11 +578,13 @@ def train_router(
         arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=fill,
                                                             exchange=exchange)
         m = space.macs(arch)
-        task = float(eval_fn(arch)) if repair_score == "loss" else None
-        dec_task = float(eval_fn(decoded)) if repair_score == "loss" else None
+        task = float(eval_fn(arch))
+        dec_task = float(eval_fn(decoded))
+        if repair_score != "loss":
+            n_eval = 0  # the repair scored archs by the agent's log-probabilities only
         outcomes.append(BudgetOutcome(
             budget_ratio=b, arch=arch, decoded_arch=decoded, macs=m, achieved_ratio=m / ref_macs,
-            decoded_ratio=space.macs(decoded) / ref_macs, task_loss=task, decoded_task_loss=dec_task,
+            decoded_ratio=space.macs(decoded) / ref_macs, agent_budget_ratio=agent_input, task_loss=task, decoded_task_loss=dec_task,
             repair_steps=n_rep, fill_steps=n_fill, exchange_steps=n_exch, evaluations=n_eval,
         ))
         log.info("router budget %.3f: decoded ratio %.4f -> %.4f after %d repair / %d fill / %d exchange steps",
@@ -532,7 +592,7 @@ def train_router(
     settings = {
         "steps": steps, "lr": lr, "seed": seed, "budgets_per_step": budgets_per_step,
         "resource_mode": resource_mode, "resource_weight": resource_weight, "loss_scale": loss_scale,
-        "effective_resource_weight": resource_weight * loss_scale, "dual_lr": dual_lr,
+        "effective_resource_weight": resource_weight * loss_scale, "dual_lr": dual_lr, "dual_on_decode": dual_on_decode,
         "net_lr_scale": net_lr_scale, "tau_start": tau_start, "tau_end": tau_end,
         "hidden_size": hidden_size, "repair_score": repair_score, "fill": fill, "exchange": exchange,
     }

@@ -1,0 +1,158 @@
+"""What the router writes: allocations, the training log, a summary and the allocation plot.
+
+Layout (inside a run folder, or any folder):
+
+- ``allocations/router-<budget>.json`` (:class:`~experts.allocation.Allocation`, one per budget;
+  ``<budget>`` formatted with ``{:g}``, e.g. ``router-0.5.json``);
+- ``router/train_log.jsonl`` (one JSON object per logged training step);
+- ``router/summary.json`` (per budget: target, achieved ratio, decode before repair, steps of
+  repair/fill/exchange, evaluations, losses; plus the settings and training time);
+- ``router/allocation.png`` (MACs per interval for each budget; optional per-interval
+  sensitivity, the loss increase when that interval's expert shrinks, drawn beside it).
+
+Example:
+    >>> allocation_filename(0.5)
+    'router-0.5.json'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experts.allocation import Allocation
+from experts.intervals import Intervals
+from router.train import RouterResult
+from search_spaces import ProductSpace
+
+__all__ = ["allocation_filename", "plot_allocations", "write_outputs"]
+
+log = logging.getLogger(__name__)
+
+
+def allocation_filename(budget_ratio: float, method: str = "router") -> str:
+    """``<method>-<budget:g>.json`` (the name the search and the benchmark look for)."""
+    return f"{method}-{float(budget_ratio):g}.json"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def plot_allocations(
+    allocations: Sequence[Allocation],
+    path: str | Path,
+    *,
+    full_macs_per_expert: Sequence[float] | None = None,
+    sensitivity: Sequence[float] | None = None,
+    title: str = "Router allocation: MACs per interval",
+) -> Path:
+    """Bar chart of each expert's MACs (per call) for each budget; PNG via matplotlib (Agg).
+
+    Args:
+        allocations: one allocation per budget (same intervals).
+        path: the PNG to write.
+        full_macs_per_expert: MACs of each expert's full arch; when given, bars are fractions
+            of it (else absolute MACs).
+        sensitivity: optional per-interval loss increase when that expert shrinks (e.g. the
+            loss at its smallest arch minus at its full arch), drawn as a line on a second axis.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not allocations:
+        raise ValueError("nothing to plot: no allocations")
+    iv = allocations[0].intervals
+    n = iv.num_intervals
+    labels = [f"[{a}, {b})\n{s} steps" for (a, b), s in zip(iv.spans(), allocations[0].steps_per_expert)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * n + 2.0), 3.8), dpi=110)
+    width = 0.8 / len(allocations)
+    for j, alloc in enumerate(sorted(allocations, key=lambda a: a.budget_ratio)):
+        vals = [float(m) for m in alloc.macs_per_expert]
+        if full_macs_per_expert is not None:
+            vals = [v / float(f) for v, f in zip(vals, full_macs_per_expert)]
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(n)]
+        ax.bar(xs, vals, width=width, label=f"budget {alloc.budget_ratio:g} (got {alloc.achieved_ratio:.3f})")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlabel("interval (training timesteps), low noise to high noise")
+    ax.set_ylabel("MACs per call / full expert" if full_macs_per_expert is not None else "MACs per call")
+    ax.set_title(title, fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    if sensitivity is not None:
+        ax2 = ax.twinx()
+        line = ax2.plot(range(n), list(sensitivity), "k--o", label="loss increase when shrunk")[0]
+        ax2.set_ylabel("loss(smallest) - loss(full)")
+        handles.append(line)
+        names.append(line.get_label())
+    ax.legend(handles, names, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(
+    result: RouterResult,
+    space: ProductSpace,
+    intervals: Intervals,
+    out_dir: str | Path,
+    *,
+    allocations_dir: str | Path | None = None,
+    sensitivity: Sequence[float] | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write allocations, training log, summary and plot; returns the allocation paths.
+
+    Args:
+        result: from :func:`router.train.train_router` on ``space``.
+        space: the mixture space (one part per interval expert, weights = sampling steps).
+        intervals: the experts' intervals.
+        out_dir: folder for the log, summary and plot (a run's ``router/``).
+        allocations_dir: where ``router-<budget>.json`` go (default: ``out_dir/../allocations``).
+        sensitivity: per-interval loss increase when shrunk, for the plot and the summary.
+        extra_info: added to each allocation's ``info`` (e.g. the config hash).
+    """
+    out = Path(out_dir)
+    alloc_dir = Path(allocations_dir) if allocations_dir is not None else out.parent / "allocations"
+    paths = []
+    allocations = []
+    for o in result.outcomes:
+        alloc = result.allocation(space, intervals, o.budget_ratio)
+        if extra_info:
+            alloc = Allocation(alloc.method, alloc.budget_ratio, alloc.intervals, alloc.archs,
+                               alloc.macs_per_expert, alloc.steps_per_expert, alloc.base_trajectory_macs,
+                               {**alloc.info, **extra_info})
+        if not alloc.feasible:  # pragma: no cover - train_router guarantees it
+            raise RuntimeError(f"router allocation for budget {o.budget_ratio} exceeds it")
+        p = alloc_dir / allocation_filename(o.budget_ratio)
+        alloc.save(p)
+        paths.append(p)
+        allocations.append(alloc)
+    result.write_log(out / "train_log.jsonl")
+    summary = {
+        "budget_conditioned": result.budget_conditioned,
+        "train_seconds": result.train_seconds,
+        "train_evaluations": result.train_evaluations,
+        "settings": result.settings,
+        "sensitivity": None if sensitivity is None else [float(x) for x in sensitivity],
+        "budgets": result.summary(),
+        "allocations": [str(p) for p in paths],
+    }
+    _atomic_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    full = [space.parts[p].macs(space.parts[p].full()) for p in space.parts]
+    plot_allocations(allocations, out / "allocation.png", full_macs_per_expert=full, sensitivity=sensitivity)
+    log.info("router: wrote %d allocations to %s and log/summary/plot to %s", len(paths), alloc_dir, out)
+    return paths
