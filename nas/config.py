@@ -358,6 +358,64 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class RouterConfig:
+    """The Expert Routing Agent (``diffnas route``): one arch per expert under each budget.
+
+    Attributes:
+        budgets: budgets as fractions of the base model's trajectory MACs.
+        budget_conditioned: one agent trained once for every budget (budget is an input);
+            ``false`` trains one agent per budget.
+        steps: agent optimiser steps (per agent when not budget-conditioned).
+        budgets_per_step: relaxed archs (budgets, for the conditioned agent) per step; each
+            costs one relaxed forward/backward of every expert.
+        batch_size: training images per expert per relaxed arch.
+        learning_rate: Adam rate of the agent's logit table and price (network: x0.01).
+        resource_mode: ``lagrangian`` (multiplier by dual ascent + quadratic term on
+            ``log r - log p``) or ``log_ratio`` (fixed penalty ``log(max(r,p)/min(r,p))``).
+        resource_weight: weight of the resource term, in units of the task loss's mean slope
+            per unit of log MACs (measured once before training).
+        tau_start, tau_end: Gumbel-softmax temperature schedule.
+        hidden_size: GRU width.
+        repair_score: how the final repair/fill ranks moves: ``loss`` (held-out loss of each
+            candidate, cached per expert) or ``logits`` (the agent's log-probabilities, no
+            model evaluations).
+        fill, exchange: spend leftover budget after the repair (single upgrades, then
+            one-down-one-up exchanges).
+        seed: agent seed; ``null`` uses the experiment seed.
+    """
+
+    budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
+    budget_conditioned: bool = True
+    steps: int = 300
+    budgets_per_step: int = 2
+    batch_size: int = 16
+    learning_rate: float = 0.1
+    resource_mode: Literal["lagrangian", "log_ratio"] = "lagrangian"
+    resource_weight: float = 10.0
+    tau_start: float = 5.0
+    tau_end: float = 1.0
+    hidden_size: int = 64
+    repair_score: Literal["loss", "logits"] = "loss"
+    fill: bool = True
+    exchange: bool = True
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        b = list(self.budgets)
+        require(len(b) >= 1, "budgets", "must list at least one budget")
+        require(all(0.0 < x <= 1.0 for x in b), "budgets", f"must be fractions in (0, 1], got {b}")
+        require(len(set(b)) == len(b), "budgets", f"must not repeat a budget, got {b}")
+        require(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        require(self.budgets_per_step >= 1, "budgets_per_step", f"must be >= 1, got {self.budgets_per_step}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(self.resource_weight >= 0, "resource_weight", f"must be >= 0, got {self.resource_weight}")
+        require(0 < self.tau_end <= self.tau_start, "tau_end", f"must be in (0, tau_start], got {self.tau_end}")
+        require(self.hidden_size >= 1, "hidden_size", f"must be >= 1, got {self.hidden_size}")
+        require(self.seed is None or self.seed >= 0, "seed", f"must be >= 0 or null, got {self.seed}")
+
+
+@dataclass(frozen=True)
 class IntervalsConfig:
     """Interval discovery (``diffnas intervals``): timestep similarity -> contiguous intervals.
 
@@ -571,6 +629,7 @@ class ExperimentConfig:
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
 
     def __post_init__(self) -> None:
         require(
