@@ -38,6 +38,7 @@ Example (a local Ray, two CPUs, a synthetic objective):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -476,21 +477,21 @@ class SideJob:
 
     Attributes:
         fn: called with no arguments on a worker; its return value (JSON-able) is recorded.
-        num_cpus, num_gpus: resources of the task.
+        num_cpus, num_gpus: resources of the task (``num_gpus=None``: as many as a trial gets).
         refresh_known: when it finishes, re-scan ``allocations/router-<budget>.json`` and
             enqueue the router's allocation in studies still searching.
     """
 
     fn: Callable[[], Any]
     num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_gpus: float | None = 0.0
     refresh_known: bool = True
 
 
 class _SideJobs:
     def __init__(self, jobs: Mapping[str, SideJob], session: SearchSession) -> None:
         self._session = session
-        self._jobs = dict(jobs)
+        self._jobs = dict(jobs)  # num_gpus already resolved
         self._refs: dict[str, Any] = {}
         self._t0: dict[str, float] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
@@ -545,7 +546,11 @@ def run_search_ray(
         nodes = _alive_nodes()
         per_trial = trial_resources(config, nodes)
         check_cluster_resources(per_trial, nodes)
-        for name, job in (side_jobs or {}).items():
+        jobs_resolved = {
+            name: (job if job.num_gpus is not None else dataclasses.replace(job, num_gpus=per_trial["gpu"]))
+            for name, job in (side_jobs or {}).items()
+        }
+        for name, job in jobs_resolved.items():
             check_cluster_resources({"cpu": job.num_cpus, "gpu": job.num_gpus}, nodes, what=f"side job {name!r}")
         concurrency = config.max_concurrent_trials or auto_concurrency(per_trial, nodes)
         log.info(
@@ -554,7 +559,7 @@ def run_search_ray(
             per_trial["cpu"], per_trial["gpu"], concurrency,
         )
         with SearchSession(space, objective, config, run, intervals, seed) as session:
-            jobs = _SideJobs(side_jobs or {}, session)
+            jobs = _SideJobs(jobs_resolved, session)
             registry = _TrialRegistry()
             searcher = _MultiStudySearcher(
                 [_StudySearcher(drv, session.seed) for drv in session.drivers], registry, jobs.poll

@@ -39,6 +39,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--gpus-per-trial", type=float, metavar="N",
         help="GPUs per trial, fractions share a GPU (same as --set search.gpus_per_trial=...)",
     )
+    group.add_argument(
+        "--with-router", action="store_true",
+        help="train the routing agent (the `route` command) as a Ray task beside the studies; when it "
+        "finishes, its allocations are enqueued in the studies still searching (Ray backend only)",
+    )
     dry = parser.add_argument_group("dry run (no model)")
     dry.add_argument(
         "--synthetic", action="store_true",
@@ -65,6 +70,35 @@ def _search_config(cfg: ExperimentConfig, args: argparse.Namespace) -> Experimen
         return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, **changes))
     except UserError as err:
         raise UserError(f"search option: {err}") from None
+
+
+def run_registered_command(cfg: ExperimentConfig, name: str) -> dict[str, Any]:
+    """Run registered subcommand ``name`` on ``cfg`` (on a Ray worker, as a side job)."""
+    from nas.cli import build_parser
+    from nas.commands import all_commands
+
+    commands = all_commands()
+    if name not in commands:
+        raise UserError(f"no `diffnas {name}` command in this version")
+    args = build_parser().parse_args([name])
+    return {"command": name, "exit_status": int(commands[name].func(cfg, args) or 0)}
+
+
+def _router_job(cfg: ExperimentConfig) -> Any:
+    """The routing agent's training as a side job of the search (needs the `route` command)."""
+    import functools
+
+    from nas.commands import all_commands
+    from nas.ray_backend import SideJob
+    from nas.search_objective import absolute_config
+
+    if "route" not in all_commands():
+        raise UserError("--with-router needs the routing agent's `diffnas route` command, which this version lacks")
+    if cfg.search.backend != "ray":
+        raise UserError("--with-router runs the router as a Ray task: it needs search.backend=ray")
+    s = cfg.search
+    return SideJob(functools.partial(run_registered_command, absolute_config(cfg), "route"),
+                   num_cpus=s.cpus_per_trial or 1.0, num_gpus=None)
 
 
 def _mixture_problem(cfg: ExperimentConfig, run: RunDir) -> tuple[Any, Any, Any]:
@@ -123,6 +157,8 @@ def search(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from nas.search import SyntheticObjective, run_search, synthetic_mixture_space
 
     cfg = _search_config(cfg, args)
+    if args.with_router:
+        _router_job(cfg)  # fail before any work when it cannot run
     run = prepare_run(cfg)
     if args.synthetic:
         space = synthetic_mixture_space(num_experts=3)
@@ -138,6 +174,8 @@ def search(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         from nas.device import resolve_device
 
         device = str(resolve_device(cfg.device))
-    result = run_search(space, objective, cfg.search, run, intervals=intervals, seed=cfg.seed, device=device)
+    side_jobs = {"router": _router_job(cfg)} if args.with_router else None
+    result = run_search(space, objective, cfg.search, run, intervals=intervals, seed=cfg.seed, device=device,
+                        side_jobs=side_jobs)
     sys.stdout.write(format_search_summary(result))
     return 0

@@ -400,3 +400,13 @@ def test_a_budget_below_the_smallest_arch_is_reported(tmp_path, capsys):
     assert code == 0
     assert "budget 0.05: no feasible architecture evaluated (the smallest architecture needs" in out
     assert not (tmp_path / "s" / "allocations" / "search-0.05.json").exists()
+
+
+def test_cli_with_router_needs_the_route_command_and_ray(tmp_path, capsys):
+    from nas.commands import all_commands
+
+    code = main(["search", "--synthetic", "--backend", "local", "--with-router", "--set", f"run_root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert ("needs search.backend=ray" in err) if "route" in all_commands() else ("`diffnas route`" in err)
+    assert not (tmp_path / "default" / "search").exists()
