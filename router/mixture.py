@@ -129,7 +129,7 @@ class MixtureRoutingLoss:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        self._cache: dict[tuple[int, Arch], float] = {}
+        self._cache: dict[tuple[int, Arch, int], float] = {}
         self._teacher_heldout: dict[tuple[int, int], torch.Tensor] = {}
         self.evaluations = 0  # expert evaluations on the held-out set (cache misses)
         self.relaxed_calls = 0
@@ -168,7 +168,7 @@ class MixtureRoutingLoss:
         """Held-out loss of expert ``k`` at its sub-arch ``arch`` (cached)."""
         if self.heldout is None:
             raise ValueError("no held-out set was given: discrete losses are unavailable")
-        key = (k, Arch(arch))
+        key = (k, Arch(arch), self._version(k))
         if key in self._cache:
             return self._cache[key]
         expert = self.experts[k]
@@ -195,6 +195,12 @@ class MixtureRoutingLoss:
         self._cache[key] = value
         self.evaluations += 1
         return value
+
+    def _version(self, k: int) -> int:
+        """Changes whenever expert ``k``'s weights are updated in place (joint training)."""
+        if not self.joint:
+            return 0
+        return sum(p._version for p in self.experts[k].parameters())
 
     def arch_loss(self, arch: Mapping[str, Any]) -> float:
         """Step-weighted held-out mixture loss of a discrete mixture arch."""

@@ -361,15 +361,24 @@ def _train_one(
     log_every: int,
     tag: str,
     rows: list[dict[str, Any]],
+    progress: bool = False,
+    joint: Sequence[torch.nn.Parameter] = (),
+    joint_lr: float = 0.0,
 ) -> int:
     """Adam on the agent for ``steps`` steps; appends log rows; returns task-loss evaluations."""
     table = [agent.token_bias, agent.price_bias, agent.price_slopes]
     table_ids = {id(q) for q in table}
     net = [q for q in agent.parameters() if id(q) not in table_ids]
-    opt = torch.optim.Adam([{"params": table, "lr": lr}, {"params": net, "lr": lr * net_lr_scale}])
+    groups = [{"params": table, "lr": lr}, {"params": net, "lr": lr * net_lr_scale}]
+    if joint:
+        groups.append({"params": list(joint), "lr": joint_lr})
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(  # cosine decay to 5% of each group's rate
         opt, lambda i: 0.05 + 0.475 * (1.0 + math.cos(math.pi * min(i, steps) / max(steps, 1))))
     evaluations = 0
+    from tqdm.auto import tqdm
+
+    pbar = tqdm(total=steps, desc=f"router {tag}", disable=not progress, dynamic_ncols=True, leave=False)
     for step in range(steps):
         tau = _tau(step, steps, tau_start, tau_end)
         budgets = budget_sampler(generator)
@@ -394,7 +403,9 @@ def _train_one(
         objective.update_dual(budgets, gaps)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"router loss became {float(loss.detach())} at step {step} ({tag})")
+        pbar.update(1)
         if step % log_every == 0 or step == steps - 1:
+            pbar.set_postfix(loss=f"{float(loss.detach()):.4g}", ratio=f"{float(np.mean(ratios)):.3f}")
             rows.append({
                 "run": tag, "step": step, "tau": tau, "lr": sched.get_last_lr()[0],
                 "loss": float(loss.detach()), "task_loss": float(np.mean(tasks)),
@@ -403,6 +414,7 @@ def _train_one(
                 "abs_ratio_error": float(np.mean(np.abs(np.asarray(ratios) - np.asarray(budgets)))),
                 "multiplier": objective.multiplier(float(np.mean(budgets))),
             })
+    pbar.close()
     return evaluations
 
 
@@ -436,6 +448,9 @@ def train_router(
     exchange: bool = True,
     base_macs: float | None = None,
     log_every: int = 10,
+    joint_parameters: Sequence[torch.nn.Parameter] = (),
+    joint_lr: float = 1e-5,
+    progress: bool = False,
 ) -> RouterResult:
     """Train routing agent(s) and return a feasible arch per budget.
 
@@ -481,6 +496,12 @@ def train_router(
         fill: spend leftover budget greedily after decoding.
         exchange: after filling, try one-down-one-up exchanges (see :func:`make_feasible`).
         base_macs: MACs meaning ratio 1 (default: the full arch's).
+        log_every: training-log row every this many steps.
+        joint_parameters: parameters trained together with the agent by the same loss (e.g.
+            the experts' weights, ``MixtureRoutingLoss(..., joint=True).parameters()``);
+            empty (default): experts frozen.
+        joint_lr: Adam rate of ``joint_parameters``.
+        progress: show a progress bar per agent.
 
     Returns:
         A :class:`RouterResult`; every outcome satisfies ``macs <= budget * base_macs``.
@@ -496,6 +517,7 @@ def train_router(
     if repair_score not in ("loss", "logits"):
         raise UserError(f"repair_score must be 'loss' or 'logits', got {repair_score!r}")
     device = torch.device(device)
+    joint = list(joint_parameters)
 
     def default_arch_loss(arch: Arch) -> float:
         with torch.no_grad():
@@ -542,7 +564,8 @@ def train_router(
         objective = make_objective(lo, hi)
         evaluations += _train_one(agent, objective, sampler, steps=steps, lr=lr, tau_start=tau_start,
                                   tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode, generator=gen,
-                                  log_every=log_every, tag="conditioned", rows=rows)
+                                  log_every=log_every, tag="conditioned", rows=rows, progress=progress,
+                                  joint=joint, joint_lr=joint_lr)
         multipliers = {"conditioned": objective.multipliers()}
         agents = {b: agent for b in budgets}
         settings_range = [lo, hi]
@@ -554,7 +577,8 @@ def train_router(
             objective = make_objective(b, b)
             evaluations += _train_one(agent, objective, lambda g, b=b: [b] * budgets_per_step, steps=steps,
                                       lr=lr, tau_start=tau_start, tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode,
-                                      generator=gen, log_every=log_every, tag=f"budget={b:g}", rows=rows)
+                                      generator=gen, log_every=log_every, tag=f"budget={b:g}", rows=rows,
+                                      progress=progress, joint=joint, joint_lr=joint_lr)
             agents[b] = agent
             multipliers[f"budget={b:g}"] = objective.multipliers()
         settings_range = None
@@ -594,7 +618,7 @@ def train_router(
         "resource_mode": resource_mode, "resource_weight": resource_weight, "loss_scale": loss_scale,
         "effective_resource_weight": resource_weight * loss_scale, "dual_lr": dual_lr, "dual_on_decode": dual_on_decode,
         "net_lr_scale": net_lr_scale, "tau_start": tau_start, "tau_end": tau_end,
-        "hidden_size": hidden_size, "repair_score": repair_score, "fill": fill, "exchange": exchange,
+        "hidden_size": hidden_size, "repair_score": repair_score, "fill": fill, "exchange": exchange, "joint": bool(joint),
     }
     if settings_range is not None:
         settings["budget_range"] = settings_range

@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "nas.commands.intervals",
     "nas.commands.experts",
     "nas.commands.search",
+    "nas.commands.route",
     "nas.commands.bench",
     "nas.commands.run",
 ]

@@ -93,3 +93,22 @@ def test_route_a_tiny_mixture_end_to_end(parts, tmp_path):
     paths = write_outputs(res, loss.space, iv, tmp_path / "router", sensitivity=loss.sensitivity())
     assert [p.name for p in paths] == ["router-0.4.json", "router-0.7.json"]
     assert loss.relaxed_calls >= 6
+
+
+def test_joint_training_updates_the_experts_and_refreshes_cached_losses(parts):
+    import copy
+
+    base, iv, experts, images, heldout, sched = parts
+    own = [copy.deepcopy(e) for e in experts]
+    for e in own:
+        for p in e.parameters():
+            p.requires_grad_(True)
+    loss = MixtureRoutingLoss(own, iv, (6, 4), base, sched, images, heldout, batch_size=4, seed=3, joint=True)
+    before = [p.detach().clone() for p in own[0].parameters()]
+    full_before = loss.arch_loss(loss.space.full())
+    res = train_router(loss.space, loss, [0.6], arch_loss_fn=loss.arch_loss, steps=3, budgets_per_step=1,
+                       joint_parameters=loss.parameters(), joint_lr=1e-3, fill=False, exchange=False)
+    loss.reset()
+    assert res.settings["joint"] is True
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, own[0].parameters()))
+    assert loss.arch_loss(loss.space.full()) != full_before  # not answered from the stale cache

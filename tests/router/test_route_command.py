@@ -1,0 +1,62 @@
+"""``diffnas route`` on a tiny run: allocations, log, summary, plot, reuse, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experts.allocation import Allocation
+from experts.intervals import Intervals
+from nas.cli import main
+from nas.rundir import RunDir
+from tests.conftest import build_tiny_unet
+
+IV = Intervals(1000, (400,))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run with a tiny base UNet, intervals, experts (0 elastic steps) and the held-out set."""
+    root = tmp_path_factory.mktemp("route")
+    folder = root / "tiny-unet"
+    build_tiny_unet().save_pretrained(folder, safe_serialization=True)
+    overrides = [
+        f"run_root={root / 'runs'}", "name=x", "device=cpu", f"model.base={folder}", "data.limit=64",
+        "sampling.num_steps=4", "experts.train_steps=0", "experts.batch_size=4", "experts.heldout_per_interval=8",
+        "router.steps=4", "router.budgets_per_step=1", "router.batch_size=4",
+    ]
+    run = RunDir(root / "runs", "x")
+    IV.save(run.intervals_path)
+    args = [a for o in overrides for a in ("--set", o)]
+    assert main(["train-experts", *args, "-q"]) == 0
+    return run, args
+
+
+def test_route_writes_feasible_allocations_log_summary_and_plot_then_reuses_them(tiny_run, capsys):
+    run, args = tiny_run
+    assert main(["route", *args, "--budgets", "0.45", "0.8", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 0.45: trajectory MACs ratio" in out and "interval sensitivity" in out
+    for b in (0.45, 0.8):
+        a = Allocation.load(run.allocations_dir / f"router-{b:g}.json")
+        assert a.method == "router" and a.feasible and a.achieved_ratio <= b
+        assert a.intervals == IV and sum(a.steps_per_expert) == 4
+        for key in ("train_seconds", "train_evaluations", "repair_steps", "expert_evaluations", "config_key"):
+            assert key in a.info
+    rows = [json.loads(x) for x in (run.router_dir / "train_log.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["step"] == 3
+    summary = json.loads((run.router_dir / "summary.json").read_text())
+    assert len(summary["sensitivity"]) == 2
+    assert (run.router_dir / "allocation.png").is_file()
+    assert main(["route", *args, "--budgets", "0.45", "0.8", "-q"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_route_errors_are_one_line(tiny_run, capsys, tmp_path):
+    run, args = tiny_run
+    assert main(["route", *args, "--budgets", "0.01", "-q"]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("diffnas: error:")]
+    assert len(lines) == 1 and "below the smallest mixture" in lines[0]
+    assert main(["route", "--set", f"run_root={tmp_path}", "--set", "name=empty", "--set", "device=cpu",
+                 "--set", f"model.base={tmp_path / 'nope'}", "-q"]) == 2
