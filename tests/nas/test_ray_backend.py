@@ -185,6 +185,23 @@ def test_a_trial_that_raises_is_retried_marked_failed_and_the_study_completes(tw
             assert sum(a <= start < b for a, b in s) <= 2
 
 
+def test_the_cli_joins_a_running_cluster_by_address(two_node_cluster, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "nas", "search", "--synthetic", "--synthetic-sleep", "0.3", "--name", "j",
+           "--set", f"run_root={tmp_path}", "--address", two_node_cluster.address, "--gpus-per-trial", "1",
+           "--set", "search.n_trials=4", "--set", "search.budgets=[0.5]", "--set", "search.promote_top_k=0",
+           "--set", "search.skip_infeasible=false"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray cluster: 2 node(s), 4 CPU(s), 2 GPU(s); 1 CPU + 1 GPU per trial, up to 2 at once" in done.stderr
+    recs = _records(RunDir(tmp_path, "j"))
+    assert len(recs) == 4
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert {r["placement"]["node_id"] for r in recs} <= alive
+    assert ray.is_initialized()  # the cluster the test holds is still up (the CLI did not shut it down)
+
+
 # ------------------------------------------------------------------------ kill the driver
 
 

@@ -107,3 +107,32 @@ def test_diffnas_search_on_the_experts_writes_a_usable_allocation(tiny_run, caps
     sched = make_scheduler(cfg.sampling.sampler, load_base(cfg, run, "cpu", progress=False).scheduler_config)
     assert mixture.trajectory_macs(sampling_timesteps(sched, cfg.sampling.num_steps)) == alloc.trajectory_macs
     assert "study search-b0.6: 5 evaluated" in out
+
+
+@pytest.mark.slow
+def test_embedded_model_constrained_search_beats_uniform_width_and_mo_front_is_written(tmp_path, capsys):
+    """The issue's check on the embedded (demo) model, from scratch: base model, intervals,
+    experts, then a constrained search at budget 0.5 and a multi-objective search. ~15-25 min on
+    2 CPU cores."""
+    common = ["--preset", "demo", "--name", "emb", "--set", f"run_root={tmp_path}", "--device", "cpu", "-q"]
+    for cmd in ("train-base", "intervals", "train-experts"):
+        assert main([cmd, *common]) == 0, cmd
+    run = RunDir(tmp_path, "emb")
+    assert main(["search", *common, "--set", "search.budgets=[0.5]", "--set", "search.n_trials=24",
+                 "--set", "search.promote_top_k=1"]) == 0
+    proxy = [r for r in run.read_results() if r.get("kind") == RECORD_KIND and r["fidelity"] == "proxy"]
+    uniform = next(r for r in proxy if r["source"] == "uniform")
+    alloc = Allocation.load(run.allocations_dir / "search-0.5.json")
+    assert alloc.feasible and alloc.achieved_ratio <= 0.5
+    assert alloc.info["quality"] < uniform["quality"]  # lower proxy loss than uniform width
+    cost = alloc.info["search_cost"]
+    assert cost["trials"] == 24 and cost["wall_s_all_sessions"] > 0 and cost["sampled_images"] > 0
+    assert main(["search", *common, "--set", "search.mode=multi_objective", "--set", "search.n_trials=16",
+                 "--set", "search.budgets=[0.5, 0.7]", "--set", "search.promote_top_k=0"]) == 0
+    front = (run.search_dir / "pareto-search-mo.json")
+    assert front.is_file()
+    import json as _json
+
+    points = _json.loads(front.read_text())["points"]
+    assert len(points) >= 2 and all(p["quality"] is not None for p in points)
+    capsys.readouterr()
