@@ -17,8 +17,10 @@ $(STAMP): setup.cfg constraints.txt requirements.txt
 
 venv: $(STAMP)
 
+# one torch thread per process: on 2 cores, the stages' parallel workers (Ray trials) otherwise
+# oversubscribe the CPU, and a contended 2-thread step was measured ~10x slower than 1 thread
 demo: $(STAMP)
-	$(PY) -m nas run --preset demo
+	OMP_NUM_THREADS=1 $(PY) -m nas run --preset demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
