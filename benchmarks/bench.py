@@ -153,6 +153,8 @@ def normalize_cost(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 None)
     evals = next((src[k] for k in ("evaluations", "trials", "train_evaluations", "n_evaluated") if src.get(k) is not None),
                  None)
+    if isinstance(evals, dict):  # per fidelity (search: {"proxy": n, "fid": m})
+        evals = sum(int(v) for v in evals.values() if isinstance(v, (int, float)))
     if wall is None and evals is None:
         return None
     return {"wall_s": None if wall is None else float(wall), "evaluations": None if evals is None else int(evals),
