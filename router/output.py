@@ -93,7 +93,7 @@ def plot_allocations(
         ax2.set_ylabel("loss(smallest) - loss(full)")
         handles.append(line)
         names.append(line.get_label())
-    ax.legend(handles, names, fontsize=7, loc="upper left")
+    ax.legend(handles, names, fontsize=7, loc="upper right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +113,7 @@ def write_outputs(
     allocations_dir: str | Path | None = None,
     sensitivity: Sequence[float] | None = None,
     extra_info: dict[str, Any] | None = None,
+    summary_extra: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write allocations, training log, summary and plot; returns the allocation paths.
 
@@ -124,6 +125,7 @@ def write_outputs(
         allocations_dir: where ``router-<budget>.json`` go (default: ``out_dir/../allocations``).
         sensitivity: per-interval loss increase when shrunk, for the plot and the summary.
         extra_info: added to each allocation's ``info`` (e.g. the config hash).
+        summary_extra: added to ``summary.json``.
     """
     out = Path(out_dir)
     alloc_dir = Path(allocations_dir) if allocations_dir is not None else out.parent / "allocations"
@@ -150,6 +152,7 @@ def write_outputs(
         "sensitivity": None if sensitivity is None else [float(x) for x in sensitivity],
         "budgets": result.summary(),
         "allocations": [str(p) for p in paths],
+        **(summary_extra or {}),
     }
     _atomic_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     full = [space.parts[p].macs(space.parts[p].full()) for p in space.parts]

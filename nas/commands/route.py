@@ -10,7 +10,8 @@ the training/held-out data of the run, build :class:`router.mixture.MixtureRouti
 
 Budgets are fractions of the base model's trajectory MACs under ``sampling.sampler`` /
 ``sampling.num_steps`` (each expert weighted by the sampling steps it serves). A rerun with the
-same config reuses the written allocations (``--force`` trains again).
+same config reuses the written allocations (``--force`` trains again). A budget below the smallest
+mixture's MACs ratio is skipped with a warning (no allocation for it); if all are, it is an error.
 """
 
 from __future__ import annotations
@@ -65,7 +66,17 @@ def _config_key(cfg: ExperimentConfig) -> str:
 def _up_to_date(cfg: ExperimentConfig, run: Any, key: str) -> bool:
     from experts.allocation import Allocation
 
+    written = [b for b in cfg.router.budgets if (run.allocations_dir / f"router-{b:g}.json").is_file()]
+    summary = run.router_dir / "summary.json"
+    if not written or not summary.is_file():
+        return False
+    try:
+        skipped = json.loads(summary.read_text()).get("skipped_budgets", [])
+    except (OSError, json.JSONDecodeError):
+        return False
     for b in cfg.router.budgets:
+        if b in skipped:
+            continue
         path = run.allocations_dir / f"router-{b:g}.json"
         if not path.is_file():
             return False
@@ -125,15 +136,20 @@ def route(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
                               distill_weight=cfg.experts.distill_weight, model_kwargs=kw, seed=seed, device=device)
     space = loss.space
     min_ratio = space.macs(space.smallest()) / space.macs(space.full())
+    budgets = [b for b in r.budgets if b >= min_ratio]
     low = [b for b in r.budgets if b < min_ratio]
-    if low:
-        raise UserError(f"router.budgets {low} are below the smallest mixture's MACs ratio {min_ratio:.3f} "
-                        f"(space.width_fractions and space.depth set how small the experts can get)")
+    why = (f"below the smallest mixture's MACs ratio {min_ratio:.3f} (space.width_fractions and space.depth "
+           "set how small the experts can get)")
+    if not budgets:
+        raise UserError(f"router.budgets {low} are all {why}")
+    for b in low:
+        log.warning("budget %g is %s: no router allocation is written for it", b, why)
+        sys.stdout.write(f"budget {b:g}: skipped, {why}\n")
     log.info("routing %d experts (%d elastic dimensions, steps per interval %s) for budgets %s on %s",
-             intervals.num_intervals, len(space.free_names()), steps, list(r.budgets), device)
+             intervals.num_intervals, len(space.free_names()), steps, budgets, device)
     try:
         result = train_router(
-            space, loss, r.budgets, steps=r.steps, lr=r.learning_rate, seed=seed,
+            space, loss, budgets, steps=r.steps, lr=r.learning_rate, seed=seed,
             budget_conditioned=r.budget_conditioned, budgets_per_step=r.budgets_per_step,
             resource_mode=r.resource_mode, resource_weight=r.resource_weight, tau_start=r.tau_start,
             tau_end=r.tau_end, hidden_size=r.hidden_size, device=device, arch_loss_fn=loss.arch_loss,
@@ -145,7 +161,8 @@ def route(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     extra = {"config_key": key, "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps,
              "expert_evaluations": loss.evaluations, "relaxed_calls": loss.relaxed_calls, "device": str(device)}
     paths = write_outputs(result, space, intervals, run.router_dir, allocations_dir=run.allocations_dir,
-                          sensitivity=sensitivity, extra_info=extra)
+                          sensitivity=sensitivity, extra_info=extra,
+                          summary_extra={"skipped_budgets": low, "min_ratio": min_ratio, "config_key": key})
     sys.stdout.write(format_route_summary(result, space, sensitivity))
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}; log, summary and plot in {run.router_dir}\n")
     return 0

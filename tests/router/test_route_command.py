@@ -53,10 +53,16 @@ def test_route_writes_feasible_allocations_log_summary_and_plot_then_reuses_them
     assert "up to date" in capsys.readouterr().out
 
 
-def test_route_errors_are_one_line(tiny_run, capsys, tmp_path):
+def test_unreachable_budgets_are_skipped_and_all_unreachable_is_an_error(tiny_run, capsys, tmp_path):
     run, args = tiny_run
     assert main(["route", *args, "--budgets", "0.01", "-q"]) == 2
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("diffnas: error:")]
     assert len(lines) == 1 and "below the smallest mixture" in lines[0]
+    assert main(["route", *args, "--budgets", "0.02", "0.6", "-q"]) == 0
+    assert "budget 0.02: skipped" in capsys.readouterr().out
+    assert (run.allocations_dir / "router-0.6.json").is_file()
+    assert not (run.allocations_dir / "router-0.02.json").exists()
+    assert main(["route", *args, "--budgets", "0.02", "0.6", "-q"]) == 0
+    assert "up to date" in capsys.readouterr().out
     assert main(["route", "--set", f"run_root={tmp_path}", "--set", "name=empty", "--set", "device=cpu",
                  "--set", f"model.base={tmp_path / 'nope'}", "-q"]) == 2
