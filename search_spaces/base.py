@@ -375,7 +375,7 @@ class SearchSpace:
             if name not in deltas:
                 raise ValueError(f"unknown or tied dimension {name!r} in relaxed weights")
             total = total + (w.to(torch.float64) * torch.tensor(deltas[name], dtype=torch.float64)).sum()
-        hard = all(bool(((w == 0) | (w == 1)).all()) and float(w.sum()) == 1.0 for w in weights.values())
+        hard = all(bool(((w == 0) | (w == 1)).all()) and float(w.detach().sum()) == 1.0 for w in weights.values())
         if hard:
             # straight-through: the exact MACs of the selected arch, first-order gradients
             dims = self._dims_by_name()
