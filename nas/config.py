@@ -243,6 +243,8 @@ class SpaceConfig:
         width_fractions: allowed fractions of each layer's width, increasing, ending at 1.0.
         depth, heads, ffn: whether layer skipping, attention heads and feed-forward width are
             elastic.
+        branch_depth: whether a ResNet may drop its residual branch (width 0, shortcut kept):
+            depth for the layers that cannot be removed outright.
         importance: channel importance used to order channels before slicing.
     """
 
@@ -250,6 +252,7 @@ class SpaceConfig:
     depth: bool = True
     heads: bool = True
     ffn: bool = True
+    branch_depth: bool = True
     importance: str = "magnitude"
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ __all__ = [
     "ElasticUNet",
     "ProductSpace",
     "SearchSpace",
+    "ShortcutResnet",
     "SimpleSpace",
     "SpaceOptions",
     "UNetSpace",
@@ -23,6 +24,7 @@ _LAZY = {
     "ElasticUNet": "search_spaces.elastic_unet",
     "SpaceOptions": "search_spaces.unet_space",
     "UNetSpace": "search_spaces.unet_space",
+    "ShortcutResnet": "search_spaces.materialize",
     "load_materialized": "search_spaces.materialize",
     "save_materialized": "search_spaces.materialize",
 }

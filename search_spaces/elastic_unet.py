@@ -12,7 +12,10 @@ groups are kept (widths are multiples of the group size) and the kept channels c
 so masking ``conv2``'s input equals physically removing the channels. The same holds for
 attention heads (mask the input of ``to_out``) and feed-forward width (mask the input of the
 output projection). Channels are ordered by importance once, at construction, by permuting
-whole groups/heads, which leaves the function unchanged.
+whole groups/heads, which leaves the function unchanged. Width ``0`` (a dropped residual
+branch) masks every channel and also takes ``conv2``'s bias back out (a forward hook), so the
+block returns exactly ``shortcut(x) / output_scale_factor``, as the materialised
+:class:`~search_spaces.materialize.ShortcutResnet` does.
 
 Masks can also be *relaxed* (:meth:`ElasticUNet.set_active_relaxed`): a probability or
 straight-through one-hot per choice gives a differentiable mask, which is how the routing
@@ -221,6 +224,8 @@ class ElasticUNet(nn.Module):
                 self._masks[site.name] = mask
                 self._mask_full[site.name] = True
                 self._handles.append(target.register_forward_pre_hook(self._make_hook(site.name, site.kind)))
+                if site.kind == "width" and dim.choices[0] == 0 and target.bias is not None:
+                    self._handles.append(target.register_forward_hook(self._make_bias_hook(site.name)))
             else:
                 for path in site.modules or (site.module,):
                     mod = _get(self.unet, path)
@@ -241,6 +246,20 @@ class ElasticUNet(nn.Module):
             else:  # x: (B, L, inner)
                 x = x * mask
             return (x,) + tuple(args[1:])
+
+        return hook
+
+    def _make_bias_hook(self, name: str):
+        """Width 0 drops conv2's bias too: out - (1 - P(width > 0)) * bias."""
+
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+            if self._mask_full[name]:
+                return None
+            # mask[0] (first channel kept) = 1 at any width > 0, 0 at width 0, P(width > 0) relaxed
+            keep_branch = self._masks[name][0].to(dtype=out.dtype, device=out.device)
+            if not keep_branch.requires_grad and bool(keep_branch == 1):
+                return None
+            return out - (1 - keep_branch) * module.bias.view(1, -1, 1, 1)  # out: (B, C, H, W)
 
         return hook
 
@@ -350,7 +369,7 @@ class ElasticUNet(nn.Module):
         cfg = json.loads((path / "config.json").read_text())
         klass = UNet2DConditionModel if cfg.get("_class_name") == "UNet2DConditionModel" else UNet2DModel
         unet = klass.from_pretrained(str(path), use_safetensors=True).to(device)
-        opts = SpaceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["options"].items()})
+        opts = SpaceOptions.from_dict(meta["options"])
         return cls(unet, opts, importance="none", copy_model=False, encoder_seq_len=meta["encoder_seq_len"])
 
     def materialize(self, arch: Mapping[str, Choice]) -> nn.Module:

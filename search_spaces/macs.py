@@ -34,6 +34,9 @@ this module does about them:
 - fvcore's own ``matmul`` handle ignores broadcasting of the second operand and its
   ``einsum`` fallback returns a float from numpy's cost model; both are replaced by exact
   integer handles.
+- ``torch.jit`` tracing eliminates dead code: an operator whose result never reaches the
+  output would not be counted although it runs. The trace wrapper returns every leaf
+  module's output as well, so everything that executes is counted.
 - fvcore warns about every operator without a handle; those warnings are switched off.
   Unknown operators whose name looks like a contraction (``conv``, ``mm``, ``attention``...)
   are logged as a warning by this module, the rest at DEBUG level.
@@ -368,9 +371,25 @@ class _TraceWrapper(nn.Module):
         self.tensor_keys = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         self.constants = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         kwargs = {**self.constants, **dict(zip(self.tensor_keys, tensors))}
-        return _first_tensor(getattr(self, _WRAPPED)(**kwargs))
+        # Every leaf module's tensor output is returned too, so the tracer's dead-code
+        # elimination cannot drop work that runs but whose result is unused (a UNet whose
+        # ResNets all dropped their residual branch still computes its time embedding).
+        kept: list[torch.Tensor] = []
+
+        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                kept.append(out)
+
+        model = getattr(self, _WRAPPED)
+        handles = [m.register_forward_hook(keep) for m in model.modules() if next(m.children(), None) is None]
+        try:
+            main = _first_tensor(model(**kwargs))
+        finally:
+            for h in handles:
+                h.remove()
+        return (main, *kept)
 
 
 class _EvalNoGrad:

@@ -6,7 +6,8 @@ attention; the FFN's projections), keeping the first channels (the supernet orde
 importance). Depth is removed by deleting the layer from its block's ``ModuleList`` (a coupled
 down/up pair, so the skip stack stays aligned: diffusers pops ``len(block.resnets)`` skips per
 up block) or, where diffusers pairs modules by position (mid blocks, attention-only skips), by
-a parameter-free :class:`SkippedLayer`.
+a parameter-free :class:`SkippedLayer`. A ResNet at width 0 (residual branch dropped) becomes a
+:class:`ShortcutResnet` holding only the original shortcut convolution, if any.
 
 Saved format (one folder, one call to load): diffusers' own ``save_pretrained`` (config.json +
 ``diffusion_pytorch_model.safetensors``) where ``config.json`` carries the extra key
@@ -51,7 +52,7 @@ from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedLayer", "apply_arch", "save_materialized", "load_materialized", "arch_of"]
+__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "save_materialized", "load_materialized", "arch_of"]
 
 ARCH_KEY = "diffnas_arch"
 OPTIONS_KEY = "diffnas_space"
@@ -80,6 +81,36 @@ class SkippedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, out_channels={self.out_channels}"
+
+
+class ShortcutResnet(nn.Module):
+    """A ResNet block whose residual branch was dropped (width 0): ``shortcut(x) / scale``.
+
+    Keeps the block's ``conv_shortcut`` (same parameter names, so the state dict of a
+    materialised model stays aligned with the original's) and accepts the ResNet call
+    signature ``(hidden_states, temb, ...)``; ``temb`` is unused.
+    """
+
+    def __init__(self, conv_shortcut: nn.Module | None, output_scale_factor: float, out_channels: int) -> None:
+        super().__init__()
+        self.conv_shortcut = conv_shortcut
+        self.output_scale_factor = float(output_scale_factor)
+        self.out_channels = int(out_channels)
+
+    @classmethod
+    def from_resnet(cls, resnet: nn.Module) -> "ShortcutResnet":
+        """The shortcut of a diffusers ``ResnetBlock2D`` (up/down-sampling ResNets unsupported)."""
+        if getattr(resnet, "up", False) or getattr(resnet, "down", False):
+            raise ValueError("a resampling ResnetBlock2D cannot drop its residual branch")
+        shortcut = resnet.conv_shortcut if getattr(resnet, "use_in_shortcut", False) else None
+        return cls(shortcut, resnet.output_scale_factor, resnet.out_channels)
+
+    def forward(self, input_tensor: torch.Tensor, temb: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
+        return x / self.output_scale_factor if self.output_scale_factor != 1.0 else x
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, output_scale_factor={self.output_scale_factor}"
 
 
 def _drop_last(n: int, keep: int) -> list[int]:
@@ -140,7 +171,9 @@ def apply_arch(model: nn.Module, space: UNetSpace, arch: Mapping[str, Any]) -> n
     # widths first: module paths still match the space's sites
     for site in space.sites:
         v = arch[site.name]
-        if site.kind == "width":
+        if site.kind == "width" and int(v) == 0:
+            _replace(model, site.module, ShortcutResnet.from_resnet(model.get_submodule(site.module)))
+        elif site.kind == "width":
             _prune_resnet_width(model.get_submodule(site.module), int(v))
         elif site.kind == "heads":
             _prune_heads(model.get_submodule(site.module), int(v))
@@ -226,7 +259,7 @@ def load_materialized(path: str | Path, *, device: str | torch.device = "cpu") -
     if not weights.is_file():
         raise UserError(f"{path}: missing diffusion_pytorch_model.safetensors")
     model = _skeleton(cls, config)
-    opts = SpaceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    opts = SpaceOptions.from_dict(options)
     space = _structure_space(model, opts)
     apply_arch(model, space, Arch(arch_dict))
     state = load_file(str(weights))

@@ -13,7 +13,13 @@ Dimensions (names follow the module paths of the UNet):
   exactly one down-block layer; the two are coupled (the up dimension is *tied* to the down
   one) and only layers whose input and output channels agree are removable;
 - ``...attentions.{j}.depth`` and ``mid.resnets.{i}.depth`` (i >= 1): skip one residual
-  attention / mid ResNet.
+  attention / mid ResNet;
+- width ``0`` (``SpaceOptions.branch_depth``, on by default): the ResNet's *residual branch* is
+  dropped (norm1, conv1, time projection, norm2, conv2) and only its shortcut is kept, so the
+  block computes ``shortcut(x) / output_scale_factor``. This is depth for the layers that
+  cannot be removed outright (an up-block ResNet that changes the channel count, the only
+  ResNet of a down block): without it a ``layers_per_block=1`` UNet keeps most of its
+  non-MAC work (norms, activations) at any arch.
 
 MACs follow the definition in :mod:`search_spaces.macs` and are computed analytically from one
 per-module count of the full model: every elastic quantity is linear in its choice, so
@@ -63,6 +69,8 @@ class SpaceOptions:
         heads: elastic attention heads.
         ffn: elastic feed-forward width in transformer blocks.
         attention_depth: removable attention modules.
+        branch_depth: ResNet widths also offer ``0``: the residual branch is dropped and the
+            shortcut kept (see the module docstring).
     """
 
     width_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -70,6 +78,19 @@ class SpaceOptions:
     heads: bool = True
     ffn: bool = True
     attention_depth: bool = True
+    branch_depth: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> "SpaceOptions":
+        """Options stored as JSON (lists for tuples). Files written before ``branch_depth``
+        existed lack the key and mean ``branch_depth=False`` (their spaces had no width 0)."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown space option(s) {unknown}; known: {sorted(known)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        kw.setdefault("branch_depth", False)
+        return cls(**kw)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         fr = tuple(float(f) for f in self.width_fractions)
@@ -145,6 +166,8 @@ class _Builder:
         full = resnet.conv2.in_channels
         gs = full // resnet.norm2.num_groups
         choices = _choices(full, gs, self.opts.width_fractions)
+        if self.opts.branch_depth:
+            choices = (0,) + choices  # 0: residual branch dropped, shortcut kept
         self.group_size[name] = gs
         if len(choices) < 2:
             return None
@@ -433,11 +456,13 @@ class UNetSpace(SearchSpace):
         return total
 
     def uniform(self, fraction: float) -> Arch:
-        """Every width/heads/FFN dimension at the choice nearest ``fraction`` of full; all layers kept."""
+        """Every width/heads/FFN dimension at the choice nearest ``fraction`` of full; all layers
+        kept and no residual branch dropped (width 0 is depth, not a uniform width)."""
         values: dict[str, Choice] = {}
         for d in self.free_dimensions():
             if isinstance(d.full, bool):
                 values[d.name] = True
             else:
-                values[d.name] = min(d.choices, key=lambda c: (abs(c / d.full - fraction), -c))
+                positive = [c for c in d.choices if c > 0]
+                values[d.name] = min(positive, key=lambda c: (abs(c / d.full - fraction), -c))
         return self.complete(values)

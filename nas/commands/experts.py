@@ -65,7 +65,7 @@ def space_options(cfg: ExperimentConfig) -> Any:
 
     s = cfg.space
     return SpaceOptions(width_fractions=tuple(s.width_fractions), depth=s.depth, heads=s.heads, ffn=s.ffn,
-                        attention_depth=s.depth)
+                        attention_depth=s.depth, branch_depth=s.branch_depth)
 
 
 def train_settings(cfg: ExperimentConfig) -> ExpertTrainSettings:

@@ -176,3 +176,80 @@ def test_supernet_save_and_load_round_trip(tmp_path, tiny_cond_unet):
     again.set_active(arch)
     with torch.no_grad():
         assert torch.equal(net(**kw).sample, again(**kw).sample)
+
+
+def _all_branches_dropped(space) -> dict:
+    return {d.name: 0 for d in space.free_dimensions() if d.kind == "width"}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_width_zero_drops_the_residual_branch_exactly(config, tmp_path):
+    """Width 0 = shortcut only: supernet (masks + bias hook) == materialised ShortcutResnet,
+    the branch's parameters are gone, MACs match fvcore, and the folder round-trips."""
+    from search_spaces.materialize import ShortcutResnet
+
+    net = supernet(config)
+    arch = net.space.complete(_all_branches_dropped(net.space))
+    kw = unet_inputs(net.unet, batch_size=2, seed=1)
+    net.set_active(arch)
+    sub = net.materialize(arch)
+    with torch.no_grad():
+        out_super, out_sub = net(**kw).sample, sub(**kw).sample
+    net.set_active(net.space.full())
+    assert (out_super - out_sub).abs().max().item() <= 1e-5
+    shortcut_blocks = [m for m in sub.modules() if isinstance(m, ShortcutResnet)]
+    assert shortcut_blocks and not any(hasattr(m, "conv1") for m in shortcut_blocks)
+    assert net.space.macs(arch) == count_unet_macs(sub, batch_size=1)
+    save_materialized(sub, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(load_materialized(tmp_path / "m")(**kw).sample, out_sub)
+
+
+def test_width_zero_by_hand_equals_shortcut_over_scale(tiny_unet):
+    """The dropped block computes shortcut(x) / output_scale_factor, nothing else (no conv2 bias)."""
+    net = ElasticUNet(tiny_unet, importance="none")
+    d = next(d for d in net.space.free_dimensions() if d.kind == "width")
+    resnet = net.unet.get_submodule(net.space.site(d.name).module)
+    x = torch.randn(2, resnet.in_channels, 8, 8)
+    temb = torch.randn(2, resnet.time_emb_proj.in_features)
+    net.set_active(net.space.complete({d.name: 0}))
+    with torch.no_grad():
+        out = resnet(x, temb)
+        ref = resnet.conv_shortcut(x) if resnet.conv_shortcut is not None else x
+    torch.testing.assert_close(out, ref / resnet.output_scale_factor, rtol=0, atol=1e-6)
+
+
+def test_relaxed_width_zero_one_hot_equals_hard(tiny_unet):
+    net = ElasticUNet(tiny_unet)
+    kw = unet_inputs(net.unet)
+    arch = net.space.complete(_all_branches_dropped(net.space))
+    weights = {}
+    for dim in net.space.free_dimensions():
+        w = torch.zeros(len(dim.choices))
+        w[dim.index(arch[dim.name])] = 1.0
+        weights[dim.name] = w.requires_grad_(True)
+    net.set_active_relaxed(weights)
+    out_relaxed = net(**kw).sample
+    out_relaxed.sum().backward()
+    net.set_active(arch)
+    with torch.no_grad():
+        out_hard = net(**kw).sample
+    torch.testing.assert_close(out_relaxed.detach(), out_hard, rtol=1e-5, atol=1e-5)
+    # at width 0 the gradient says what keeping the branch would change: the agent can learn
+    # to keep or drop it
+    assert all(float(w.grad[1:].abs().sum()) > 0 for n, w in weights.items() if n.endswith(".width"))
+
+
+def test_branch_depth_option_and_old_option_files(tiny_unet):
+    on = ElasticUNet(tiny_unet).space
+    off = ElasticUNet(tiny_unet, SpaceOptions(branch_depth=False)).space
+    widths_on = [d for d in on.dimensions() if d.kind == "width"]
+    assert all(d.choices[0] == 0 for d in widths_on)
+    assert all(d.choices[0] > 0 for d in off.dimensions() if d.kind == "width")
+    assert on.macs(on.smallest()) < off.macs(off.smallest())
+    # uniform width never means "drop every branch"
+    assert all(on.uniform(0.0)[d.name] > 0 for d in widths_on)
+    # files written before the option existed meant no width 0
+    assert SpaceOptions.from_dict({"width_fractions": [0.5, 1.0], "depth": True}).branch_depth is False
+    with pytest.raises(ValueError, match="unknown space option"):
+        SpaceOptions.from_dict({"widths": [1.0]})
