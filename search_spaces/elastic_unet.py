@@ -384,10 +384,12 @@ class ElasticUNet(nn.Module):
 
 
 def _strip(model: nn.Module) -> nn.Module:
-    """Remove the supernet's hooks, forward overrides and markers from a copied model."""
+    """Remove the supernet's hooks, forward overrides and markers from a copied model (the
+    copied hooks would still read the *original* supernet's masks)."""
     for m in model.modules():
         m.__dict__.pop("forward", None)
         m.__dict__.pop("_diffnas_keep", None)
         m.__dict__.pop("_diffnas_skip", None)
         m._forward_pre_hooks.clear()
+        m._forward_hooks.clear()  # the width-0 bias hooks read the supernet's live masks
     return model

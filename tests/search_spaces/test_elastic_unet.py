@@ -253,3 +253,18 @@ def test_branch_depth_option_and_old_option_files(tiny_unet):
     assert SpaceOptions.from_dict({"width_fractions": [0.5, 1.0], "depth": True}).branch_depth is False
     with pytest.raises(ValueError, match="unknown space option"):
         SpaceOptions.from_dict({"widths": [1.0]})
+
+
+def test_materialised_model_is_independent_of_the_supernet(tiny_unet):
+    """A materialised copy carries no hook of the supernet: switching the supernet to another
+    arch (width 0 included) afterwards leaves the copy's output unchanged."""
+    net = ElasticUNet(tiny_unet)
+    kw = unet_inputs(net.unet)
+    sub = net.materialize(net.space.full())
+    plain = net.plain_unet()
+    with torch.no_grad():
+        before, before_plain = sub(**kw).sample, plain(**kw).sample
+        net.set_active(net.space.complete(_all_branches_dropped(net.space)))
+        assert torch.equal(sub(**kw).sample, before)
+        assert torch.equal(plain(**kw).sample, before_plain)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in sub.modules())
