@@ -195,6 +195,10 @@ class ElasticUNet(nn.Module):
         self.importance = importance
         self.encoder_seq_len = encoder_seq_len
         reorder_by_importance(self.unet, self.space, importance)
+        self._attach()
+
+    def _attach(self) -> None:
+        """Fresh mask state and hooks on ``self.unet`` (which must carry none), at full arch."""
         self._masks: dict[str, torch.Tensor] = {}
         self._mask_full: dict[str, bool] = {}
         self._tables: dict[str, torch.Tensor] = {}
@@ -202,6 +206,24 @@ class ElasticUNet(nn.Module):
         self._controllers: dict[str, list[str]] = {}
         self._install()
         self.active: Arch = self.space.full()
+
+    def __deepcopy__(self, memo: dict) -> "ElasticUNet":
+        """An independent supernet: its own weights, masks and hooks, at the same active arch.
+
+        (A plain deep copy would duplicate the hooks' closures, which still point at the
+        original's masks.) The space is immutable and shared; no MACs are recounted.
+        """
+        new = type(self).__new__(type(self))
+        nn.Module.__init__(new)
+        new.unet = _strip(copy.deepcopy(self.unet, memo))
+        new.space = self.space
+        new.importance = self.importance
+        new.encoder_seq_len = self.encoder_seq_len
+        new.train(self.training)
+        new._attach()
+        if self.active is not None:
+            new.set_active(self.active)
+        return new
 
     # ------------------------------------------------------------------ install hooks
     def _install(self) -> None:

@@ -268,3 +268,25 @@ def test_materialised_model_is_independent_of_the_supernet(tiny_unet):
         assert torch.equal(sub(**kw).sample, before)
         assert torch.equal(plain(**kw).sample, before_plain)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in sub.modules())
+
+
+def test_deepcopy_is_an_independent_supernet(tiny_unet):
+    import copy
+
+    net = ElasticUNet(tiny_unet)
+    kw = unet_inputs(net.unet)
+    rng = np.random.default_rng(1)
+    arch = net.space.sample(rng)
+    net.set_active(arch)
+    twin = copy.deepcopy(net)
+    assert twin.active == arch and twin.space is net.space
+    with torch.no_grad():
+        ref = net(**kw).sample
+        assert torch.equal(twin(**kw).sample, ref)
+        net.set_active(net.space.smallest())  # the original moves; the copy must not
+        assert torch.equal(twin(**kw).sample, ref)
+        other = net.space.sample(rng)
+        twin.set_active(other)
+        net.set_active(other)
+        assert torch.equal(twin(**kw).sample, net(**kw).sample)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(twin.parameters(), net.parameters()))
