@@ -578,20 +578,9 @@ def fewer_steps_for_budget(num_steps: int, budget_ratio: float) -> int:
 
 
 def uniform_fraction_arch(space: Any, budget_ratio: float) -> tuple[Any, float] | None:
-    """``(space.uniform(f), f)`` for the largest width fraction ``f`` whose MACs meet the budget
-    (``space.macs(arch) <= budget_ratio * space.macs(space.full())``), or None if none does.
+    """``(arch, f)``: the widest uniform arch within the budget and its width fraction
+    (:func:`search_spaces.uniform.uniform_arch`, the one uniform rule), or None if none fits."""
+    from search_spaces.uniform import uniform_arch
 
-    ``space`` is a :class:`~search_spaces.UNetSpace` (anything with ``uniform``, ``macs``,
-    ``full`` and ``dimensions``). Candidate fractions are every choice/full ratio of the space.
-    """
-    full_macs = space.macs(space.full())
-    fracs = set()
-    for d in space.dimensions():
-        if isinstance(d.full, bool) or not d.full:
-            continue
-        fracs.update(round(c / d.full, 6) for c in d.choices)
-    for f in sorted(fracs, reverse=True):
-        arch = space.uniform(f)
-        if space.macs(arch) <= budget_ratio * full_macs + 1e-6:
-            return arch, f
-    return None
+    found = uniform_arch(space, budget_ratio)
+    return (found.arch, found.fraction) if found is not None else None

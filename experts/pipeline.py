@@ -146,7 +146,8 @@ class LoadedModel:
 
     Attributes:
         model: callable ``model(x, t, **kw)`` (a mixture, a UNet, a supernet at full arch).
-        kind: ``mixture-pipeline``, ``mixture``, ``supernet`` or ``unet``.
+        kind: ``mixture-pipeline``, ``mixture``, ``supernet``, ``unet`` or ``pruned-unet`` (a
+            static-pruning baseline, ``benchmarks.static_pruning`` format).
         scheduler_config: the stored scheduler's config (pipeline folders), else None.
         vae: the stored decoder (latent pipeline folders), else None.
         path: where it was read from.
@@ -203,13 +204,21 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
 
         return LoadedModel(ElasticUNet.from_pretrained(p, device=device).eval(), "supernet", None, None, p)
     if (p / "config.json").is_file():
-        sched = None
-        for cand in (p / "scheduler_config.json", p.parent / "scheduler" / "scheduler_config.json"):
-            if cand.is_file():
-                sched = json.loads(cand.read_text())
-                break
-        return LoadedModel(load_materialized(p, device=device).eval(), "unet", sched, None, p)
+        cfg = json.loads((p / "config.json").read_text())
+        if "diffnas_pruned" in cfg:  # a static-pruning baseline (benchmarks.static_pruning format)
+            from benchmarks.static_pruning import load_pruned
+
+            return LoadedModel(load_pruned(p, device=device).eval(), "pruned-unet", _scheduler_config(p), None, p)
+        return LoadedModel(load_materialized(p, device=device).eval(), "unet", _scheduler_config(p), None, p)
     raise UserError(
         f"{p} is not a model folder: expected a mixture (mixture.json), a mixture pipeline (model_index.json), "
-        "a supernet (diffnas_supernet.json) or a UNet (config.json)"
+        "a supernet (diffnas_supernet.json) or a (pruned) UNet (config.json)"
     )
+
+
+def _scheduler_config(p: Path) -> dict | None:
+    """The scheduler config next to a UNet folder (its own or its pipeline's), if any."""
+    for cand in (p / "scheduler_config.json", p.parent / "scheduler" / "scheduler_config.json"):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    return None

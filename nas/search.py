@@ -79,6 +79,7 @@ from nas.config import SearchConfig
 from nas.errors import UserError
 from nas.rundir import RunDir, to_jsonable
 from search_spaces import Arch, Dimension, ProductSpace, SearchSpace
+from search_spaces.uniform import uniform_arch
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -337,25 +338,10 @@ def allocation_path(allocations_dir: str | os.PathLike[str], method: str, budget
     return Path(allocations_dir) / f"{method}-{_budget_label(budget_ratio)}.json"
 
 
-def _fraction(d: Dimension, value: Any) -> float:
-    """Size of a choice relative to the full one (by value for ints, by position otherwise)."""
-    if isinstance(d.full, bool):
-        return 1.0 if value else 0.0
-    if d.full and d.full > 0 and all(c >= 0 for c in d.choices):
-        return float(value) / float(d.full)
-    n = len(d.choices)
-    return d.index(value) / (n - 1) if n > 1 else 1.0
-
-
 def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
-    """The widest *uniform* arch within the budget: every non-boolean dimension at the same
-    fraction of its full size (the largest choice not above that fraction), depth kept full.
-    When the space (or every part of a :class:`ProductSpace`) has a ``uniform(fraction)`` method
-    (:class:`~search_spaces.UNetSpace`), that rule is used instead, with the largest fraction
-    among the choices' fractions that meets the budget.
-
-    This is the hand-made baseline a searched allocation must beat. Returns ``None`` when even
-    the narrowest uniform arch is over the budget.
+    """The widest *uniform* arch within the budget (:func:`search_spaces.uniform.uniform_arch`),
+    the hand-made baseline a searched allocation must beat; ``None`` when even the narrowest
+    uniform arch is over the budget.
 
     Example:
         >>> from search_spaces import Dimension, SimpleSpace
@@ -364,38 +350,8 @@ def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
         >>> uniform_width_arch(s, 0.5).to_dict()
         {'a': 16, 'b': 16}
     """
-    limit = budget_ratio * space.macs(space.full()) + _EPS
-    parts = list(space.parts.values()) if isinstance(space, ProductSpace) else [space]
-    if all(callable(getattr(p, "uniform", None)) for p in parts):
-        # spaces with their own uniform rule (UNetSpace.uniform: every width at the choice nearest
-        # the fraction, all layers kept): the largest fraction meeting the budget, the rule the
-        # benchmark's uniform baseline uses
-        fracs = {round(_fraction(d, c), 6) for p in parts for d in p.dimensions()
-                 if not isinstance(d.full, bool) and d.full for c in d.choices}
-        for f in sorted(fracs, reverse=True):
-            if isinstance(space, ProductSpace):
-                arch = space.join({name: part.uniform(f) for name, part in space.parts.items()})
-            else:
-                arch = space.uniform(f)  # type: ignore[attr-defined]
-            if space.macs(arch) <= limit:
-                return arch
-        return None
-    free = space.free_dimensions()
-    levels = sorted({_fraction(d, c) for d in free if not isinstance(d.full, bool) for c in d.choices})
-    if not levels:
-        return None
-    for level in reversed(levels):
-        values: dict[str, Any] = {}
-        for d in free:
-            if isinstance(d.full, bool):
-                values[d.name] = d.full
-                continue
-            ok = [c for c in d.choices if _fraction(d, c) <= level + _EPS]
-            values[d.name] = max(ok, key=d.index) if ok else d.smallest
-        arch = space.repair(space.complete(values))
-        if space.is_valid(arch) and space.macs(arch) <= limit:
-            return arch
-    return None
+    found = uniform_arch(space, budget_ratio)
+    return found.arch if found is not None else None
 
 
 def allocation_to_arch(space: SearchSpace, allocation: Allocation) -> Arch:

@@ -508,6 +508,25 @@ class ProductSpace(SearchSpace):
         parts = self.split(arch)
         return int(round(sum(self.weights[p] * self.parts[p].macs(a) for p, a in parts.items())))
 
+    def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+        """Weighted sum of the parts' own :meth:`macs_relaxed` (so a part's exact override,
+        such as :class:`~search_spaces.UNetSpace`'s, is used); missing dimensions count as full."""
+        import torch
+
+        per_part: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.parts}
+        for k, w in weights.items():
+            p, sep, rest = k.partition(self.SEP)
+            if not sep or p not in per_part:
+                raise ValueError(f"unknown or tied dimension {k!r} in relaxed weights")
+            per_part[p][rest] = w
+        total = torch.zeros((), dtype=torch.float64)
+        for p, part_weights in per_part.items():
+            part = self.parts[p]
+            part_macs = part.macs_relaxed(part_weights) if part_weights else torch.tensor(
+                float(part.macs(part.full())), dtype=torch.float64)
+            total = total + self.weights[p] * part_macs.to(torch.float64)
+        return total
+
     def check_rules(self, arch: Arch) -> None:
         for p, a in self.split(arch).items():
             try:

@@ -52,6 +52,13 @@ def test_static_pruning_reaches_budget_and_loads_back(tmp_path):
     kw = unet_inputs(unet)
     with torch.no_grad():
         assert torch.equal(loaded(**kw).sample, res.model(**kw).sample)
+    # `--model DIR` of the CLI (load_model_folder) recognises the format
+    from experts.pipeline import load_model_folder
+
+    via_cli = load_model_folder(folder)
+    assert via_cli.kind == "pruned-unet"
+    with torch.no_grad():
+        assert torch.equal(via_cli.model(**kw).sample, res.model(**kw).sample)
     # the loaded model saves again to the same record
     again = save_pruned(loaded, tmp_path / "again")
     rec2 = json.loads((again / "config.json").read_text())[PRUNED_KEY]

@@ -290,3 +290,23 @@ def test_deepcopy_is_an_independent_supernet(tiny_unet):
         net.set_active(other)
         assert torch.equal(twin(**kw).sample, net(**kw).sample)
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(twin.parameters(), net.parameters()))
+
+
+def test_product_space_relaxed_macs_use_the_parts_exact_model(tiny_unet):
+    """A mixture's relaxed MACs are the step-weighted sum of each expert space's own relaxed
+    MACs (UNetSpace's expectation with layer/width interactions), not a first-order sketch."""
+    from search_spaces import ProductSpace
+
+    space = ElasticUNet(tiny_unet).space
+    mix = ProductSpace({"e0": space, "e1": space}, weights={"e0": 3, "e1": 2})
+    g = torch.Generator().manual_seed(0)
+    w = {d.name: torch.softmax(torch.randn(len(d.choices), generator=g), 0) for d in space.free_dimensions()}
+    w1 = {k: v.flip(0) for k, v in w.items()}
+    joined = {**{f"e0/{k}": v for k, v in w.items()}, **{f"e1/{k}": v for k, v in w1.items()}}
+    expected = 3 * space.macs_relaxed(w) + 2 * space.macs_relaxed(w1)
+    assert float(mix.macs_relaxed(joined)) == pytest.approx(float(expected), rel=1e-12)
+    # only one expert given: the other counts at full MACs
+    only = {f"e0/{k}": v for k, v in w.items()}
+    assert float(mix.macs_relaxed(only)) == pytest.approx(float(3 * space.macs_relaxed(w) + 2 * space.total_macs))
+    with pytest.raises(ValueError, match="unknown"):
+        mix.macs_relaxed({"e9/x": torch.ones(2)})
