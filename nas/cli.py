@@ -140,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbosity = int(args.verbose) - int(args.quiet)
         _configure_logging(verbosity)
         cfg = config_from_args(args)
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         return int(command.func(cfg, args) or 0)
     except UserError as err:
         if verbosity > 0:

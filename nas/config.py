@@ -617,12 +617,17 @@ class ExperimentConfig:
         run_root: where run folders live.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: global seed for training and searches.
+        threads: torch CPU threads of the command's process (``torch.set_num_threads``); 0
+            keeps torch's default (``OMP_NUM_THREADS`` or one per core). On small shared CPUs
+            1 is often fastest: a contended 2-thread step was measured ~10x slower. Ray
+            trials get ``search.cpus_per_trial`` threads from Ray itself.
     """
 
     name: str = "default"
     run_root: str = "runs"
     device: str = "auto"
     seed: int = 0
+    threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -643,6 +648,7 @@ class ExperimentConfig:
         require(bool(self.run_root), "run_root", "must not be empty")
         require(bool(self.device), "device", "must not be empty")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {self.threads}")
 
 
 # --------------------------------------------------------------------------------------------

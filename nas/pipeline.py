@@ -58,8 +58,8 @@ LEDGER_FILE = "pipeline.json"
 # config sections each stage adds to the ones before it (sections not listed anywhere, e.g. a
 # section added later, count from the router stage on: conservative)
 _KNOWN_SECTIONS = ("seed", "data", "model", "intervals", "space", "experts", "sampling", "search",
-                   "evaluation", "bench", "name", "run_root", "device")
-_IGNORED_SECTIONS = ("name", "run_root", "device")
+                   "evaluation", "bench", "name", "run_root", "device", "threads")
+_IGNORED_SECTIONS = ("name", "run_root", "device", "threads")  # where/how fast, not what
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,21 @@ def test_train_base_then_reuse_then_evaluate_embedded(capsys, tmp_path):
     assert main(["evaluate", *common, "--set", "evaluation.num_samples=8",
                  "--set", "evaluation.latency_batch_size=2", "--set", "evaluation.latency_repeats=1"]) == 0
     assert "base" in capsys.readouterr().out
+
+
+def test_threads_setting_applies_and_does_not_change_stage_keys(capsys):
+    import torch
+
+    from nas.pipeline import stage_key
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["config", "--set", "threads=1"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    code = main(["config", "--set", "threads=-1"])
+    _assert_one_line_error(capsys, code, "config key 'threads'")
+    a, b = load_config(None, []), load_config(None, ["threads=3"])
+    assert all(stage_key(a, s) == stage_key(b, s) for s in ("base", "experts", "bench"))
