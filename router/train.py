@@ -71,6 +71,8 @@ class BudgetOutcome:
         repair_steps / fill_steps / exchange_steps: steps taken by each loop.
         evaluations: task-loss evaluations spent by repair/fill/exchange (cache hits excluded;
             0 when they scored archs by the agent's log-probabilities).
+        decode_seconds: wall time of this budget's decode, calibration, repair, fill and
+            exchange (training time is :attr:`RouterResult.train_seconds`, shared by budgets).
     """
 
     budget_ratio: float
@@ -86,6 +88,7 @@ class BudgetOutcome:
     fill_steps: int
     exchange_steps: int
     evaluations: int
+    decode_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,12 @@ class RouterResult:
             "fill_steps": o.fill_steps,
             "exchange_steps": o.exchange_steps,
             "repair_evaluations": o.evaluations,
+            "decode_seconds": o.decode_seconds,
+            # what this budget's allocation cost end to end: the (shared) training run plus its
+            # own decode/repair; what diffnas bench reports as routing cost
+            "cost": {"wall_s": self.train_seconds + o.decode_seconds,
+                     "evaluations": self.train_evaluations + o.evaluations,
+                     "train_s_shared_by_budgets": self.train_seconds if self.budget_conditioned else None},
             "decoded_ratio": o.decoded_ratio,
             "agent_budget_ratio": o.agent_budget_ratio,
             "decoded_arch": o.decoded_arch.to_dict(),
@@ -586,6 +595,7 @@ def train_router(
 
     outcomes = []
     for b in budgets:
+        t_decode = time.perf_counter()
         agent = agents[b]
         agent.eval()
         decoded = agent.decode(b)
@@ -610,6 +620,7 @@ def train_router(
             budget_ratio=b, arch=arch, decoded_arch=decoded, macs=m, achieved_ratio=m / ref_macs,
             decoded_ratio=space.macs(decoded) / ref_macs, agent_budget_ratio=agent_input, task_loss=task, decoded_task_loss=dec_task,
             repair_steps=n_rep, fill_steps=n_fill, exchange_steps=n_exch, evaluations=n_eval,
+            decode_seconds=time.perf_counter() - t_decode,
         ))
         log.info("router budget %.3f: decoded ratio %.4f -> %.4f after %d repair / %d fill / %d exchange steps",
                  b, outcomes[-1].decoded_ratio, outcomes[-1].achieved_ratio, n_rep, n_fill, n_exch)

@@ -147,6 +147,14 @@ def test_allocation_export_and_output_files(tmp_path):
         assert bench.space.join({f"e{k}": arch for k, arch in enumerate(a.archs)}) == res.outcome(b).arch
         for key in ("repair_steps", "fill_steps", "exchange_steps", "train_seconds", "train_evaluations", "note"):
             assert key in a.info
+        # the routing cost the bench reports covers training *and* this budget's repair/fill
+        o = res.outcome(b)
+        assert a.info["cost"]["evaluations"] == res.train_evaluations + o.evaluations
+        assert a.info["cost"]["wall_s"] == pytest.approx(res.train_seconds + o.decode_seconds)
+        assert o.decode_seconds > 0
+        from benchmarks.bench import normalize_cost
+
+        assert normalize_cost(a.info)["evaluations"] == a.info["cost"]["evaluations"]
     lines = (tmp_path / "router" / "train_log.jsonl").read_text().splitlines()
     assert len(lines) == len(res.log) and json.loads(lines[0])["step"] == 0
     summary = json.loads((tmp_path / "router" / "summary.json").read_text())
