@@ -34,7 +34,7 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
     module = importlib.import_module(module_name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    tests = [t for t in finder.find(module, module_name, globs={}) if t.examples]
+    tests = [t for t in finder.find(module, module_name) if t.examples]
     for t in tests:
         runner.run(t)
     result = runner.summarize(verbose=False)
