@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from experts.losses import as_tensor
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -112,17 +113,6 @@ def _image_seed(seed: int, index: int, stream: int = 0) -> int:
     """A well-mixed 63-bit seed for image ``index`` of run ``seed`` (stream 0: initial noise)."""
     words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, int(index), int(stream)]
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _as_tensor(out) -> torch.Tensor:
-    if torch.is_tensor(out):
-        return out
-    sample = getattr(out, "sample", None)
-    if torch.is_tensor(sample):
-        return sample
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
-    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
 
 
 def _accepts(fn, name: str) -> bool:
@@ -203,7 +193,7 @@ def generate(
             step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
             for t in scheduler.timesteps:
                 x_in = scheduler.scale_model_input(x, t)
-                eps = _as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
+                eps = as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
                 x = scheduler.step(eps, t, x, **step_kw).prev_sample
                 bar.update(1)
             if vae is not None:
