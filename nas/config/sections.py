@@ -1,0 +1,228 @@
+"""Run-wide config sections (data, base model, sampling, evaluation, search space) and
+:class:`ExperimentConfig`, which nests them with the pipeline stages of :mod:`nas.config.stages`.
+
+Keep field names stable: other modules and user YAML files rely on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from nas.config.checks import _NAME_RE, require
+from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
+
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "SpaceConfig"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training/reference images.
+
+    Attributes:
+        dataset: ``digits`` (scikit-learn's bundled 8x8 digits, resized) or ``folder``.
+        path: folder of images (searched recursively) when ``dataset`` is ``folder``.
+        image_size: side of the square images, in pixels.
+        center_crop: resize the shorter side then crop the centre; ``False`` squashes.
+        limit: use only the first ``limit`` images (sorted by path), or all when ``None``.
+    """
+
+    dataset: Literal["digits", "folder"] = "digits"
+    path: Optional[str] = None
+    image_size: int = 16
+    center_crop: bool = True
+    limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 1, "image_size", f"must be >= 1, got {self.image_size}")
+        require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1 or null, got {self.limit}")
+        require(
+            self.dataset != "folder" or bool(self.path),
+            "path",
+            "is required when data.dataset is 'folder' (set it to a folder of images)",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained base model, and how the embedded default is built and trained.
+
+    Attributes:
+        base: ``embedded:digits`` (trained here once, then reused), a diffusers hub id, or a
+            local path to a diffusers model/pipeline folder.
+        train_steps, batch_size, learning_rate, checkpoint_every: training of the embedded model.
+        block_out_channels, layers_per_block, norm_num_groups, attention: its UNet2DModel shape.
+        num_train_timesteps: length of its training noise schedule.
+    """
+
+    base: str = "embedded:digits"
+    train_steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    checkpoint_every: int = 250
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    attention: bool = True
+
+    def __post_init__(self) -> None:
+        require(bool(self.base), "base", "must not be empty")
+        require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            "learning_rate",
+            f"must be a positive number, got {self.learning_rate}",
+        )
+        require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        require(self.norm_num_groups >= 1, "norm_num_groups", f"must be >= 1, got {self.norm_num_groups}")
+        require(len(self.block_out_channels) >= 1, "block_out_channels", "must list at least one width")
+        for c in self.block_out_channels:
+            require(
+                c >= 1 and c % self.norm_num_groups == 0,
+                "block_out_channels",
+                f"must be positive multiples of norm_num_groups={self.norm_num_groups}, "
+                f"got {list(self.block_out_channels)}",
+            )
+        require(self.layers_per_block >= 1, "layers_per_block", f"must be >= 1, got {self.layers_per_block}")
+        require(
+            self.num_train_timesteps >= 2,
+            "num_train_timesteps",
+            f"must be >= 2, got {self.num_train_timesteps}",
+        )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How images are generated.
+
+    Attributes:
+        sampler: ``ddim`` (default), ``ddpm`` or ``dpm++`` (DPM-Solver++), as in ``nas.sampling.SAMPLERS``.
+        num_steps: number of denoising steps of one trajectory.
+        batch_size: images per UNet call.
+        num_images: images written by ``diffnas sample``.
+        seed: seed of the initial noise (and of stochastic samplers).
+    """
+
+    sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
+    num_steps: int = 20
+    batch_size: int = 64
+    num_images: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.num_steps >= 1, "num_steps", f"must be >= 1, got {self.num_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.num_images >= 1, "num_images", f"must be >= 1, got {self.num_images}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How generated images are scored.
+
+    Attributes:
+        num_samples: generated images per seed for FID/KID.
+        seeds: one FID/KID per seed (mean and spread are reported when there are several).
+        extractor: ``auto`` (digit classifier for ``digits``, Inception otherwise), ``digits``
+            or ``inception``.
+        inception_weights: local clean-fid Inception file (``inception-2015-12-05.pt``) or the
+            folder holding it, for machines without network.
+        latency_batch_size, latency_repeats: measured sampling latency per image.
+        compare_untrained: also score an untrained model of the same shape (a sanity floor).
+    """
+
+    num_samples: int = 500
+    seeds: tuple[int, ...] = (0,)
+    extractor: Literal["auto", "digits", "inception"] = "auto"
+    inception_weights: Optional[str] = None
+    latency_batch_size: int = 64
+    latency_repeats: int = 5
+    compare_untrained: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.num_samples >= 2, "num_samples", f"must be >= 2, got {self.num_samples}")
+        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
+        require(
+            self.latency_batch_size >= 1,
+            "latency_batch_size",
+            f"must be >= 1, got {self.latency_batch_size}",
+        )
+        require(self.latency_repeats >= 1, "latency_repeats", f"must be >= 1, got {self.latency_repeats}")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The elastic search space built over the base UNet.
+
+    Attributes:
+        width_fractions: allowed fractions of each layer's width, increasing, ending at 1.0.
+        depth, heads, ffn: whether layer skipping, attention heads and feed-forward width are
+            elastic.
+        branch_depth: whether a ResNet may drop its residual branch (width 0, shortcut kept):
+            depth for the layers that cannot be removed outright.
+        importance: channel importance used to order channels before slicing.
+    """
+
+    width_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
+    depth: bool = True
+    heads: bool = True
+    ffn: bool = True
+    branch_depth: bool = True
+    importance: str = "magnitude"
+
+    def __post_init__(self) -> None:
+        w = list(self.width_fractions)
+        require(len(w) >= 1, "width_fractions", "must list at least one fraction")
+        require(
+            all(0.0 < x <= 1.0 for x in w) and all(b > a for a, b in zip(w, w[1:])) and w[-1] == 1.0,
+            "width_fractions",
+            f"must be strictly increasing fractions in (0, 1] ending at 1.0, got {w}",
+        )
+        require(bool(self.importance), "importance", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; the resolved copy is written to ``runs/<name>/config.yaml``.
+
+    Attributes:
+        name: run name, the folder under ``run_root``.
+        run_root: where run folders live.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: global seed for training and searches.
+        threads: torch CPU threads of the command's process (``torch.set_num_threads``); 0
+            keeps torch's default (``OMP_NUM_THREADS`` or one per core). On small shared CPUs
+            1 is often fastest: a contended 2-thread step was measured ~10x slower. Ray
+            trials get ``search.cpus_per_trial`` threads from Ray itself.
+    """
+
+    name: str = "default"
+    run_root: str = "runs"
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def __post_init__(self) -> None:
+        require(
+            bool(_NAME_RE.match(self.name)) and self.name not in (".", ".."),
+            "name",
+            f"must be a folder name (letters, digits, '.', '_', '-'), got {self.name!r}",
+        )
+        require(bool(self.run_root), "run_root", "must not be empty")
+        require(bool(self.device), "device", "must not be empty")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {self.threads}")
