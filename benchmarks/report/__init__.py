@@ -1,0 +1,194 @@
+"""The Pareto-front report of a run, built only from what the run stored (``diffnas report RUN_DIR``).
+
+Inputs (all optional except ``results.jsonl``; a missing one leaves its section out with a note):
+``results.jsonl`` (``kind: bench`` rows of ``diffnas bench``, ``kind: bench_skip`` reasons,
+``kind: search_trial`` rows of ``diffnas search``), ``allocations/*.json``, ``intervals.json``,
+``similarity.png``, the sample grids the bench rows point to, ``config.yaml``. Nothing is
+re-run: no model is loaded, no image generated. The same inputs give byte-identical outputs.
+
+Outputs in ``RUN_DIR/report/``:
+
+- ``index.html``: self-contained (CSS inline, every figure a base64 PNG ``<img>``; no network);
+  a small inline script marks ``<body data-images-loaded="k" data-images-total="n">`` once the
+  images have decoded (what the headless-browser test reads);
+- ``report.md``: the same tables and figures (linked PNG files);
+- ``pareto.png``, ``search_trials.png``, ``allocations.png``, ``similarity.png``, ``grids/*.png``;
+- ``summary.json``: every number shown, with the schema below.
+
+Which rows are reported: per (method, budget) the latest ``bench`` row whose ``config_key`` is
+that of the latest ``bench`` row in the file (rows of other configurations are counted in
+``summary.json`` as ``ignored_rows``, never mixed in).
+
+Pareto fronts and hypervolume: each method's points are (MACs ratio, FID mean), both minimised;
+MACs ratio = trajectory MACs / the base model's trajectory MACs (fvcore, same sampler and step
+count). A point is on its method's front if no other point of that method is at most as large in
+both and smaller in one. The hypervolume of a method is the area dominated by its points and
+bounded by the reference point ``(macs_ratio = 1.05, fid = 1.1 x the largest FID mean of any
+reported row)``, the same for every method of one report (stated in ``summary.json``).
+
+``summary.json`` schema (``"schema": "diffnas-report/1"``)::
+
+    schema            "diffnas-report/1"
+    run               run name (from the rows, else the folder name)
+    config_key        configuration key of the reported rows
+    ignored_rows      bench rows of other configurations (not reported)
+    setup             {extractor, num_generated (per seed), num_reference, feature_dim, seeds,
+                       num_seeds, confidence, sampler, num_steps, device, latency_batch_size,
+                       finetune: {steps_per_expert, batch_size, ...}}
+    reference_point   {macs_ratio, fid, rule}
+    rows              [ {method, budget_ratio (null for base), fid_mean, fid_ci_low, fid_ci_high,
+                         fid_values, kid_mean, kid_ci_low, kid_ci_high, kid_values,
+                         macs_per_trajectory, macs_ratio, latency_ms_per_image,
+                         base_latency_ms_per_image, speedup, latency_group, finetune,
+                         allocation_cost, grid, num_steps} ]  (method order, then budget)
+    methods           {method: {points: [[macs_ratio, fid_mean], ...], pareto: [[...], ...],
+                                hypervolume}}
+    budgets           {"<budget>": [method, ...]}  rows reported at each budget
+    skipped           [ {method, budget_ratio, reason} ]  latest reason of methods without a row
+    search            {trials, complete, failed, feasible, infeasible, studies: {name: counts}}
+                      or null
+    allocations       {"<method>-<budget>": {method, budget_ratio, achieved_ratio, feasible,
+                        macs_per_expert, steps_per_expert, per_call_ratio, cost}}
+    intervals         {num_train_timesteps, boundaries, spans} or null
+    machine, versions what the bench rows recorded
+    config            the run's config.yaml, parsed (null if absent)
+    files             report files written (relative to report/), sorted
+
+Example:
+    >>> hypervolume_2d([(0.2, 3.0), (0.5, 2.0), (0.8, 1.0)], (1.0, 4.0))
+    1.5
+    >>> pareto_indices([(0.2, 3.0), (0.5, 2.0), (0.6, 2.5)])
+    [0, 1]
+
+Modules: :mod:`~benchmarks.report.summary` (numbers, reading a run, ``summary.json``),
+:mod:`~benchmarks.report.figures` (PNG figures), :mod:`~benchmarks.report.documents`
+(``report.md``, ``index.html``); :func:`build_report` here writes them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report.documents import _html, _markdown
+from benchmarks.report.figures import _plot_allocations, _plot_pareto, _plot_search, _plot_similarity
+from benchmarks.report.summary import (
+    METHOD_LABELS,
+    REF_FID_FACTOR,
+    REF_MACS_RATIO,
+    SCHEMA,
+    RunData,
+    _budget_key,
+    _search_summary,
+    build_summary,
+    fmt_ci,
+    fmt_num,
+    hypervolume_2d,
+    load_run,
+    pareto_indices,
+    reference_point,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "METHOD_LABELS",
+    "ReportResult",
+    "SCHEMA",
+    "build_report",
+    "build_summary",
+    "fmt_ci",
+    "fmt_num",
+    "hypervolume_2d",
+    "load_run",
+    "pareto_indices",
+    "reference_point",
+]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Files written by :func:`build_report`."""
+
+    report_dir: Path
+    index_html: Path
+    report_md: Path
+    summary_json: Path
+    pngs: tuple[Path, ...]
+    summary: dict[str, Any]
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> ReportResult:
+    """Write the report of ``run_dir`` (``report/`` inside it unless ``out_dir``); see the module
+    docstring. Only stored files are read."""
+    data = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else data.path / "report"
+    if out.exists():
+        for stale in ("grids",):
+            if (out / stale).is_dir():
+                shutil.rmtree(out / stale)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(data)
+    pngs: list[Path] = []
+    figures: list[tuple[str, Path, str]] = []  # (section id, file, caption)
+
+    pareto = _plot_pareto(summary, out / "pareto.png")
+    pngs.append(pareto)
+
+    search, trials = _search_summary(data.records)
+    search_png = None
+    if trials:
+        search_png = _plot_search(trials, out / "search_trials.png")
+        pngs.append(search_png)
+
+    sim_png = None
+    if data.similarity_png is not None:
+        sim_png = out / "similarity.png"
+        shutil.copyfile(data.similarity_png, sim_png)
+        pngs.append(sim_png)
+    else:
+        ipath = data.path / "intervals.json"
+        if ipath.is_file():
+            raw = json.loads(ipath.read_text())
+            if isinstance(raw, dict) and raw.get("similarity") and raw.get("timesteps") and summary["intervals"]:
+                sim_png = _plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"],
+                                           out / "similarity.png")
+                pngs.append(sim_png)
+
+    alloc_png = _plot_allocations(summary["allocations"], out / "allocations.png") if summary["allocations"] else None
+    if alloc_png is not None:
+        pngs.append(alloc_png)
+
+    grids: list[tuple[Mapping[str, Any], Path]] = []
+    for r in summary["rows"]:
+        g = r.get("grid")
+        if not g:
+            continue
+        src = data.path / g
+        if not src.is_file():
+            log.warning("sample grid %s of %s is missing; left out", src, r["method"])
+            continue
+        dst = out / "grids" / f"{r['method']}-{_budget_key(r['budget_ratio'])}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        grids.append((r, dst))
+        pngs.append(dst)
+
+    files = sorted({str(p.relative_to(out)) for p in pngs} | {"index.html", "report.md", "summary.json"})
+    summary["files"] = files
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+    md = _markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
+    md_path = out / "report.md"
+    md_path.write_text(md)
+    page = _html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
+    html_path = out / "index.html"
+    html_path.write_text(page)
+    log.info("report written to %s (%d figures)", html_path, len(pngs))
+    return ReportResult(out, html_path, md_path, summary_path, tuple(pngs), summary)
