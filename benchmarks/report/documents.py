@@ -1,0 +1,255 @@
+"""The report's documents: ``report.md`` (linked PNG files) and the self-contained ``index.html``
+(CSS inline, every figure a base64 PNG), both built as text from the summary and the figures' files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report.summary import METHOD_LABELS, _budget_key, _fmt_macs, fmt_ci, fmt_num
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table_rows(summary: Mapping[str, Any], budget: str) -> list[dict[str, Any]]:
+    rows = [r for r in summary["rows"] if _budget_key(r["budget_ratio"]) == budget]
+    base = [r for r in summary["rows"] if r["method"] == "base"]
+    return base + rows
+
+
+def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(column, text, machine value) of one table row: the md and html tables show ``text``;
+    html carries ``value`` in ``data-value`` (what the consistency test compares)."""
+    ft = r.get("finetune") or {}
+    ft_text = "-" if not ft else f"{ft.get('steps_total', ft.get('steps_per_expert', '?'))} x {ft.get('batch_size', '?')}"
+    cost = r.get("allocation_cost") or {}
+    cost_text = "-"
+    if cost:
+        parts = []
+        if cost.get("wall_s") is not None:
+            parts.append(f"{float(cost['wall_s']):.0f} s")
+        if cost.get("evaluations") is not None:
+            parts.append(f"{cost['evaluations']} evals")
+        cost_text = ", ".join(parts) or "-"
+    return [
+        ("method", METHOD_LABELS.get(r["method"], r["method"]), r["method"]),
+        ("FID", fmt_ci(r.get("fid_mean"), r.get("fid_ci_low"), r.get("fid_ci_high"), 2), r.get("fid_mean")),
+        ("KID", fmt_ci(r.get("kid_mean"), r.get("kid_ci_low"), r.get("kid_ci_high"), 4), r.get("kid_mean")),
+        ("MACs ratio", fmt_num(r.get("macs_ratio"), 3), r.get("macs_ratio")),
+        ("MACs/trajectory", _fmt_macs(r.get("macs_per_trajectory")), r.get("macs_per_trajectory")),
+        ("ms/image", fmt_num(r.get("latency_ms_per_image"), 2), r.get("latency_ms_per_image")),
+        ("speed-up", fmt_num(r.get("speedup"), 2), r.get("speedup")),
+        ("steps", str(r.get("num_steps") if r.get("num_steps") is not None else "-"), r.get("num_steps")),
+        ("fine-tune (steps x batch)", ft_text, None),
+        ("search/routing cost", cost_text, None),
+    ]
+
+
+def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    head = [c[0] for c in _cells(rows[0])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(c[1] for c in _cells(r)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(rows: Sequence[Mapping[str, Any]], budget: str) -> str:
+    if not rows:
+        return "<p><em>no rows</em></p>"
+    head = "".join(f"<th>{_esc(c[0])}</th>" for c in _cells(rows[0]))
+    body = []
+    for r in rows:
+        tds = []
+        for col, text, value in _cells(r):
+            attr = "" if value is None else f' data-value="{_esc(json.dumps(value))}"'
+            tds.append(f'<td data-col="{_esc(col)}"{attr}>{_esc(text)}</td>')
+        body.append(f'<tr data-method="{_esc(r["method"])}" data-budget="{_esc(budget)}">' + "".join(tds) + "</tr>")
+    return f'<table class="results" data-budget="{_esc(budget)}"><tr>{head}</tr>' + "".join(body) + "</table>"
+
+
+_CSS = """body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:1.5em auto;
+padding:0 1em;color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:left}th{background:#f3f3f3}img{max-width:100%;height:auto;border:1px solid #eee}
+.grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0;width:260px}.grids img{width:256px}
+figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}
+.note{color:#555;font-size:.9em}"""
+
+_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  imgs.forEach(function (i) { if (!(i.complete && i.naturalWidth > 0)) { i.setAttribute('data-broken', '1'); } });
+  document.body.setAttribute('data-images-total', String(imgs.length));
+  document.body.setAttribute('data-images-loaded', String(ok.length));
+});
+</script>"""
+
+
+def _versions_text(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for group in ("machine", "versions"):
+        for k, v in sorted((summary.get(group) or {}).items()):
+            out.append((f"{group}.{k}", str(v)))
+    return out
+
+
+def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
+    s = summary["setup"]
+    conf = s.get("confidence")
+    lines = []
+    if s.get("extractor") is not None:
+        lines.append(
+            f"FID and KID (clean-fid; {s.get('extractor')} features, {s.get('feature_dim')}-d): mean and "
+            f"{int(round(100 * (conf or 0.95)))}% Student-t interval over {s.get('num_seeds')} sampling seeds "
+            f"{s.get('seeds')}, {s.get('num_generated')} generated images per seed against "
+            f"{s.get('num_reference')} reference images; KID is clean-fid's raw value (not x1000)."
+        )
+        lines.append(
+            f"Sampler {s.get('sampler')} with {s.get('num_steps')} steps for every method (base, fewer steps: fewer); "
+            f"MACs counted with fvcore (attention included) per call at batch 1, summed over the trajectory."
+        )
+        lines.append(
+            f"Latency: wall time of a whole trajectory at batch {s.get('latency_batch_size')} divided by the batch, "
+            f"median of {s.get('latency_repeats')} runs, timed round-robin with the base model in the same run "
+            f"(device {s.get('device')}); speed-up = base latency / method latency from that same run."
+        )
+    ft = s.get("finetune")
+    if ft:
+        lines.append(
+            f"Equal fine-tuning budget for every pruned method: {ft.get('steps_per_expert')} steps x "
+            f"{ft.get('batch_size')} images per expert ({ft.get('images_total')} images in all per method; "
+            f"the static model gets all of them)."
+        )
+    ref = summary["reference_point"]
+    lines.append(
+        f"Hypervolume reference point: MACs ratio {ref['macs_ratio']:g}, FID {fmt_num(ref['fid'], 3)} "
+        f"({ref['rule']})."
+    )
+    return lines
+
+
+def _markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
+              sim_png: Path | None, alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]],
+              config_text: str | None) -> str:
+    out = [f"# Benchmark report: run `{summary['run']}`", ""]
+    out += [f"- {line}" for line in _setup_lines(summary)]
+    out += ["", "## Quality vs MACs (Pareto fronts)", "", "![pareto](pareto.png)", "",
+            "| method | points | Pareto points | hypervolume |", "|---|---|---|---|"]
+    for m, v in summary["methods"].items():
+        out.append(f"| {METHOD_LABELS.get(m, m)} | {len(v['points'])} | {len(v['pareto'])} | "
+                   f"{fmt_num(v['hypervolume'], 4)} |")
+    for b in summary["budgets"]:
+        out += ["", f"## Budget {b}", "", _md_table(_table_rows(summary, b))]
+    if summary["skipped"]:
+        out += ["", "## Methods not run", ""]
+        out += [f"- {s['method']} at {_budget_key(s['budget_ratio'])}: {s['reason']}" for s in summary["skipped"]]
+    out += ["", "## Search trials", ""]
+    if search_png is not None and search:
+        out += [f"{search['trials']} trials: {search['complete']} complete ({search['feasible']} feasible, "
+                f"{search['infeasible']} infeasible), {search['failed']} failed.", "", "![search trials](search_trials.png)"]
+    else:
+        out += ["_no search trials in results.jsonl_"]
+    out += ["", "## Timestep similarity and intervals", ""]
+    iv = summary["intervals"]
+    if iv:
+        out += ["Intervals (training timesteps): " + ", ".join(f"[{a}, {b})" for a, b in iv.get("spans", []))]
+    out += ["", "![similarity](similarity.png)" if sim_png is not None else "_no similarity plot stored_"]
+    out += ["", "## Allocations (MACs per interval)", ""]
+    if alloc_png is not None:
+        out += ["![allocations](allocations.png)", "", "| allocation | achieved ratio | MACs/call ratio per interval | steps per interval |",
+                "|---|---|---|---|"]
+        for n, a in summary["allocations"].items():
+            out.append(f"| {n} | {fmt_num(a['achieved_ratio'], 3)} | "
+                       + ", ".join(fmt_num(v, 3) for v in a["per_call_ratio"]) + " | "
+                       + ", ".join(str(s) for s in a["steps_per_expert"]) + " |")
+    else:
+        out += ["_no allocations stored_"]
+    out += ["", "## Sample grids", ""]
+    for r, g in grids:
+        out += [f"**{METHOD_LABELS.get(r['method'], r['method'])}, budget {_budget_key(r['budget_ratio'])}** "
+                f"(FID {fmt_num(r.get('fid_mean'))})", "", f"![{r['method']}]({g.parent.name}/{g.name})", ""]
+    if not grids:
+        out += ["_no sample grids stored_"]
+    out += ["", "## Machine and versions", ""]
+    out += [f"- {k}: {v}" for k, v in _versions_text(summary)] or ["_not recorded_"]
+    out += ["", "## Config", "", "```yaml", (config_text or "(config.yaml not found)").rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def _img(path: Path, alt: str) -> str:
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{_b64(path)}">'
+
+
+def _html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
+          alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None) -> str:
+    p = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>diffnas report: {_esc(summary['run'])}"
+         f"</title><style>{_CSS}</style></head><body>", f"<h1>Benchmark report: run <code>{_esc(summary['run'])}</code></h1>",
+         "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in _setup_lines(summary)) + "</ul>",
+         "<h2 id=\"pareto\">Quality vs MACs (Pareto fronts)</h2>", _img(pareto, "Pareto fronts"),
+         "<table class=\"hypervolume\"><tr><th>method</th><th>points</th><th>Pareto points</th><th>hypervolume</th></tr>"]
+    for m, v in summary["methods"].items():
+        p.append(f'<tr data-method="{_esc(m)}"><td>{_esc(METHOD_LABELS.get(m, m))}</td><td>{len(v["points"])}</td>'
+                 f'<td>{len(v["pareto"])}</td><td data-value="{_esc(json.dumps(v["hypervolume"]))}">'
+                 f'{_esc(fmt_num(v["hypervolume"], 4))}</td></tr>')
+    p.append("</table>")
+    for b in summary["budgets"]:
+        p += [f'<h2 id="budget-{_esc(b)}">Budget {_esc(b)}</h2>', _html_table(_table_rows(summary, b), b)]
+    if summary["skipped"]:
+        p += ["<h2>Methods not run</h2><ul>"] + [
+            f"<li>{_esc(s['method'])} at {_esc(_budget_key(s['budget_ratio']))}: {_esc(s['reason'])}</li>"
+            for s in summary["skipped"]] + ["</ul>"]
+    p.append("<h2 id=\"search\">Search trials</h2>")
+    if search_png is not None and search:
+        p += [f"<p>{search['trials']} trials: {search['complete']} complete ({search['feasible']} feasible, "
+              f"{search['infeasible']} infeasible), {search['failed']} failed. Feasible and infeasible trials are "
+              f"drawn apart (dots vs crosses).</p>", _img(search_png, "search trials")]
+    else:
+        p.append("<p class=\"note\">no search trials in results.jsonl</p>")
+    p.append("<h2 id=\"intervals\">Timestep similarity and intervals</h2>")
+    iv = summary["intervals"]
+    if iv:
+        p.append("<p>Intervals (training timesteps): " + _esc(", ".join(f"[{a}, {b})" for a, b in iv.get("spans", []))) + "</p>")
+    p.append(_img(sim_png, "similarity heatmap") if sim_png is not None else "<p class=\"note\">no similarity plot stored</p>")
+    p.append("<h2 id=\"allocations\">Allocations (MACs per interval)</h2>")
+    if alloc_png is not None:
+        p.append(_img(alloc_png, "allocations"))
+        p.append("<table><tr><th>allocation</th><th>achieved ratio</th><th>MACs/call ratio per interval</th>"
+                 "<th>steps per interval</th></tr>")
+        for n, a in summary["allocations"].items():
+            p.append(f"<tr><td>{_esc(n)}</td><td>{_esc(fmt_num(a['achieved_ratio'], 3))}</td><td>"
+                     + _esc(", ".join(fmt_num(v, 3) for v in a["per_call_ratio"])) + "</td><td>"
+                     + _esc(", ".join(str(s) for s in a["steps_per_expert"])) + "</td></tr>")
+        p.append("</table>")
+    else:
+        p.append("<p class=\"note\">no allocations stored</p>")
+    p.append("<h2 id=\"grids\">Sample grids</h2><div class=\"grids\">")
+    for r, g in grids:
+        cap = f"{METHOD_LABELS.get(r['method'], r['method'])}, budget {_budget_key(r['budget_ratio'])} (FID {fmt_num(r.get('fid_mean'))})"
+        p.append(f"<figure>{_img(g, cap)}<figcaption>{_esc(cap)}</figcaption></figure>")
+    p.append("</div>")
+    if not grids:
+        p.append("<p class=\"note\">no sample grids stored</p>")
+    p.append("<h2 id=\"machine\">Machine and versions</h2><table>")
+    p += [f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in _versions_text(summary)]
+    p.append("</table>")
+    p.append(f"<h2 id=\"config\">Config</h2><pre>{_esc(config_text or '(config.yaml not found)')}</pre>")
+    digest = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+    p.append(f"<p class=\"note\">Built from stored results only (summary.json digest {digest}).</p>")
+    p.append(_SCRIPT)
+    p.append("</body></html>\n")
+    return "\n".join(p)

@@ -1,0 +1,156 @@
+"""The report's figures (matplotlib, Agg; deterministic PNG bytes for the same data), drawn from
+the summary of :func:`benchmarks.report.summary.build_summary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report.summary import METHOD_LABELS
+
+_COLORS = {"routed": "#d62728", "searched": "#1f77b4", "uniform": "#2ca02c", "static": "#9467bd",
+           "base_steps": "#ff7f0e", "base": "#000000"}
+_MARKERS = {"routed": "o", "searched": "s", "uniform": "^", "static": "D", "base_steps": "v", "base": "*"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9})
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = summary["rows"]
+    for metric, ax in zip(("fid", "kid"), axes):
+        for m in summary["methods"]:
+            pts = sorted(
+                [(r["macs_ratio"], r[f"{metric}_mean"], r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high"))
+                 for r in rows if r["method"] == m and r.get("macs_ratio") is not None
+                 and r.get(f"{metric}_mean") is not None])
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            lo = [p[1] - p[2] if p[2] is not None else 0.0 for p in pts]
+            hi = [p[3] - p[1] if p[3] is not None else 0.0 for p in pts]
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=_COLORS.get(m, "gray"), marker=_MARKERS.get(m, "o"),
+                        markersize=9 if m == "base" else 6, capsize=3, linestyle="-" if len(xs) > 1 else "none",
+                        linewidth=1.0, label=METHOD_LABELS.get(m, m), alpha=0.9)
+            if metric == "fid":
+                front = summary["methods"][m]["pareto"]
+                ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none",
+                           edgecolors=_COLORS.get(m, "gray"), linewidths=1.0, alpha=0.6)
+        for b in summary["budgets"]:
+            ax.axvline(float(b), color="#bbbbbb", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("trajectory MACs / base model's (fvcore)")
+        ax.set_ylabel(f"{metric.upper()} (mean, {int(round(100 * (summary['setup'].get('confidence') or 0.95)))}% CI)")
+        ax.set_title(f"{metric.upper()} vs MACs (lower-left is better)"
+                     + ("; rings: each method's Pareto front" if metric == "fid" else ""))
+        ax.grid(alpha=0.3)
+    if rows:
+        axes[0].legend(fontsize=8, loc="best")
+        ref = summary["reference_point"]
+        axes[0].plot([ref["macs_ratio"]], [ref["fid"]], marker="x", color="gray", linestyle="none")
+        axes[0].annotate("HV ref", (ref["macs_ratio"], ref["fid"]), fontsize=7, color="gray",
+                         xytext=(-30, -10), textcoords="offset points")
+    else:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no benchmark rows", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_search(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    plt = _plt()
+    studies = sorted({str(t.get("study")) for t in trials})
+    n = max(1, len(studies))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
+    for ax, study in zip(axes[0], studies):
+        mine = [t for t in trials if str(t.get("study")) == study and t.get("state") == "complete"
+                and t.get("quality") is not None and t.get("macs_ratio") is not None]
+        fidelities = sorted({str(t.get("fidelity")) for t in mine})
+        for fi, fid_name in enumerate(fidelities):
+            sub = [t for t in mine if str(t.get("fidelity")) == fid_name]
+            feas = [t for t in sub if t.get("feasible")]
+            infeas = [t for t in sub if not t.get("feasible")]
+            ax.scatter([t["macs_ratio"] for t in feas], [t["quality"] for t in feas], s=18,
+                       color="#1f77b4" if fi == 0 else "#d62728", label=f"feasible ({fid_name})")
+            ax.scatter([t["macs_ratio"] for t in infeas], [t["quality"] for t in infeas], s=22, marker="x",
+                       color="#7f7f7f" if fi == 0 else "#ff9896", label=f"infeasible ({fid_name})")
+        budgets = sorted({float(t["budget_ratio"]) for t in mine if t.get("budget_ratio") is not None})
+        for b in budgets:
+            ax.axvline(b, color="#bbbbbb", linewidth=0.8, linestyle=":")
+        ax.set_title(f"study {study}")
+        ax.set_xlabel("trajectory MACs ratio")
+        ax.set_ylabel("trial quality (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_allocations(allocs: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    plt = _plt()
+    budgets = sorted({float(a["budget_ratio"]) for a in allocs.values() if a.get("budget_ratio") is not None})
+    if not budgets:
+        return None
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.4 * len(budgets), 3.6), squeeze=False)
+    order = ["router", "search", "uniform", "static"]
+    for ax, b in zip(axes[0], budgets):
+        here = {a["method"]: a for a in allocs.values() if a.get("budget_ratio") is not None
+                and abs(float(a["budget_ratio"]) - b) < 1e-9}
+        names = [m for m in order if m in here] + sorted(m for m in here if m not in order)
+        width = 0.8 / max(1, len(names))
+        for i, m in enumerate(names):
+            vals = [v if v is not None else 0.0 for v in here[m]["per_call_ratio"]]
+            xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(vals))]
+            color = {"router": _COLORS["routed"], "search": _COLORS["searched"], "uniform": _COLORS["uniform"]}.get(m, "gray")
+            ax.bar(xs, vals, width=width, color=color, label=f"{m} ({here[m]['achieved_ratio']:.3f})")
+        spans = next((here[m]["spans"] for m in names if here[m].get("spans")), None)
+        n = len(next(iter(here.values()))["per_call_ratio"]) if here else 0
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([f"[{s[0]},{s[1]})" for s in spans] if spans else [str(k) for k in range(n)],
+                           fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.axhline(b, color="#bbbbbb", linewidth=0.8, linestyle=":")
+        ax.set_title(f"budget {b:g}: MACs per call of each interval's expert")
+        ax.set_xlabel("interval (training timesteps)")
+        ax.set_ylabel("MACs per call / base model's")
+        ax.legend(fontsize=7, title="method (achieved ratio)", title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_similarity(intervals: Mapping[str, Any], matrix: Sequence[Sequence[float]], timesteps: Sequence[int],
+                     path: Path) -> Path:
+    plt = _plt()
+    import numpy as np
+
+    S = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    im = ax.imshow(S, cmap="viridis", origin="lower", extent=(-0.5, len(S) - 0.5, -0.5, len(S) - 0.5))
+    for b in intervals.get("boundaries", []):
+        pos = float(np.searchsorted(np.asarray(timesteps), b)) - 0.5
+        ax.axhline(pos, color="white", linewidth=1.2)
+        ax.axvline(pos, color="white", linewidth=1.2)
+    ax.set_title("timestep similarity and intervals")
+    ax.set_xlabel("grid index (low t first)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
