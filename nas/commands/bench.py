@@ -69,7 +69,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_report_arguments,
     description="Read RUN_DIR/results.jsonl (benchmark rows, search trials), allocations/*.json, intervals.json, "
     "similarity.png and the sample grids, and write RUN_DIR/report/: index.html (self-contained), report.md, "
-    "PNG figures and summary.json (schema in benchmarks/report.py). The same inputs give the same files.",
+    "PNG figures and summary.json (schema in benchmarks/report/__init__.py). The same inputs give the same files.",
 )
 def report_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from benchmarks.report import build_report
