@@ -1,0 +1,158 @@
+"""Architectures and allocations of a search: the key of an architecture (:func:`arch_key`),
+``allocations/<method>-<budget>.json`` paths, the conversions between an arch of a (product)
+space and an :class:`~experts.allocation.Allocation`, and the known points a study evaluates
+first (:func:`known_points`: full, widest uniform, the router's allocation)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from experts.allocation import Allocation
+from experts.intervals import Intervals
+from nas.errors import UserError
+from search_spaces import Arch, ProductSpace, SearchSpace
+from search_spaces.uniform import uniform_arch
+
+__all__ = [
+    "allocation_path",
+    "allocation_to_arch",
+    "arch_key",
+    "arch_to_allocation",
+    "known_points",
+    "uniform_width_arch",
+]
+
+log = logging.getLogger(__name__)
+
+
+def arch_key(arch: Mapping[str, Any]) -> str:
+    """Deterministic short key of an architecture (16 hex digits of SHA-256 of its JSON).
+
+    Example:
+        >>> arch_key(Arch({"a": 1, "b": True})) == arch_key({"b": True, "a": 1})
+        True
+    """
+    return hashlib.sha256(Arch(arch).to_json().encode("utf-8")).hexdigest()[:16]
+
+
+def _budget_label(budget_ratio: float) -> str:
+    return f"{budget_ratio:g}"
+
+
+def allocation_path(allocations_dir: str | os.PathLike[str], method: str, budget_ratio: float) -> Path:
+    """``allocations/<method>-<budget>.json`` (budget written with ``%g``: ``search-0.5.json``).
+
+    Example:
+        >>> allocation_path("allocations", "router", 0.50).name
+        'router-0.5.json'
+    """
+    return Path(allocations_dir) / f"{method}-{_budget_label(budget_ratio)}.json"
+
+
+def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
+    """The widest *uniform* arch within the budget (:func:`search_spaces.uniform.uniform_arch`),
+    the hand-made baseline a searched allocation must beat; ``None`` when even the narrowest
+    uniform arch is over the budget.
+
+    Example:
+        >>> from search_spaces import Dimension, SimpleSpace
+        >>> s = SimpleSpace([Dimension("a", (8, 16, 32)), Dimension("b", (8, 16, 32))],
+        ...                 macs_fn=lambda x: x["a"] + x["b"])
+        >>> uniform_width_arch(s, 0.5).to_dict()
+        {'a': 16, 'b': 16}
+    """
+    found = uniform_arch(space, budget_ratio)
+    return found.arch if found is not None else None
+
+
+def allocation_to_arch(space: SearchSpace, allocation: Allocation) -> Arch:
+    """The arch of ``space`` that an allocation describes (experts in interval order = parts in
+    the space's order); ValueError when it does not fit the space."""
+    if isinstance(space, ProductSpace):
+        parts = list(space.parts)
+        if len(parts) != len(allocation.archs):
+            raise ValueError(f"allocation has {len(allocation.archs)} experts, the space has {len(parts)} parts")
+        arch = space.join(dict(zip(parts, allocation.archs)))
+    else:
+        if len(allocation.archs) != 1:
+            raise ValueError(f"allocation has {len(allocation.archs)} experts, the space is not a ProductSpace")
+        arch = allocation.archs[0]
+    space.validate(arch)
+    return arch
+
+
+def arch_to_allocation(
+    space: SearchSpace,
+    arch: Mapping[str, Any],
+    intervals: Intervals,
+    budget_ratio: float,
+    method: str = "search",
+    info: Mapping[str, Any] | None = None,
+) -> Allocation:
+    """An :class:`~experts.allocation.Allocation` from an arch of a (product) space.
+
+    For a :class:`ProductSpace` the parts are the experts in interval order and the part weights
+    are the sampling steps each expert serves; a plain space is one expert serving one step.
+    """
+    arch = Arch(arch)
+    if isinstance(space, ProductSpace):
+        parts = list(space.parts)
+        if len(parts) != intervals.num_intervals:
+            raise UserError(
+                f"the search space has {len(parts)} experts but the intervals have {intervals.num_intervals}"
+            )
+        split = space.split(arch)
+        archs = tuple(split[p] for p in parts)
+        macs = tuple(space.parts[p].macs(split[p]) for p in parts)
+        steps = tuple(int(round(space.weights[p])) for p in parts)
+        for p in parts:
+            if abs(space.weights[p] - round(space.weights[p])) > 1e-9:
+                raise UserError(f"part {p!r} weight {space.weights[p]} is not a whole number of sampling steps")
+        base = sum(space.parts[p].macs(space.parts[p].full()) * s for p, s in zip(parts, steps))
+    else:
+        if intervals.num_intervals != 1:
+            raise UserError(f"a single-expert space needs one interval, got {intervals.num_intervals}")
+        archs, macs, steps = (arch,), (space.macs(arch),), (1,)
+        base = space.macs(space.full())
+    return Allocation(
+        method=method,
+        budget_ratio=float(budget_ratio),
+        intervals=intervals,
+        archs=archs,
+        macs_per_expert=macs,
+        steps_per_expert=steps,
+        base_trajectory_macs=int(base),
+        info=dict(info or {}),
+    )
+
+
+def known_points(
+    space: SearchSpace, budget_ratio: float | None, allocations_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[str, Arch]]:
+    """Points worth evaluating first: ``full``, ``uniform`` (widest uniform arch within the
+    budget) and ``router`` (``allocations/router-<budget>.json``, when it exists and fits).
+
+    Example:
+        >>> from search_spaces import Dimension, SimpleSpace
+        >>> s = SimpleSpace([Dimension("a", (1, 2))], macs_fn=lambda x: x["a"])
+        >>> [name for name, _ in known_points(s, 0.5)]
+        ['full', 'uniform']
+    """
+    out: list[tuple[str, Arch]] = [("full", space.full())]
+    if budget_ratio is not None:
+        uni = uniform_width_arch(space, budget_ratio)
+        if uni is not None and uni != space.full():
+            out.append(("uniform", uni))
+        if allocations_dir is not None:
+            path = allocation_path(allocations_dir, "router", budget_ratio)
+            if path.exists():
+                try:
+                    out.append(("router", allocation_to_arch(space, Allocation.load(path))))
+                except (ValueError, KeyError, OSError) as err:
+                    log.warning("router allocation %s does not fit the search space (%s); not enqueued", path, err)
+    return out

@@ -1,0 +1,375 @@
+"""A search session and its outputs: :class:`SearchSession` (folder lock, Optuna storage, one
+:class:`~nas.search.driver.StudyDriver` per study; :meth:`SearchSession.finish` writes the trial
+table, fronts, allocations and summary), the in-process evaluation with retries, and
+:func:`run_search`, the entry point of both backends."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experts.intervals import Intervals
+from nas.config import SearchConfig
+from nas.errors import UserError
+from nas.rundir import RunDir, to_jsonable
+from nas.search.allocations import allocation_path, arch_to_allocation, known_points
+from nas.search.driver import StudyDriver
+from nas.search.ledger import TrialOutcome, study_specs
+from nas.search.objective import EvalContext, Objective
+from nas.search.storage import _append_line, _lock_folder, open_storage
+from search_spaces import Arch, SearchSpace
+
+__all__ = ["SearchResult", "SearchSession", "StudyResult", "evaluate_with_retries", "run_search"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What one study produced.
+
+    Attributes:
+        name, mode, budget_ratio: the study.
+        n_evaluated: architectures evaluated at the search fidelity (complete + failed).
+        n_failed: of those, failed ones.
+        n_promoted: expensive evaluations.
+        counts: trials of the study answered as duplicates, interrupted (re-queued), skipped as
+            infeasible, invalid; ``recovered``: trials committed but not told, settled this session.
+        best: per budget, the best feasible record (``None`` when nothing feasible).
+        pareto: the (quality, MACs ratio) front.
+        cost: evaluations per fidelity, evaluation seconds, sampled images.
+        min_macs_ratio: MACs ratio of the space's smallest arch (budgets below it are infeasible).
+    """
+
+    name: str
+    mode: str
+    budget_ratio: float | None
+    n_evaluated: int
+    n_failed: int
+    n_promoted: int
+    counts: Mapping[str, int]
+    best: Mapping[float, dict[str, Any] | None]
+    pareto: Sequence[dict[str, Any]]
+    cost: Mapping[str, Any]
+    min_macs_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search produced (also written to ``search/summary.json``).
+
+    Attributes:
+        studies: one per study.
+        allocations: budget -> ``allocations/search-<budget>.json`` written.
+        trial_table: ``search/trials.csv`` (``search/trials.jsonl`` beside it).
+        summary_path: ``search/summary.json``.
+        storage: the Optuna storage (URL or journal path) for ``optuna-dashboard``.
+        wall_s: wall seconds of this session.
+        side_jobs: outcome of jobs run beside the studies (router training), by name.
+    """
+
+    studies: tuple[StudyResult, ...]
+    allocations: Mapping[float, Path]
+    trial_table: Path
+    summary_path: Path
+    storage: str
+    wall_s: float
+    side_jobs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class SearchSession:
+    """Lock, storage and one :class:`StudyDriver` per study; :meth:`finish` writes outputs.
+
+    Used by both backends as a context manager.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: Objective,
+        config: SearchConfig,
+        run: RunDir,
+        intervals: Intervals | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.space = space
+        self.objective = objective
+        self.config = config
+        self.run = run
+        self.intervals = intervals
+        self.seed = int(config.seed if config.seed is not None else seed)
+        self.search_dir = run.search_dir
+        self.drivers: list[StudyDriver] = []
+        self.storage: Any = None
+        self.storage_desc = ""
+        self._lock_fd: int | None = None
+        self._t0 = time.time()
+
+    def __enter__(self) -> SearchSession:
+        fidelities = tuple(getattr(self.objective, "fidelities", ()) or ())
+        if not fidelities:
+            raise UserError("the objective declares no fidelities (e.g. fidelities = ('proxy', 'fid'))")
+        self.search_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self.storage, self.storage_desc = open_storage(self.config.storage, self.search_dir)
+            for spec in study_specs(self.config):
+                known = known_points(self.space, spec.budget_ratio, self.run.allocations_dir)
+                if not spec.constrained:
+                    for b in spec.budgets:
+                        known += [(f"{n}@{b:g}", a) for n, a in known_points(self.space, b, self.run.allocations_dir)[1:]]
+                drv = StudyDriver(self.space, spec, self.config, self.storage, self.run, fidelities,
+                                  seed=self.seed, known=known)
+                drv.open()
+                self.drivers.append(drv)
+            _append_line(self.search_dir / "sessions.jsonl",
+                         json.dumps({"event": "start", "time": self._t0, "pid": os.getpid(),
+                                     "host": socket.gethostname()}) + "\n")
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release_lock()
+
+    def _acquire_lock(self) -> None:
+        self._lock_fd = _lock_folder(self.search_dir)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def refresh_known(self) -> None:
+        """Re-scan known points (a router allocation may have appeared) and enqueue new ones."""
+        if not self.config.enqueue_known:
+            return
+        for drv in self.drivers:
+            if drv.search_done():
+                continue
+            budgets = [drv.spec.budget_ratio] if drv.spec.constrained else list(drv.spec.budgets)
+            known = []
+            for b in budgets:
+                known += [(n, a) for n, a in known_points(self.space, b, self.run.allocations_dir) if n == "router"]
+            drv.enqueue_known(known)
+
+    def finish(self, side_jobs: Mapping[str, Any] | None = None) -> SearchResult:
+        """Write the trial table, fronts, allocations and summary; returns the result."""
+        wall_s = time.time() - self._t0
+        _append_line(self.search_dir / "sessions.jsonl",
+                     json.dumps({"event": "end", "time": time.time(), "pid": os.getpid(), "wall_s": wall_s}) + "\n")
+        total_wall = _sessions_wall_s(self.search_dir / "sessions.jsonl")
+        studies = []
+        rows: list[dict[str, Any]] = []
+        allocations: dict[float, Path] = {}
+        best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]] = {}
+        for drv in self.drivers:
+            study_rows = drv.trial_rows()
+            rows += study_rows
+            states = collections.Counter(r["state"] for r in study_rows)
+            counts = {"duplicates": states["duplicate"], "interrupted": states["interrupted"],
+                      "skipped_infeasible": states["skipped_infeasible"], "invalid": states["invalid"],
+                      "recovered": drv.counts["recovered"]}
+            best = {b: drv.best(b) for b in drv.spec.budgets}
+            front = drv.pareto()
+            _atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
+                "study": drv.spec.name, "mode": drv.spec.mode, "budget_ratio": drv.spec.budget_ratio,
+                "objectives": ["quality", "macs_ratio"],
+                "source": "optuna study.best_trials" if not drv.spec.constrained
+                else "non-dominated feasible trials of the constrained study",
+                "points": [_front_point(r, drv) for r in front],
+            })
+            evaluated = list(drv.completed.values())
+            studies.append(StudyResult(
+                name=drv.spec.name, mode=drv.spec.mode, budget_ratio=drv.spec.budget_ratio,
+                n_evaluated=len(evaluated), n_failed=sum(r.get("state") != "complete" for r in evaluated),
+                n_promoted=len(drv.promoted), counts=counts, best=best, pareto=front, cost=drv.cost(),
+                min_macs_ratio=drv.min_macs_ratio,
+            ))
+            for b, rec in best.items():
+                if rec is not None:
+                    prev = best_by_budget.get(b)
+                    if prev is None or _rank(rec) < _rank(prev[0]):
+                        best_by_budget[b] = (rec, drv)
+        for b, (rec, drv) in sorted(best_by_budget.items()):
+            if self.intervals is None:
+                continue
+            info = {
+                "study": drv.spec.name, "trial_number": rec["number"], "key": rec["key"],
+                "selected_by": rec["selected_by"], "quality": rec["quality"],
+                "quality_full": rec.get("quality_full"), "metrics": rec.get("metrics"),
+                "metrics_full": rec.get("metrics_full"), "sampler": self.config.sampler, "seed": self.seed,
+                "mode": self.config.mode, "storage": self.storage_desc,
+                "search_cost": {**drv.cost(), "trials": len(drv.completed), "wall_s_all_sessions": total_wall},
+            }
+            alloc = arch_to_allocation(self.space, rec["arch"], self.intervals, b, "search", info)
+            path = allocation_path(self.run.allocations_dir, "search", b)
+            alloc.save(path)
+            allocations[b] = path
+        if self.intervals is None:
+            log.info("no intervals given: best archs are in search/summary.json, no allocation files written")
+        table = self.search_dir / "trials.csv"
+        _write_table(rows, table, self.search_dir / "trials.jsonl")
+        summary = {
+            "storage": self.storage_desc,
+            "dashboard": f"optuna-dashboard {self.storage_desc}",
+            "config": to_jsonable(self.config),
+            "seed": self.seed,
+            "wall_s_session": wall_s,
+            "wall_s_all_sessions": total_wall,
+            "side_jobs": to_jsonable(dict(side_jobs or {})),
+            "allocations": {f"{b:g}": str(p) for b, p in allocations.items()},
+            "studies": [
+                {"name": s.name, "mode": s.mode, "budget_ratio": s.budget_ratio, "evaluated": s.n_evaluated,
+                 "failed": s.n_failed, "promoted": s.n_promoted, **s.counts, "cost": s.cost,
+                 "pareto_size": len(s.pareto), "min_macs_ratio": s.min_macs_ratio,
+                 "best": {f"{b:g}": (None if r is None else {k: r.get(k) for k in (
+                     "number", "key", "quality", "quality_full", "macs_ratio", "selected_by", "source")})
+                          for b, r in s.best.items()}}
+                for s in studies
+            ],
+        }
+        summary_path = self.search_dir / "summary.json"
+        _atomic_json(summary_path, summary)
+        return SearchResult(tuple(studies), allocations, table, summary_path, self.storage_desc, wall_s,
+                            dict(side_jobs or {}))
+
+
+def _rank(rec: Mapping[str, Any]) -> tuple[float, float]:
+    q = rec.get("quality_full") if rec.get("quality_full") is not None else rec["quality"]
+    return (float(q), float(rec["macs_ratio"]))
+
+
+def _front_point(rec: Mapping[str, Any], drv: StudyDriver) -> dict[str, Any]:
+    full = drv.promoted.get(rec["key"])
+    return {
+        "number": rec["number"], "key": rec["key"], "quality": rec["quality"], "macs": rec["macs"],
+        "macs_ratio": rec["macs_ratio"], "feasible": rec.get("feasible"),
+        "quality_full": (full or {}).get("quality"), "arch": rec["arch"],
+    }
+
+
+def _sessions_wall_s(path: Path) -> float:
+    total = 0.0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError):
+                rec = json.loads(line)
+                if rec.get("event") == "end":
+                    total += float(rec.get("wall_s") or 0.0)
+    return total
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+def _write_table(rows: list[dict[str, Any]], csv_path: Path, jsonl_path: Path) -> None:
+    columns = ["study", "number", "state", "source", "key", "duplicate_of", "retry_of", "feasible", "macs",
+               "macs_ratio", "quality", "quality_full", "eval_s", "attempts", "node_id", "gpu_ids", "error", "arch"]
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    tmp.replace(csv_path)
+    tmpj = jsonl_path.with_suffix(".jsonl.tmp")
+    tmpj.write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+    tmpj.replace(jsonl_path)
+
+def evaluate_with_retries(
+    objective: Objective, arch: Arch, context: EvalContext, max_failures: int
+) -> TrialOutcome:
+    """Evaluate in-process, retrying up to ``max_failures`` times when the objective raises."""
+    error = None
+    for attempt in range(1, max_failures + 2):
+        start = time.time()
+        try:
+            metrics = dict(objective.evaluate(arch, context.fidelity, context))
+        except Exception as err:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
+            error = "".join(traceback.format_exception_only(type(err), err)).strip()
+            log.warning("%s trial %d (%s) failed on attempt %d: %s", context.study, context.trial_number,
+                        context.fidelity, attempt, error)
+            continue
+        end = time.time()
+        placement = {"node_id": "", "gpu_ids": [], "pid": os.getpid(), "host": socket.gethostname(),
+                     "device": context.device, "start": start, "end": end}
+        return TrialOutcome(metrics, None, placement, end - start, attempt)
+    return TrialOutcome(None, error, {"pid": os.getpid(), "host": socket.gethostname()}, 0.0, max_failures + 1)
+
+
+def _run_local(session: SearchSession, device: str) -> None:
+    cfg = session.config
+    active = list(session.drivers)
+    for _ in range(cfg.n_trials * (cfg.max_duplicate_proposals + 1) * max(1, len(active)) + 1):
+        if not active:
+            break
+        for drv in list(active):
+            got = drv.next_proposal()
+            if got is None:
+                active.remove(drv)
+                continue
+            trial, p = got
+            ctx = EvalContext(drv.spec.name, p.number, p.key, p.fidelity, device, session.seed, drv.spec.budget_ratio)
+            outcome = evaluate_with_retries(session.objective, p.arch, ctx, cfg.max_failures)
+            rec = drv.commit(p, outcome)
+            drv.tell(trial, rec)
+    for drv in session.drivers:
+        for p in drv.promotion_candidates():
+            drv.start_promotion(p)
+            ctx = EvalContext(drv.spec.name, p.number, p.key, p.fidelity, device, session.seed, drv.spec.budget_ratio)
+            drv.commit_promotion(p, evaluate_with_retries(session.objective, p.arch, ctx, cfg.max_failures))
+
+
+def run_search(
+    space: SearchSpace,
+    objective: Objective,
+    config: SearchConfig,
+    run: RunDir,
+    *,
+    intervals: Intervals | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    side_jobs: Mapping[str, Any] | None = None,
+) -> SearchResult:
+    """Run (or resume) the search described by ``config`` and write its outputs.
+
+    Args:
+        space: the search space (a :class:`ProductSpace` over experts for allocations).
+        objective: what to minimise (see :class:`Objective`).
+        config: the ``search`` section of the experiment config.
+        run: the run directory (``search/``, ``allocations/``, ``results.jsonl``).
+        intervals: the experts' intervals; needed to write ``allocations/search-<budget>.json``.
+        seed: used when ``config.seed`` is ``None`` (the experiment seed).
+        device: torch device of the local backend (Ray trials choose their own).
+        side_jobs: Ray backend only: ``name -> nas.ray_backend.SideJob`` run beside the studies
+            (the router's training).
+
+    Re-running the same call after a crash resumes: evaluated architectures are not evaluated
+    again, interrupted ones are, and the outputs are rewritten from everything stored.
+    """
+    if config.backend == "ray":
+        from nas.ray_backend import run_search_ray
+
+        return run_search_ray(space, objective, config, run, intervals=intervals, seed=seed, side_jobs=side_jobs)
+    if side_jobs:
+        raise UserError("side jobs (router training beside the search) need search.backend=ray")
+    with SearchSession(space, objective, config, run, intervals, seed) as session:
+        _run_local(session, device)
+        return session.finish()
