@@ -36,6 +36,11 @@ class SearchConfig:
             known beforehand; they are told to Optuna as pruned, with their constraint value).
             ``null`` (auto): skip with ``tpe`` and ``random`` (TPE learns feasibility from pruned
             trials), evaluate with ``gp`` and ``nsga2`` (they learn only from evaluated trials).
+        shrink_infeasible: constrained mode: a skipped arch over the budget is also shrunk to
+            the budget (random one-choice steps down, seeded by the study and trial number) and
+            the shrunk arch is evaluated next (source ``shrunk``), so the search explores the
+            feasible region even where the sampler's proposals mostly land outside it (a tight
+            budget such as 0.3).
         storage: ``sqlite`` (``search/study.db``), ``journal`` (``search/journal.log``), or an
             Optuna storage URL / file path (``sqlite:///...``, ``postgresql://...``, ``x.log``).
         study_prefix: study names are ``<prefix>-b<budget>`` (``<prefix>-mo`` for multi-objective).
@@ -59,6 +64,7 @@ class SearchConfig:
     seed: Optional[int] = None
     enqueue_known: bool = True
     skip_infeasible: Optional[bool] = None
+    shrink_infeasible: bool = True
     storage: str = "sqlite"
     study_prefix: str = "search"
     backend: Literal["ray", "local"] = "ray"

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
@@ -18,12 +18,16 @@ from nas.errors import UserError
 from search_spaces import Arch, ProductSpace, SearchSpace
 from search_spaces.uniform import uniform_arch
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
 __all__ = [
     "allocation_path",
     "allocation_to_arch",
     "arch_key",
     "arch_to_allocation",
     "known_points",
+    "shrink_to_budget",
     "uniform_width_arch",
 ]
 
@@ -156,3 +160,34 @@ def known_points(
                 except (ValueError, KeyError, OSError) as err:
                     log.warning("router allocation %s does not fit the search space (%s); not enqueued", path, err)
     return out
+
+
+def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: float,
+                     rng: "np.random.Generator") -> Arch | None:
+    """``arch`` shrunk until its MACs are at most ``max_macs``: one random free dimension at a
+    time steps one choice down (a kept layer is removed), so the result keeps the proposal's
+    pattern (which experts and blocks were large) while meeting the budget. ``None`` when even
+    stepping everything down does not fit. Bounded by the number of possible steps.
+
+    Example:
+        >>> import numpy as np
+        >>> from search_spaces import Dimension, SimpleSpace
+        >>> s = SimpleSpace([Dimension("a", (8, 16, 32)), Dimension("b", (8, 16, 32))],
+        ...                 macs_fn=lambda x: x["a"] + x["b"])
+        >>> small = shrink_to_budget(s, s.full(), 40, np.random.default_rng(0))
+        >>> s.macs(small) <= 40
+        True
+    """
+    free = {d.name: d for d in space.free_dimensions() if len(d.choices) > 1}
+    idx = {n: d.index(arch[n]) for n, d in free.items()}
+    for _ in range(sum(idx.values()) + 1):
+        cand = space.repair(space.complete({**{k: arch[k] for k in arch if k in free},
+                                            **{n: free[n].choices[i] for n, i in idx.items()}}))
+        if space.is_valid(cand) and space.macs(cand) <= max_macs:
+            return cand
+        movable = sorted(n for n, i in idx.items() if i > 0)
+        if not movable:
+            return None
+        idx[movable[int(rng.integers(len(movable)))]] -= 1
+    return None
+

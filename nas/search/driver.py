@@ -13,10 +13,12 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from nas.config import SearchConfig
 from nas.errors import UserError
 from nas.rundir import RunDir, to_jsonable
-from nas.search.allocations import arch_key
+from nas.search.allocations import arch_key, shrink_to_budget
 from nas.search.ledger import _EPS, Proposal, StudyLedger, StudySpec, TrialOutcome
 from nas.search.storage import _optuna
 from search_spaces import Arch, SearchSpace
@@ -327,8 +329,23 @@ class StudyDriver:
             trial.set_user_attr(_ATTR_STATE, "skipped_infeasible")
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.counts["skipped_infeasible"] += 1
+            if self.config.shrink_infeasible:
+                self._enqueue_shrunk(p)
         else:
             raise ValueError(f"not a non-new proposal kind: {kind!r}")
+
+    def _enqueue_shrunk(self, p: Proposal) -> None:
+        """Queue ``p``'s arch shrunk to the budget as the next proposal (see
+        ``search.shrink_infeasible``); nothing when it cannot fit or is already known."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(self.spec.name.encode()), p.number])
+        shrunk = shrink_to_budget(self.space, p.arch, self.spec.budget_ratio * self.full_macs, rng)
+        if shrunk is None:
+            return
+        key = arch_key(shrunk)
+        if key in self.completed or key in self.inflight:
+            return
+        self.study.enqueue_trial(self.params_of(shrunk), user_attrs={_ATTR_SOURCE: "shrunk"})
+        self.counts["shrunk"] = self.counts.get("shrunk", 0) + 1
 
     def reject(self, trial: Any, err: Exception) -> None:
         """A proposal the space could not turn into a valid arch: failed, never evaluated."""
