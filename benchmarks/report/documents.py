@@ -52,7 +52,7 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         ("ms/image", fmt_num(r.get("latency_ms_per_image"), 2), r.get("latency_ms_per_image")),
         ("speed-up", fmt_num(r.get("speedup"), 2), r.get("speedup")),
         ("steps", str(r.get("num_steps") if r.get("num_steps") is not None else "-"), r.get("num_steps")),
-        ("fine-tune (steps x batch)", ft_text, None),
+        ("fine-tune, all experts (steps x batch)", ft_text, None),
         ("search/routing cost", cost_text, None),
     ]
 

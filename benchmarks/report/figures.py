@@ -49,9 +49,14 @@ def _plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
             ys = [p[1] for p in pts]
             lo = [p[1] - p[2] if p[2] is not None else 0.0 for p in pts]
             hi = [p[3] - p[1] if p[3] is not None else 0.0 for p in pts]
+            # the routed mixture is drawn large and hollow, on top: when the search keeps the
+            # router's allocation the two points coincide and both must stay visible
+            hollow = m == "routed"
             ax.errorbar(xs, ys, yerr=[lo, hi], color=_COLORS.get(m, "gray"), marker=_MARKERS.get(m, "o"),
-                        markersize=9 if m == "base" else 6, capsize=3, linestyle="-" if len(xs) > 1 else "none",
-                        linewidth=1.0, label=METHOD_LABELS.get(m, m), alpha=0.9)
+                        markersize=9 if m == "base" else 11 if hollow else 6, capsize=3,
+                        linestyle="-" if len(xs) > 1 else "none", linewidth=1.0, label=METHOD_LABELS.get(m, m),
+                        alpha=0.9, markerfacecolor="none" if hollow else None, markeredgewidth=1.6 if hollow else None,
+                        zorder=3 if hollow else 2)
             if metric == "fid":
                 front = summary["methods"][m]["pareto"]
                 ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none",
