@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/router_synthetic.py
 
 clean-venv:
 	rm -rf $(VENV)
