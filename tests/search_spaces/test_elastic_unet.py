@@ -98,15 +98,21 @@ def test_set_active_does_not_allocate_new_mask_tensors(tiny_unet):
     assert {k: v.data_ptr() for k, v in net._masks.items()} == before
 
 
+def _one_hot_weights(space, arch) -> dict:
+    """Straight one-hot relaxed weights (requiring grad) selecting ``arch``."""
+    weights = {}
+    for d in space.free_dimensions():
+        w = torch.zeros(len(d.choices))
+        w[d.index(arch[d.name])] = 1.0
+        weights[d.name] = w.requires_grad_(True)
+    return weights
+
+
 def test_relaxed_one_hot_equals_hard_arch_and_is_differentiable(tiny_attn_unet):
     net = ElasticUNet(tiny_attn_unet)
     kw = unet_inputs(net.unet)
     arch = net.space.sample(np.random.default_rng(5))
-    weights = {}
-    for d in net.space.free_dimensions():
-        w = torch.zeros(len(d.choices))
-        w[d.index(arch[d.name])] = 1.0
-        weights[d.name] = w.requires_grad_(True)
+    weights = _one_hot_weights(net.space, arch)
     net.set_active_relaxed(weights)
     out_relaxed = net(**kw).sample
     out_relaxed.pow(2).mean().backward()
@@ -223,11 +229,7 @@ def test_relaxed_width_zero_one_hot_equals_hard(tiny_unet):
     net = ElasticUNet(tiny_unet)
     kw = unet_inputs(net.unet)
     arch = net.space.complete(_all_branches_dropped(net.space))
-    weights = {}
-    for dim in net.space.free_dimensions():
-        w = torch.zeros(len(dim.choices))
-        w[dim.index(arch[dim.name])] = 1.0
-        weights[dim.name] = w.requires_grad_(True)
+    weights = _one_hot_weights(net.space, arch)
     net.set_active_relaxed(weights)
     out_relaxed = net(**kw).sample
     out_relaxed.sum().backward()
