@@ -235,7 +235,7 @@ def offline(monkeypatch, tmp_path: Path):
     """No env var, no download allowed, clean-fid's /tmp location empty; downloads/loads fail loudly."""
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     monkeypatch.delenv(ALLOW_DOWNLOAD_ENV, raising=False)
-    monkeypatch.setattr(metrics, "_CLEANFID_DEFAULT_FOLDER", tmp_path / "cleanfid-default")
+    monkeypatch.setattr("nas.metrics.inception_weights._CLEANFID_DEFAULT_FOLDER", tmp_path / "cleanfid-default")
     import urllib.request
 
     import cleanfid.downloads_helper
