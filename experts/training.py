@@ -28,6 +28,10 @@ picklable :class:`ExpertJob` per interval; :func:`run_expert_job` (= :func:`trai
 trains one of them anywhere the folder is visible, and :func:`load_experts` reads the result.
 This module never imports ray; ``nas/ray_backend.py`` submits the jobs.
 
+The training loop itself (:func:`run_training`, :class:`ExpertTrainSettings`, :class:`TrainLog`,
+the checkpoint files) lives in :mod:`experts.train_loop` and is re-exported here: import from
+``experts.training`` as before.
+
 Example::
 
     >>> from experts.training import ExpertTrainSettings, train_experts
@@ -39,16 +43,13 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import math
-import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,26 @@ import torch
 from torch import nn
 
 from experts.intervals import Intervals
-from experts.losses import expert_loss, make_batch, training_scheduler
+from experts.losses import training_scheduler
+
+# The training loop and its checkpoints live in experts.train_loop; every name of it that was
+# importable from here (private helpers included) still is.
+from experts.train_loop import (  # noqa: F401
+    ExpertTrainSettings,
+    TrainLog,
+    _expand_kwargs,
+    _flatten_optimizer,
+    _is_supernet,
+    _jsonable,
+    _load_checkpoint,
+    _recover,
+    _rmtree,
+    _save_checkpoint,
+    _unflatten_optimizer,
+    _weights_module,
+    run_training,
+    sandwich_archs,
+)
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -89,68 +109,6 @@ MANIFEST = "manifest.json"
 EXPERT_META = "diffnas_expert.json"
 SUPERNET_DIR = "supernet"
 CHECKPOINTS_DIR = "checkpoints"
-
-
-@dataclass(frozen=True)
-class ExpertTrainSettings:
-    """How each expert is trained (``experts.*`` keys of the experiment config).
-
-    Attributes:
-        steps: optimiser steps per expert.
-        batch_size: images per step (every sub-network of a step sees the same batch).
-        learning_rate, weight_decay: AdamW.
-        random_archs: random sub-networks per step besides the full and the smallest one.
-        distill_weight: weight of the distillation loss (MSE to the frozen pretrained model).
-        grad_clip: max gradient norm (``None``: no clipping).
-        checkpoint_every: steps between checkpoints.
-        seed: seeds the batches, timesteps, noise and sampled archs.
-        sandwich: ``False`` trains the full arch only (a plain per-interval fine-tuning).
-    """
-
-    steps: int = 500
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.0
-    random_archs: int = 2
-    distill_weight: float = 1.0
-    grad_clip: float | None = 1.0
-    checkpoint_every: int = 50
-    seed: int = 0
-    sandwich: bool = True
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        if self.random_archs < 0:
-            raise ValueError(f"random_archs must be >= 0, got {self.random_archs}")
-        if self.distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-
-    def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share to be resumed (all but ``steps``, ``checkpoint_every``)."""
-        d = dataclasses.asdict(self)
-        d.pop("steps")
-        d.pop("checkpoint_every")
-        return d
-
-
-@dataclass(frozen=True)
-class TrainLog:
-    """What one training call did: final step, per-step losses, seconds (all calls together)."""
-
-    step: int
-    losses: tuple[dict[str, float], ...]
-    seconds: float
-
-    def mean_loss(self, key: str = "loss", last: int = 20) -> float:
-        vals = [r[key] for r in self.losses[-last:] if key in r]
-        return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
 @dataclass(frozen=True)
@@ -208,88 +166,6 @@ def base_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _is_supernet(m: nn.Module) -> bool:
-    return hasattr(m, "set_active") and hasattr(m, "space")
-
-
-def _weights_module(m: nn.Module) -> nn.Module:
-    return m.unet if _is_supernet(m) else m
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for idx, st in sd["state"].items():
-        for key, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{idx}.{key}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[key] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, st in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _rmtree(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-
-
-def _recover(ckpt: Path) -> None:
-    """After a kill during the checkpoint swap, keep whichever complete checkpoint is left."""
-    old = ckpt.with_name(ckpt.name + ".old")
-    if not ckpt.exists() and old.exists():
-        old.rename(ckpt)
-    _rmtree(ckpt.with_name(ckpt.name + ".tmp"))
-    _rmtree(old)
-
-
-def _save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     rng: np.random.Generator, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in _weights_module(model).state_dict().items()},
-              str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(opt)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    full = dict(state)
-    full["optimizer"] = opt_meta
-    full["torch_rng"] = base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
-    full["numpy_rng"] = rng.bit_generator.state
-    (tmp / "state.json").write_text(json.dumps(full, indent=1))
-    old = ckpt.with_name(ckpt.name + ".old")
-    _rmtree(old)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    _rmtree(old)
-
-
-def _load_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     rng: np.random.Generator) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    state = json.loads((ckpt / "state.json").read_text())
-    weights = load_file(str(ckpt / "model.safetensors"))
-    _weights_module(model).load_state_dict(weights, strict=True)
-    opt.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
-    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
-    rng.bit_generator.state = state["numpy_rng"]
-    return state
-
-
 @contextlib.contextmanager
 def quiet_diffusers() -> Iterator[None]:
     """Silence diffusers' INFO/WARNING logs (e.g. the "install accelerate" note on every load)."""
@@ -301,146 +177,6 @@ def quiet_diffusers() -> Iterator[None]:
         yield
     finally:
         dlog.set_verbosity(level)
-
-
-def _jsonable(d: Mapping[str, Any]) -> Any:
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-# --------------------------------------------------------------------------------------------
-# the training loop (shared with experts.finetune)
-
-
-def sandwich_archs(space: Any, rng: np.random.Generator, random_archs: int) -> list[Arch]:
-    """Full arch, smallest arch, then ``random_archs`` uniformly sampled archs."""
-    return [space.full(), space.smallest()] + [space.sample(rng) for _ in range(random_archs)]
-
-
-def run_training(
-    student: nn.Module,
-    teacher: nn.Module | None,
-    images: torch.Tensor,
-    intervals: Intervals,
-    k: int,
-    settings: ExpertTrainSettings,
-    noise_scheduler: Any,
-    ckpt_dir: Path,
-    identity: Mapping[str, Any],
-    *,
-    choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None = None,
-    device: str | torch.device = "cpu",
-    model_kwargs: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    desc: str = "expert",
-    max_steps_this_call: int | None = None,
-) -> TrainLog:
-    """Train ``student`` on interval ``k`` up to ``settings.steps``, resuming from ``ckpt_dir``.
-
-    Args:
-        student: a supernet (``choose_archs`` gives the sub-networks of each step) or a plain
-            model (``choose_archs`` None: one call per step).
-        teacher: frozen model for distillation, or None.
-        images: training samples (N, C, H, W) (latents for latent models), kept on the CPU.
-        identity: what must match to resume a checkpoint (settings, intervals, base, arch...).
-        choose_archs: per step, the archs to evaluate (``None`` entries: leave as is).
-        max_steps_this_call: stop after this many steps of this call (time slicing; how the
-            tests simulate a kill); the state is checkpointed, and a later call continues.
-
-    Returns:
-        the log of all steps so far (from the checkpoint and this call).
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
-    ident = _jsonable(identity)
-    student.to(device)
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(k))
-    rng = np.random.default_rng([int(settings.seed), int(k)])
-    step, losses, seconds = 0, [], 0.0
-    _recover(ckpt_dir)
-    if (ckpt_dir / "state.json").is_file():
-        stored = json.loads((ckpt_dir / "state.json").read_text()).get("identity")
-        if stored != ident:
-            diff = sorted(key for key in set(stored or {}) | set(ident) if (stored or {}).get(key) != ident.get(key))
-            raise UserError(
-                f"the checkpoint in {ckpt_dir} was made with other settings ({', '.join(diff)} differ); "
-                f"delete {ckpt_dir.parent.parent} (or that checkpoint) to start again, or use another run name"
-            )
-        state = _load_checkpoint(ckpt_dir, student, opt, gen, rng)
-        step, losses, seconds = int(state["step"]), list(state.get("losses", [])), float(state.get("seconds", 0.0))
-        if step > settings.steps:
-            raise UserError(
-                f"{ckpt_dir} is already at step {step} > steps={settings.steps}; raise the steps or delete the checkpoint"
-            )
-        log.info("%s: resuming at step %d of %d", desc, step, settings.steps)
-    end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
-    pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
-    student.train()
-    t_start = time.perf_counter()
-
-    def save() -> None:
-        state = {"step": step, "identity": ident, "losses": losses,
-                 "seconds": seconds + time.perf_counter() - t_start}
-        _save_checkpoint(ckpt_dir, student, opt, gen, rng, state)
-
-    try:
-        while step < end:
-            batch = make_batch(images, intervals, k, settings.batch_size, gen).to(device)
-            archs = list(choose_archs(rng)) if choose_archs is not None else [None]
-            teacher_out = None
-            if teacher is not None and settings.distill_weight > 0:
-                x_t = noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
-                with torch.no_grad():
-                    out = teacher(x_t, batch.t, **_expand_kwargs(model_kwargs, x_t.shape[0]))
-                    teacher_out = out.sample if hasattr(out, "sample") else out
-            opt.zero_grad(set_to_none=True)
-            record: dict[str, float] = {}
-            tot = den = dis = 0.0
-            for j, arch in enumerate(archs):
-                if arch is not None:
-                    student.set_active(arch)
-                res = expert_loss(student, None, batch, noise_scheduler, distill_weight=settings.distill_weight,
-                                  teacher_out=teacher_out, model_kwargs=model_kwargs)
-                (res.total / len(archs)).backward()
-                tot += float(res.total.detach())
-                den += float(res.denoise.detach())
-                dis += float(res.distill.detach())
-                if choose_archs is not None and j == 0:
-                    record["loss_full"] = float(res.total.detach())
-                if choose_archs is not None and j == 1:
-                    record["loss_smallest"] = float(res.total.detach())
-            if settings.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
-            if _is_supernet(student):
-                student.set_active(student.space.full())
-            n = len(archs)
-            record.update({"loss": tot / n, "denoise": den / n, "distill": dis / n})
-            if not all(math.isfinite(v) for v in record.values()):
-                raise FloatingPointError(f"{desc}: non-finite loss at step {step + 1} ({record}); lower the learning rate")
-            step += 1
-            losses.append({"step": step, **{key: round(v, 6) for key, v in record.items()}})
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{record['loss']:.4f}")
-            if step % settings.checkpoint_every == 0 and step < end:
-                save()
-        save()
-    finally:
-        pbar.close()
-        student.eval()
-    return TrainLog(step, tuple(losses), seconds + time.perf_counter() - t_start)
-
-
-def _expand_kwargs(model_kwargs: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
-    kw = dict(model_kwargs or {})
-    for key, v in list(kw.items()):
-        if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == 1 and batch > 1:
-            kw[key] = v.expand(batch, *v.shape[1:])
-    return kw
 
 
 # --------------------------------------------------------------------------------------------
