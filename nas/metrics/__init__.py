@@ -97,8 +97,10 @@ from nas.metrics.inception_weights import (
 )
 from nas.metrics.reference import _slug, images_hash, reference_cache_path, reference_features
 
-# ``_CLEANFID_DEFAULT_FOLDER`` is deliberately not re-exported: it is read in
-# nas.metrics.inception_weights, so patch it there.
+# The private names above are re-exported so that ``from nas.metrics import _x`` keeps working;
+# to monkeypatch one, patch it in the submodule that uses it (patching it here changes nothing).
+# ``_CLEANFID_DEFAULT_FOLDER`` is deliberately not re-exported (a patch here would silently do
+# nothing): it is read in nas.metrics.inception_weights, so patch it there.
 
 __all__ = [
     "ALLOW_DOWNLOAD_ENV",

@@ -1,0 +1,106 @@
+"""The comparison behind ``diffnas bench``: allocation methods and baselines at equal MACs and equal cost.
+
+For every budget ``b`` of ``bench.budgets`` (fractions of the base model's trajectory MACs), on the
+same data, sampler and step count:
+
+- ``routed``: the routing agent's allocation ``allocations/router-<b>.json``;
+- ``searched``: the Optuna/Ray allocation ``allocations/search-<b>.json``;
+- ``uniform``: every interval's expert at the same width, the largest
+  (:meth:`UNetSpace.uniform <search_spaces.UNetSpace.uniform>`) meeting the budget
+  (written to ``allocations/uniform-<b>.json``);
+- ``static``: one model pruned with torch-pruning to ``b`` of the base MACs, no intervals
+  (:mod:`benchmarks.static_pruning`, Diff-Pruning style Taylor importance by default);
+- ``base_steps``: the base model with ``floor(b x num_steps)`` sampling steps;
+
+and once, ``base``: the unpruned base model.
+
+Equal fine-tuning cost: the mixtures (routed, searched, uniform) are materialised and fine-tuned
+by :func:`experts.finetune.finetune_allocation` with ``experts.finetune_steps`` x
+``experts.finetune_batch_size`` per expert (to ``mixtures/<router|search|uniform>-<b>/``, the
+same folder ``diffnas finetune`` writes, reused when already there); the static model, one
+network for all ``K`` intervals, gets ``K x experts.finetune_steps`` steps of the same batch
+with the same loss and optimiser (:func:`experts.training.run_training` over the whole
+schedule), saved to ``mixtures/static-<b>/`` (:func:`benchmarks.static_pruning.save_pruned`).
+
+Each row: FID and KID through :mod:`nas.metrics` (clean-fid; the extractor of
+``evaluation.extractor``), ``bench.num_samples`` images per seed for each of ``bench.seeds``
+(at least 3), reported as mean and Student-t ``bench.confidence`` interval
+(:func:`nas.metrics.quality_with_ci`); trajectory MACs counted with fvcore
+(:func:`search_spaces.macs.count_unet_macs` of each network actually run, summed over the
+sampler's steps); latency per image of a whole trajectory at ``bench.latency_batch_size``,
+timed round-robin together with the base model in one call (:func:`nas.latency.compare_latency`),
+and the speed-up against that base timing; the search or routing cost from the allocation's
+``info``; a sample grid. Rows are appended to ``results.jsonl`` (``kind: bench``) as they
+finish; a rerun skips rows already there for the same method, budget and inputs
+(``config_key`` + the allocation's hash). A method whose inputs are missing is skipped with the
+reason logged and recorded (``kind: bench_skip``), never replaced by something else.
+
+Modules (every name is importable from ``benchmarks.bench``):
+
+- :mod:`benchmarks.bench.runner`: :func:`run_bench` (the measurement loop, one row per
+  method and budget) and :func:`prepare_models` (make the models only);
+- :mod:`benchmarks.bench.methods`: how each method gets its model (the routed / searched /
+  uniform mixtures, static pruning, the base model with fewer steps) and the plan of a call;
+- :mod:`benchmarks.bench.context`: the candidate record and the lazily loaded base model,
+  data and experts shared by the rows;
+- :mod:`benchmarks.bench.records`: row keys and resume lookup (:func:`bench_config_key`,
+  :func:`finished_rows`), skip records, :func:`normalize_cost`, machine and versions,
+  :class:`BenchResult` and :func:`format_bench`.
+
+Example::
+
+    >>> from nas.config import load_config
+    >>> from nas.rundir import RunDir
+    >>> cfg = load_config(preset="demo")
+    >>> result = run_bench(cfg, RunDir.from_config(cfg), "cpu")  # doctest: +SKIP
+    >>> [(r["method"], r["budget_ratio"], round(r["fid_mean"], 2)) for r in result.rows]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from benchmarks.bench.context import Candidate, _Context
+from benchmarks.bench.methods import (
+    _PRODUCER,
+    ALLOCATION_PREFIX,
+    STATIC_MARKER,
+    _base_candidate,
+    _candidate,
+    _finetune_settings,
+    _mixture_candidate,
+    _plan,
+    _prune,
+    _static_candidate,
+    _uniform_allocation,
+)
+from benchmarks.bench.records import (
+    RECORD_KIND,
+    SKIP_KIND,
+    BenchResult,
+    _bkey,
+    _file_hash,
+    _fmt,
+    _machine,
+    _record_skip,
+    _versions,
+    bench_config_key,
+    finished_rows,
+    format_bench,
+    normalize_cost,
+)
+from benchmarks.bench.runner import prepare_models, run_bench
+
+# The private names above are re-exported so that ``from benchmarks.bench import _x`` keeps working;
+# to monkeypatch one, patch it in the submodule that uses it (patching it here changes nothing).
+
+__all__ = [
+    "ALLOCATION_PREFIX",
+    "BenchResult",
+    "RECORD_KIND",
+    "SKIP_KIND",
+    "bench_config_key",
+    "format_bench",
+    "finished_rows",
+    "normalize_cost",
+    "prepare_models",
+    "run_bench",
+]
