@@ -234,7 +234,8 @@ def _train(config: DigitClassifierConfig) -> DigitClassifier:
     return model
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (weights fingerprints)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -260,7 +261,7 @@ def save_digit_classifier(model: DigitClassifier, folder: Path) -> None:
     weights = folder / WEIGHTS_FILENAME
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write_bytes(weights, lambda p: save_file(state, str(p)))
-    model.weights_sha256 = _sha256_file(weights)
+    model.weights_sha256 = sha256_file(weights)
     meta = {
         "config": model.config.to_json_dict(),
         "test_accuracy": model.test_accuracy,
@@ -285,7 +286,7 @@ def _try_load(folder: Path, expected: DigitClassifierConfig) -> DigitClassifier 
     if config != expected:
         logger.info("cached digit classifier has another recipe; retraining")
         return None
-    sha = _sha256_file(weights)
+    sha = sha256_file(weights)
     if sha != meta.get("weights_sha256"):
         logger.warning("digit classifier weights %s do not match their config; retraining", weights)
         return None

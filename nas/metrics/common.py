@@ -8,12 +8,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from nas.digit_classifier import sha256_file as _sha256_file  # one copy, re-exported for nas.metrics
 
 INCEPTION_ENV = "DIFFNAS_INCEPTION_WEIGHTS"
 ALLOW_DOWNLOAD_ENV = "DIFFNAS_ALLOW_DOWNLOAD"
@@ -40,12 +40,6 @@ def _check_images(images: Tensor, what: str) -> None:
         raise ValueError(f"{what} must be float in [-1, 1], got {images.dtype}")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _progress(it: Any, desc: str, total: int) -> Any:
