@@ -135,8 +135,7 @@ class RouterResult:
             # what this budget's allocation cost end to end: the (shared) training run plus its
             # own decode/repair; what diffnas bench reports as routing cost
             "cost": {"wall_s": self.train_seconds + o.decode_seconds,
-                     "evaluations": self.train_evaluations + o.evaluations,
-                     "train_s_shared_by_budgets": self.train_seconds if self.budget_conditioned else None},
+                     "evaluations": self.train_evaluations + o.evaluations},
             "decoded_ratio": o.decoded_ratio,
             "agent_budget_ratio": o.agent_budget_ratio,
             "decoded_arch": o.decoded_arch.to_dict(),

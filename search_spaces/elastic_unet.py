@@ -201,6 +201,9 @@ class ElasticUNet(nn.Module):
         """Fresh mask state and hooks on ``self.unet`` (which must carry none), at full arch."""
         self._masks: dict[str, torch.Tensor] = {}
         self._mask_full: dict[str, bool] = {}
+        # width sites whose conv2 bias hook must act: width 0 (hard) or any relaxed weights;
+        # a Python flag, so the hot path never reads a mask value back from the device
+        self._bias_hook_on: dict[str, bool] = {}
         self._tables: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
         self._controllers: dict[str, list[str]] = {}
@@ -215,7 +218,7 @@ class ElasticUNet(nn.Module):
         """
         new = type(self).__new__(type(self))
         nn.Module.__init__(new)
-        new.unet = _strip(copy.deepcopy(self.unet, memo))
+        new.unet = self.plain_unet()
         new.space = self.space
         new.importance = self.importance
         new.encoder_seq_len = self.encoder_seq_len
@@ -275,12 +278,10 @@ class ElasticUNet(nn.Module):
         """Width 0 drops conv2's bias too: out - (1 - P(width > 0)) * bias."""
 
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-            if self._mask_full[name]:
+            if not self._bias_hook_on.get(name, False):
                 return None
-            # mask[0] (first channel kept) = 1 at any width > 0, 0 at width 0, P(width > 0) relaxed
+            # mask[0] (first channel kept) = 0 at width 0, P(width > 0) relaxed
             keep_branch = self._masks[name][0].to(dtype=out.dtype, device=out.device)
-            if not keep_branch.requires_grad and bool(keep_branch == 1):
-                return None
             return out - (1 - keep_branch) * module.bias.view(1, -1, 1, 1)  # out: (B, C, H, W)
 
         return hook
@@ -306,6 +307,7 @@ class ElasticUNet(nn.Module):
                 dim = self.space.dimension(site.name)
                 full = v == dim.full
                 self._mask_full[site.name] = full
+                self._bias_hook_on[site.name] = v == 0
                 if not full:
                     if self._masks[site.name].requires_grad:  # left over from a relaxed pass
                         self._masks[site.name] = torch.ones(self._tables[site.name].shape[1])
@@ -328,6 +330,7 @@ class ElasticUNet(nn.Module):
             d = dims[site.name]
             w = weights.get(d.tied_to or site.name)
             if site.kind in ("width", "heads", "ffn"):
+                self._bias_hook_on[site.name] = w is not None
                 if w is None:
                     self._mask_full[site.name] = True
                     continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +33,7 @@ from search_spaces.errors import UserError
 # --------------------------------------------------------------------------- extractors
 
 
-class FeatureExtractor:
+class FeatureExtractor(ABC):
     """Maps images to feature vectors for FID/KID.
 
     ``name`` ("digits" or "inception") and ``feature_dim`` describe it; ``fingerprint``
@@ -57,13 +58,14 @@ class FeatureExtractor:
         self.fingerprint = fingerprint
 
     # subclasses implement these two
+    @abstractmethod
     def _prepare(self, images_u8: Tensor) -> Tensor:
         """(B, C, H, W) uint8 -> float NCHW in [0, 255], the model's input size."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def cleanfid_model(self) -> Callable[[Tensor], Tensor]:
-        raise NotImplementedError
+        """The network clean-fid calls on prepared batches: (B, C, H, W) -> (B, D) features."""
 
     @property
     def cleanfid_resize(self) -> Callable[[np.ndarray], np.ndarray] | None:

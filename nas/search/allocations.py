@@ -181,8 +181,7 @@ def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: floa
     free = {d.name: d for d in space.free_dimensions() if len(d.choices) > 1}
     idx = {n: d.index(arch[n]) for n, d in free.items()}
     for _ in range(sum(idx.values()) + 1):
-        cand = space.repair(space.complete({**{k: arch[k] for k in arch if k in free},
-                                            **{n: free[n].choices[i] for n, i in idx.items()}}))
+        cand = space.repair(space.complete({n: free[n].choices[i] for n, i in idx.items()}))
         if space.is_valid(cand) and space.macs(cand) <= max_macs:
             return cand
         movable = sorted(n for n, i in idx.items() if i > 0)
