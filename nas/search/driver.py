@@ -210,6 +210,10 @@ class StudyDriver:
                 self._set_attr(t, _ATTR_DUP, self.completed[key].get("number"))
                 self._tell_record(t.number, self.completed[key])
                 self.counts["duplicates"] += 1
+            elif key is not None and self.skip_infeasible and t.user_attrs.get("diffnas_feasible") is False:
+                # killed between classifying it over the budget and telling Optuna so: settle it as
+                # the live driver would have (pruned, its shrunk arch queued), never re-queue it
+                self._settle_interrupted_infeasible(t)
             else:
                 # the parameters it was asked with (an enqueued point's fixed params count too)
                 params = dict(t.system_attrs.get("fixed_params") or t.params)
@@ -239,6 +243,25 @@ class StudyDriver:
                 "as done but the sampler does not see them",
                 self.spec.name, len(orphans), orphans[:5],
             )
+
+    def _settle_interrupted_infeasible(self, frozen: Any) -> None:
+        optuna = _optuna()
+        self._set_attr(frozen, _ATTR_STATE, "skipped_infeasible")
+        self.study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+        self.counts["skipped_infeasible"] += 1
+        log.info("%s: trial %d was over the budget when the driver stopped; pruned now", self.spec.name,
+                 frozen.number)
+        if not self.config.shrink_infeasible:
+            return
+        params = dict(frozen.system_attrs.get("fixed_params") or frozen.params)
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+            arch = self._arch_from_params(params, require_all=True)
+            self._enqueue_shrunk(Proposal(
+                study=self.spec.name, number=int(frozen.number), arch=arch, key=arch_key(arch),
+                macs=int(frozen.user_attrs.get("diffnas_macs", 0)),
+                macs_ratio=float(frozen.user_attrs.get("diffnas_macs_ratio", 0.0)), constraint=None,
+                feasible=False, fidelity=self.search_fidelity, source="sampler",
+            ))
 
     def _set_attr(self, frozen: Any, key: str, value: Any) -> None:
         # optuna has no public API to set an attribute of a trial asked by another process

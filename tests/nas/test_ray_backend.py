@@ -267,8 +267,10 @@ def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(t
         assert t.user_attrs["diffnas_key"] == rec["key"] and t.state == optuna.trial.TrialState.COMPLETE
         assert t.values == [rec["quality"]]
     # a trial in flight at the kill is re-run, not lost (one killed while its parameters were being
-    # drawn was never dispatched and has no architecture)
+    # drawn was never dispatched and has no architecture; one killed after it was found over the
+    # budget is settled as skipped, not interrupted)
     interrupted = [t for t in trials if t.user_attrs.get("diffnas_state") == "interrupted"]
+    assert all(t.user_attrs.get("diffnas_feasible") is not False for t in interrupted)
     assert {t.user_attrs["diffnas_key"] for t in interrupted if "diffnas_key" in t.user_attrs} <= set(keys)
     assert "study search-b0.5: 10 evaluated" in rerun.stdout
 

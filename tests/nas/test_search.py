@@ -331,6 +331,37 @@ def test_a_driver_killed_between_commit_and_tell_or_mid_trial_is_reconciled(tmp_
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_a_driver_killed_after_asking_an_over_budget_trial_prunes_it_on_rerun(tmp_path):
+    """The kill lands after the proposal was found over the budget (its attributes are set) but
+    before Optuna was told it is pruned: the re-run settles it as skipped (never re-queues it, so
+    it is never evaluated) and queues its shrunk arch, as the live driver would have."""
+    space = _space()
+    run = RunDir(tmp_path, "r")
+    log = tmp_path / "evals.jsonl"
+    obj = SyntheticObjective(space, log_path=str(log))
+    cfg = _cfg(n_trials=3, enqueue_known=False, sampler="random", budgets=(0.3,))
+    with SearchSession(space, obj, cfg, run) as session:
+        (drv,) = session.drivers
+        for _ in range(50):  # draw until a proposal is over the budget, then "die" before telling it
+            trial = drv.study.ask(drv.distributions)
+            p = drv.proposal_from_trial(trial)
+            if not p.feasible:
+                break
+            drv.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        assert not p.feasible
+    res = run_search(space, obj, cfg, run)
+    study = _load_study(run, "search-b0.3")
+    t = study.trials[p.number]
+    assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["diffnas_state"] == "skipped_infeasible"
+    assert not [x for x in study.trials if x.user_attrs.get("diffnas_retry_of") == p.number]
+    assert not [x for x in study.trials if x.user_attrs.get("diffnas_state") == "interrupted"]
+    assert _starts(log)[(p.key, "proxy")] == 0
+    shrunk = [x for x in study.trials if x.user_attrs.get("diffnas_source") == "shrunk"]
+    assert shrunk and shrunk[0].number == p.number + 1  # its shrunk arch was the next proposal
+    assert shrunk[0].user_attrs["diffnas_macs_ratio"] <= 0.3 + 1e-9
+    assert res.studies[0].counts["skipped_infeasible"] >= 1 and res.studies[0].counts["interrupted"] == 0
+
+
 def test_a_second_driver_on_the_same_search_is_refused(tmp_path):
     space = _space()
     run = RunDir(tmp_path, "r")
