@@ -307,26 +307,14 @@ class _StudySearcher(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         drv = self._driver
         if self._phase == "search":
-            for _ in range(drv.config.max_duplicate_proposals):
-                if drv.remaining() <= 0:
-                    break
-                super().suggest(trial_id)  # Optuna ask (or the trial already asked for this id)
-                ot_trial = self._ot_trials[trial_id]
-                try:
-                    p = drv.proposal_from_trial(ot_trial)
-                except ValueError as err:
-                    drv.reject(ot_trial, err)
-                    del self._ot_trials[trial_id]
-                    continue
-                kind = drv.classify(p)
-                if kind == "new":
-                    drv.start(p)
-                    self._proposals[trial_id] = p
-                    return self._config(p)
-                drv.resolve_nonnew(ot_trial, p, kind)
-                del self._ot_trials[trial_id]
-            else:
-                drv.mark_exhausted()
+            def ask() -> Any:
+                super(_StudySearcher, self).suggest(trial_id)  # Optuna ask (or the trial already asked for this id)
+                return self._ot_trials[trial_id]
+
+            got = drv.next_proposal(ask=ask, settled=lambda: self._ot_trials.pop(trial_id, None))
+            if got is not None:
+                self._proposals[trial_id] = got[1]
+                return self._config(got[1])
             if not drv.search_done():
                 return None  # evaluations in flight; the promotion phase waits for them
             self._phase = "promote"

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,9 +57,8 @@ def _seed_for(base: int, study: str, n_existing: int) -> int:
 class StudyDriver:
     """One Optuna study plus its ledger in ``results.jsonl`` (:attr:`ledger`); backend-agnostic.
 
-    The backends call, in order: :meth:`open`; then repeatedly :meth:`next_proposal` (or, for
-    Ray's ``OptunaSearch``, :meth:`proposal_from_trial` + :meth:`classify` +
-    :meth:`resolve_nonnew` on a trial it asked), evaluate, :meth:`commit` (the commit point),
+    The backends call, in order: :meth:`open`; then repeatedly :meth:`next_proposal` (Ray's
+    ``OptunaSearch`` passes its own ``ask``), evaluate, :meth:`commit` (the commit point),
     then tell Optuna (:meth:`tell`); after the search phase, :meth:`promotion_candidates` and
     :meth:`commit_promotion`.
     """
@@ -404,23 +403,34 @@ class StudyDriver:
         """Mark a proposal as being evaluated."""
         self.inflight[p.key] = p.number
 
-    def next_proposal(self) -> tuple[Any, Proposal] | None:
-        """Ask Optuna until a new architecture comes (duplicates are answered on the way);
-        ``None`` when the search phase has nothing left to start."""
+    def next_proposal(
+        self, ask: Callable[[], Any] | None = None, settled: Callable[[], None] | None = None,
+    ) -> tuple[Any, Proposal] | None:
+        """Ask Optuna until a new architecture comes (duplicates, invalid and skipped proposals
+        are settled on the way); ``None`` when the search phase has nothing left to start.
+
+        Args:
+            ask: returns the next asked Optuna trial (default ``study.ask(distributions)``; the
+                Ray backend asks through ``OptunaSearch``).
+            settled: called after an asked trial was settled without an evaluation (the Ray
+                backend forgets its trial id then).
+        """
         for _ in range(self.config.max_duplicate_proposals):
             if self.remaining() <= 0:
                 return None
-            trial = self.study.ask(self.distributions)
+            trial = ask() if ask is not None else self.study.ask(self.distributions)
             try:
                 p = self.proposal_from_trial(trial)
             except ValueError as err:
                 self.reject(trial, err)
-                continue
-            kind = self.classify(p)
-            if kind == "new":
-                self.start(p)
-                return trial, p
-            self.resolve_nonnew(trial, p, kind)
+            else:
+                kind = self.classify(p)
+                if kind == "new":
+                    self.start(p)
+                    return trial, p
+                self.resolve_nonnew(trial, p, kind)
+            if settled is not None:
+                settled()
         self.mark_exhausted()
         return None
 
