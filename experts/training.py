@@ -26,7 +26,7 @@ uninterrupted run's weights exactly (the tests check this).
 Parallel experts (e.g. Ray tasks): :func:`prepare_expert_jobs` does step 1 and returns one
 picklable :class:`ExpertJob` per interval; :func:`run_expert_job` (= :func:`train_one_expert`)
 trains one of them anywhere the folder is visible, and :func:`load_experts` reads the result.
-This module never imports ray; ``nas/ray_backend.py`` submits the jobs.
+This module never imports ray; ``nas/ray_backend/`` submits the jobs.
 
 The training loop itself (:func:`run_training`, :class:`ExpertTrainSettings`, :class:`TrainLog`,
 the checkpoint files) lives in :mod:`experts.train_loop` and is re-exported here: import from
