@@ -12,6 +12,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel, VQModel
 from safetensors.torch import load_file
 
+import nas.embedded as embedded
 import nas.models as models
 from nas.models import BaseModel, load_base_model, load_folder, train_embedded_digits
 from nas.sampling import generate, make_scheduler
@@ -41,14 +42,14 @@ class Interrupt(Exception):
 
 
 def _interrupt_at(monkeypatch, step_index: int):
-    real = models._lr_at
+    real = embedded._lr_at
 
     def lr_at(step, settings):
         if step == step_index:
             raise Interrupt(f"killed at step {step}")
         return real(step, settings)
 
-    monkeypatch.setattr(models, "_lr_at", lr_at)
+    monkeypatch.setattr(embedded, "_lr_at", lr_at)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def test_interrupted_training_resumes_from_checkpoint_and_matches_uninterrupted(
     assert sorted(p.suffix for p in ckpt.iterdir()) == [".json", ".safetensors", ".safetensors", ".safetensors"]
     assert not (resumed_dir / models.MARKER_FILE).exists()
 
-    with caplog.at_level(logging.INFO, logger="nas.models"):
+    with caplog.at_level(logging.INFO, logger="nas.embedded"):
         train_embedded_digits(resumed_dir, images, cfg, progress=False)
     assert "resuming base-model training from step 4/6" in caplog.text
     info = json.loads((resumed_dir / models.MARKER_FILE).read_text())
@@ -112,7 +113,7 @@ def test_second_call_reuses_without_training(tmp_path, images, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("retrained instead of reusing")
 
-    monkeypatch.setattr(models, "build_embedded_unet", no_training)
+    monkeypatch.setattr(embedded, "build_embedded_unet", no_training)
     second = load_base_model("embedded:digits", model_cfg=cfg, images=images, cache_dir=tmp_path, progress=False)
     assert second.path == first.path
     x = unet_inputs(first.unet, batch_size=2)
@@ -184,7 +185,7 @@ def test_bare_unet_folder_with_scheduler_config(tmp_path):
 
 def test_bare_unet_folder_without_scheduler_uses_ddpm_defaults(tmp_path, caplog):
     build_tiny_unet().save_pretrained(tmp_path / "m", safe_serialization=True)
-    with caplog.at_level(logging.WARNING, logger="nas.models"):
+    with caplog.at_level(logging.WARNING, logger="nas.model_folders"):
         base = load_folder(tmp_path / "m")
     assert base.scheduler_config["num_train_timesteps"] == DDPMScheduler().config.num_train_timesteps
     assert "no scheduler_config.json" in caplog.text

@@ -1,0 +1,300 @@
+"""The embedded base model: a small ``UNet2DModel`` trained here on scikit-learn's digits
+(16x16), once; later calls reuse it (a hash of the training config is stored beside the
+weights). Training shows a progress bar, checkpoints every N steps (safetensors + JSON, no
+pickles) and resumes from the last checkpoint after a kill. Loaded through
+:func:`nas.models.load_base_model` (``embedded:digits``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_spaces.errors import UserError
+
+from nas.model_folders import MARKER_FILE, _read_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+# Training settings that change the trained weights (and so the config hash), with the defaults
+# used when the config object does not carry the field.
+_TRAIN_FIELDS: dict[str, Any] = {
+    "train_steps": 2000,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 2,
+    "norm_num_groups": 8,
+    "num_train_timesteps": 1000,
+    "attention": True,
+    "ema_decay": 0.999,
+    "warmup_steps": 100,
+    "beta_schedule": "squaredcos_cap_v2",
+    "seed": 0,
+}
+
+
+def _load_digits() -> torch.Tensor:
+    """Digits (N, 1, 16, 16) in [-1, 1] (nas.data's loader)."""
+    return digits_16()
+
+
+def digits_16() -> torch.Tensor:
+    """scikit-learn's 1,797 8x8 digits, resized to 16x16, scaled to [-1, 1]: (N, 1, 16, 16)."""
+    from nas.data import load_digits_images
+
+    return load_digits_images(16)
+
+
+def embedded_settings(model_cfg: Any) -> dict:
+    """The training settings that determine the weights, from a config object (missing -> default)."""
+    out = {}
+    for key, default in _TRAIN_FIELDS.items():
+        value = getattr(model_cfg, key, default) if model_cfg is not None else default
+        out[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def config_hash(settings: dict, images: torch.Tensor) -> str:
+    """sha256 of the training settings and the training data (shape and bytes)."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_embedded_unet(settings: dict, *, in_channels: int = 1, sample_size: int = 16):
+    """The embedded UNet2DModel: attention (if on) in every level but the top one, and in the mid block."""
+    from diffusers import UNet2DModel
+
+    channels = tuple(int(c) for c in settings["block_out_channels"])
+    n = len(channels)
+    attn = bool(settings["attention"])
+    down = tuple("AttnDownBlock2D" if attn and i > 0 else "DownBlock2D" for i in range(n))
+    up = tuple(reversed(tuple(d.replace("Down", "Up") for d in down)))
+    return UNet2DModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=channels, layers_per_block=int(settings["layers_per_block"]),
+        norm_num_groups=int(settings["norm_num_groups"]), down_block_types=down, up_block_types=up,
+        add_attention=attn, attention_head_dim=min(32, channels[-1]),
+    )
+
+
+def build_training_scheduler(settings: dict):
+    """DDPMScheduler for training: epsilon prediction, the configured beta schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=int(settings["num_train_timesteps"]),
+        beta_schedule=str(settings["beta_schedule"]), prediction_type="epsilon", clip_sample=True,
+    )
+
+
+def _lr_at(step: int, settings: dict) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak learning rate."""
+    peak = float(settings["learning_rate"])
+    warm = max(1, min(int(settings["warmup_steps"]), int(settings["train_steps"]) // 10 or 1))
+    if step < warm:
+        return peak * (step + 1) / warm
+    total = max(1, int(settings["train_steps"]) - warm)
+    frac = min(1.0, (step - warm) / total)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (safetensors) plus a JSON-able remainder."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, st in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _save_checkpoint(ckpt: Path, step: int, unet, ema: dict, opt, gen: torch.Generator, settings: dict, digest: str,
+                     loss_ema: float) -> None:
+    from safetensors.torch import save_file
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    opt_tensors["__rng_state__"] = gen.get_state()
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps(
+        {"step": step, "config_hash": digest, "settings": settings, "optimizer": opt_meta,
+         "seed": settings["seed"], "loss_ema": loss_ema}, indent=1))
+    # swap atomically-ish: a kill leaves either the old or the new checkpoint complete
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    if old.exists():
+        for p in old.iterdir():
+            p.unlink()
+        old.rmdir()
+
+
+def _recover_checkpoint_dir(ckpt: Path) -> None:
+    """After a kill during the swap, restore whichever complete checkpoint is left."""
+    old = ckpt.with_name(ckpt.name + ".old")
+    if not ckpt.exists() and old.exists():
+        old.rename(ckpt)
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if tmp.exists():
+        for p in tmp.iterdir():
+            p.unlink()
+        tmp.rmdir()
+
+
+def train_embedded_digits(
+    out_dir: Path,
+    images: torch.Tensor,
+    model_cfg: Any = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train the embedded UNet2DModel on ``images`` into ``out_dir`` (resumable); reuse if done.
+
+    Writes ``out_dir`` as a diffusers DDPM pipeline folder (``model_index.json``, ``unet/``,
+    ``scheduler/``; load it with ``DDPMPipeline.from_pretrained(out_dir)``), the EMA weights as
+    the UNet, and ``diffnas_base.json`` (config hash, settings, timing) last. While training,
+    ``out_dir/checkpoint/`` holds the latest checkpoint (model, EMA, AdamW state and the data
+    RNG state as safetensors, step and settings as JSON): rerunning after a kill resumes from it,
+    and on the CPU the result is bitwise the same as an uninterrupted run.
+
+    Args:
+        out_dir: the model folder.
+        images: (N, C, H, W) in [-1, 1]; H == W.
+        model_cfg: attribute access for the fields in ``_TRAIN_FIELDS`` plus ``checkpoint_every``.
+        device: "cpu", "cuda", ...
+        progress: tqdm bar.
+
+    Raises:
+        UserError: ``out_dir`` holds a model or checkpoint trained with a different config.
+
+    Example::
+
+        >>> path = train_embedded_digits(Path("runs/x/base/d"), digits_16(), cfg.model)  # doctest: +SKIP
+    """
+    from diffusers import DDPMPipeline
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    settings = embedded_settings(model_cfg)
+    digest = config_hash(settings, images)
+    marker = out_dir / MARKER_FILE
+    if marker.is_file():
+        done = _read_json(marker)
+        if done.get("config_hash") == digest:
+            log.info("reusing the trained base model in %s", out_dir)
+            return out_dir
+        raise UserError(
+            f"{out_dir} holds a base model trained with a different config (hash "
+            f"{done.get('config_hash', '?')[:10]} != {digest[:10]}); use another folder or delete it"
+        )
+    ckpt = out_dir / CHECKPOINT_DIR
+    _recover_checkpoint_dir(ckpt)
+    every = max(1, int(getattr(model_cfg, "checkpoint_every", 250) if model_cfg is not None else 250))
+    total = int(settings["train_steps"])
+    batch = int(settings["batch_size"])
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise UserError(f"training images must be (N, C, H, W) with H == W, got {tuple(images.shape)}")
+
+    torch.manual_seed(int(settings["seed"]))
+    unet = build_embedded_unet(settings, in_channels=int(images.shape[1]), sample_size=int(images.shape[-1]))
+    unet.to(device).train()
+    scheduler = build_training_scheduler(settings)
+    opt = torch.optim.AdamW(unet.parameters(), lr=float(settings["learning_rate"]), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(int(settings["seed"]))  # batches, timesteps, noise (CPU)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    start, loss_ema = 0, float("nan")
+    if (ckpt / "state.json").is_file():
+        state = _read_json(ckpt / "state.json")
+        if state.get("config_hash") != digest:
+            raise UserError(
+                f"{ckpt} is a checkpoint of a different config; delete it or use another folder"
+            )
+        unet.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
+        ema = load_file(ckpt / "ema.safetensors", device=str(device))
+        opt_tensors = load_file(ckpt / "optimizer.safetensors")
+        gen.set_state(opt_tensors.pop("__rng_state__"))
+        opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
+        start, loss_ema = int(state["step"]), float(state.get("loss_ema", float("nan")))
+        log.info("resuming base-model training from step %d/%d (%s)", start, total, ckpt)
+
+    data = images.to(torch.float32)
+    live = unet.state_dict()
+    float_keys = [k for k, v in live.items() if v.dtype.is_floating_point]
+    ema_list = [ema[k] for k in float_keys]
+    live_list = [live[k] for k in float_keys]
+    alphas = scheduler.alphas_cumprod.to(device)
+    decay_max = float(settings["ema_decay"])
+    n_params = sum(p.numel() for p in unet.parameters())
+    log.info("training the embedded base model (%.2fM parameters) for %d steps on %s", n_params / 1e6, total, device)
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train base", disable=not progress, dynamic_ncols=True)
+    for step in range(start, total):
+        idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
+        x0 = data[idx].to(device)  # (B,C,H,W)
+        noise = torch.randn(x0.shape, generator=gen).to(device)  # (B,C,H,W)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(device)  # (B,)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, settings)
+        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(decay_max, (1 + step) / (10 + step))
+        with torch.no_grad():  # EMA of the float tensors (all of the UNet's state is float)
+            torch._foreach_lerp_(ema_list, [v.detach() for v in live_list], 1.0 - decay)
+        value = float(loss.detach())
+        loss_ema = value if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}", refresh=False)
+        done_steps = step + 1
+        if done_steps % every == 0 and done_steps < total:
+            _save_checkpoint(ckpt, done_steps, unet, ema, opt, gen, settings, digest, loss_ema)
+    bar.close()
+    elapsed_s = time.perf_counter() - t0
+
+    unet.load_state_dict(ema)
+    unet.eval()
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out_dir, safe_serialization=True)
+    marker.write_text(json.dumps(
+        {"config_hash": digest, "settings": settings, "parameters": n_params, "final_loss_ema": loss_ema,
+         "train_seconds_this_run": round(elapsed_s, 2), "steps_this_run": total - start,
+         "device": str(device)}, indent=1))
+    if ckpt.exists():
+        for p in ckpt.iterdir():
+            p.unlink()
+        ckpt.rmdir()
+    log.info("saved the base model to %s (%.1f s for %d steps)", out_dir, elapsed_s, total - start)
+    return out_dir
