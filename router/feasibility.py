@@ -143,19 +143,23 @@ def _fill(space: SearchSpace, cur: Arch, m: float, budget_macs: float, score: Ar
     free_names = space.free_names()
     for _ in range(2 * max_steps):
         base = score(cur)
-        # every single-dimension move, with its exact loss and MACs change
-        singles: list[tuple[str, Arch, float, int]] = []
-        for name in free_names:
-            for direction in (-1, +1):
-                for cand in _moves(space, cur, name, direction):
-                    singles.append((name, cand, score(cand) - base, space.macs(cand) - m))
-        ups = [(-dl / max(dm, 1e-12), c, m + dm) for _, c, dl, dm in singles
-               if dl < 0 and m + dm <= budget_macs + 1e-9]
+        # every single-dimension move with its MACs change; the loss is scored only where it can
+        # matter (scoring is the expensive part: one held-out pass per new expert arch)
+        moves = [(name, cand, space.macs(cand) - m) for name in free_names for direction in (-1, +1)
+                 for cand in _moves(space, cur, name, direction)]
+        ups = [(-dl / max(dm, 1e-12), c, m + dm) for _, c, dm in moves
+               if m + dm <= budget_macs + 1e-9 and (dl := score(c) - base) < 0]
         if ups:  # fill: the largest loss decrease per MAC spent that still fits
             _, cur, m = max(ups, key=lambda x: x[0])
             fill_steps += 1
             continue
-        if not exchange or len(singles) < 2:
+        if not exchange or len(moves) < 2:
+            break
+        # a move that does not fit even beside the largest saving is in no fitting pair: not scored
+        min_dm = min(dm for _, _, dm in moves)
+        singles = [(name, c, score(c) - base, dm) for name, c, dm in moves
+                   if dm + min_dm <= budget_macs - m + 1e-9]
+        if len(singles) < 2:
             break
         found = _best_exchange(space, cur, m, budget_macs, score, base, singles, free_names, exchange_candidates)
         if found is None:
@@ -182,7 +186,7 @@ def _best_exchange(space: SearchSpace, cur: Arch, m: float, budget_macs: float, 
     ok &= est < 0
     if not ok.any():
         return None
-    order = np.argsort(np.where(ok, est, np.inf), axis=None)[: int(min(exchange_candidates, ok.sum()))]
+    order = np.argsort(np.where(ok, est, np.inf), axis=None, kind="stable")[: int(min(exchange_candidates, ok.sum()))]
     found = None
     for flat in order:
         i, j = np.unravel_index(int(flat), est.shape)
