@@ -11,6 +11,7 @@ importable from there.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +180,11 @@ def count_macs(module: nn.Module, kwargs: Mapping[str, Any], *, by_module: bool 
         >>> count_macs(lin, {"input": torch.zeros(2, 16)}).total
         256
     """
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        # importing fvcore.nn scripts its focal loss: torch >= 2.10 warns that torch.jit.script is
+        # deprecated, on every first import (in each Ray worker, too); nothing here uses it
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     wrapper = _TraceWrapper(module, kwargs)
     inputs = tuple(kwargs[k] for k in wrapper.tensor_keys)
