@@ -67,7 +67,9 @@ def finished_rows(run: RunDir, config_key: str) -> dict[tuple[str, str], dict[st
 
 def normalize_cost(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """``{wall_s, evaluations, raw}`` from an allocation's ``info`` (router: ``train_seconds``,
-    ``train_evaluations``; search: ``search_cost``), or None when it records no cost.
+    ``train_evaluations``; search: ``search_cost``), or None when it records no cost. A searched
+    allocation also gets ``source``: where its best arch came from (``sampler``, ``shrunk``, or a
+    point enqueued before the search: ``router``, ``uniform``, ``full``).
 
     Example:
         >>> normalize_cost({"train_seconds": 3.5, "train_evaluations": 40})["evaluations"]
@@ -87,8 +89,11 @@ def normalize_cost(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
         evals = sum(int(v) for v in evals.values() if isinstance(v, (int, float)))
     if wall is None and evals is None:
         return None
-    return {"wall_s": None if wall is None else float(wall), "evaluations": None if evals is None else int(evals),
-            "raw": {k: v for k, v in src.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+    out = {"wall_s": None if wall is None else float(wall), "evaluations": None if evals is None else int(evals),
+           "raw": {k: v for k, v in src.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+    if isinstance(info.get("source"), str):
+        out["source"] = info["source"]
+    return out
 
 
 def _versions() -> dict[str, str]:

@@ -14,6 +14,9 @@ from typing import Any
 
 from benchmarks.report.summary import METHOD_LABELS, _budget_key, _fmt_macs, fmt_ci, fmt_num
 
+# the points a search enqueues before sampling (nas.search.allocations.known_points)
+ENQUEUED_SOURCES = ("router", "uniform", "full")
+
 
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
@@ -43,6 +46,8 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         if cost.get("evaluations") is not None:
             parts.append(f"{cost['evaluations']} evals")
         cost_text = ", ".join(parts) or "-"
+        if cost.get("source") in ENQUEUED_SOURCES:  # the search's best is a point it was seeded with
+            cost_text += f"; best = the {cost['source']} allocation, enqueued"
     return [
         ("method", METHOD_LABELS.get(r["method"], r["method"]), r["method"]),
         ("FID", fmt_ci(r.get("fid_mean"), r.get("fid_ci_low"), r.get("fid_ci_high"), 2), r.get("fid_mean")),

@@ -213,6 +213,9 @@ class SearchSession:
                 "metrics_full": rec.get("metrics_full"), "sampler": self.config.sampler, "seed": self.seed,
                 "mode": self.config.mode, "storage": self.storage_desc,
                 "search_cost": {**drv.cost(), "trials": len(drv.completed), "wall_s_all_sessions": total_wall},
+                # where the best arch came from: the sampler, or a point enqueued before the search
+                # (``router``: the routing agent's own allocation, so searched == routed)
+                "source": drv.completed.get(rec["key"], rec).get("source"),
             }
             alloc = arch_to_allocation(self.space, rec["arch"], self.intervals, b, "search", info)
             path = allocation_path(self.run.allocations_dir, "search", b)

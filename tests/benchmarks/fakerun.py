@@ -30,7 +30,8 @@ def _row(method: str, budget: float | None, fid: float, macs_ratio: float, grid:
         "device": "cpu",
         "finetune": None if method in ("base", "base_steps") else {
             "steps_per_expert": 10, "batch_size": 8, "num_experts": 2, "steps_total": 20, "images_total": 160},
-        "allocation_cost": {"wall_s": 12.5, "evaluations": 40} if method in ("routed", "searched") else None,
+        "allocation_cost": ({"wall_s": 12.5, "evaluations": 40, **({"source": "router"} if method == "searched" else {})}
+                            if method in ("routed", "searched") else None),
         "grid": grid, "machine": {"platform": "test", "cpu_count": 2}, "versions": {"torch": "x", "diffusers": "y"},
     }
 

@@ -85,7 +85,9 @@ def test_normalize_cost_reads_router_and_search_info():
     router = normalize_cost({"train_seconds": 12.0, "train_evaluations": 300, "repair_steps": 2})
     assert router["wall_s"] == 12.0 and router["evaluations"] == 300
     search = normalize_cost({"search_cost": {"wall_s": 5.0, "trials": 16, "wall_s_all_sessions": 7.5}})
-    assert search["wall_s"] == 7.5 and search["evaluations"] == 16
+    assert search["wall_s"] == 7.5 and search["evaluations"] == 16 and "source" not in search
+    seeded = normalize_cost({"search_cost": {"wall_s": 5.0, "trials": 16}, "source": "router"})
+    assert seeded["source"] == "router"
     assert normalize_cost({}) is None and normalize_cost({"width_fraction": 0.5}) is None
 
 

@@ -72,6 +72,9 @@ def test_report_from_stored_results_numbers_match(tmp_path):
 
     md = (out / "report.md").read_text()
     page = (out / "index.html").read_text()
+    # a searched allocation that is the router's own (enqueued) arch says so beside its cost
+    assert md.count("12 s, 40 evals; best = the router allocation, enqueued") == 2  # searched, 2 budgets
+    assert "best = the router allocation, enqueued" in page
     for row in summary["rows"]:
         # markdown shows the formatted numbers
         assert fmt_ci(row["fid_mean"], row["fid_ci_low"], row["fid_ci_high"], 2) in md

@@ -211,6 +211,19 @@ def test_known_points_are_evaluated_first(tmp_path):
     assert Arch(recs[0]["arch"]) == space.full() and Arch(recs[2]["arch"]) == router_arch
 
 
+def test_the_allocation_records_where_its_best_arch_came_from(tmp_path):
+    space = _space()
+    run = RunDir(tmp_path, "r")
+    router_arch = space.complete({**space.smallest(), "e1/b2.width": 32})
+    arch_to_allocation(space, router_arch, INTERVALS, 0.5, method="router").save(
+        allocation_path(run.allocations_dir, "router", 0.5))
+    run_search(space, SyntheticObjective(space), _cfg(n_trials=6), run, intervals=INTERVALS)
+    alloc = Allocation.load(run.allocations_dir / "search-0.5.json")
+    rec = next(r for r in _records(run) if r["key"] == alloc.info["key"])
+    assert alloc.info["source"] == rec["source"]
+    assert {r["source"] for r in _records(run)} >= {"router"}
+
+
 def test_proposals_of_evaluated_archs_are_answered_without_evaluating(tmp_path):
     space = SimpleSpace([Dimension("a", (1, 2)), Dimension("b", (1, 2))], macs_fn=lambda x: x["a"] + x["b"])
     run = RunDir(tmp_path, "r")
