@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,101 +201,158 @@ def train_embedded_digits(
 
         >>> path = train_embedded_digits(Path("runs/x/base/d"), digits_16(), cfg.model)  # doctest: +SKIP
     """
-    from diffusers import DDPMPipeline
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     settings = embedded_settings(model_cfg)
     digest = config_hash(settings, images)
     marker = out_dir / MARKER_FILE
-    if marker.is_file():
-        done = _read_json(marker)
-        if done.get("config_hash") == digest:
-            log.info("reusing the trained base model in %s", out_dir)
-            return out_dir
-        raise UserError(
-            f"{out_dir} holds a base model trained with a different config (hash "
-            f"{done.get('config_hash', '?')[:10]} != {digest[:10]}); use another folder or delete it"
-        )
+    if _is_trained(marker, digest, out_dir):
+        return out_dir
     ckpt = out_dir / CHECKPOINT_DIR
     _recover_checkpoint_dir(ckpt)
     every = max(1, int(getattr(model_cfg, "checkpoint_every", 250) if model_cfg is not None else 250))
     total = int(settings["train_steps"])
-    batch = int(settings["batch_size"])
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise UserError(f"training images must be (N, C, H, W) with H == W, got {tuple(images.shape)}")
 
+    run = _start_training(settings, digest, images, device)
+    start, loss_ema = 0, float("nan")
+    if (ckpt / "state.json").is_file():
+        start, loss_ema = _resume_training(run, ckpt, total)
+
+    n_params = sum(p.numel() for p in run.unet.parameters())
+    log.info("training the embedded base model (%.2fM parameters) for %d steps on %s", n_params / 1e6, total, device)
+    t0 = time.perf_counter()
+    loss_ema = _train_steps(run, images, start, total, loss_ema, ckpt, every, progress)
+    elapsed_s = time.perf_counter() - t0
+
+    _save_trained(run, out_dir, marker, {
+        "config_hash": digest, "settings": settings, "parameters": n_params, "final_loss_ema": loss_ema,
+        "train_seconds_this_run": round(elapsed_s, 2), "steps_this_run": total - start, "device": str(device)})
+    _remove_checkpoint_dir(ckpt)
+    log.info("saved the base model to %s (%.1f s for %d steps)", out_dir, elapsed_s, total - start)
+    return out_dir
+
+
+@dataclass
+class _Training:
+    """What one training run of the embedded UNet works on; ``ema`` is replaced on resume."""
+
+    unet: Any
+    scheduler: Any
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # batches, timesteps, noise (CPU)
+    ema: dict[str, torch.Tensor]
+    settings: dict
+    digest: str
+    device: str | torch.device
+
+
+def _is_trained(marker: Path, digest: str, out_dir: Path) -> bool:
+    """True if ``out_dir`` holds the model of this config; UserError if it holds another config's."""
+    if not marker.is_file():
+        return False
+    done = _read_json(marker)
+    if done.get("config_hash") == digest:
+        log.info("reusing the trained base model in %s", out_dir)
+        return True
+    raise UserError(
+        f"{out_dir} holds a base model trained with a different config (hash "
+        f"{done.get('config_hash', '?')[:10]} != {digest[:10]}); use another folder or delete it"
+    )
+
+
+def _start_training(settings: dict, digest: str, images: torch.Tensor, device: str | torch.device) -> _Training:
+    """Seeded fresh UNet (in train mode on ``device``), scheduler, AdamW, data RNG and EMA copy."""
     torch.manual_seed(int(settings["seed"]))
     unet = build_embedded_unet(settings, in_channels=int(images.shape[1]), sample_size=int(images.shape[-1]))
     unet.to(device).train()
     scheduler = build_training_scheduler(settings)
     opt = torch.optim.AdamW(unet.parameters(), lr=float(settings["learning_rate"]), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(int(settings["seed"]))  # batches, timesteps, noise (CPU)
+    gen = torch.Generator().manual_seed(int(settings["seed"]))
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    start, loss_ema = 0, float("nan")
-    if (ckpt / "state.json").is_file():
-        state = _read_json(ckpt / "state.json")
-        if state.get("config_hash") != digest:
-            raise UserError(
-                f"{ckpt} is a checkpoint of a different config; delete it or use another folder"
-            )
-        unet.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
-        ema = load_file(ckpt / "ema.safetensors", device=str(device))
-        opt_tensors = load_file(ckpt / "optimizer.safetensors")
-        gen.set_state(opt_tensors.pop("__rng_state__"))
-        opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
-        start, loss_ema = int(state["step"]), float(state.get("loss_ema", float("nan")))
-        log.info("resuming base-model training from step %d/%d (%s)", start, total, ckpt)
+    return _Training(unet, scheduler, opt, gen, ema, settings, digest, device)
+
+
+def _resume_training(run: _Training, ckpt: Path, total: int) -> tuple[int, float]:
+    """Load the checkpoint in ``ckpt`` into ``run``; returns (start step, loss EMA)."""
+    from safetensors.torch import load_file
+
+    state = _read_json(ckpt / "state.json")
+    if state.get("config_hash") != run.digest:
+        raise UserError(
+            f"{ckpt} is a checkpoint of a different config; delete it or use another folder"
+        )
+    run.unet.load_state_dict(load_file(ckpt / "model.safetensors", device=str(run.device)))
+    run.ema = load_file(ckpt / "ema.safetensors", device=str(run.device))
+    opt_tensors = load_file(ckpt / "optimizer.safetensors")
+    run.gen.set_state(opt_tensors.pop("__rng_state__"))
+    run.opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
+    start, loss_ema = int(state["step"]), float(state.get("loss_ema", float("nan")))
+    log.info("resuming base-model training from step %d/%d (%s)", start, total, ckpt)
+    return start, loss_ema
+
+
+def _train_steps(run: _Training, images: torch.Tensor, start: int, total: int, loss_ema: float, ckpt: Path,
+                 every: int, progress: bool) -> float:
+    """Steps ``start..total-1`` (EMA update, checkpoint every ``every`` steps); returns the loss EMA."""
+    from tqdm.auto import tqdm
 
     data = images.to(torch.float32)
-    live = unet.state_dict()
+    live = run.unet.state_dict()
     float_keys = [k for k, v in live.items() if v.dtype.is_floating_point]
-    ema_list = [ema[k] for k in float_keys]
+    ema_list = [run.ema[k] for k in float_keys]
     live_list = [live[k] for k in float_keys]
-    alphas = scheduler.alphas_cumprod.to(device)
-    decay_max = float(settings["ema_decay"])
-    n_params = sum(p.numel() for p in unet.parameters())
-    log.info("training the embedded base model (%.2fM parameters) for %d steps on %s", n_params / 1e6, total, device)
-    t0 = time.perf_counter()
+    alphas = run.scheduler.alphas_cumprod.to(run.device)
+    decay_max = float(run.settings["ema_decay"])
     bar = tqdm(total=total, initial=start, desc="train base", disable=not progress, dynamic_ncols=True)
     for step in range(start, total):
-        idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
-        x0 = data[idx].to(device)  # (B,C,H,W)
-        noise = torch.randn(x0.shape, generator=gen).to(device)  # (B,C,H,W)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(device)  # (B,)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, settings)
-        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        value = _train_step(run, step, data, alphas)
         decay = min(decay_max, (1 + step) / (10 + step))
         with torch.no_grad():  # EMA of the float tensors (all of the UNet's state is float)
             torch._foreach_lerp_(ema_list, [v.detach() for v in live_list], 1.0 - decay)
-        value = float(loss.detach())
         loss_ema = value if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * value
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.4f}", refresh=False)
         done_steps = step + 1
         if done_steps % every == 0 and done_steps < total:
-            _save_checkpoint(ckpt, done_steps, unet, ema, opt, gen, settings, digest, loss_ema)
+            _save_checkpoint(ckpt, done_steps, run.unet, run.ema, run.opt, run.gen, run.settings, run.digest,
+                             loss_ema)
     bar.close()
-    elapsed_s = time.perf_counter() - t0
+    return loss_ema
 
-    unet.load_state_dict(ema)
-    unet.eval()
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out_dir, safe_serialization=True)
-    marker.write_text(json.dumps(
-        {"config_hash": digest, "settings": settings, "parameters": n_params, "final_loss_ema": loss_ema,
-         "train_seconds_this_run": round(elapsed_s, 2), "steps_this_run": total - start,
-         "device": str(device)}, indent=1))
+
+def _train_step(run: _Training, step: int, data: torch.Tensor, alphas: torch.Tensor) -> float:
+    """One optimiser step on a random noised batch (draws: indices, noise, timesteps); returns the loss."""
+    batch = int(run.settings["batch_size"])
+    device = run.device
+    idx = torch.randint(0, data.shape[0], (batch,), generator=run.gen)
+    x0 = data[idx].to(device)  # (B,C,H,W)
+    noise = torch.randn(x0.shape, generator=run.gen).to(device)  # (B,C,H,W)
+    t = torch.randint(0, run.scheduler.config.num_train_timesteps, (batch,), generator=run.gen).to(device)  # (B,)
+    a = alphas[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    for g in run.opt.param_groups:
+        g["lr"] = _lr_at(step, run.settings)
+    loss = torch.nn.functional.mse_loss(run.unet(xt, t).sample, noise)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.unet.parameters(), 1.0)
+    run.opt.step()
+    return float(loss.detach())
+
+
+def _save_trained(run: _Training, out_dir: Path, marker: Path, info: dict) -> None:
+    """Save the EMA weights as a DDPM pipeline folder, then the marker JSON ``info`` last."""
+    from diffusers import DDPMPipeline
+
+    run.unet.load_state_dict(run.ema)
+    run.unet.eval()
+    DDPMPipeline(unet=run.unet, scheduler=run.scheduler).save_pretrained(out_dir, safe_serialization=True)
+    marker.write_text(json.dumps(info, indent=1))
+
+
+def _remove_checkpoint_dir(ckpt: Path) -> None:
     if ckpt.exists():
         for p in ckpt.iterdir():
             p.unlink()
         ckpt.rmdir()
-    log.info("saved the base model to %s (%.1f s for %d steps)", out_dir, elapsed_s, total - start)
-    return out_dir
