@@ -141,12 +141,44 @@ def finetune_allocation(
         max_steps_this_call: stop every expert after this many steps of this call (the state
             is checkpointed; a later call continues and only then saves the mixture).
     """
-    from experts.pipeline import MixturePipeline
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     n = allocation.intervals.num_intervals
     source = str(Path(experts).resolve()) if isinstance(experts, (str, Path)) else "in-memory"
+    supernets, teacher = _resolve_experts(experts, allocation, teacher, device)
+    identity = {"settings": _jsonable(settings.identity()), "steps": settings.steps,
+                "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
+                "experts": source, "distill": teacher is not None}
+    marker = out / FINETUNE_FILE
+    if marker.is_file():
+        return _reuse_finished(marker, identity, out)
+    sched = training_scheduler(scheduler_config)
+    kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
+    tuned, before, after, seconds, finished = _finetune_experts(
+        allocation, supernets, teacher, images, settings, sched, out, identity, device=device, kw=kw,
+        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call)
+    if not finished:
+        log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
+        return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
+    mixture = _save_mixture(allocation, tuned, settings, seconds, source, scheduler_config, sampler_scheduler, vae,
+                            out)
+    result = FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after),
+                            tuple(mixture.macs_per_expert()))
+    tmp = marker.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"identity": _jsonable(identity), "result": result.to_dict(),
+                               "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
+    tmp.replace(marker)
+    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
+        shutil.rmtree(out / CHECKPOINTS_DIR)
+    log.info("fine-tuned %d experts (%d steps x %d images each) in %.1f s -> %s", n, settings.steps,
+             settings.batch_size, time.perf_counter() - t0, out)
+    return result
+
+
+def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allocation: Allocation,
+                     teacher: nn.Module | None, device: str | torch.device) -> tuple[list[Any], nn.Module | None]:
+    """One supernet per interval and the teacher (the folder's pretrained model unless given)."""
+    n = allocation.intervals.num_intervals
     if isinstance(experts, (str, Path)):
         intervals, supernets = load_experts(experts, device=device)
         if intervals != allocation.intervals:
@@ -162,26 +194,35 @@ def finetune_allocation(
         supernets = list(experts)
     if len(supernets) != n:
         raise ValueError(f"got {len(supernets)} experts for {n} intervals")
-    identity = {"settings": _jsonable(settings.identity()), "steps": settings.steps,
-                "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
-                "experts": source, "distill": teacher is not None}
-    marker = out / FINETUNE_FILE
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if done.get("identity") == _jsonable(identity):
-            log.info("%s: already fine-tuned with these settings, reused", out)
-            r = done["result"]
-            return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),
-                                  tuple(r["loss_before"]), tuple(r["loss_after"]), tuple(r["macs_per_expert"]))
-        raise UserError(f"{out} holds a mixture fine-tuned with other settings; delete it or choose another folder")
-    sched = training_scheduler(scheduler_config)
-    kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
+    return supernets, teacher
+
+
+def _reuse_finished(marker: Path, identity: Mapping[str, Any], out: Path) -> FinetuneResult:
+    """The stored result if ``marker`` records the same identity; UserError otherwise."""
+    done = json.loads(marker.read_text())
+    if done.get("identity") == _jsonable(identity):
+        log.info("%s: already fine-tuned with these settings, reused", out)
+        r = done["result"]
+        return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),
+                              tuple(r["loss_before"]), tuple(r["loss_after"]), tuple(r["macs_per_expert"]))
+    raise UserError(f"{out} holds a mixture fine-tuned with other settings; delete it or choose another folder")
+
+
+def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher: nn.Module | None,
+                      images: torch.Tensor, settings: ExpertTrainSettings, sched: Any, out: Path,
+                      identity: Mapping[str, Any], *, device: str | torch.device, kw: Mapping[str, Any] | None,
+                      heldout: HeldOutSet | None, progress: bool, max_steps_this_call: int | None,
+                      ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
+    """Materialise and fine-tune each interval's expert in turn (held-out loss before and after).
+
+    Returns (tuned experts, losses before, losses after, training seconds, all experts finished).
+    """
     tuned: list[nn.Module] = []
     before: list[float] = []
     after: list[float] = []
     seconds = 0.0
     finished = True
-    for k in range(n):
+    for k in range(allocation.intervals.num_intervals):
         arch = Arch(allocation.archs[k])
         model = supernets[k].materialize(arch).to(device)
         if heldout is not None:
@@ -199,9 +240,15 @@ def finetune_allocation(
         if heldout is not None:
             after.append(_heldout_loss(model, heldout, k, sched, kw))
         tuned.append(model)
-    if not finished:
-        log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
-        return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
+    return tuned, before, after, seconds, finished
+
+
+def _save_mixture(allocation: Allocation, tuned: list[nn.Module], settings: ExpertTrainSettings, seconds: float,
+                  source: str, scheduler_config: Mapping[str, Any], sampler_scheduler: Any, vae: nn.Module | None,
+                  out: Path) -> MixtureOfExperts:
+    """Save the fine-tuned experts as a MixturePipeline folder (DDIM sampler by default)."""
+    from experts.pipeline import MixturePipeline
+
     info = {"finetune": {"steps_per_expert": settings.steps, "batch_size": settings.batch_size,
                          "images_per_expert": settings.steps * settings.batch_size,
                          "learning_rate": settings.learning_rate, "distill_weight": settings.distill_weight,
@@ -215,14 +262,4 @@ def finetune_allocation(
     pipe = MixturePipeline(mixture, sampler_scheduler, vae)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out))
-    result = FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after),
-                            tuple(mixture.macs_per_expert()))
-    tmp = marker.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"identity": _jsonable(identity), "result": result.to_dict(),
-                               "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
-    tmp.replace(marker)
-    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
-        shutil.rmtree(out / CHECKPOINTS_DIR)
-    log.info("fine-tuned %d experts (%d steps x %d images each) in %.1f s -> %s", n, settings.steps,
-             settings.batch_size, time.perf_counter() - t0, out)
-    return result
+    return mixture
