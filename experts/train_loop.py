@@ -255,23 +255,10 @@ def run_training(
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(k))
     rng = np.random.default_rng([int(settings.seed), int(k)])
-    step, losses, seconds = 0, [], 0.0
     _recover(ckpt_dir)
-    if (ckpt_dir / "state.json").is_file():
-        stored = json.loads((ckpt_dir / "state.json").read_text()).get("identity")
-        if stored != ident:
-            diff = sorted(key for key in set(stored or {}) | set(ident) if (stored or {}).get(key) != ident.get(key))
-            raise UserError(
-                f"the checkpoint in {ckpt_dir} was made with other settings ({', '.join(diff)} differ); "
-                f"delete {ckpt_dir.parent.parent} (or that checkpoint) to start again, or use another run name"
-            )
-        state = _load_checkpoint(ckpt_dir, student, opt, gen, rng)
-        step, losses, seconds = int(state["step"]), list(state.get("losses", [])), float(state.get("seconds", 0.0))
-        if step > settings.steps:
-            raise UserError(
-                f"{ckpt_dir} is already at step {step} > steps={settings.steps}; raise the steps or delete the checkpoint"
-            )
-        log.info("%s: resuming at step %d of %d", desc, step, settings.steps)
+    step, losses, seconds = _resume(ckpt_dir, ident, student, opt, gen, rng, settings.steps, desc)
+    inputs = _StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
+                         choose_archs, device, model_kwargs)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     student.train()
@@ -284,37 +271,7 @@ def run_training(
 
     try:
         while step < end:
-            batch = make_batch(images, intervals, k, settings.batch_size, gen).to(device)
-            archs = list(choose_archs(rng)) if choose_archs is not None else [None]
-            teacher_out = None
-            if teacher is not None and settings.distill_weight > 0:
-                x_t = noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
-                with torch.no_grad():
-                    out = teacher(x_t, batch.t, **_expand_kwargs(model_kwargs, x_t.shape[0]))
-                    teacher_out = out.sample if hasattr(out, "sample") else out
-            opt.zero_grad(set_to_none=True)
-            record: dict[str, float] = {}
-            tot = den = dis = 0.0
-            for j, arch in enumerate(archs):
-                if arch is not None:
-                    student.set_active(arch)
-                res = expert_loss(student, None, batch, noise_scheduler, distill_weight=settings.distill_weight,
-                                  teacher_out=teacher_out, model_kwargs=model_kwargs)
-                (res.total / len(archs)).backward()
-                tot += float(res.total.detach())
-                den += float(res.denoise.detach())
-                dis += float(res.distill.detach())
-                if choose_archs is not None and j == 0:
-                    record["loss_full"] = float(res.total.detach())
-                if choose_archs is not None and j == 1:
-                    record["loss_smallest"] = float(res.total.detach())
-            if settings.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
-            if _is_supernet(student):
-                student.set_active(student.space.full())
-            n = len(archs)
-            record.update({"loss": tot / n, "denoise": den / n, "distill": dis / n})
+            record = _train_step(inputs)
             if not all(math.isfinite(v) for v in record.values()):
                 raise FloatingPointError(f"{desc}: non-finite loss at step {step + 1} ({record}); lower the learning rate")
             step += 1
@@ -328,6 +285,97 @@ def run_training(
         pbar.close()
         student.eval()
     return TrainLog(step, tuple(losses), seconds + time.perf_counter() - t_start)
+
+
+def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+            rng: np.random.Generator, steps: int, desc: str) -> tuple[int, list[dict[str, float]], float]:
+    """(step, losses, seconds) of the checkpoint in ``ckpt_dir`` (loaded into the model, optimiser
+    and RNGs), or a fresh start without one; UserError if it was made with another identity."""
+    if not (ckpt_dir / "state.json").is_file():
+        return 0, [], 0.0
+    stored = json.loads((ckpt_dir / "state.json").read_text()).get("identity")
+    if stored != ident:
+        diff = sorted(key for key in set(stored or {}) | set(ident) if (stored or {}).get(key) != ident.get(key))
+        raise UserError(
+            f"the checkpoint in {ckpt_dir} was made with other settings ({', '.join(diff)} differ); "
+            f"delete {ckpt_dir.parent.parent} (or that checkpoint) to start again, or use another run name"
+        )
+    state = _load_checkpoint(ckpt_dir, student, opt, gen, rng)
+    step, losses, seconds = int(state["step"]), list(state.get("losses", [])), float(state.get("seconds", 0.0))
+    if step > steps:
+        raise UserError(
+            f"{ckpt_dir} is already at step {step} > steps={steps}; raise the steps or delete the checkpoint"
+        )
+    log.info("%s: resuming at step %d of %d", desc, step, steps)
+    return step, losses, seconds
+
+
+@dataclass(frozen=True)
+class _StepInputs:
+    """What every step of one :func:`run_training` call works on."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    rng: np.random.Generator
+    images: torch.Tensor
+    intervals: Intervals
+    k: int
+    settings: ExpertTrainSettings
+    noise_scheduler: Any
+    choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None
+    device: torch.device
+    model_kwargs: Mapping[str, Any] | None
+
+
+def _train_step(s: _StepInputs) -> dict[str, float]:
+    """One optimiser step (draws: the batch from ``gen``, then the archs from ``rng``); returns its losses."""
+    batch = make_batch(s.images, s.intervals, s.k, s.settings.batch_size, s.gen).to(s.device)
+    archs = list(s.choose_archs(s.rng)) if s.choose_archs is not None else [None]
+    teacher_out = _teacher_output(s, batch)
+    s.opt.zero_grad(set_to_none=True)
+    record = _backward_archs(s, archs, batch, teacher_out)
+    if s.settings.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(s.params, s.settings.grad_clip)
+    s.opt.step()
+    if _is_supernet(s.student):
+        s.student.set_active(s.student.space.full())
+    return record
+
+
+def _teacher_output(s: _StepInputs, batch: Any) -> torch.Tensor | None:
+    """The frozen teacher's prediction on the noised batch, or None without distillation."""
+    if not (s.teacher is not None and s.settings.distill_weight > 0):
+        return None
+    x_t = s.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
+    with torch.no_grad():
+        out = s.teacher(x_t, batch.t, **_expand_kwargs(s.model_kwargs, x_t.shape[0]))
+        return out.sample if hasattr(out, "sample") else out
+
+
+def _backward_archs(s: _StepInputs, archs: Sequence[Mapping[str, Any] | None], batch: Any,
+                    teacher_out: torch.Tensor | None) -> dict[str, float]:
+    """Accumulate the gradients of the mean loss over ``archs``; returns the step's loss record."""
+    record: dict[str, float] = {}
+    tot = den = dis = 0.0
+    for j, arch in enumerate(archs):
+        if arch is not None:
+            s.student.set_active(arch)
+        res = expert_loss(s.student, None, batch, s.noise_scheduler, distill_weight=s.settings.distill_weight,
+                          teacher_out=teacher_out, model_kwargs=s.model_kwargs)
+        (res.total / len(archs)).backward()
+        tot += float(res.total.detach())
+        den += float(res.denoise.detach())
+        dis += float(res.distill.detach())
+        if s.choose_archs is not None and j == 0:
+            record["loss_full"] = float(res.total.detach())
+        if s.choose_archs is not None and j == 1:
+            record["loss_smallest"] = float(res.total.detach())
+    n = len(archs)
+    record.update({"loss": tot / n, "denoise": den / n, "distill": dis / n})
+    return record
 
 
 def _expand_kwargs(model_kwargs: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
