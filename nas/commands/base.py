@@ -272,22 +272,46 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
 
     Every row is appended to ``results.jsonl``.
     """
-    import torch
+    ev = cfg.evaluation
+    extractor, ref_feats, name = _reference_features(cfg, run, device)
+    base = load_base(cfg, run, device, progress=progress)
+    models, source, macs_per_call, macs_per_traj = _models_to_score(cfg, base, device, model)
 
+    rows: list[EvalRow] = []
+    for label, unet in models:
+        fids, kids, (extractor_name, num_gen, num_ref) = _quality_per_seed(cfg, base, label, unet, ref_feats,
+                                                                           extractor, device, progress)
+        latency = None
+        if label != "untrained":  # the untrained copy has the base's shape: same MACs and latency
+            latency = _latency_ms_per_image(cfg, base, unet, device)
+        row = EvalRow(
+            model=label, source=source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
+            fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
+            extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
+            sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
+            macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
+            device=str(device), dataset=name,
+        )
+        if not all(math.isfinite(v) for v in (row.fid, row.kid)):
+            log.warning("%s: non-finite FID/KID (%s, %s)", label, row.fid, row.kid)
+        run.append_result(row.record(cfg.name))
+        rows.append(row)
+    return rows
+
+
+def _reference_features(cfg: ExperimentConfig, run: RunDir, device: Any) -> tuple[Any, Any, str]:
+    """(feature extractor, reference features (N_ref, D), dataset id), after the cheap checks
+    (data folder, extractor weights) that fail before any model work."""
     from nas.data import dataset_id, find_images, load_dataset
-
     from nas.metrics import (
         build_extractor,
         check_extractor_available,
-        compute_quality,
         reference_features,
         resolve_extractor_kind,
     )
-    from search_spaces.macs import count_unet_macs, trajectory_macs
 
     ev = cfg.evaluation
     cache_dir = run.cache_dir
-    # cheap checks first (data, feature extractor), before any model work
     if cfg.data.dataset == "folder":
         find_images(cfg.data.path or "")  # missing/empty folder: fail before anything slow
     kind = resolve_extractor_kind(ev.extractor, cfg.data.dataset)
@@ -296,7 +320,17 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
     name = dataset_id(cfg.data)
     extractor = build_extractor(kind, device=device, cache_dir=cache_dir, inception_weights=ev.inception_weights)
     ref_feats = reference_features(name, reference, extractor, cache_dir)  # (N_ref, D), cached per dataset
-    base = load_base(cfg, run, device, progress=progress)
+    return extractor, ref_feats, name
+
+
+def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any,
+                     model: str | None) -> tuple[list[tuple[str, Any]], str, int, int]:
+    """(label, model) pairs to score (the base or ``--model DIR``, then the untrained copy if asked),
+    their source, MACs per call and per trajectory."""
+    import torch
+
+    from search_spaces.macs import count_unet_macs, trajectory_macs
+
     source = base.source
     if model is None:
         macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
@@ -311,52 +345,54 @@ def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: boo
         macs_per_call = int(round(macs_per_traj / len(steps)))  # mean over the trajectory's steps
         models = [(Path(model).name, loaded.model)]
         source = str(model)
-    if ev.compare_untrained:
+    if cfg.evaluation.compare_untrained:
         torch.manual_seed(cfg.seed)
         untrained = type(base.unet).from_config(base.unet.config).to(device).eval()
         models.append(("untrained", untrained))
+    return models, source, macs_per_call, macs_per_traj
 
-    rows: list[EvalRow] = []
-    for label, unet in models:
-        fids: list[float] = []
-        kids: list[float] = []
-        extractor_name, num_gen, num_ref = "", 0, 0
-        for seed in ev.seeds:
-            with torch.no_grad():
-                images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
-                                   progress=progress)  # (N,C,H,W) in [-1,1]
-            q = compute_quality(images, ref_feats, extractor)
-            fids.append(float(q.fid))
-            kids.append(float(q.kid))
-            extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
-            log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
-                     extractor_name, num_gen, num_ref)
-        latency = None
-        if label != "untrained":  # the untrained copy has the base's shape: same MACs and latency
-            from nas.latency import measure_latency_ms
 
-            bs = ev.latency_batch_size
+def _quality_per_seed(cfg: ExperimentConfig, base: BaseModel, label: str, unet: Any, ref_feats: Any,
+                      extractor: Any, device: Any, progress: bool
+                      ) -> tuple[list[float], list[float], tuple[str, int, int]]:
+    """FID and KID of ``unet``'s samples for each of ``evaluation.seeds``, and (extractor name,
+    images generated, reference images) of the last seed."""
+    import torch
 
-            def trajectory() -> None:
-                with torch.no_grad():
-                    _generate(cfg, base, num_images=bs, seed=0, device=device, unet=unet, batch_size=bs,
-                              progress=False)
+    from nas.metrics import compute_quality
 
-            timing = measure_latency_ms(trajectory, repeats=ev.latency_repeats, warmup=1, device=device)
-            latency = float(timing.median_ms) / bs
-        row = EvalRow(
-            model=label, source=source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
-            fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
-            extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
-            sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
-            macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
-            device=str(device), dataset=name,
-        )
-        if not all(math.isfinite(v) for v in (row.fid, row.kid)):
-            log.warning("%s: non-finite FID/KID (%s, %s)", label, row.fid, row.kid)
-        run.append_result(row.record(cfg.name))
-        rows.append(row)
-    return rows
+    ev = cfg.evaluation
+    fids: list[float] = []
+    kids: list[float] = []
+    extractor_name, num_gen, num_ref = "", 0, 0
+    for seed in ev.seeds:
+        with torch.no_grad():
+            images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
+                               progress=progress)  # (N,C,H,W) in [-1,1]
+        q = compute_quality(images, ref_feats, extractor)
+        fids.append(float(q.fid))
+        kids.append(float(q.kid))
+        extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
+        log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
+                 extractor_name, num_gen, num_ref)
+    return fids, kids, (extractor_name, num_gen, num_ref)
+
+
+def _latency_ms_per_image(cfg: ExperimentConfig, base: BaseModel, unet: Any, device: Any) -> float:
+    """Median wall time of one sampling trajectory of ``evaluation.latency_batch_size`` images, per image."""
+    import torch
+
+    from nas.latency import measure_latency_ms
+
+    bs = cfg.evaluation.latency_batch_size
+
+    def trajectory() -> None:
+        with torch.no_grad():
+            _generate(cfg, base, num_images=bs, seed=0, device=device, unet=unet, batch_size=bs,
+                      progress=False)
+
+    timing = measure_latency_ms(trajectory, repeats=cfg.evaluation.latency_repeats, warmup=1, device=device)
+    return float(timing.median_ms) / bs
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
