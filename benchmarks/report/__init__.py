@@ -128,14 +128,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     docstring. Only stored files are read."""
     data = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else data.path / "report"
-    if out.exists():
-        for stale in ("grids",):
-            if (out / stale).is_dir():
-                shutil.rmtree(out / stale)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out)
     summary = build_summary(data)
     pngs: list[Path] = []
-    figures: list[tuple[str, Path, str]] = []  # (section id, file, caption)
 
     pareto = _plot_pareto(summary, out / "pareto.png")
     pngs.append(pareto)
@@ -146,38 +141,16 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
         search_png = _plot_search(trials, out / "search_trials.png")
         pngs.append(search_png)
 
-    sim_png = None
-    if data.similarity_png is not None:
-        sim_png = out / "similarity.png"
-        shutil.copyfile(data.similarity_png, sim_png)
+    sim_png = _similarity_png(data, summary, out)
+    if sim_png is not None:
         pngs.append(sim_png)
-    else:
-        ipath = data.path / "intervals.json"
-        if ipath.is_file():
-            raw = json.loads(ipath.read_text())
-            if isinstance(raw, dict) and raw.get("similarity") and raw.get("timesteps") and summary["intervals"]:
-                sim_png = _plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"],
-                                           out / "similarity.png")
-                pngs.append(sim_png)
 
     alloc_png = _plot_allocations(summary["allocations"], out / "allocations.png") if summary["allocations"] else None
     if alloc_png is not None:
         pngs.append(alloc_png)
 
-    grids: list[tuple[Mapping[str, Any], Path]] = []
-    for r in summary["rows"]:
-        g = r.get("grid")
-        if not g:
-            continue
-        src = data.path / g
-        if not src.is_file():
-            log.warning("sample grid %s of %s is missing; left out", src, r["method"])
-            continue
-        dst = out / "grids" / f"{r['method']}-{_budget_key(r['budget_ratio'])}.png"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        grids.append((r, dst))
-        pngs.append(dst)
+    grids = _copy_grids(data, summary, out)
+    pngs += [dst for _, dst in grids]
 
     files = sorted({str(p.relative_to(out)) for p in pngs} | {"index.html", "report.md", "summary.json"})
     summary["files"] = files
@@ -192,3 +165,46 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     html_path.write_text(page)
     log.info("report written to %s (%d figures)", html_path, len(pngs))
     return ReportResult(out, html_path, md_path, summary_path, tuple(pngs), summary)
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Create ``out``, first removing folders a previous report filled (stale grids)."""
+    if out.exists():
+        for stale in ("grids",):
+            if (out / stale).is_dir():
+                shutil.rmtree(out / stale)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _similarity_png(data: RunData, summary: Mapping[str, Any], out: Path) -> Path | None:
+    """``out/similarity.png``: the run's own copied, else drawn from ``intervals.json`` when it
+    stores the similarity matrix; ``None`` when neither is there."""
+    if data.similarity_png is not None:
+        sim_png = out / "similarity.png"
+        shutil.copyfile(data.similarity_png, sim_png)
+        return sim_png
+    ipath = data.path / "intervals.json"
+    if ipath.is_file():
+        raw = json.loads(ipath.read_text())
+        if isinstance(raw, dict) and raw.get("similarity") and raw.get("timesteps") and summary["intervals"]:
+            return _plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"], out / "similarity.png")
+    return None
+
+
+def _copy_grids(data: RunData, summary: Mapping[str, Any], out: Path) -> list[tuple[Mapping[str, Any], Path]]:
+    """Copy each reported row's sample grid to ``out/grids/<method>-<budget>.png`` (a missing one is
+    logged and left out); returns (row, copied file) pairs in row order."""
+    grids: list[tuple[Mapping[str, Any], Path]] = []
+    for r in summary["rows"]:
+        g = r.get("grid")
+        if not g:
+            continue
+        src = data.path / g
+        if not src.is_file():
+            log.warning("sample grid %s of %s is missing; left out", src, r["method"])
+            continue
+        dst = out / "grids" / f"{r['method']}-{_budget_key(r['budget_ratio'])}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        grids.append((r, dst))
+    return grids
