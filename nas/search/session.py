@@ -170,39 +170,63 @@ class SearchSession:
         wall_s = time.time() - self._t0
         _append_line(self.search_dir / "sessions.jsonl",
                      json.dumps({"event": "end", "time": time.time(), "pid": os.getpid(), "wall_s": wall_s}) + "\n")
-        total_wall = _sessions_wall_s(self.search_dir / "sessions.jsonl")
+        total_wall_s = _sessions_wall_s(self.search_dir / "sessions.jsonl")
         studies = []
         rows: list[dict[str, Any]] = []
-        allocations: dict[float, Path] = {}
         best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]] = {}
         for drv in self.drivers:
-            study_rows = drv.trial_rows()
+            study, study_rows = self._finish_study(drv)
             rows += study_rows
-            states = collections.Counter(r["state"] for r in study_rows)
-            counts = {"duplicates": states["duplicate"], "interrupted": states["interrupted"],
-                      "skipped_infeasible": states["skipped_infeasible"], "invalid": states["invalid"],
-                      "recovered": drv.counts["recovered"]}
-            best = {b: drv.best(b) for b in drv.spec.budgets}
-            front = drv.pareto()
-            _atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
-                "study": drv.spec.name, "mode": drv.spec.mode, "budget_ratio": drv.spec.budget_ratio,
-                "objectives": ["quality", "macs_ratio"],
-                "source": "optuna study.best_trials" if not drv.spec.constrained
-                else "non-dominated feasible trials of the constrained study",
-                "points": [_front_point(r, drv) for r in front],
-            })
-            evaluated = list(drv.completed.values())
-            studies.append(StudyResult(
-                name=drv.spec.name, mode=drv.spec.mode, budget_ratio=drv.spec.budget_ratio,
-                n_evaluated=len(evaluated), n_failed=sum(r.get("state") != "complete" for r in evaluated),
-                n_promoted=len(drv.promoted), counts=counts, best=best, pareto=front, cost=drv.cost(),
-                min_macs_ratio=drv.min_macs_ratio,
-            ))
-            for b, rec in best.items():
-                if rec is not None:
-                    prev = best_by_budget.get(b)
-                    if prev is None or _rank(rec) < _rank(prev[0]):
-                        best_by_budget[b] = (rec, drv)
+            studies.append(study)
+            _keep_best(best_by_budget, study.best, drv)
+        allocations = self._write_allocations(best_by_budget, total_wall_s)
+        table = self.search_dir / "trials.csv"
+        _write_table(rows, table, self.search_dir / "trials.jsonl")
+        summary = {
+            "storage": self.storage_desc,
+            "dashboard": f"optuna-dashboard {self.storage_desc}",
+            "config": to_jsonable(self.config),
+            "seed": self.seed,
+            "wall_s_session": wall_s,
+            "wall_s_all_sessions": total_wall_s,
+            "side_jobs": to_jsonable(dict(side_jobs or {})),
+            "allocations": {f"{b:g}": str(p) for b, p in allocations.items()},
+            "studies": [_study_summary(s) for s in studies],
+        }
+        summary_path = self.search_dir / "summary.json"
+        _atomic_json(summary_path, summary)
+        return SearchResult(tuple(studies), allocations, table, summary_path, self.storage_desc, wall_s,
+                            dict(side_jobs or {}))
+
+    def _finish_study(self, drv: StudyDriver) -> tuple[StudyResult, list[dict[str, Any]]]:
+        """One study's result and trial rows; writes its ``pareto-<study>.json``."""
+        study_rows = drv.trial_rows()
+        states = collections.Counter(r["state"] for r in study_rows)
+        counts = {"duplicates": states["duplicate"], "interrupted": states["interrupted"],
+                  "skipped_infeasible": states["skipped_infeasible"], "invalid": states["invalid"],
+                  "recovered": drv.counts["recovered"]}
+        best = {b: drv.best(b) for b in drv.spec.budgets}
+        front = drv.pareto()
+        _atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
+            "study": drv.spec.name, "mode": drv.spec.mode, "budget_ratio": drv.spec.budget_ratio,
+            "objectives": ["quality", "macs_ratio"],
+            "source": "optuna study.best_trials" if not drv.spec.constrained
+            else "non-dominated feasible trials of the constrained study",
+            "points": [_front_point(r, drv) for r in front],
+        })
+        evaluated = list(drv.completed.values())
+        study = StudyResult(
+            name=drv.spec.name, mode=drv.spec.mode, budget_ratio=drv.spec.budget_ratio,
+            n_evaluated=len(evaluated), n_failed=sum(r.get("state") != "complete" for r in evaluated),
+            n_promoted=len(drv.promoted), counts=counts, best=best, pareto=front, cost=drv.cost(),
+            min_macs_ratio=drv.min_macs_ratio,
+        )
+        return study, study_rows
+
+    def _write_allocations(self, best_by_budget: Mapping[float, tuple[dict[str, Any], StudyDriver]],
+                           total_wall_s: float) -> dict[float, Path]:
+        """Write ``allocations/search-<budget>.json`` of each budget's best (none without intervals)."""
+        allocations: dict[float, Path] = {}
         for b, (rec, drv) in sorted(best_by_budget.items()):
             if self.intervals is None:
                 continue
@@ -212,7 +236,7 @@ class SearchSession:
                 "quality_full": rec.get("quality_full"), "metrics": rec.get("metrics"),
                 "metrics_full": rec.get("metrics_full"), "sampler": self.config.sampler, "seed": self.seed,
                 "mode": self.config.mode, "storage": self.storage_desc,
-                "search_cost": {**drv.cost(), "trials": len(drv.completed), "wall_s_all_sessions": total_wall},
+                "search_cost": {**drv.cost(), "trials": len(drv.completed), "wall_s_all_sessions": total_wall_s},
                 # where the best arch came from: the sampler, or a point enqueued before the search
                 # (``router``: the routing agent's own allocation, so searched == routed)
                 "source": drv.completed.get(rec["key"], rec).get("source"),
@@ -223,31 +247,27 @@ class SearchSession:
             allocations[b] = path
         if self.intervals is None:
             log.info("no intervals given: best archs are in search/summary.json, no allocation files written")
-        table = self.search_dir / "trials.csv"
-        _write_table(rows, table, self.search_dir / "trials.jsonl")
-        summary = {
-            "storage": self.storage_desc,
-            "dashboard": f"optuna-dashboard {self.storage_desc}",
-            "config": to_jsonable(self.config),
-            "seed": self.seed,
-            "wall_s_session": wall_s,
-            "wall_s_all_sessions": total_wall,
-            "side_jobs": to_jsonable(dict(side_jobs or {})),
-            "allocations": {f"{b:g}": str(p) for b, p in allocations.items()},
-            "studies": [
-                {"name": s.name, "mode": s.mode, "budget_ratio": s.budget_ratio, "evaluated": s.n_evaluated,
-                 "failed": s.n_failed, "promoted": s.n_promoted, **s.counts, "cost": s.cost,
-                 "pareto_size": len(s.pareto), "min_macs_ratio": s.min_macs_ratio,
-                 "best": {f"{b:g}": (None if r is None else {k: r.get(k) for k in (
-                     "number", "key", "quality", "quality_full", "macs_ratio", "selected_by", "source")})
-                          for b, r in s.best.items()}}
-                for s in studies
-            ],
-        }
-        summary_path = self.search_dir / "summary.json"
-        _atomic_json(summary_path, summary)
-        return SearchResult(tuple(studies), allocations, table, summary_path, self.storage_desc, wall_s,
-                            dict(side_jobs or {}))
+        return allocations
+
+
+def _keep_best(best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]],
+               best: Mapping[float, dict[str, Any] | None], drv: StudyDriver) -> None:
+    """Keep, per budget, the better of the kept record and this study's best (see :func:`_rank`)."""
+    for b, rec in best.items():
+        if rec is not None:
+            prev = best_by_budget.get(b)
+            if prev is None or _rank(rec) < _rank(prev[0]):
+                best_by_budget[b] = (rec, drv)
+
+
+def _study_summary(s: StudyResult) -> dict[str, Any]:
+    """One study's entry of ``search/summary.json``."""
+    return {"name": s.name, "mode": s.mode, "budget_ratio": s.budget_ratio, "evaluated": s.n_evaluated,
+            "failed": s.n_failed, "promoted": s.n_promoted, **s.counts, "cost": s.cost,
+            "pareto_size": len(s.pareto), "min_macs_ratio": s.min_macs_ratio,
+            "best": {f"{b:g}": (None if r is None else {k: r.get(k) for k in (
+                "number", "key", "quality", "quality_full", "macs_ratio", "selected_by", "source")})
+                     for b, r in s.best.items()}}
 
 
 def _rank(rec: Mapping[str, Any]) -> tuple[float, float]:
