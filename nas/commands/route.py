@@ -101,11 +101,8 @@ def _up_to_date(cfg: ExperimentConfig, run: Any, key: str) -> bool:
     "allocations/router-<budget>.json and router/{train_log.jsonl,summary.json,allocation.png}.",
 )
 def route(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from experts.training import load_experts
-    from nas.commands.base import load_base, prepare_run
-    from nas.commands.experts import experts_data
+    from nas.commands.base import prepare_run
     from nas.device import resolve_device
-    from nas.sampling import make_scheduler, sampling_timesteps
 
     cfg = _route_config(cfg, args)
     r = cfg.router
@@ -119,34 +116,71 @@ def route(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     if not (run.experts_dir / "intervals.json").is_file():
         raise UserError(f"{run.experts_dir} has no trained experts; run `diffnas train-experts` first")
 
-    from experts.losses import training_scheduler
-    from router.mixture import MixtureRoutingLoss
     from router.output import write_outputs
-    from router.train import train_router
 
+    seed = int(cfg.seed if r.seed is None else r.seed)
+    loss, intervals, steps = _mixture_loss(cfg, run, device, seed)
+    space = loss.space
+    budgets, low, min_macs_ratio = _feasible_budgets(space, r.budgets)
+    log.info("routing %d experts (%d elastic dimensions, steps per interval %s) for budgets %s on %s",
+             intervals.num_intervals, len(space.free_names()), steps, budgets, device)
+    result, sensitivity = _train(cfg, space, loss, budgets, seed, device)
+    extra = {"config_key": key, "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps,
+             "expert_evaluations": loss.evaluations, "relaxed_calls": loss.relaxed_calls, "device": str(device)}
+    paths = write_outputs(result, space, intervals, run.router_dir, allocations_dir=run.allocations_dir,
+                          sensitivity=sensitivity, extra_info=extra,
+                          summary_extra={"skipped_budgets": low, "min_ratio": min_macs_ratio, "config_key": key})
+    sys.stdout.write(format_route_summary(result, space, sensitivity))
+    sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}; log, summary and plot in {run.router_dir}\n")
+    return 0
+
+
+def _mixture_loss(cfg: ExperimentConfig, run: Any, device: Any, seed: int) -> tuple[Any, Any, Any]:
+    """Load the base model (teacher), the trained experts and the run's data; returns the
+    :class:`router.mixture.MixtureRoutingLoss`, the intervals and the sampling steps per interval."""
+    from experts.losses import training_scheduler
+    from experts.training import load_experts
+    from nas.commands.base import load_base
+    from nas.commands.experts import experts_data
+    from nas.sampling import make_scheduler, sampling_timesteps
+    from router.mixture import MixtureRoutingLoss
+
+    r = cfg.router
     base = load_base(cfg, run, device, progress=False)
     intervals, experts = load_experts(run.experts_dir, device=device)
     images, heldout = experts_data(cfg, run, base, intervals, device)
     timesteps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
     steps = intervals.steps_per_interval(timesteps)
     kw = ({"encoder_hidden_states": base.encoder_hidden_states} if base.encoder_hidden_states is not None else None)
-    seed = int(cfg.seed if r.seed is None else r.seed)
     loss = MixtureRoutingLoss(experts, intervals, steps, base.unet, training_scheduler(base.scheduler_config),
                               images.to(device), heldout, batch_size=r.batch_size,
                               distill_weight=cfg.experts.distill_weight, model_kwargs=kw, seed=seed, device=device)
-    space = loss.space
-    min_ratio = space.macs(space.smallest()) / space.macs(space.full())
-    budgets = [b for b in r.budgets if b >= min_ratio]
-    low = [b for b in r.budgets if b < min_ratio]
-    why = (f"below the smallest mixture's MACs ratio {min_ratio:.3f} (space.width_fractions and space.depth "
+    return loss, intervals, steps
+
+
+def _feasible_budgets(space: Any, requested: Any) -> tuple[list[float], list[float], float]:
+    """Split the budgets into those at or above the smallest mixture's MACs ratio and those below
+    (warned about and reported, or an error when none is left); returns both and that ratio."""
+    min_macs_ratio = space.macs(space.smallest()) / space.macs(space.full())
+    budgets = [b for b in requested if b >= min_macs_ratio]
+    low = [b for b in requested if b < min_macs_ratio]
+    why = (f"below the smallest mixture's MACs ratio {min_macs_ratio:.3f} (space.width_fractions and space.depth "
            "set how small the experts can get)")
     if not budgets:
         raise UserError(f"router.budgets {low} are all {why}")
     for b in low:
         log.warning("budget %g is %s: no router allocation is written for it", b, why)
         sys.stdout.write(f"budget {b:g}: skipped, {why}\n")
-    log.info("routing %d experts (%d elastic dimensions, steps per interval %s) for budgets %s on %s",
-             intervals.num_intervals, len(space.free_names()), steps, budgets, device)
+    return budgets, low, min_macs_ratio
+
+
+def _train(cfg: ExperimentConfig, space: Any, loss: Any, budgets: list[float], seed: int,
+           device: Any) -> tuple[Any, Any]:
+    """Train the routing agent per ``router.*``; returns the result and the interval sensitivity.
+    The experts are reset afterwards, also on failure."""
+    from router.train import train_router
+
+    r = cfg.router
     try:
         result = train_router(
             space, loss, budgets, steps=r.steps, lr=r.learning_rate, seed=seed,
@@ -158,14 +192,7 @@ def route(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         sensitivity = loss.sensitivity()
     finally:
         loss.reset()
-    extra = {"config_key": key, "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps,
-             "expert_evaluations": loss.evaluations, "relaxed_calls": loss.relaxed_calls, "device": str(device)}
-    paths = write_outputs(result, space, intervals, run.router_dir, allocations_dir=run.allocations_dir,
-                          sensitivity=sensitivity, extra_info=extra,
-                          summary_extra={"skipped_budgets": low, "min_ratio": min_ratio, "config_key": key})
-    sys.stdout.write(format_route_summary(result, space, sensitivity))
-    sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}; log, summary and plot in {run.router_dir}\n")
-    return 0
+    return result, sensitivity
 
 
 def format_route_summary(result: Any, space: Any, sensitivity: Any) -> str:
