@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.bench.context import Candidate, _Context
@@ -56,22 +57,10 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     Raises:
         UserError: no base model, or a feature extractor that cannot be built (checked first).
     """
-    import torch
-
     from nas.data import dataset_id, load_dataset
-    from nas.latency import compare_latency
-    from nas.metrics import (
-        build_extractor,
-        check_extractor_available,
-        compute_quality,
-        quality_with_ci,
-        reference_features,
-        resolve_extractor_kind,
-    )
-    from nas.sampling import save_grid
+    from nas.metrics import build_extractor, check_extractor_available, reference_features, resolve_extractor_kind
 
     t0 = time.perf_counter()
-    b = cfg.bench
     key = bench_config_key(cfg)
     kind = resolve_extractor_kind(cfg.evaluation.extractor, cfg.data.dataset)
     check_extractor_available(kind, cache_dir=run.cache_dir, inception_weights=cfg.evaluation.inception_weights)
@@ -79,6 +68,39 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     cands, skipped = _plan(ctx, key)
     for m, bud, reason in skipped:
         _record_skip(run, key, m, bud, reason)
+    pending, reused = _split_reused(run, key, cands)
+    if not pending:
+        return BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+
+    extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
+                                inception_weights=cfg.evaluation.inception_weights)
+    ref_feats = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
+    env = _BenchEnv(key, extractor, ref_feats, _machine(device), _versions())
+    base_model, _, _ = _base_candidate(ctx, None, key).build()
+    rows: list[dict[str, Any]] = []
+    groups: dict[str, list[Candidate]] = {}
+    for c in pending:
+        groups.setdefault(_bkey(c.budget_ratio), []).append(c)
+    for gkey, group in groups.items():
+        rows += _bench_group(ctx, env, gkey, group, base_model, len(rows), len(pending))
+    return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class _BenchEnv:
+    """What every row of one :func:`run_bench` call shares: the config key, the feature extractor
+    and the reference features it scores against, the machine and library versions recorded."""
+
+    key: str
+    extractor: Any
+    ref_feats: Any
+    machine: Any
+    versions: Any
+
+
+def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:
+    """Candidates to measure, and names of those whose row for the same inputs is already stored
+    (logged)."""
     done = finished_rows(run, key)
     pending: list[Candidate] = []
     reused: list[str] = []
@@ -91,76 +113,100 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     if reused:
         log.info("bench: %d rows already in %s for these inputs, not recomputed: %s", len(reused), run.results_path,
                  ", ".join(reused))
-    if not pending:
-        return BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+    return pending, reused
 
-    extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
-                                inception_weights=cfg.evaluation.inception_weights)
-    ref_feats = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
-    machine, versions = _machine(device), _versions()
-    base_cand = _base_candidate(ctx, None, key)
-    base_model, _, _ = base_cand.build()
+
+def _bench_group(ctx: _Context, env: _BenchEnv, gkey: str, group: list[Candidate], base_model: Any,
+                 done_before: int, total: int) -> list[dict[str, Any]]:
+    """Build, time and score the candidates of one budget; append (and return) one row each.
+    ``done_before`` rows of ``total`` were measured before this group (for the progress log)."""
+    for c in group:
+        log.info("bench: building %s", c.name)
+        c.model, c.macs_per_trajectory, c.extra = c.build()
+    bs = ctx.cfg.bench.latency_batch_size
+    timing = _group_latency(ctx, group, base_model)
+    group_id = f"{gkey}-{uuid.uuid4().hex[:8]}"
+    base_latency_ms = timing["__base__"].median_ms / bs  # per image
     rows: list[dict[str, Any]] = []
-    groups: dict[str, list[Candidate]] = {}
-    for c in pending:
-        groups.setdefault(_bkey(c.budget_ratio), []).append(c)
-    total = len(pending)
-    done_count = 0
-    for gkey, group in groups.items():
-        for c in group:
-            log.info("bench: building %s", c.name)
-            c.model, c.macs_per_trajectory, c.extra = c.build()
-        # latency: the whole group and the base model, round-robin in one call
-        bs = b.latency_batch_size
+    for i, c in enumerate(group):
+        log.info("bench [%d/%d]: %s (%d seeds x %d images, %d steps)", done_before + i + 1, total, c.name,
+                 len(ctx.cfg.bench.seeds), ctx.cfg.bench.num_samples, c.num_steps)
+        q, grid_rel = _score(ctx, env, c)
+        latency_ms = base_latency_ms if c.method == "base" else timing[c.name].median_ms / bs  # per image
+        row = _bench_row(ctx, env, c, q, latency_ms, base_latency_ms, group_id, grid_rel)
+        if c.budget_ratio is not None and row["macs_ratio"] > c.budget_ratio + 1e-6:
+            log.warning("bench: %s runs at %.3f of the base MACs, over its budget %g", c.name, row["macs_ratio"],
+                        c.budget_ratio)
+        ctx.run.append_result(row)
+        rows.append(row)
+        log.info("bench: %s FID %.3f [%s, %s], %.3f of the base MACs, %.2fx", c.name, row["fid_mean"],
+                 _fmt(row.get("fid_ci_low")), _fmt(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
+    for c in group:  # free memory before the next budget
+        c.model = None
+    return rows
 
-        def trajectory(model: Any, steps: int) -> Callable[[], object]:
-            def fn() -> object:
-                with torch.no_grad():
-                    return ctx.generate(model, bs, 0, steps, batch_size=bs, progress=False)
-            return fn
 
-        fns = {"__base__": trajectory(base_model, cfg.sampling.num_steps)}
-        for c in group:
-            if c.method != "base":
-                fns[c.name] = trajectory(c.model, c.num_steps)
-        timing = compare_latency(fns, repeats=b.latency_repeats, warmup=1, device=device)
-        group_id = f"{gkey}-{uuid.uuid4().hex[:8]}"
-        base_ms = timing["__base__"].median_ms / bs
-        for c in group:
-            done_count += 1
-            log.info("bench [%d/%d]: %s (%d seeds x %d images, %d steps)", done_count, total, c.name, len(b.seeds),
-                     b.num_samples, c.num_steps)
-            results = []
-            grid_rel = None
-            for seed in b.seeds:
-                with torch.no_grad():
-                    images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps)  # (N,C,H,W) in [-1,1]
-                results.append(compute_quality(images, ref_feats, extractor))
-                if grid_rel is None:
-                    grid = run.samples_dir / "bench" / f"{c.method}-{_bkey(c.budget_ratio)}.png"
-                    save_grid(images[: b.grid_images], grid)
-                    grid_rel = str(grid.relative_to(run.path))
-            q = quality_with_ci(results, confidence=b.confidence)
-            ms = base_ms if c.method == "base" else timing[c.name].median_ms / bs
-            row = {
-                "kind": RECORD_KIND, "run": cfg.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "method": c.method, "budget_ratio": c.budget_ratio, "config_key": key, "inputs_key": c.inputs_key,
-                **q, "seeds": list(b.seeds), "sampler": cfg.sampling.sampler, "num_steps": c.num_steps,
-                "macs_per_trajectory": int(c.macs_per_trajectory), "base_macs_per_trajectory": int(ctx.base_traj),
-                "macs_ratio": c.macs_per_trajectory / ctx.base_traj,
-                "latency_ms_per_image": ms, "base_latency_ms_per_image": base_ms, "speedup": base_ms / ms,
-                "latency_group": group_id, "latency_batch_size": bs, "latency_repeats": b.latency_repeats,
-                "device": str(device), "allocation": c.allocation_path, "allocation_cost": c.allocation_cost,
-                "finetune": None, "grid": grid_rel, "machine": machine, "versions": versions,
-                "dataset": dataset_id(cfg.data), **c.extra,
-            }
-            if c.budget_ratio is not None and row["macs_ratio"] > c.budget_ratio + 1e-6:
-                log.warning("bench: %s runs at %.3f of the base MACs, over its budget %g", c.name, row["macs_ratio"],
-                            c.budget_ratio)
-            run.append_result(row)
-            rows.append(row)
-            log.info("bench: %s FID %.3f [%s, %s], %.3f of the base MACs, %.2fx", c.name, row["fid_mean"],
-                     _fmt(row.get("fid_ci_low")), _fmt(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
-        for c in group:  # free memory before the next budget
-            c.model = None
-    return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+def _group_latency(ctx: _Context, group: list[Candidate], base_model: Any) -> dict[str, Any]:
+    """Timing of one trajectory batch per model (``__base__`` for the base model)."""
+    import torch
+
+    from nas.latency import compare_latency
+
+    # latency: the whole group and the base model, round-robin in one call
+    b = ctx.cfg.bench
+    bs = b.latency_batch_size
+
+    def trajectory(model: Any, steps: int) -> Callable[[], object]:
+        def fn() -> object:
+            with torch.no_grad():
+                return ctx.generate(model, bs, 0, steps, batch_size=bs, progress=False)
+        return fn
+
+    fns = {"__base__": trajectory(base_model, ctx.cfg.sampling.num_steps)}
+    for c in group:
+        if c.method != "base":
+            fns[c.name] = trajectory(c.model, c.num_steps)
+    return compare_latency(fns, repeats=b.latency_repeats, warmup=1, device=ctx.device)
+
+
+def _score(ctx: _Context, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
+    """Quality with confidence intervals over the bench seeds; the first seed's sample grid is
+    saved (path relative to the run folder)."""
+    import torch
+
+    from nas.metrics import compute_quality, quality_with_ci
+    from nas.sampling import save_grid
+
+    b = ctx.cfg.bench
+    results = []
+    grid_rel = None
+    for seed in b.seeds:
+        with torch.no_grad():
+            images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps)  # (N,C,H,W) in [-1,1]
+        results.append(compute_quality(images, env.ref_feats, env.extractor))
+        if grid_rel is None:
+            grid = ctx.run.samples_dir / "bench" / f"{c.method}-{_bkey(c.budget_ratio)}.png"
+            save_grid(images[: b.grid_images], grid)
+            grid_rel = str(grid.relative_to(ctx.run.path))
+    return quality_with_ci(results, confidence=b.confidence), grid_rel
+
+
+def _bench_row(ctx: _Context, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
+               base_latency_ms: float, group_id: str, grid_rel: str | None) -> dict[str, Any]:
+    """The ``results.jsonl`` record of one candidate (latencies per image)."""
+    from nas.data import dataset_id
+
+    cfg, b = ctx.cfg, ctx.cfg.bench
+    return {
+        "kind": RECORD_KIND, "run": cfg.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": c.method, "budget_ratio": c.budget_ratio, "config_key": env.key, "inputs_key": c.inputs_key,
+        **q, "seeds": list(b.seeds), "sampler": cfg.sampling.sampler, "num_steps": c.num_steps,
+        "macs_per_trajectory": int(c.macs_per_trajectory), "base_macs_per_trajectory": int(ctx.base_traj),
+        "macs_ratio": c.macs_per_trajectory / ctx.base_traj,
+        "latency_ms_per_image": latency_ms, "base_latency_ms_per_image": base_latency_ms,
+        "speedup": base_latency_ms / latency_ms,
+        "latency_group": group_id, "latency_batch_size": b.latency_batch_size, "latency_repeats": b.latency_repeats,
+        "device": str(ctx.device), "allocation": c.allocation_path, "allocation_cost": c.allocation_cost,
+        "finetune": None, "grid": grid_rel, "machine": env.machine, "versions": env.versions,
+        "dataset": dataset_id(cfg.data), **c.extra,
+    }
