@@ -63,13 +63,7 @@ def split_relaxed(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> di
     """Per-expert relaxed weights (prefix removed) for a ``ProductSpace``; ``{"": weights}`` else."""
     if not isinstance(space, ProductSpace):
         return {"": dict(weights)}
-    out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in space.parts}
-    for k, w in weights.items():
-        part, sep, rest = k.partition(ProductSpace.SEP)
-        if not sep or part not in out:
-            raise ValueError(f"unknown key {k!r}: not a dimension of this search space")
-        out[part][rest] = w
-    return out
+    return space.split_values(weights)
 
 
 def relaxed_macs(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -102,15 +102,24 @@ class ProductSpace(SearchSpace):
     def dimensions(self) -> tuple[Dimension, ...]:
         return self._dims
 
-    def split(self, arch: Mapping[str, Choice]) -> dict[str, Arch]:
-        """Per-part archs (prefix removed)."""
-        out: dict[str, dict[str, Choice]] = {p: {} for p in self.parts}
-        for k, v in arch.items():
+    def split_values(self, values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per-part dicts of any per-dimension values (choices, relaxed weights), prefix removed;
+        every part is present (empty when ``values`` has none of its dimensions).
+
+        Raises:
+            ValueError: a key that is not ``<part>/<dimension>`` of this space.
+        """
+        out: dict[str, dict[str, Any]] = {p: {} for p in self.parts}
+        for k, v in values.items():
             p, sep, rest = k.partition(self.SEP)
             if not sep or p not in out:
                 raise ValueError(f"unknown key {k!r}: not a dimension of this search space")
             out[p][rest] = v
-        return {p: Arch(v) for p, v in out.items()}
+        return out
+
+    def split(self, arch: Mapping[str, Choice]) -> dict[str, Arch]:
+        """Per-part archs (prefix removed)."""
+        return {p: Arch(v) for p, v in self.split_values(arch).items()}
 
     def join(self, archs: Mapping[str, Mapping[str, Choice]]) -> Arch:
         """Inverse of :meth:`split`."""
@@ -130,14 +139,8 @@ class ProductSpace(SearchSpace):
         such as :class:`~search_spaces.UNetSpace`'s, is used); missing dimensions count as full."""
         import torch
 
-        per_part: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.parts}
-        for k, w in weights.items():
-            p, sep, rest = k.partition(self.SEP)
-            if not sep or p not in per_part:
-                raise ValueError(f"unknown or tied dimension {k!r} in relaxed weights")
-            per_part[p][rest] = w
         total = torch.zeros((), dtype=torch.float64)
-        for p, part_weights in per_part.items():
+        for p, part_weights in self.split_values(weights).items():
             part = self.parts[p]
             part_macs = part.macs_relaxed(part_weights) if part_weights else torch.tensor(
                 float(part.macs(part.full())), dtype=torch.float64)
