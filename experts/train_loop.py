@@ -125,6 +125,7 @@ def _weights_module(m: nn.Module) -> nn.Module:
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (safetensors) plus a JSON-able remainder."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
@@ -138,6 +139,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
 
 
 def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    """Inverse of :func:`_flatten_optimizer`: a state dict for ``optimizer.load_state_dict``."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         _, idx, name = key.split(".", 2)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from search_spaces.errors import UserError
-
+from experts.train_loop import _flatten_optimizer, _unflatten_optimizer  # one checkpoint format for optimizers
 from nas.model_folders import MARKER_FILE, _read_json
+from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +108,6 @@ def _lr_at(step: int, settings: dict) -> float:
     total = max(1, int(settings["train_steps"]) - warm)
     frac = min(1.0, (step - warm) / total)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat tensors (safetensors) plus a JSON-able remainder."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, k = key.split(".", 2)
-        state.setdefault(int(idx), {})[k] = v
-    for idx, st in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def _save_checkpoint(ckpt: Path, step: int, unet, ema: dict, opt, gen: torch.Generator, settings: dict, digest: str,
