@@ -254,13 +254,7 @@ class StudyDriver:
             return
         params = dict(frozen.system_attrs.get("fixed_params") or frozen.params)
         with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-            arch = self._arch_from_params(params, require_all=True)
-            self._enqueue_shrunk(Proposal(
-                study=self.spec.name, number=int(frozen.number), arch=arch, key=arch_key(arch),
-                macs=int(frozen.user_attrs.get("diffnas_macs", 0)),
-                macs_ratio=float(frozen.user_attrs.get("diffnas_macs_ratio", 0.0)), constraint=None,
-                feasible=False, fidelity=self.search_fidelity, source="sampler",
-            ))
+            self._enqueue_shrunk(self._arch_from_params(params, require_all=True), int(frozen.number))
 
     def _set_attr(self, frozen: Any, key: str, value: Any) -> None:
         # optuna has no public API to set an attribute of a trial asked by another process
@@ -352,15 +346,15 @@ class StudyDriver:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.counts["skipped_infeasible"] += 1
             if self.config.shrink_infeasible:
-                self._enqueue_shrunk(p)
+                self._enqueue_shrunk(p.arch, p.number)
         else:
             raise ValueError(f"not a non-new proposal kind: {kind!r}")
 
-    def _enqueue_shrunk(self, p: Proposal) -> None:
-        """Queue ``p``'s arch shrunk to the budget as the next proposal (see
-        ``search.shrink_infeasible``); nothing when it cannot fit or is already known."""
-        rng = np.random.default_rng([self.seed, zlib.crc32(self.spec.name.encode()), p.number])
-        shrunk = shrink_to_budget(self.space, p.arch, self.spec.budget_ratio * self.full_macs, rng)
+    def _enqueue_shrunk(self, arch: Arch, number: int) -> None:
+        """Queue ``arch`` (trial ``number``'s, over the budget) shrunk to the budget as the next
+        proposal (see ``search.shrink_infeasible``); nothing when it cannot fit or is already known."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(self.spec.name.encode()), number])
+        shrunk = shrink_to_budget(self.space, arch, self.spec.budget_ratio * self.full_macs, rng)
         if shrunk is None:
             return
         key = arch_key(shrunk)
