@@ -114,7 +114,7 @@ def _uniform_allocation(ctx: _Context, budget: float, path: Path) -> Path | str:
             if Allocation.load(path) == alloc:
                 return path
         except (ValueError, KeyError, json.JSONDecodeError):
-            pass
+            pass  # an unreadable stale file is rewritten below
     alloc.save(path)
     return path
 

@@ -104,7 +104,7 @@ def _versions() -> dict[str, str]:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            pass
+            pass  # not installed (e.g. ray on a GPU box): the record simply lacks that version
     return out
 
 

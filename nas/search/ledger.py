@@ -307,7 +307,7 @@ class StudyLedger:
             try:
                 images += float(m.get("sampled_images", 0) or 0)
             except (TypeError, ValueError):
-                pass
+                pass  # a non-numeric metric from a user objective does not count as images
         return {
             "evaluations": {self.search_fidelity: len(self.completed),
                             **({self.full_fidelity: len(self.promoted)} if self.full_fidelity else {})},
