@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report.summary import METHOD_LABELS, _budget_key, _fmt_macs, fmt_ci, fmt_num
-
-# the points a search enqueues before sampling (nas.search.allocations.known_points)
-ENQUEUED_SOURCES = ("router", "uniform", "full")
+from nas.search.allocations import KNOWN_POINT_SOURCES as ENQUEUED_SOURCES  # enqueued before sampling
 
 
 def _b64(path: Path) -> str:

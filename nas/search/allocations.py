@@ -33,6 +33,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+KNOWN_POINT_SOURCES = ("full", "uniform", "router")  # the ``source`` of each of :func:`known_points`
+
 
 def arch_key(arch: Mapping[str, Any]) -> str:
     """Deterministic short key of an architecture (16 hex digits of SHA-256 of its JSON).
