@@ -2,8 +2,9 @@
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
+from experts.mixture_space import MixtureSpace
 
-__all__ = ["Allocation", "Intervals", "MixtureOfExperts", "MixturePipeline"]
+__all__ = ["Allocation", "Intervals", "MixtureOfExperts", "MixturePipeline", "MixtureSpace"]
 
 _LAZY = {"MixtureOfExperts": "experts.mixture", "MixturePipeline": "experts.pipeline"}
 
