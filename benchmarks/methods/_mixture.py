@@ -1,0 +1,116 @@
+"""Methods whose model is a fine-tuned mixture of the interval experts, made from an allocation
+file ``allocations/<name>-<budget>.json``: the shared :class:`MixtureMethod`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from benchmarks.bench.records import normalize_cost
+from benchmarks.methods._common import file_hash, finetune_settings, inputs_key
+from nas.methods import AllocationMethod, Candidate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from experts.allocation import Allocation
+    from experts.training import ExpertTrainSettings
+
+__all__ = ["MixtureMethod"]
+
+log = logging.getLogger(__name__)
+
+
+class MixtureMethod(AllocationMethod):
+    """A mixture of the interval experts pruned to an allocation, fine-tuned with the common budget
+    (:func:`experts.finetune.finetune_allocation`) into ``mixtures/<name>-<budget>/``.
+
+    Subclasses set :attr:`producer` (the command that writes the allocation file) or override
+    :meth:`write_allocation` to write it themselves.
+    """
+
+    mixture: ClassVar[bool] = True
+    finetuned: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("experts",)
+    #: The command that writes ``allocations/<name>-<budget>.json`` (named in skip reasons).
+    producer: ClassVar[str | None] = None
+
+    def write_allocation(self, ctx: Any, budget: float, path: Path) -> str | None:
+        """Make sure ``path`` holds this method's allocation at ``budget``: None when it does,
+        else the reason it cannot. The default only checks that :attr:`producer` wrote it."""
+        if path.is_file():
+            return None
+        return f"{path.relative_to(ctx.run.path)} does not exist (run {self.producer} with budget {budget:g})"
+
+    def candidate(self, ctx: Any, budget: float | None, config_key: str) -> Candidate | str:
+        """The mixture at ``budget`` from its allocation file, or why it cannot run (no experts, no
+        allocation, an unreadable one, or one made for other intervals)."""
+        assert budget is not None, f"{self.name} is made for a budget"
+        run = ctx.run
+        if not ctx.has_experts():
+            return f"{run.experts_dir.relative_to(run.path)}/ has no trained experts (run `diffnas train-experts`)"
+        path = run.allocations_dir / f"{self.name}-{budget:g}.json"
+        reason = self.write_allocation(ctx, budget, path)
+        if reason is not None:
+            return reason
+        alloc = self._load_allocation(ctx, path)
+        if isinstance(alloc, str):
+            return alloc
+        if not alloc.feasible:
+            log.warning("%s is over its budget (achieved %.3f > %g); benchmarked as stored", path, alloc.achieved_ratio,
+                        budget)
+        settings = finetune_settings(ctx.cfg)
+        key = inputs_key(config_key, file_hash(path))
+
+        def build() -> tuple[Any, int, dict[str, Any]]:
+            return _finetune_mixture(ctx, alloc, budget, settings)
+
+        return Candidate(self.name, budget, key, ctx.cfg.sampling.num_steps, build,
+                         allocation_path=str(path.relative_to(run.path)), allocation_cost=normalize_cost(alloc.info))
+
+    def _load_allocation(self, ctx: Any, path: Path) -> Allocation | str:
+        """The allocation stored at ``path``, or why it cannot be used (unreadable, other intervals)."""
+        from experts.allocation import Allocation
+
+        rel = path.relative_to(ctx.run.path)
+        try:
+            alloc = Allocation.load(path)
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            return f"cannot read {rel}: {exc}"
+        iv = ctx.intervals()
+        if iv is not None and alloc.intervals != iv:
+            return (f"{rel} was made for intervals {list(alloc.intervals.boundaries)}, the experts "
+                    f"have {list(iv.boundaries)}; rerun {self.producer or 'the allocation'}")
+        return alloc
+
+
+def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
+                      settings: ExpertTrainSettings) -> tuple[Any, int, dict[str, Any]]:
+    """Materialise and fine-tune the mixture of ``alloc`` (reused when already in its folder), load
+    it, and return (model, trajectory MACs, extra row fields)."""
+    from experts.finetune import finetune_allocation
+    from experts.pipeline import load_model_folder
+
+    run = ctx.run
+    train, heldout = ctx.data()
+    out = run.mixture_dir(alloc.method, budget)
+    res = finetune_allocation(
+        alloc, run.experts_dir, train, settings, out, scheduler_config=ctx.base.scheduler_config,
+        device=ctx.device, heldout=heldout, vae=ctx.base.vae, encoder_hidden_states=ctx.base.encoder_hidden_states,
+        sampler_scheduler=ctx.scheduler, progress=ctx.progress,
+    )
+    run.write_config(ctx.cfg, out)
+    model = load_model_folder(out, device=ctx.device).model
+    traj = int(model.trajectory_macs(ctx.timesteps))
+    k = alloc.intervals.num_intervals
+    extra = {
+        "model_path": str(out.relative_to(run.path)),
+        "finetune": {"steps_per_expert": res.steps_per_expert, "batch_size": res.batch_size, "num_experts": k,
+                     "steps_total": res.steps_per_expert * k, "images_total": res.steps_per_expert * res.batch_size * k,
+                     "seconds": res.seconds, "loss_before": list(res.loss_before), "loss_after": list(res.loss_after)},
+        "macs_per_expert": list(model.macs_per_expert()),
+        "steps_per_expert": alloc.intervals.steps_per_interval(ctx.timesteps),
+        "intervals": alloc.intervals.spans(),
+        "allocation_achieved_ratio": alloc.achieved_ratio,
+    }
+    return model, traj, extra
