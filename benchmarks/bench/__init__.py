@@ -3,18 +3,18 @@
 For every budget ``b`` of ``bench.budgets`` (fractions of the base model's trajectory MACs), on the
 same data, sampler and step count:
 
-- ``routed``: the routing agent's allocation ``allocations/router-<b>.json``;
-- ``searched``: the Optuna/Ray allocation ``allocations/search-<b>.json``;
+- ``router``: the routing agent's allocation ``allocations/router-<b>.json``;
+- ``search``: the Optuna/Ray allocation ``allocations/search-<b>.json``;
 - ``uniform``: every interval's expert at the same width, the largest
   (:meth:`UNetSpace.uniform <search_spaces.UNetSpace.uniform>`) meeting the budget
   (written to ``allocations/uniform-<b>.json``);
 - ``static``: one model pruned with torch-pruning to ``b`` of the base MACs, no intervals
   (:mod:`benchmarks.static_pruning`, Diff-Pruning style Taylor importance by default);
-- ``base_steps``: the base model with ``floor(b x num_steps)`` sampling steps;
+- ``fewer_steps``: the base model with ``floor(b x num_steps)`` sampling steps;
 
 and once, ``base``: the unpruned base model.
 
-Equal fine-tuning cost: the mixtures (routed, searched, uniform) are materialised and fine-tuned
+Equal fine-tuning cost: the mixtures (router, search, uniform) are materialised and fine-tuned
 by :func:`experts.finetune.finetune_allocation` with ``experts.finetune_steps`` x
 ``experts.finetune_batch_size`` per expert (to ``mixtures/<router|search|uniform>-<b>/``, the
 same folder ``diffnas finetune`` writes, reused when already there); the static model, one
@@ -39,8 +39,9 @@ Modules (every name is importable from ``benchmarks.bench``):
 
 - :mod:`benchmarks.bench.runner`: :func:`run_bench` (the measurement loop, one row per
   method and budget) and :func:`prepare_models` (make the models only);
-- :mod:`benchmarks.bench.methods`: how each method gets its model (the routed / searched /
-  uniform mixtures, static pruning, the base model with fewer steps) and the plan of a call;
+- :mod:`benchmarks.bench.methods`: the plan of a call (:func:`plan`): the candidates of the
+  registered allocation methods (:mod:`nas.methods`; the built-in ones in :mod:`benchmarks.methods`)
+  named in ``bench.methods``;
 - :mod:`benchmarks.bench.context`: the candidate record and the lazily loaded base model,
   data and experts shared by the rows;
 - :mod:`benchmarks.bench.records`: row keys and resume lookup (:func:`bench_config_key`,
@@ -59,19 +60,7 @@ Example::
 from __future__ import annotations
 
 from benchmarks.bench.context import Candidate, _Context
-from benchmarks.bench.methods import (
-    _PRODUCER,
-    ALLOCATION_PREFIX,
-    STATIC_MARKER,
-    _base_candidate,
-    _candidate,
-    _finetune_settings,
-    _mixture_candidate,
-    _plan,
-    _prune,
-    _static_candidate,
-    _uniform_allocation,
-)
+from benchmarks.bench.methods import _base_candidate, _plan, base_candidate, plan
 from benchmarks.bench.records import (
     RECORD_KIND,
     SKIP_KIND,
@@ -93,7 +82,6 @@ from benchmarks.bench.runner import prepare_models, run_bench
 # to monkeypatch one, patch it in the submodule that uses it (patching it here changes nothing).
 
 __all__ = [
-    "ALLOCATION_PREFIX",
     "BenchResult",
     "RECORD_KIND",
     "SKIP_KIND",

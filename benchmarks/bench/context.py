@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.bench.records import _bkey
 from nas.config import ExperimentConfig
+from nas.methods import Candidate
 from nas.rundir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,26 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from nas.models import BaseModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Candidate:
-    """One (method, budget) to evaluate: how to get its model, and what it cost to make."""
-
-    method: str
-    budget_ratio: float | None
-    inputs_key: str
-    num_steps: int
-    build: Callable[[], Any]  # -> (model callable, macs_per_trajectory, extra row fields)
-    allocation_path: str | None = None
-    allocation_cost: dict[str, Any] | None = None
-    model: Any = None
-    macs_per_trajectory: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}@{_bkey(self.budget_ratio)}"
 
 
 class _Context:
