@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 from nas.config.checks import _NAME_RE, require
+from nas.methods import all_methods
 
 __all__ = ["BenchConfig", "ExpertsConfig", "IntervalsConfig", "RouterConfig", "SearchConfig"]
 
@@ -246,6 +247,14 @@ class IntervalsConfig:
         require(self.seed is None or self.seed >= 0, "seed", f"must be >= 0 or null, got {self.seed}")
 
 
+def _require_registered(methods: tuple[str, ...]) -> None:
+    """Every name in ``methods`` is a registered allocation method (plugins loaded first)."""
+    known = all_methods()
+    for i, name in enumerate(methods):
+        require(name in known, f"methods[{i}]",
+                f"must be a registered allocation method ({', '.join(known) or 'none registered'}), got {name!r}")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """The comparison (``diffnas bench``) and the report.
@@ -257,10 +266,11 @@ class BenchConfig:
 
     Attributes:
         budgets: trajectory-MACs budgets, as fractions of the base model's.
-        methods: what is compared: ``routed`` (allocations/router-<b>.json), ``searched``
+        methods: what is compared, by registered allocation-method name (:mod:`nas.methods`;
+            plugins add more): ``router`` (allocations/router-<b>.json), ``search``
             (allocations/search-<b>.json), ``uniform`` (every expert at the same width),
             ``static`` (one model pruned with torch-pruning, no intervals), ``base`` (the
-            unpruned model) and ``base_steps`` (the base model with fewer sampling steps at the
+            unpruned model) and ``fewer_steps`` (the base model with fewer sampling steps at the
             same trajectory MACs).
         seeds: sampling seeds; FID/KID are reported as mean and t interval over them (>= 3).
         num_samples: generated images per seed.
@@ -276,8 +286,7 @@ class BenchConfig:
     """
 
     budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
-    methods: tuple[Literal["routed", "searched", "uniform", "static", "base", "base_steps"], ...] = (
-        "routed", "searched", "uniform", "static", "base", "base_steps")
+    methods: tuple[str, ...] = ("router", "search", "uniform", "static", "base", "fewer_steps")
     seeds: tuple[int, ...] = (0, 1, 2)
     num_samples: int = 256
     confidence: float = 0.95
@@ -296,6 +305,7 @@ class BenchConfig:
         require(len(set(b)) == len(b), "budgets", f"must not repeat a budget, got {b}")
         require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods), "methods",
                 f"must list methods once each, got {list(self.methods)}")
+        _require_registered(self.methods)
         require(len(self.seeds) >= 3 and len(set(self.seeds)) == len(self.seeds), "seeds",
                 f"must list at least 3 distinct seeds (for a 95% interval), got {list(self.seeds)}")
         require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")

@@ -181,3 +181,13 @@ def test_sampler_choices_match_nas_sampling():
 
     choices = typing.get_args(typing.get_type_hints(SamplingConfig)["sampler"])
     assert set(choices) == set(SAMPLERS)
+
+
+def test_an_unknown_bench_method_is_one_line_naming_the_key_and_the_registered_methods():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["bench.methods=[router, routed]"])
+    msg = str(err.value)
+    assert msg.startswith("config key 'bench.methods[1]' must be a registered allocation method (router, search, "
+                          "uniform, static, fewer_steps, base), got 'routed'")
+    assert "\n" not in msg
+    assert load_config(None, ["bench.methods=[fewer_steps, base]"]).bench.methods == ("fewer_steps", "base")
