@@ -19,6 +19,9 @@ Which rows are reported: per (method, budget) the latest ``bench`` row whose ``c
 that of the latest ``bench`` row in the file (rows of other configurations are counted in
 ``summary.json`` as ``ignored_rows``, never mixed in).
 
+Methods are named, labelled, coloured and ordered as registered in :mod:`nas.methods` (a
+method no plugin registers is shown by its name, in gray, after the others).
+
 Pareto fronts and hypervolume: each method's points are (MACs ratio, FID mean), both minimised;
 MACs ratio = trajectory MACs / the base model's trajectory MACs (fvcore, same sampler and step
 count). A point is on its method's front if no other point of that method is at most as large in
@@ -40,7 +43,7 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                          fid_values, kid_mean, kid_ci_low, kid_ci_high, kid_values,
                          macs_per_trajectory, macs_ratio, latency_ms_per_image,
                          base_latency_ms_per_image, speedup, latency_group, finetune,
-                         allocation_cost, grid, num_steps} ]  (method order, then budget)
+                         allocation_cost, grid, num_steps} ]  (registry order of methods, then budget)
     methods           {method: {points: [[macs_ratio, fid_mean], ...], pareto: [[...], ...],
                                 hypervolume}}
     budgets           {"<budget>": [method, ...]}  rows reported at each budget
@@ -75,29 +78,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.documents import _html, _markdown
-from benchmarks.report.figures import _plot_allocations, _plot_pareto, _plot_search, _plot_similarity
+from benchmarks.report.documents import render_html, render_markdown
+from benchmarks.report.figures import plot_allocations, plot_pareto, plot_search, plot_similarity
 from benchmarks.report.summary import (
-    METHOD_LABELS,
     REF_FID_FACTOR,
     REF_MACS_RATIO,
     SCHEMA,
     RunData,
-    _budget_key,
-    _search_summary,
     build_summary,
     fmt_ci,
     fmt_num,
     hypervolume_2d,
     load_run,
+    method_label,
     pareto_indices,
     reference_point,
+    search_summary,
 )
+from nas.methods import budget_key
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "METHOD_LABELS",
+    "REF_FID_FACTOR",
+    "REF_MACS_RATIO",
     "ReportResult",
     "SCHEMA",
     "build_report",
@@ -106,6 +110,7 @@ __all__ = [
     "fmt_num",
     "hypervolume_2d",
     "load_run",
+    "method_label",
     "pareto_indices",
     "reference_point",
 ]
@@ -132,20 +137,20 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     summary = build_summary(data)
     pngs: list[Path] = []
 
-    pareto = _plot_pareto(summary, out / "pareto.png")
+    pareto = plot_pareto(summary, out / "pareto.png")
     pngs.append(pareto)
 
-    search, trials = _search_summary(data.records)
+    search, trials = search_summary(data.records)
     search_png = None
     if trials:
-        search_png = _plot_search(trials, out / "search_trials.png")
+        search_png = plot_search(trials, out / "search_trials.png")
         pngs.append(search_png)
 
     sim_png = _similarity_png(data, summary, out)
     if sim_png is not None:
         pngs.append(sim_png)
 
-    alloc_png = _plot_allocations(summary["allocations"], out / "allocations.png") if summary["allocations"] else None
+    alloc_png = plot_allocations(summary["allocations"], out / "allocations.png") if summary["allocations"] else None
     if alloc_png is not None:
         pngs.append(alloc_png)
 
@@ -157,10 +162,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
-    md = _markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
+    md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
     md_path = out / "report.md"
     md_path.write_text(md)
-    page = _html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
+    page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
     html_path = out / "index.html"
     html_path.write_text(page)
     log.info("report written to %s (%d figures)", html_path, len(pngs))
@@ -187,7 +192,7 @@ def _similarity_png(data: RunData, summary: Mapping[str, Any], out: Path) -> Pat
     if ipath.is_file():
         raw = json.loads(ipath.read_text())
         if isinstance(raw, dict) and raw.get("similarity") and raw.get("timesteps") and summary["intervals"]:
-            return _plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"], out / "similarity.png")
+            return plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"], out / "similarity.png")
     return None
 
 
@@ -203,7 +208,7 @@ def _copy_grids(data: RunData, summary: Mapping[str, Any], out: Path) -> list[tu
         if not src.is_file():
             log.warning("sample grid %s of %s is missing; left out", src, r["method"])
             continue
-        dst = out / "grids" / f"{r['method']}-{_budget_key(r['budget_ratio'])}.png"
+        dst = out / "grids" / f"{r['method']}-{budget_key(r['budget_ratio'])}.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         grids.append((r, dst))

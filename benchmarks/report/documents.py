@@ -12,8 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.summary import METHOD_LABELS, _budget_key, _fmt_macs, fmt_ci, fmt_num
+from benchmarks.report.summary import fmt_ci, fmt_macs, fmt_num, method_label
+from nas.methods import budget_key
 from nas.search.allocations import KNOWN_POINT_SOURCES as ENQUEUED_SOURCES  # enqueued before sampling
+
+__all__ = ["render_html", "render_markdown"]
 
 
 def _b64(path: Path) -> str:
@@ -25,7 +28,7 @@ def _esc(text: Any) -> str:
 
 
 def _table_rows(summary: Mapping[str, Any], budget: str) -> list[dict[str, Any]]:
-    rows = [r for r in summary["rows"] if _budget_key(r["budget_ratio"]) == budget]
+    rows = [r for r in summary["rows"] if budget_key(r["budget_ratio"]) == budget]
     base = [r for r in summary["rows"] if r["method"] == "base"]
     return base + rows
 
@@ -47,11 +50,11 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         if cost.get("source") in ENQUEUED_SOURCES:  # the search's best is a point it was seeded with
             cost_text += f"; best = the {cost['source']} allocation, enqueued"
     return [
-        ("method", METHOD_LABELS.get(r["method"], r["method"]), r["method"]),
+        ("method", method_label(r["method"]), r["method"]),
         ("FID", fmt_ci(r.get("fid_mean"), r.get("fid_ci_low"), r.get("fid_ci_high"), 2), r.get("fid_mean")),
         ("KID", fmt_ci(r.get("kid_mean"), r.get("kid_ci_low"), r.get("kid_ci_high"), 4), r.get("kid_mean")),
         ("MACs ratio", fmt_num(r.get("macs_ratio"), 3), r.get("macs_ratio")),
-        ("MACs/trajectory", _fmt_macs(r.get("macs_per_trajectory")), r.get("macs_per_trajectory")),
+        ("MACs/trajectory", fmt_macs(r.get("macs_per_trajectory")), r.get("macs_per_trajectory")),
         ("ms/image", fmt_num(r.get("latency_ms_per_image"), 2), r.get("latency_ms_per_image")),
         ("speed-up", fmt_num(r.get("speedup"), 2), r.get("speedup")),
         ("steps", str(r.get("num_steps") if r.get("num_steps") is not None else "-"), r.get("num_steps")),
@@ -146,21 +149,23 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
+def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
               sim_png: Path | None, alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]],
               config_text: str | None) -> str:
+    """``report.md``: the setup, hypervolumes, one table per budget, skips, search trials,
+    intervals, allocations, sample grids, machine and config; figures linked as PNG files."""
     out = [f"# Benchmark report: run `{summary['run']}`", ""]
     out += [f"- {line}" for line in _setup_lines(summary)]
     out += ["", "## Quality vs MACs (Pareto fronts)", "", "![pareto](pareto.png)", "",
             "| method | points | Pareto points | hypervolume |", "|---|---|---|---|"]
     for m, v in summary["methods"].items():
-        out.append(f"| {METHOD_LABELS.get(m, m)} | {len(v['points'])} | {len(v['pareto'])} | "
+        out.append(f"| {method_label(m)} | {len(v['points'])} | {len(v['pareto'])} | "
                    f"{fmt_num(v['hypervolume'], 4)} |")
     for b in summary["budgets"]:
         out += ["", f"## Budget {b}", "", _md_table(_table_rows(summary, b))]
     if summary["skipped"]:
         out += ["", "## Methods not run", ""]
-        out += [f"- {s['method']} at {_budget_key(s['budget_ratio'])}: {s['reason']}" for s in summary["skipped"]]
+        out += [f"- {s['method']} at {budget_key(s['budget_ratio'])}: {s['reason']}" for s in summary["skipped"]]
     out += ["", "## Search trials", ""]
     if search_png is not None and search:
         out += [f"{search['trials']} trials: {search['complete']} complete ({search['feasible']} feasible, "
@@ -184,7 +189,7 @@ def _markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png:
         out += ["_no allocations stored_"]
     out += ["", "## Sample grids", ""]
     for r, g in grids:
-        out += [f"**{METHOD_LABELS.get(r['method'], r['method'])}, budget {_budget_key(r['budget_ratio'])}** "
+        out += [f"**{method_label(r['method'])}, budget {budget_key(r['budget_ratio'])}** "
                 f"(FID {fmt_num(r.get('fid_mean'))})", "", f"![{r['method']}]({g.parent.name}/{g.name})", ""]
     if not grids:
         out += ["_no sample grids stored_"]
@@ -198,15 +203,17 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{_b64(path)}">'
 
 
-def _html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
+def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
           alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None) -> str:
+    """``index.html``: what :func:`render_markdown` writes, self-contained (figures inline as base64
+    PNGs), with machine-readable ``data-value`` cells."""
     p = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>diffnas report: {_esc(summary['run'])}"
          f"</title><style>{_CSS}</style></head><body>", f"<h1>Benchmark report: run <code>{_esc(summary['run'])}</code></h1>",
          "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in _setup_lines(summary)) + "</ul>",
          "<h2 id=\"pareto\">Quality vs MACs (Pareto fronts)</h2>", _img(pareto, "Pareto fronts"),
          "<table class=\"hypervolume\"><tr><th>method</th><th>points</th><th>Pareto points</th><th>hypervolume</th></tr>"]
     for m, v in summary["methods"].items():
-        p.append(f'<tr data-method="{_esc(m)}"><td>{_esc(METHOD_LABELS.get(m, m))}</td><td>{len(v["points"])}</td>'
+        p.append(f'<tr data-method="{_esc(m)}"><td>{_esc(method_label(m))}</td><td>{len(v["points"])}</td>'
                  f'<td>{len(v["pareto"])}</td><td data-value="{_esc(json.dumps(v["hypervolume"]))}">'
                  f'{_esc(fmt_num(v["hypervolume"], 4))}</td></tr>')
     p.append("</table>")
@@ -214,7 +221,7 @@ def _html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Pat
         p += [f'<h2 id="budget-{_esc(b)}">Budget {_esc(b)}</h2>', _html_table(_table_rows(summary, b), b)]
     if summary["skipped"]:
         p += ["<h2>Methods not run</h2><ul>"] + [
-            f"<li>{_esc(s['method'])} at {_esc(_budget_key(s['budget_ratio']))}: {_esc(s['reason'])}</li>"
+            f"<li>{_esc(s['method'])} at {_esc(budget_key(s['budget_ratio']))}: {_esc(s['reason'])}</li>"
             for s in summary["skipped"]] + ["</ul>"]
     p.append("<h2 id=\"search\">Search trials</h2>")
     if search_png is not None and search:
@@ -242,7 +249,7 @@ def _html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Pat
         p.append("<p class=\"note\">no allocations stored</p>")
     p.append("<h2 id=\"grids\">Sample grids</h2><div class=\"grids\">")
     for r, g in grids:
-        cap = f"{METHOD_LABELS.get(r['method'], r['method'])}, budget {_budget_key(r['budget_ratio'])} (FID {fmt_num(r.get('fid_mean'))})"
+        cap = f"{method_label(r['method'])}, budget {budget_key(r['budget_ratio'])} (FID {fmt_num(r.get('fid_mean'))})"
         p.append(f"<figure>{_img(g, cap)}<figcaption>{_esc(cap)}</figcaption></figure>")
     p.append("</div>")
     if not grids:

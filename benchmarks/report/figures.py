@@ -5,14 +5,38 @@ the summary of :func:`benchmarks.report.summary.build_summary`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.summary import METHOD_LABELS
+from nas.methods import all_methods
 
-_COLORS = {"routed": "#d62728", "searched": "#1f77b4", "uniform": "#2ca02c", "static": "#9467bd",
-           "base_steps": "#ff7f0e", "base": "#000000"}
-_MARKERS = {"routed": "o", "searched": "s", "uniform": "^", "static": "D", "base_steps": "v", "base": "*"}
+__all__ = ["MethodStyle", "method_style", "plot_allocations", "plot_pareto", "plot_search", "plot_similarity"]
+
+
+@dataclass(frozen=True)
+class MethodStyle:
+    """How a method is drawn: its registered label, colour, marker and marker size, and whether it
+    is highlighted (large, hollow, on top)."""
+
+    label: str
+    color: str = "gray"
+    marker: str = "o"
+    marker_size: float = 6.0
+    highlight: bool = False
+
+
+def method_style(name: str) -> MethodStyle:
+    """The drawing style of method ``name`` from the registry (gray circles for an unregistered one).
+
+    Example:
+        >>> method_style("search").color, method_style("unknown").color
+        ('#1f77b4', 'gray')
+    """
+    m = all_methods().get(name)
+    if m is None:
+        return MethodStyle(name)
+    return MethodStyle(m.label, m.color, m.marker, float(m.marker_size), bool(m.highlight))
 
 
 def _plt():
@@ -33,7 +57,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
+def plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
+    """``pareto.png``: FID and KID (mean and interval) against the MACs ratio, one line per method,
+    each method's Pareto front ringed, the budgets and the hypervolume reference marked."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = summary["rows"]
@@ -49,18 +75,19 @@ def _plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
             ys = [p[1] for p in pts]
             lo = [p[1] - p[2] if p[2] is not None else 0.0 for p in pts]
             hi = [p[3] - p[1] if p[3] is not None else 0.0 for p in pts]
-            # the routed mixture is drawn large and hollow, on top: when the search keeps the
-            # router's allocation the two points coincide and both must stay visible
-            hollow = m == "routed"
-            ax.errorbar(xs, ys, yerr=[lo, hi], color=_COLORS.get(m, "gray"), marker=_MARKERS.get(m, "o"),
-                        markersize=9 if m == "base" else 11 if hollow else 6, capsize=3,
-                        linestyle="-" if len(xs) > 1 else "none", linewidth=1.0, label=METHOD_LABELS.get(m, m),
+            # a highlighted method is drawn large and hollow, on top: when another method keeps
+            # its allocation (the search enqueues the router's) the two points coincide and both
+            # must stay visible
+            st = method_style(m)
+            hollow = st.highlight
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=st.color, marker=st.marker, markersize=st.marker_size, capsize=3,
+                        linestyle="-" if len(xs) > 1 else "none", linewidth=1.0, label=st.label,
                         alpha=0.9, markerfacecolor="none" if hollow else None, markeredgewidth=1.6 if hollow else None,
                         zorder=3 if hollow else 2)
             if metric == "fid":
                 front = summary["methods"][m]["pareto"]
                 ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none",
-                           edgecolors=_COLORS.get(m, "gray"), linewidths=1.0, alpha=0.6)
+                           edgecolors=st.color, linewidths=1.0, alpha=0.6)
         for b in summary["budgets"]:
             ax.axvline(float(b), color="#bbbbbb", linewidth=0.8, linestyle=":")
         ax.set_xlabel("trajectory MACs / base model's (fvcore)")
@@ -81,7 +108,9 @@ def _plot_pareto(summary: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_search(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
+def plot_search(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """``search_trials.png``: each study's trials, quality against MACs ratio, feasible and
+    infeasible apart, one colour per fidelity."""
     plt = _plt()
     studies = sorted({str(t.get("study")) for t in trials})
     n = max(1, len(studies))
@@ -110,13 +139,15 @@ def _plot_search(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_allocations(allocs: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+def plot_allocations(allocs: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    """``allocations.png``: per budget, each allocation's MACs per call of every interval's expert
+    (fraction of the base model's); None when no allocation has a budget."""
     plt = _plt()
     budgets = sorted({float(a["budget_ratio"]) for a in allocs.values() if a.get("budget_ratio") is not None})
     if not budgets:
         return None
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.4 * len(budgets), 3.6), squeeze=False)
-    order = ["router", "search", "uniform", "static"]
+    order = [m for m, method in all_methods().items() if method.mixture]
     for ax, b in zip(axes[0], budgets):
         here = {a["method"]: a for a in allocs.values() if a.get("budget_ratio") is not None
                 and abs(float(a["budget_ratio"]) - b) < 1e-9}
@@ -125,8 +156,7 @@ def _plot_allocations(allocs: Mapping[str, Mapping[str, Any]], path: Path) -> Pa
         for i, m in enumerate(names):
             vals = [v if v is not None else 0.0 for v in here[m]["per_call_ratio"]]
             xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(vals))]
-            color = {"router": _COLORS["routed"], "search": _COLORS["searched"], "uniform": _COLORS["uniform"]}.get(m, "gray")
-            ax.bar(xs, vals, width=width, color=color, label=f"{m} ({here[m]['achieved_ratio']:.3f})")
+            ax.bar(xs, vals, width=width, color=method_style(m).color, label=f"{m} ({here[m]['achieved_ratio']:.3f})")
         spans = next((here[m]["spans"] for m in names if here[m].get("spans")), None)
         n = len(next(iter(here.values()))["per_call_ratio"]) if here else 0
         ax.set_xticks(range(n))
@@ -142,8 +172,9 @@ def _plot_allocations(allocs: Mapping[str, Mapping[str, Any]], path: Path) -> Pa
     return _save(fig, path)
 
 
-def _plot_similarity(intervals: Mapping[str, Any], matrix: Sequence[Sequence[float]], timesteps: Sequence[int],
+def plot_similarity(intervals: Mapping[str, Any], matrix: Sequence[Sequence[float]], timesteps: Sequence[int],
                      path: Path) -> Path:
+    """``similarity.png``: the timestep similarity matrix with the interval boundaries."""
     plt = _plt()
     import numpy as np
 

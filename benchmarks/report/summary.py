@@ -12,33 +12,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas.methods import all_methods, budget_key
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "METHOD_LABELS",
     "RunData",
     "SCHEMA",
     "build_summary",
     "fmt_ci",
+    "fmt_macs",
     "fmt_num",
     "hypervolume_2d",
     "load_run",
+    "method_label",
+    "method_order",
     "pareto_indices",
     "reference_point",
+    "search_summary",
 ]
 
 SCHEMA = "diffnas-report/1"
-#: Display order and labels of the compared methods.
-METHOD_LABELS: dict[str, str] = {
-    "routed": "routed (learned router)",
-    "searched": "searched (Optuna)",
-    "uniform": "uniform width",
-    "static": "static pruning",
-    "base_steps": "base, fewer steps",
-    "base": "base model",
-}
 REF_MACS_RATIO = 1.05
 REF_FID_FACTOR = 1.1
+
+
+# --------------------------------------------------------------------------------------------
+# methods: labels and order from the registry (a method no plugin registers shows its name, last)
+
+
+def method_label(name: str) -> str:
+    """The report's label of method ``name`` (its registered ``label``, else the name itself).
+
+    Example:
+        >>> method_label("router"), method_label("not_registered")
+        ('router (learned)', 'not_registered')
+    """
+    method = all_methods().get(name)
+    return method.label if method is not None else name
+
+
+def method_order() -> dict[str, int]:
+    """``{name: position}`` of the registered methods: the order of the report's rows and plots.
+
+    Example:
+        >>> list(method_order())[:2]
+        ['router', 'search']
+    """
+    return {name: i for i, name in enumerate(all_methods())}
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +151,13 @@ def fmt_ci(mean: Any, low: Any, high: Any, digits: int = 2) -> str:
     return f"{fmt_num(mean, digits)} [{fmt_num(low, digits)}, {fmt_num(high, digits)}]"
 
 
-def _fmt_macs(macs: Any) -> str:
+def fmt_macs(macs: Any) -> str:
+    """MACs with a unit as the tables show them (``1.50G``; ``-`` for missing).
+
+    Example:
+        >>> fmt_macs(1_500_000_000), fmt_macs(None)
+        ('1.50G', '-')
+    """
     if macs is None:
         return "-"
     m = float(macs)
@@ -138,10 +165,6 @@ def _fmt_macs(macs: Any) -> str:
         if m >= scale:
             return f"{m / scale:.2f}{unit}"
     return f"{m:.0f}"
-
-
-def _budget_key(b: Any) -> str:
-    return "base" if b is None else f"{float(b):g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,9 +246,9 @@ def _select_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
         if r.get("config_key") != key:
             ignored += 1
             continue
-        latest[(str(r.get("method")), _budget_key(r.get("budget_ratio")))] = r
-    order = {m: i for i, m in enumerate(METHOD_LABELS)}
-    rows = sorted(latest.values(), key=lambda r: (order.get(str(r.get("method")), 99), str(r.get("method")),
+        latest[(str(r.get("method")), budget_key(r.get("budget_ratio")))] = r
+    order = method_order()
+    rows = sorted(latest.values(), key=lambda r: (order.get(str(r.get("method")), len(order)), str(r.get("method")),
                                                   -1.0 if r.get("budget_ratio") is None else float(r["budget_ratio"])))
     return rows, key, ignored
 
@@ -265,7 +288,9 @@ def _allocation_summary(name: str, a: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _search_summary(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def search_summary(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Counts of the ``search_trial`` records (total and per study) and the trials themselves;
+    ``(None, [])`` when there are none."""
     trials = [dict(r) for r in records if r.get("kind") == "search_trial"]
     if not trials:
         return None, []
@@ -296,17 +321,17 @@ def build_summary(data: RunData) -> dict[str, Any]:
     budgets: dict[str, list[str]] = {}
     for r in shown:
         if r["budget_ratio"] is not None:
-            budgets.setdefault(_budget_key(r["budget_ratio"]), []).append(r["method"])
+            budgets.setdefault(budget_key(r["budget_ratio"]), []).append(r["method"])
     budgets = dict(sorted(budgets.items(), key=lambda kv: float(kv[0])))
-    have = {(r["method"], _budget_key(r["budget_ratio"])) for r in shown}
+    have = {(r["method"], budget_key(r["budget_ratio"])) for r in shown}
     skipped: dict[tuple[str, str], dict[str, Any]] = {}
     for r in data.records:
         if r.get("kind") != "bench_skip" or (key is not None and r.get("config_key") not in (None, key)):
             continue
-        k2 = (str(r.get("method")), _budget_key(r.get("budget_ratio")))
+        k2 = (str(r.get("method")), budget_key(r.get("budget_ratio")))
         if k2 not in have:
             skipped[k2] = {"method": r.get("method"), "budget_ratio": r.get("budget_ratio"), "reason": r.get("reason")}
-    search, _ = _search_summary(data.records)
+    search, _ = search_summary(data.records)
     first = rows[-1] if rows else {}
     setup_keys = ("extractor", "num_generated", "num_reference", "feature_dim", "seeds", "num_seeds", "confidence",
                   "sampler", "num_steps", "device", "latency_batch_size", "latency_repeats")
@@ -328,7 +353,7 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "rows": shown,
         "methods": methods,
         "budgets": budgets,
-        "skipped": sorted(skipped.values(), key=lambda s: (str(s["method"]), _budget_key(s["budget_ratio"]))),
+        "skipped": sorted(skipped.values(), key=lambda s: (str(s["method"]), budget_key(s["budget_ratio"]))),
         "search": search,
         "allocations": {n: _allocation_summary(n, a) for n, a in sorted(data.allocations.items())},
         "intervals": data.intervals if isinstance(data.intervals, dict) else None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 KEY = "cfgkey-test"
-METHODS = ("routed", "searched", "uniform", "static", "base_steps")
+METHODS = ("router", "search", "uniform", "static", "fewer_steps")
 BUDGETS = (0.3, 0.5)
 
 
@@ -23,15 +23,15 @@ def _row(method: str, budget: float | None, fid: float, macs_ratio: float, grid:
         "kid_mean": fid / 1000, "kid_std": 0.001, "kid_ci_low": fid / 1000 - 0.0025, "kid_ci_high": fid / 1000 + 0.0025,
         "kid_values": kids, "confidence": 0.95, "num_seeds": 3, "seeds": [0, 1, 2], "extractor": "digits",
         "num_generated": 128, "num_reference": 1797, "feature_dim": 64, "sampler": "ddim",
-        "num_steps": 20 if method != "base_steps" else max(1, int(20 * (budget or 1))),
+        "num_steps": 20 if method != "fewer_steps" else max(1, int(20 * (budget or 1))),
         "macs_per_trajectory": int(macs_ratio * 2_000_000_000), "base_macs_per_trajectory": 2_000_000_000,
         "macs_ratio": macs_ratio, "latency_ms_per_image": 50.0 * macs_ratio, "base_latency_ms_per_image": 50.0,
         "speedup": 1.0 / macs_ratio, "latency_group": f"g-{budget}", "latency_batch_size": 16, "latency_repeats": 3,
         "device": "cpu",
-        "finetune": None if method in ("base", "base_steps") else {
+        "finetune": None if method in ("base", "fewer_steps") else {
             "steps_per_expert": 10, "batch_size": 8, "num_experts": 2, "steps_total": 20, "images_total": 160},
-        "allocation_cost": ({"wall_s": 12.5, "evaluations": 40, **({"source": "router"} if method == "searched" else {})}
-                            if method in ("routed", "searched") else None),
+        "allocation_cost": ({"wall_s": 12.5, "evaluations": 40, **({"source": "router"} if method == "search" else {})}
+                            if method in ("router", "search") else None),
         "grid": grid, "machine": {"platform": "test", "cpu_count": 2}, "versions": {"torch": "x", "diffusers": "y"},
     }
 
@@ -46,9 +46,9 @@ def write_fake_run(root: Path, name: str = "fake") -> Path:
     rng = np.random.default_rng(0)
     records = []
     # a stale row of another config: must be ignored
-    records.append(_row("routed", 0.5, 99.0, 0.5, None, key="old-key"))
-    fid_table = {"routed": (9.0, 7.0), "searched": (9.5, 7.5), "uniform": (11.0, 8.0), "static": (12.0, 8.5),
-                 "base_steps": (20.0, 10.0)}
+    records.append(_row("router", 0.5, 99.0, 0.5, None, key="old-key"))
+    fid_table = {"router": (9.0, 7.0), "search": (9.5, 7.5), "uniform": (11.0, 8.0), "static": (12.0, 8.5),
+                 "fewer_steps": (20.0, 10.0)}
     for method in METHODS:
         for b, fid in zip(BUDGETS, fid_table[method]):
             grid = f"samples/bench/{method}-{b:g}.png"
@@ -57,7 +57,7 @@ def write_fake_run(root: Path, name: str = "fake") -> Path:
             records.append(_row(method, b, fid, b - 0.01, grid))
     Image.fromarray(np.zeros((36, 36), dtype="uint8")).save(run / "samples" / "bench" / "base.png")
     records.append(_row("base", None, 6.0, 1.0, "samples/bench/base.png"))
-    records.append({"kind": "bench_skip", "method": "searched", "budget_ratio": 0.7, "config_key": KEY,
+    records.append({"kind": "bench_skip", "method": "search", "budget_ratio": 0.7, "config_key": KEY,
                     "reason": "allocations/search-0.7.json does not exist (run `diffnas search`)"})
     for i in range(12):
         feasible = i % 3 != 0

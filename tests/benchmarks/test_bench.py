@@ -18,7 +18,7 @@ TINY = [
     "model.block_out_channels=[8, 16]", "model.norm_num_groups=4", "model.layers_per_block=1",
     "model.train_steps=20", "model.batch_size=16", "model.checkpoint_every=10",
     "sampling.num_steps=4", "sampling.batch_size=32",
-    "bench.budgets=[0.5]", "bench.methods=[routed, static, base, base_steps]", "bench.num_samples=24",
+    "bench.budgets=[0.5]", "bench.methods=[router, static, base, fewer_steps]", "bench.num_samples=24",
     "bench.static_importance=magnitude", "bench.static_max_iterations=4", "bench.latency_batch_size=4",
     "bench.latency_repeats=1", "bench.grid_images=4",
     "experts.finetune_steps=2", "experts.finetune_batch_size=8",
@@ -34,7 +34,7 @@ def test_bench_rows_skips_and_resume(tmp_path):
     run = prepare_run(cfg)
     first = run_bench(cfg, run, "cpu", progress=False)
     rows = _rows(run)
-    assert sorted((r["method"], r["budget_ratio"]) for r in rows) == [("base", None), ("base_steps", 0.5),
+    assert sorted((r["method"], r["budget_ratio"]) for r in rows) == [("base", None), ("fewer_steps", 0.5),
                                                                        ("static", 0.5)]
     key = bench_config_key(cfg)
     for r in rows:
@@ -46,22 +46,22 @@ def test_bench_rows_skips_and_resume(tmp_path):
         if r["budget_ratio"] is not None:
             assert r["macs_ratio"] <= 0.5 + 1e-9  # at or under the budget
     by = {r["method"]: r for r in rows}
-    assert by["base"]["macs_ratio"] == 1.0 and by["base_steps"]["num_steps"] == 2
+    assert by["base"]["macs_ratio"] == 1.0 and by["fewer_steps"]["num_steps"] == 2
     # the static model: fine-tuned with the common budget, saved, loads back in one call at its MACs
     static = by["static"]
     assert static["finetune"]["steps_total"] == 2 and static["finetune"]["batch_size"] == 8
     model = load_pruned(run.path / static["model_path"])
     assert count_unet_macs(model) * 4 == static["macs_per_trajectory"]
-    # routed has no experts: skipped with the reason, recorded once
+    # router has no experts: skipped with the reason, recorded once
     skips = _rows(run, SKIP_KIND)
-    assert [(s["method"], s["budget_ratio"]) for s in skips] == [("routed", 0.5)]
+    assert [(s["method"], s["budget_ratio"]) for s in skips] == [("router", 0.5)]
     assert "no trained experts" in skips[0]["reason"]
-    assert first.skipped and first.skipped[0][0] == "routed"
+    assert first.skipped and first.skipped[0][0] == "router"
 
     # rerun: nothing recomputed, nothing appended
     lines = run.results_path.read_text()
     again = run_bench(cfg, run, "cpu", progress=False)
-    assert again.rows == () and sorted(again.reused) == ["base@base", "base_steps@0.5", "static@0.5"]
+    assert again.rows == () and sorted(again.reused) == ["base@base", "fewer_steps@0.5", "static@0.5"]
     assert run.results_path.read_text() == lines
 
     # drop the static row (as if the run died before it was written): only it is redone,

@@ -72,8 +72,8 @@ def test_report_from_stored_results_numbers_match(tmp_path):
 
     md = (out / "report.md").read_text()
     page = (out / "index.html").read_text()
-    # a searched allocation that is the router's own (enqueued) arch says so beside its cost
-    assert md.count("12 s, 40 evals; best = the router allocation, enqueued") == 2  # searched, 2 budgets
+    # a search allocation that is the router's own (enqueued) arch says so beside its cost
+    assert md.count("12 s, 40 evals; best = the router allocation, enqueued") == 2  # search, 2 budgets
     assert "best = the router allocation, enqueued" in page
     for row in summary["rows"]:
         # markdown shows the formatted numbers
@@ -96,12 +96,12 @@ def test_report_from_stored_results_numbers_match(tmp_path):
     # hypervolume recomputed from the stored rows with the stated reference point
     ref = (summary["reference_point"]["macs_ratio"], summary["reference_point"]["fid"])
     assert ref == (1.05, pytest.approx(1.1 * 20.0))
-    routed = [(r["macs_ratio"], r["fid_mean"]) for r in stored.values() if r["method"] == "routed"]
-    assert summary["methods"]["routed"]["hypervolume"] == pytest.approx(hypervolume_2d(routed, ref))
-    assert summary["methods"]["routed"]["hypervolume"] > summary["methods"]["static"]["hypervolume"]
+    router = [(r["macs_ratio"], r["fid_mean"]) for r in stored.values() if r["method"] == "router"]
+    assert summary["methods"]["router"]["hypervolume"] == pytest.approx(hypervolume_2d(router, ref))
+    assert summary["methods"]["router"]["hypervolume"] > summary["methods"]["static"]["hypervolume"]
     # search trials: feasible and infeasible apart; skip reasons reported
     assert summary["search"]["feasible"] == 7 and summary["search"]["infeasible"] == 4 and summary["search"]["failed"] == 1
-    assert summary["skipped"] == [{"method": "searched", "budget_ratio": 0.7,
+    assert summary["skipped"] == [{"method": "search", "budget_ratio": 0.7,
                                    "reason": "allocations/search-0.7.json does not exist (run `diffnas search`)"}]
     assert "search-0.7.json does not exist" in md
     assert summary["allocations"]["router-0.5"]["per_call_ratio"] == pytest.approx([0.3, 0.7])
