@@ -1,0 +1,196 @@
+"""Sampling steps as search-space dimensions, and the joint steps x expert space of a mixture.
+
+- :class:`StepsSpace`: the steps one interval receives: dimensions ``count`` (how many
+  sampling steps) and ``spacing`` (their placement, a code into
+  :data:`experts.schedule.SPACINGS`). Its ``macs`` is the number of network calls, a
+  multiplier, not a cost by itself.
+- :class:`IntervalSpace`: one interval of a mixture, a :class:`~search_spaces.ProductSpace`
+  of parts ``steps`` (a :class:`StepsSpace`) and ``expert`` (any space, e.g. a
+  :class:`~search_spaces.UNetSpace`), whose MACs are ``count x expert MACs per call`` (and
+  relaxed MACs the product of the parts' relaxed MACs: the exact expectation for independent
+  choices, exact at one-hot weights).
+- :func:`joint_space`: the whole mixture, ``ProductSpace`` of parts ``e0, e1, ...`` (one
+  :class:`IntervalSpace` per interval, weight 1): its MACs are the trajectory MACs, the sum
+  over intervals of steps x the expert's MACs per call. :func:`split_joint` turns one of its
+  archs into a :class:`~experts.schedule.StepSchedule` and one expert arch per interval.
+
+Example:
+    >>> from search_spaces import Dimension, SimpleSpace
+    >>> from experts.intervals import Intervals
+    >>> expert = SimpleSpace([Dimension("w", (4, 8))], macs_fn=lambda a: 10 * a["w"])
+    >>> iv = Intervals(1000, (500,))
+    >>> space = joint_space(iv, [expert, expert], [(1, 2, 3), (0, 1, 2)])
+    >>> arch = space.join({"e0": {"steps/count": 3, "steps/spacing": 0, "expert/w": 4},
+    ...                    "e1": {"steps/count": 1, "steps/spacing": 0, "expert/w": 8}})
+    >>> space.macs(arch)  # 3 x 40 + 1 x 80
+    200
+    >>> schedule, archs = split_joint(space, arch, iv)
+    >>> schedule.timesteps(), [a["w"] for a in archs]
+    ([500, 333, 166, 0], [4, 8])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from experts.intervals import Intervals
+from experts.schedule import SPACINGS, IntervalSteps, StepSchedule
+from search_spaces import Arch, Dimension, ProductSpace, SearchSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["DEFAULT_SPACINGS", "IntervalSpace", "StepsSpace", "joint_space", "split_joint"]
+
+#: Spacings a :class:`StepsSpace` offers by default; the last (DDIM's default ``leading``) is the
+#: full arch's.
+DEFAULT_SPACINGS: tuple[str, ...] = ("trailing", "uniform", "quadratic", "leading")
+
+
+class StepsSpace(SearchSpace):
+    """The sampling steps of one interval: ``count`` and ``spacing``.
+
+    Args:
+        counts: allowed step counts, strictly increasing (the last is the full arch's).
+        spacings: allowed placements, names from :data:`~experts.schedule.SPACINGS`; the
+            dimension's choices are their codes (``SPACINGS.index(name)``), in this order.
+        span: the interval ``[lo, hi)`` in training timesteps, if known. Then every count
+            must fit in it, and 0 is refused for the interval holding ``t = 0`` (the
+            trajectory ends there).
+
+    Raises:
+        ValueError: naming the rule (bad counts, unknown spacing, 0 steps where t = 0 lies).
+    """
+
+    COUNT = "count"
+    SPACING = "spacing"
+
+    def __init__(self, counts: Sequence[int], spacings: Sequence[str] = DEFAULT_SPACINGS, *,
+                 span: tuple[int, int] | None = None) -> None:
+        counts = tuple(int(c) for c in counts)
+        if not counts or any(b <= a for a, b in zip(counts, counts[1:])) or counts[0] < 0:
+            raise ValueError(f"step counts must be non-negative and strictly increasing, got {list(counts)}")
+        unknown = [s for s in spacings if s not in SPACINGS]
+        if unknown or not spacings:
+            raise ValueError(f"unknown spacing {unknown[0] if unknown else None!r}; choices: {', '.join(SPACINGS)}")
+        if span is not None:
+            lo, hi = int(span[0]), int(span[1])
+            if lo == 0 and counts[0] == 0:
+                raise ValueError(f"interval [{lo}, {hi}) holds t=0: its step counts must not include 0 "
+                                 f"(the trajectory must end in the lowest-noise interval)")
+            if counts[-1] > hi - lo:
+                raise ValueError(f"{counts[-1]} steps do not fit in the {hi - lo} timesteps of [{lo}, {hi})")
+            span = (lo, hi)
+        self.counts = counts
+        self.spacings = tuple(spacings)
+        self.span = span
+        self._dims = (
+            Dimension(self.COUNT, counts, kind="steps"),
+            Dimension(self.SPACING, tuple(SPACINGS.index(s) for s in self.spacings), kind="spacing"),
+        )
+
+    @classmethod
+    def for_interval(cls, intervals: Intervals, k: int, counts: Sequence[int],
+                     spacings: Sequence[str] = DEFAULT_SPACINGS) -> "StepsSpace":
+        """The steps space of interval ``k`` (its span and the t = 0 rule applied)."""
+        return cls(counts, spacings, span=intervals.spans()[int(k)])
+
+    def dimensions(self) -> tuple[Dimension, ...]:
+        return self._dims
+
+    def macs(self, arch: Mapping[str, int]) -> int:
+        """The number of network calls (a multiplier of the expert's MACs per call)."""
+        return int(arch[self.COUNT])
+
+    def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+        """Expected step count (exact at one-hot weights); a missing ``count`` counts as full."""
+        import torch
+
+        unknown = sorted(set(weights) - {self.COUNT, self.SPACING})
+        if unknown:
+            raise ValueError(f"unknown or tied dimension {unknown[0]!r} in relaxed weights")
+        if self.COUNT not in weights:
+            return torch.tensor(float(self.counts[-1]), dtype=torch.float64)
+        w = weights[self.COUNT].to(torch.float64)
+        return (w * torch.tensor(self.counts, dtype=torch.float64, device=w.device)).sum()
+
+    def interval_steps(self, arch: Mapping[str, int]) -> IntervalSteps:
+        """The :class:`~experts.schedule.IntervalSteps` an arch of this space stands for."""
+        return IntervalSteps(int(arch[self.COUNT]), SPACINGS[int(arch[self.SPACING])])
+
+
+class IntervalSpace(ProductSpace):
+    """One interval of a mixture: parts ``steps`` and ``expert``; MACs = count x expert MACs.
+
+    Keys are ``steps/count``, ``steps/spacing`` and ``expert/<expert dimension>``.
+    """
+
+    STEPS = "steps"
+    EXPERT = "expert"
+
+    def __init__(self, steps: StepsSpace, expert: SearchSpace) -> None:
+        super().__init__({self.STEPS: steps, self.EXPERT: expert})
+        self.steps_space = steps
+        self.expert_space = expert
+
+    def parts_of(self, arch: Mapping[str, int]) -> tuple[Arch, Arch]:
+        """``(steps arch, expert arch)`` of ``arch``."""
+        parts = self.split(arch)
+        return parts[self.STEPS], parts[self.EXPERT]
+
+    def macs_per_call(self, arch: Mapping[str, int]) -> int:
+        """MACs of one call of the expert at its arch."""
+        return int(self.expert_space.macs(self.parts_of(arch)[1]))
+
+    def macs(self, arch: Mapping[str, int]) -> int:
+        steps, expert = self.parts_of(arch)
+        return int(self.steps_space.macs(steps)) * int(self.expert_space.macs(expert))
+
+    def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+        """Expected steps x expected expert MACs (each part's own relaxation; missing: full)."""
+        import torch
+
+        parts = self.split_values(weights)
+        steps = self.steps_space.macs_relaxed(parts[self.STEPS])
+        expert_w = parts[self.EXPERT]
+        expert = (self.expert_space.macs_relaxed(expert_w) if expert_w
+                  else torch.tensor(float(self.expert_space.macs(self.expert_space.full())), dtype=torch.float64))
+        return steps.to(torch.float64) * expert.to(torch.float64)
+
+
+def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], counts: Sequence[Sequence[int]],
+                spacings: Sequence[str] = DEFAULT_SPACINGS) -> ProductSpace:
+    """The mixture's joint space: part ``e<k>`` = steps of interval ``k`` x its expert's space.
+
+    Args:
+        intervals: the experts' intervals.
+        expert_spaces: one space per interval (the same object may serve several).
+        counts: allowed step counts per interval (0 refused for interval 0).
+        spacings: allowed placements, shared by every interval.
+    """
+    n = intervals.num_intervals
+    if len(expert_spaces) != n or len(counts) != n:
+        raise ValueError(f"got {len(expert_spaces)} expert spaces and {len(counts)} count lists for {n} intervals")
+    parts = {}
+    for k in range(n):
+        try:
+            steps = StepsSpace.for_interval(intervals, k, counts[k], spacings)
+        except ValueError as e:
+            raise ValueError(f"interval {k}: {e}") from None
+        parts[f"e{k}"] = IntervalSpace(steps, expert_spaces[k])
+    return ProductSpace(parts)
+
+
+def split_joint(space: ProductSpace, arch: Mapping[str, int], intervals: Intervals) -> tuple[StepSchedule, list[Arch]]:
+    """``(step schedule, expert arch per interval)`` of an arch of :func:`joint_space`."""
+    per = space.split(arch)
+    steps, experts = [], []
+    for k in range(intervals.num_intervals):
+        part = space.parts[f"e{k}"]
+        if not isinstance(part, IntervalSpace):
+            raise ValueError(f"part e{k} is a {type(part).__name__}, not an IntervalSpace")
+        s, e = part.parts_of(per[f"e{k}"])
+        steps.append(part.steps_space.interval_steps(s))
+        experts.append(e)
+    return StepSchedule(intervals, tuple(steps)), experts
