@@ -52,6 +52,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from experts.mixture import MixtureOfExperts, is_mixture_folder
+from experts.pruned import is_pruned_folder, load_pruned
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class LoadedModel:
     Attributes:
         model: callable ``model(x, t, **kw)`` (a mixture, a UNet, a supernet at full arch).
         kind: ``mixture-pipeline``, ``mixture``, ``supernet``, ``unet`` or ``pruned-unet`` (a
-            static-pruning baseline, ``benchmarks.static_pruning`` format).
+            statically pruned UNet, :mod:`experts.pruned` format).
         scheduler_config: the stored scheduler's config (pipeline folders), else None.
         vae: the stored decoder (latent pipeline folders), else None.
         path: where it was read from.
@@ -204,10 +205,7 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
 
         return LoadedModel(ElasticUNet.from_pretrained(p, device=device).eval(), "supernet", None, None, p)
     if (p / "config.json").is_file():
-        cfg = json.loads((p / "config.json").read_text())
-        if "diffnas_pruned" in cfg:  # a static-pruning baseline (benchmarks.static_pruning format)
-            from benchmarks.static_pruning import load_pruned
-
+        if is_pruned_folder(p):
             return LoadedModel(load_pruned(p, device=device).eval(), "pruned-unet", _scheduler_config(p), None, p)
         return LoadedModel(load_materialized(p, device=device).eval(), "unet", _scheduler_config(p), None, p)
     raise UserError(

@@ -20,14 +20,9 @@ are pruned per head (``num_heads``), so the head count stays and each head loses
 copied from the pruned shapes; the output convolution is never pruned (nor the input
 convolution's input, which the graph does not own).
 
-Saved format (:func:`save_pruned`, :func:`load_pruned`): a folder with the diffusers
-``config.json`` of the *unpruned* architecture plus a ``diffnas_pruned`` entry recording every
-parameter shape and bookkeeping attribute that pruning changed, and the weights in
-``diffusion_pytorch_model.safetensors``. ``load_pruned(folder)`` is the one call that loads it:
-it builds the unpruned skeleton (on the meta device), resizes the recorded parameters, sets the
-recorded attributes and loads the safetensors weights strictly; nothing is unpickled. A plain
-``UNet2DModel.from_pretrained`` cannot load it, because torch-pruning's per-layer channel counts
-(and head dims) are not expressible in a diffusers config.
+The pruned model is saved in the folder format of :mod:`experts.pruned` (:func:`save_pruned`,
+:func:`load_pruned`, :func:`is_pruned_folder`, :data:`PRUNED_KEY`, exported here too): the
+experts layer owns model folders, so a pruned baseline loads without the benchmarks.
 
 Also here: :func:`fewer_steps_for_budget` (the base model with fewer sampling steps at the same
 trajectory MACs) and :func:`uniform_fraction_arch` (every expert at the same width, the largest
@@ -45,48 +40,16 @@ Example:
     >>> fewer_steps_for_budget(20, 0.3)
     6
 
-Modules (every name is importable from ``benchmarks.static_pruning``):
-
-- :mod:`benchmarks.static_pruning.surgery`: the pruning itself, :func:`prune_once` (one
-  torch-pruning pass, diffusers bookkeeping synced) and :func:`taylor_gradients`;
-- :mod:`benchmarks.static_pruning.budget`: :func:`prune_to_budget` (the bounded ratio search)
-  and its record :class:`StaticPruneResult`;
-- :mod:`benchmarks.static_pruning.storage`: the saved format, :func:`save_pruned`,
-  :func:`load_pruned`, :func:`is_pruned_folder`, :data:`PRUNED_KEY`;
-- :mod:`benchmarks.static_pruning.baselines`: :func:`fewer_steps_for_budget` and
-  :func:`uniform_fraction_arch`.
+Modules: ``_surgery`` (the pruning itself: :func:`prune_once`, one torch-pruning pass with the
+diffusers bookkeeping synced, and :func:`taylor_gradients`), ``_budget`` (:func:`prune_to_budget`,
+the bounded ratio search, and its record :class:`StaticPruneResult`), ``_baselines``
+(:func:`fewer_steps_for_budget`, :func:`uniform_fraction_arch`).
 """
 
-from __future__ import annotations
-
-import logging
-
-from benchmarks.static_pruning.baselines import fewer_steps_for_budget, uniform_fraction_arch
-from benchmarks.static_pruning.budget import _MAX_PRUNING_RATIO, StaticPruneResult, _ratio_search, prune_to_budget  # noqa: F401
-from benchmarks.static_pruning.storage import (  # noqa: F401
-    _ATTRS,
-    _FORMAT,
-    _WEIGHTS,
-    PRUNED_KEY,
-    _json_default,
-    _set_tensor,
-    _shape_record,
-    _skeleton,
-    _unet_class,
-    is_pruned_folder,
-    load_pruned,
-    save_pruned,
-)
-from benchmarks.static_pruning.surgery import (  # noqa: F401
-    _attention_heads,
-    _example_inputs,
-    _ignored_layers,
-    _sync_attributes,
-    prune_once,
-    taylor_gradients,
-)
-
-log = logging.getLogger(__name__)
+from benchmarks.static_pruning._baselines import fewer_steps_for_budget, uniform_fraction_arch
+from benchmarks.static_pruning._budget import StaticPruneResult, prune_to_budget
+from benchmarks.static_pruning._surgery import prune_once, taylor_gradients
+from experts.pruned import PRUNED_KEY, is_pruned_folder, load_pruned, save_pruned
 
 __all__ = [
     "PRUNED_KEY",

@@ -7,15 +7,8 @@ import json
 import pytest
 import torch
 
-from benchmarks.static_pruning import (
-    PRUNED_KEY,
-    fewer_steps_for_budget,
-    is_pruned_folder,
-    load_pruned,
-    prune_to_budget,
-    save_pruned,
-    uniform_fraction_arch,
-)
+from benchmarks.static_pruning import fewer_steps_for_budget, prune_to_budget, uniform_fraction_arch
+from experts.pruned import PRUNED_KEY, is_pruned_folder, load_pruned, save_pruned
 from search_spaces.errors import UserError
 from search_spaces.macs import count_unet_macs
 from tests.conftest import build_tiny_attn_unet, build_tiny_unet, unet_inputs

@@ -1,7 +1,16 @@
-"""The saved format of a statically pruned UNet: :func:`save_pruned` writes the unpruned
-architecture's ``config.json`` with a :data:`PRUNED_KEY` record of every changed shape and
-bookkeeping attribute, plus safetensors weights; :func:`load_pruned` rebuilds it in one call
-(nothing unpickled); :func:`is_pruned_folder` tells such a folder.
+"""The folder format of a statically pruned UNet (one network for every timestep).
+
+torch-pruning's per-layer channel counts (and attention head dims) are not expressible in a
+diffusers config, so a plain ``UNet2DModel.from_pretrained`` cannot load a pruned UNet. This
+format can: :func:`save_pruned` writes the diffusers ``config.json`` of the *unpruned*
+architecture with a :data:`PRUNED_KEY` record of every tensor shape and bookkeeping attribute
+that pruning changed, and the weights in ``diffusion_pytorch_model.safetensors``;
+:func:`load_pruned` builds the unpruned skeleton (on the meta device), resizes the recorded
+tensors, sets the recorded attributes and loads the weights strictly, in one call, with nothing
+unpickled; :func:`is_pruned_folder` tells such a folder.
+
+The format lives here, beside the other model folders (:mod:`experts.pipeline` loads any of them),
+so that loading a pruned baseline needs nothing from the benchmarks that produce it.
 
 Example:
     >>> is_pruned_folder("no-such-folder")

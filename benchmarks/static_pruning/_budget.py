@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.static_pruning.surgery import prune_once, taylor_gradients
+from benchmarks.static_pruning._surgery import prune_once, taylor_gradients
 from search_spaces.errors import UserError
 
-log = logging.getLogger("benchmarks.static_pruning")  # the package's logger, its name as before the split
+log = logging.getLogger("benchmarks.static_pruning")  # one logger for the package's log lines
 
 __all__ = ["StaticPruneResult", "prune_to_budget"]
 
@@ -154,51 +154,74 @@ def prune_to_budget(
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
     t0 = time.perf_counter()
     base_macs = int(count_unet_macs(unet))
-    limit = budget_ratio * base_macs
     grads = gradients
     if importance == "taylor" and grads is None:
         if images is None or scheduler_config is None:
             raise ValueError("taylor importance needs images and scheduler_config (or precomputed gradients)")
         grads = taylor_gradients(unet, images, scheduler_config, num_batches=taylor_batches,
                                  batch_size=batch_size, seed=seed, unet_kwargs=unet_kwargs)
-    tries: list[tuple[float, float]] = []
-    all_tries: list[tuple[str, float, float]] = []
-
-    def attempt(ratio: float, global_pruning: bool) -> tuple[nn.Module, int]:
-        model = prune_once(unet, ratio, importance=importance, gradients=grads, global_pruning=global_pruning)
-        macs = int(count_unet_macs(model))
-        all_tries.append(("global" if global_pruning else "local", round(float(ratio), 6), macs / base_macs))
-        log.debug("pruning ratio %.4f (%s) -> MACs ratio %.4f", ratio, all_tries[-1][0], macs / base_macs)
-        return model, macs
-
-    mode = "local"
-    if budget_ratio >= 1.0:
-        model, macs = attempt(0.0, False)
-        best = (0.0, model, macs)
-    else:
-        # every layer pruned by the same ratio first (Diff-Pruning's setting); on narrow models
-        # GroupNorm groups make its MACs jump (a 2-channel group loses half or nothing), so if that
-        # does not come within ``tolerance`` of the budget, global ranking (per-layer ratios
-        # differ) is tried with the same number of prunings and the better feasible model kept
-        best = _ratio_search(lambda r: attempt(r, False), budget_ratio, base_macs, max_iterations, tolerance)
-        if best is None or best[2] < limit - tolerance * base_macs:
-            other = _ratio_search(lambda r: attempt(r, True), budget_ratio, base_macs, max_iterations, tolerance)
-            if other is not None and (best is None or other[2] > best[2]):
-                best, mode = other, "global"
-        if best is None:
-            raise UserError(
-                f"static pruning cannot reach {budget_ratio:g} of the base MACs: pruning ratios up to "
-                f"{_MAX_PRUNING_RATIO} give at least {min(t[2] for t in all_tries):.3f}; raise the budget"
-            )
-    tries = [(r, m) for _, r, m in all_tries]
-    ratio, model, macs = best
+    attempts = _Attempts(unet, importance, grads, base_macs)
+    (ratio, model, macs), mode = _best_pruning(attempts, budget_ratio, max_iterations, tolerance)
+    tries = [(r, m) for _, r, m in attempts.tries]
     result = StaticPruneResult(
         model=model.eval(), macs=int(macs), base_macs=base_macs, budget_ratio=float(budget_ratio),
         pruning_ratio=float(ratio), importance=importance, tries=tuple(tries),
         wall_s=time.perf_counter() - t0,
         info={"taylor_batches": taylor_batches if importance == "taylor" else 0, "tolerance": tolerance,
-              "max_iterations": max_iterations, "mode": mode, "tries_by_mode": [list(t) for t in all_tries]},
+              "max_iterations": max_iterations, "mode": mode, "tries_by_mode": [list(t) for t in attempts.tries]},
     )
     log.info("static pruning (%s, %s) at budget %g: ratio %.3f -> %.3f of the base MACs after %d prunings (%.1f s)",
              importance, mode, budget_ratio, ratio, result.macs_ratio, len(tries), result.wall_s)
     return result
+
+
+class _Attempts:
+    """Prunes ``unet`` at a ratio and counts the result's MACs, recording every try as
+    ``(mode, ratio, MACs ratio)`` in :attr:`tries`."""
+
+    def __init__(self, unet: nn.Module, importance: str, gradients: Mapping[str, torch.Tensor] | None,
+                 base_macs: int) -> None:
+        self.unet = unet
+        self.importance = importance
+        self.gradients = gradients
+        self.base_macs = base_macs
+        self.tries: list[tuple[str, float, float]] = []
+
+    def __call__(self, ratio: float, global_pruning: bool) -> tuple[nn.Module, int]:
+        from search_spaces.macs import count_unet_macs
+
+        model = prune_once(self.unet, ratio, importance=self.importance, gradients=self.gradients,
+                           global_pruning=global_pruning)
+        macs = int(count_unet_macs(model))
+        self.tries.append(("global" if global_pruning else "local", round(float(ratio), 6), macs / self.base_macs))
+        log.debug("pruning ratio %.4f (%s) -> MACs ratio %.4f", ratio, self.tries[-1][0], macs / self.base_macs)
+        return model, macs
+
+
+def _best_pruning(
+    attempt: _Attempts, budget_ratio: float, max_iterations: int, tolerance: float
+) -> tuple[tuple[float, nn.Module, int], str]:
+    """The best feasible ``(ratio, model, macs)`` and the mode (``local`` or ``global``) it came from.
+
+    Every layer is pruned by the same ratio first (Diff-Pruning's setting); on narrow models
+    GroupNorm groups make its MACs jump (a 2-channel group loses half or nothing), so if that does
+    not come within ``tolerance`` of the budget, global ranking (per-layer ratios differ) is tried
+    with the same number of prunings and the better feasible model kept.
+    """
+    base_macs = attempt.base_macs
+    if budget_ratio >= 1.0:
+        model, macs = attempt(0.0, False)
+        return (0.0, model, macs), "local"
+    limit = budget_ratio * base_macs
+    mode = "local"
+    best = _ratio_search(lambda r: attempt(r, False), budget_ratio, base_macs, max_iterations, tolerance)
+    if best is None or best[2] < limit - tolerance * base_macs:
+        other = _ratio_search(lambda r: attempt(r, True), budget_ratio, base_macs, max_iterations, tolerance)
+        if other is not None and (best is None or other[2] > best[2]):
+            best, mode = other, "global"
+    if best is None:
+        raise UserError(
+            f"static pruning cannot reach {budget_ratio:g} of the base MACs: pruning ratios up to "
+            f"{_MAX_PRUNING_RATIO} give at least {min(t[2] for t in attempt.tries):.3f}; raise the budget"
+        )
+    return best, mode
