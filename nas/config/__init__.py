@@ -30,8 +30,8 @@ files, overrides). Import from ``nas.config``.
 
 from __future__ import annotations
 
-from nas.config.checks import ConfigValueError, require
-from nas.config.convert import _build, config_from_dict, config_to_dict, config_to_yaml
+from nas.config.checks import ConfigValueError, is_name, require
+from nas.config.convert import build_dataclass, config_from_dict, config_to_dict, config_to_yaml, show_value
 from nas.config.loader import apply_overrides, dump_config, list_presets, load_config, load_preset_dict
 from nas.config.sections import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, SamplingConfig, SpaceConfig
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
@@ -50,12 +50,15 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "apply_overrides",
+    "build_dataclass",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "dump_config",
+    "is_name",
     "list_presets",
     "load_config",
     "load_preset_dict",
     "require",
+    "show_value",
 ]

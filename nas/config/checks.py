@@ -10,7 +10,7 @@ import re
 
 from nas.errors import UserError
 
-__all__ = ["ConfigValueError", "require"]
+__all__ = ["ConfigValueError", "is_name", "require"]
 
 
 class ConfigValueError(UserError):
@@ -36,5 +36,15 @@ def require(condition: bool, key: str, detail: str) -> None:
         raise ConfigValueError(key, detail)
 
 
-#: Names that become folder or study names (run name, study prefix).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_name(text: str) -> bool:
+    """Whether ``text`` can become a folder or study name (run name, study prefix): letters,
+    digits, ``.``, ``_``, ``-``, starting with a letter or digit.
+
+    Example:
+        >>> is_name("demo-1"), is_name("../x")
+        (True, False)
+    """
+    return bool(_NAME_RE.match(text))

@@ -18,12 +18,18 @@ from nas.config.checks import ConfigValueError
 from nas.config.sections import ExperimentConfig
 from nas.errors import UserError
 
-__all__ = ["config_from_dict", "config_to_dict", "config_to_yaml"]
+__all__ = ["build_dataclass", "config_from_dict", "config_to_dict", "config_to_yaml", "show_value"]
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as config error messages show it (strings quoted, ``null``, ``true``/``false``).
+
+    Example:
+        >>> show_value("x"), show_value(None), show_value(True), show_value(2.5)
+        ("'x'", 'null', 'true', '2.5')
+    """
     if isinstance(value, str):
         return repr(value)
     if value is None:
@@ -51,7 +57,7 @@ def _describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     if origin is Literal:
-        return "one of " + ", ".join(_show(c) for c in typing.get_args(tp))
+        return "one of " + ", ".join(show_value(c) for c in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is tuple:
@@ -69,7 +75,7 @@ def _describe(tp: Any) -> str:
 
 
 def _wrong(key: str, tp: Any, value: Any) -> UserError:
-    return UserError(f"config key '{key}' must be {_describe(tp)}, got {_show(value)}")
+    return UserError(f"config key '{key}' must be {_describe(tp)}, got {show_value(value)}")
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -80,7 +86,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value
-        return _build(tp, value, key)
+        return build_dataclass(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -132,7 +138,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise UserError(
-                f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {_show(list(value))}"
+                f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {show_value(list(value))}"
             )
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
@@ -146,7 +152,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise _wrong(key, tp, value)
         out = {}
         for k, v in value.items():
-            kk = _convert(k, args[0], f"{key} (key {_show(k)})")
+            kk = _convert(k, args[0], f"{key} (key {show_value(k)})")
             out[kk] = _convert(v, args[1], f"{key}.{k}")
         return out
     raise TypeError(f"config key '{key}': unsupported type hint {tp!r} (extend nas.config.convert._convert)")
@@ -156,15 +162,16 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly."""
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types are a
+    UserError naming the dotted key, prefixed by ``prefix``)."""
     where = prefix or "the config"
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         if prefix:
-            raise UserError(f"config key '{prefix}' must be a mapping of settings, got {_show(data)}")
-        raise UserError(f"the config must be a mapping of settings, got {_show(data)}")
+            raise UserError(f"config key '{prefix}' must be a mapping of settings, got {show_value(data)}")
+        raise UserError(f"the config must be a mapping of settings, got {show_value(data)}")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     dotted = (prefix + ".") if prefix else ""
@@ -192,7 +199,7 @@ def config_from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
         >>> config_from_dict({"sampling": {"num_steps": 10}}).sampling.num_steps
         10
     """
-    return _build(ExperimentConfig, data, "")
+    return build_dataclass(ExperimentConfig, data, "")
 
 
 def _plain(value: Any) -> Any:

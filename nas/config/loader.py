@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from nas.config.convert import _show, config_from_dict, config_to_yaml
+from nas.config.convert import config_from_dict, config_to_yaml, show_value
 from nas.config.sections import ExperimentConfig
 from nas.errors import UserError
 
@@ -43,7 +43,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{source} must hold a mapping of settings at the top level, got {_show(data)}")
+        raise UserError(f"{source} must hold a mapping of settings at the top level, got {show_value(data)}")
     return data
 
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from nas.config.checks import _NAME_RE, require
+from nas.config.checks import is_name, require
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
 
 __all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "SpaceConfig"]
@@ -218,7 +218,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         require(
-            bool(_NAME_RE.match(self.name)) and self.name not in (".", ".."),
+            is_name(self.name) and self.name not in (".", ".."),
             "name",
             f"must be a folder name (letters, digits, '.', '_', '-'), got {self.name!r}",
         )

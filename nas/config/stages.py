@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-from nas.config.checks import _NAME_RE, require
+from nas.config.checks import is_name, require
 from nas.methods import all_methods
 
 __all__ = ["BenchConfig", "ExpertsConfig", "IntervalsConfig", "RouterConfig", "SearchConfig"]
@@ -88,7 +88,7 @@ class SearchConfig:
         require(self.seed is None or self.seed >= 0, "seed", f"must be >= 0 or null, got {self.seed}")
         require(bool(self.storage), "storage", "must not be empty")
         require(
-            bool(_NAME_RE.match(self.study_prefix)),
+            is_name(self.study_prefix),
             "study_prefix",
             f"must be letters, digits, '.', '_', '-', got {self.study_prefix!r}",
         )

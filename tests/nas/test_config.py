@@ -167,10 +167,10 @@ def test_a_new_section_is_one_dataclass_and_one_field():
         frozen=True,
     )
     Extended.__annotations__["extra"] = ExtraConfig
-    built = config_mod._build(Extended, {"extra": {"budget_ratios": [0.25, 1]}}, "")
+    built = config_mod.build_dataclass(Extended, {"extra": {"budget_ratios": [0.25, 1]}}, "")
     assert built.extra.budget_ratios == (0.25, 1.0)
     with pytest.raises(UserError, match=r"unknown config key 'extra.metod' \(did you mean 'extra.method'\?\)"):
-        config_mod._build(Extended, {"extra": {"metod": "x"}}, "")
+        config_mod.build_dataclass(Extended, {"extra": {"metod": "x"}}, "")
 
 
 def test_sampler_choices_match_nas_sampling():
