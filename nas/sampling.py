@@ -1,10 +1,12 @@
-"""Sampling: DDIM (default), DDPM and DPM-Solver++ from diffusers, seeded per image, batch-wise.
+"""Sampling: DDIM (default), DDPM and DPM-Solver++ from diffusers, seeded per image, batch-wise,
+with evenly spaced steps or an explicit (non-uniform) timestep list such as an ``experts.schedule.StepSchedule``
+(which Euler, built directly, runs too).
 
 The samplers are diffusers schedulers built from the *training* scheduler config with
 ``from_config``, so any base model (embedded, local folder, hub) samples with any of them.
 
 Reproducibility guarantee of :func:`generate`: image ``i`` depends only on ``(seed, i)``, the
-model, the sampler and ``num_steps``: its initial noise comes from its own CPU generator seeded
+model, the sampler and its timesteps: its initial noise comes from its own CPU generator seeded
 from ``(seed, i)``, and for the stochastic DDPM sampler the noise added at every step comes from
 a second per-image CPU generator seeded from ``(seed, i, 1)`` (diffusers accepts one generator
 per batch element). The noise is drawn on the CPU whatever the device, so it is the same
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -124,13 +126,62 @@ def _accepts(fn, name: str) -> bool:
         return False
 
 
+class _Plan:
+    """How every batch configures the scheduler: ``num_steps`` evenly spaced steps (the
+    scheduler's own ``set_timesteps(n)``) or an explicit descending timestep list."""
+
+    def __init__(self, scheduler, num_steps: int | None, timesteps: Any) -> None:
+        if (num_steps is None) == (timesteps is None):
+            raise UserError("pass exactly one of num_steps and timesteps")
+        self.explicit: list[int] | None = None
+        self.scheduler = scheduler
+        if timesteps is None:
+            _check_steps(num_steps)
+            self.num_steps = int(num_steps)
+            return
+        from experts.explicit_timesteps import check_timesteps
+
+        ts = timesteps.timesteps() if hasattr(timesteps, "timesteps") and callable(timesteps.timesteps) else timesteps
+        try:
+            ts = check_timesteps(list(ts), scheduler.config.num_train_timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.num_steps = len(ts)
+        # the scheduler's own evenly spaced list runs through its own set_timesteps(n): the
+        # samples are bit-identical to a num_steps call
+        if ts != sampling_timesteps(scheduler, len(ts)):
+            self.explicit = ts
+
+    def reset(self, device: torch.device):
+        """Configure for a new batch; returns the scheduler to step with."""
+        if self.explicit is None:
+            self.scheduler.set_timesteps(self.num_steps, device=device)
+            return self.scheduler
+        from experts.explicit_timesteps import set_explicit_timesteps
+
+        try:
+            self.scheduler = set_explicit_timesteps(self.scheduler, self.explicit, device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return self.scheduler
+
+
+def _initial_noise(seed: int, lo: int, hi: int, sample_shape: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, H, W) on the CPU: image ``i``'s noise from its own generator (module docstring)."""
+    return torch.stack([
+        torch.randn(tuple(sample_shape), generator=torch.Generator().manual_seed(_image_seed(seed, i)))
+        for i in range(lo, hi)
+    ])
+
+
 @torch.no_grad()
 def generate(
     model: Callable,
     scheduler,
     *,
     num_images: int,
-    num_steps: int,
+    num_steps: int | None = None,
+    timesteps: Sequence[int] | Any | None = None,
     batch_size: int,
     seed: int,
     device: str | torch.device = "cpu",
@@ -144,11 +195,18 @@ def generate(
 
     Args:
         model: any ``model(x, t, **kw)`` returning a tensor or an object with ``.sample``
-            (a diffusers UNet, a mixture of experts routing on ``t``). ``t`` is a 0-dim tensor
-            in training timestep units; ``kw`` holds ``encoder_hidden_states`` if given.
+            (a diffusers UNet, a mixture of experts routing on ``t``, so each step of a
+            schedule goes to the expert owning its timestep). ``t`` is a 0-dim tensor in
+            training timestep units; ``kw`` holds ``encoder_hidden_states`` if given.
         scheduler: a diffusers scheduler (see :func:`make_scheduler`); it is reconfigured
             (``set_timesteps``) at the start of every batch.
-        num_images, num_steps, batch_size: counts; the last batch may be smaller.
+        num_steps: evenly spaced steps, as the scheduler places them; or
+        timesteps: an explicit, strictly descending list of training timesteps, or an
+            ``experts.schedule.StepSchedule`` (anything with ``.timesteps()``). DDIM, DDPM, DPM-Solver++
+            and Euler run any list (DDIM through ``experts.explicit_timesteps.ExplicitDDIMScheduler``, which steps
+            to the next timestep of the list); a list equal to the scheduler's own
+            ``num_steps`` list gives the same samples as ``num_steps``, bit for bit.
+        num_images, batch_size: counts; the last batch may be smaller.
         seed: see the module docstring for the exact guarantee.
         device: where the model runs (the model and vae must already be there).
         sample_shape: (C, H, W) of the denoised tensor (latents for latent models).
@@ -161,10 +219,12 @@ def generate(
 
         >>> x = generate(unet, make_scheduler("ddim", cfg), num_images=4, num_steps=10,
         ...              batch_size=2, seed=0, sample_shape=(1, 16, 16))  # doctest: +SKIP
+        >>> y = generate(unet, make_scheduler("dpm++", cfg), num_images=4, timesteps=[999, 600, 90, 0],
+        ...              batch_size=2, seed=0, sample_shape=(1, 16, 16))  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
-    _check_steps(num_steps)
+    plan = _Plan(scheduler, num_steps, timesteps)
     if int(num_images) < 1 or int(batch_size) < 1:
         raise UserError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
     device = torch.device(device)
@@ -172,29 +232,26 @@ def generate(
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
-    stochastic = _accepts(scheduler.step, "generator")
     n_batches = math.ceil(int(num_images) / int(batch_size))
-    bar = tqdm(total=n_batches * int(num_steps), desc="sampling", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n_batches * plan.num_steps, desc="sampling", disable=not progress, dynamic_ncols=True)
     chunks: list[torch.Tensor] = []
     try:
         for b in range(n_batches):
             lo, hi = b * int(batch_size), min(int(num_images), (b + 1) * int(batch_size))
-            noise = torch.stack([
-                torch.randn(tuple(sample_shape), generator=torch.Generator().manual_seed(_image_seed(seed, i)))
-                for i in range(lo, hi)
-            ])  # (B,C,H,W) on CPU
+            noise = _initial_noise(seed, lo, hi, sample_shape)  # (B,C,H,W) on CPU
             step_gens = [torch.Generator().manual_seed(_image_seed(seed, i, 1)) for i in range(lo, hi)]
-            scheduler.set_timesteps(int(num_steps), device=device)
-            x = noise.to(device) * scheduler.init_noise_sigma  # (B,C,H,W)
+            sched = plan.reset(device)
+            x = noise.to(device) * sched.init_noise_sigma  # (B,C,H,W)
             kw = {}
             if encoder_hidden_states is not None:
                 ehs = encoder_hidden_states.to(device)
                 kw["encoder_hidden_states"] = ehs.expand(hi - lo, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
+            stochastic = _accepts(sched.step, "generator")
             step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
-            for t in scheduler.timesteps:
-                x_in = scheduler.scale_model_input(x, t)
+            for t in sched.timesteps:
+                x_in = sched.scale_model_input(x, t)
                 eps = as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
-                x = scheduler.step(eps, t, x, **step_kw).prev_sample
+                x = sched.step(eps, t, x, **step_kw).prev_sample
                 bar.update(1)
             if vae is not None:
                 x = vae.decode(x / float(latent_scale)).sample  # (B,C',H',W')
