@@ -18,10 +18,13 @@ from typing import Any
 import torch
 
 from experts.train_loop import _flatten_optimizer, _unflatten_optimizer  # one checkpoint format for optimizers
-from nas.model_folders import MARKER_FILE, _read_json
+from nas.model_folders import MARKER_FILE, read_json
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINT_DIR", "build_embedded_unet", "build_training_scheduler", "config_hash", "digits_16",
+           "embedded_settings", "train_embedded_digits"]
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -41,11 +44,6 @@ _TRAIN_FIELDS: dict[str, Any] = {
     "beta_schedule": "squaredcos_cap_v2",
     "seed": 0,
 }
-
-
-def _load_digits() -> torch.Tensor:
-    """Digits (N, 1, 16, 16) in [-1, 1] (nas.data's loader)."""
-    return digits_16()
 
 
 def digits_16() -> torch.Tensor:
@@ -227,7 +225,7 @@ def _is_trained(marker: Path, digest: str, out_dir: Path) -> bool:
     """True if ``out_dir`` holds the model of this config; UserError if it holds another config's."""
     if not marker.is_file():
         return False
-    done = _read_json(marker)
+    done = read_json(marker)
     if done.get("config_hash") == digest:
         log.info("reusing the trained base model in %s", out_dir)
         return True
@@ -253,7 +251,7 @@ def _resume_training(run: _Training, ckpt: Path, total: int) -> tuple[int, float
     """Load the checkpoint in ``ckpt`` into ``run``; returns (start step, loss EMA)."""
     from safetensors.torch import load_file
 
-    state = _read_json(ckpt / "state.json")
+    state = read_json(ckpt / "state.json")
     if state.get("config_hash") != run.digest:
         raise UserError(
             f"{ckpt} is a checkpoint of a different config; delete it or use another folder"

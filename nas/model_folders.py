@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 MARKER_FILE = "diffnas_base.json"  # written last, after the final save: its presence means "done"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+__all__ = ["MARKER_FILE", "BaseModel", "is_hub_id", "load_folder", "read_json", "resolve_hub_id"]
+
 
 @dataclass
 class BaseModel:
@@ -94,7 +96,12 @@ def _hub_help(repo_id: str) -> str:
     )
 
 
-def _resolve_hub_id(repo_id: str) -> Path:
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` has the shape of a hub id ``owner/name`` (and not of a relative path)."""
+    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
+def resolve_hub_id(repo_id: str) -> Path:
     """Return the local snapshot folder of a hub repo: from the HF cache, else download it."""
     from huggingface_hub import snapshot_download
 
@@ -117,7 +124,8 @@ def _resolve_hub_id(repo_id: str) -> Path:
         ) from exc
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; a :class:`UserError` naming the file if it cannot be read."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -136,7 +144,7 @@ def _model_class(name: str):
 
 def _load_component(folder: Path, subfolder: str | None, allowed: tuple[str, ...], device):
     cfg_path = (folder / subfolder if subfolder else folder) / "config.json"
-    cls_name = _read_json(cfg_path).get("_class_name")
+    cls_name = read_json(cfg_path).get("_class_name")
     if cls_name not in allowed:
         raise UserError(f"{cfg_path}: model class {cls_name!r} is not supported here; expected one of {allowed}")
     cls = _model_class(cls_name)
@@ -169,7 +177,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
     source = source if source is not None else str(folder)
     vae = None
     if (folder / "model_index.json").is_file():
-        index = _read_json(folder / "model_index.json")
+        index = read_json(folder / "model_index.json")
         if "unet" not in index:
             raise UserError(f"{folder}/model_index.json has no 'unet' component; cannot use it as a base model")
         unet = _load_component(folder, "unet", _UNET_CLASSES, device)
@@ -178,7 +186,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
             vae = _load_component(folder, vae_key, _VAE_CLASSES, device)
         sched_path = folder / "scheduler" / "scheduler_config.json"
         if sched_path.is_file():
-            scheduler_config = _read_json(sched_path)
+            scheduler_config = read_json(sched_path)
         else:
             log.warning("%s has no scheduler/scheduler_config.json; using DDPM defaults", folder)
             scheduler_config = _default_scheduler_config()
@@ -187,7 +195,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
         candidates = [folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"]
         found = next((p for p in candidates if p.is_file()), None)
         if found is not None:
-            scheduler_config = _read_json(found)
+            scheduler_config = read_json(found)
         else:
             log.warning("%s has no scheduler_config.json; using DDPM defaults (linear betas, 1000 steps)", folder)
             scheduler_config = _default_scheduler_config()
@@ -207,7 +215,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
         ehs = torch.zeros(1, 1, int(cfg.cross_attention_dim), device=device)
     info = {}
     if (folder / MARKER_FILE).is_file():
-        info = _read_json(folder / MARKER_FILE)
+        info = read_json(folder / MARKER_FILE)
     scheduler_config = {k: v for k, v in scheduler_config.items()}
     return BaseModel(
         unet=unet, scheduler_config=scheduler_config, vae=vae, source=source, sample_shape=sample_shape,

@@ -23,27 +23,19 @@ Example::
     ((3, 64, 64), 1.0)
 
 Where the code lives: :mod:`nas.model_folders` (:class:`BaseModel`, folders and hub ids) and
-:mod:`nas.embedded` (training the embedded model); every name stays importable from here.
+:mod:`nas.embedded` (training the embedded model). :func:`load_base` loads the base model of an
+experiment config (what every stage uses, through :class:`nas.run.RunContext`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from search_spaces.errors import UserError
-
-from nas.embedded import (  # noqa: F401 - re-exported
-    _TRAIN_FIELDS,
+from nas.embedded import (
     CHECKPOINT_DIR,
-    _flatten_optimizer,
-    _load_digits,
-    _lr_at,
-    _recover_checkpoint_dir,
-    _save_checkpoint,
-    _unflatten_optimizer,
     build_embedded_unet,
     build_training_scheduler,
     config_hash,
@@ -51,21 +43,28 @@ from nas.embedded import (  # noqa: F401 - re-exported
     embedded_settings,
     train_embedded_digits,
 )
-from nas.model_folders import (  # noqa: F401 - re-exported
-    _HUB_ID,
-    _UNET_CLASSES,
-    _VAE_CLASSES,
-    MARKER_FILE,
-    BaseModel,
-    _default_scheduler_config,
-    _hub_help,
-    _hub_offline,
-    _load_component,
-    _model_class,
-    _read_json,
-    _resolve_hub_id,
-    load_folder,
-)
+from nas.model_folders import MARKER_FILE, BaseModel, is_hub_id, load_folder, resolve_hub_id
+from search_spaces.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.config import ExperimentConfig
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "EMBEDDED_DATASETS",
+    "EMBEDDED_PREFIX",
+    "MARKER_FILE",
+    "BaseModel",
+    "build_embedded_unet",
+    "build_training_scheduler",
+    "config_hash",
+    "digits_16",
+    "embedded_settings",
+    "load_base",
+    "load_base_model",
+    "load_folder",
+    "train_embedded_digits",
+]
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_DATASETS = ("digits",)
@@ -111,7 +110,7 @@ def load_base_model(
                 + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
             )
         if images is None:
-            images = _load_digits()
+            images = digits_16()
         settings = embedded_settings(model_cfg)
         out_dir = Path(cache_dir) / f"embedded-{name}-{config_hash(settings, images)[:10]}"
         train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress)
@@ -124,13 +123,37 @@ def load_base_model(
         if not path.is_dir():
             raise UserError(f"base model {spec!r} is a file; pass a folder saved with save_pretrained")
         return load_folder(path, device=device, source=spec)
-    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+    if is_hub_id(spec):
         try:
-            snapshot = _resolve_hub_id(spec)
+            snapshot = resolve_hub_id(spec)
         except UserError as exc:
             raise UserError(f"base model {spec!r} is not a local folder; as a hub id: {exc}") from exc.__cause__
         return load_folder(snapshot, device=device, source=spec)
     raise UserError(
         f"base model {spec!r} not found: not an existing folder, not a hub id (owner/name), "
         f"and not one of: " + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
+    )
+
+
+def load_base(cfg: ExperimentConfig, cache_dir: Path, device: str | torch.device,
+              progress: bool = True) -> BaseModel:
+    """Load ``cfg.model.base`` (training the embedded model into ``cache_dir`` the first time).
+
+    Raises:
+        UserError: ``embedded:digits`` with data other than the digits, or what
+            :func:`load_base_model` raises.
+    """
+    from nas.data import load_dataset
+
+    images = None
+    if cfg.model.base.startswith(EMBEDDED_PREFIX):
+        if cfg.model.base == "embedded:digits" and cfg.data.dataset != "digits":
+            raise UserError(
+                "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
+                f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
+            )
+        images = load_dataset(cfg.data)
+    return load_base_model(
+        cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=cache_dir, device=device,
+        progress=progress,
     )

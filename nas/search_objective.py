@@ -26,7 +26,7 @@ actors). On a multi-node cluster the run folder must be on a filesystem every no
 
 Example::
 
-    >>> problem = mixture_problem(cfg, RunDir.from_config(cfg), device="cpu")  # doctest: +SKIP
+    >>> problem = mixture_problem(RunContext(cfg))  # doctest: +SKIP
     >>> run_search(problem.space, problem.objective, cfg.search, run, intervals=problem.intervals)  # doctest: +SKIP
 """
 
@@ -42,24 +42,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experts import MixtureSpace
 from experts.intervals import Intervals
 from nas.config import ExperimentConfig
 from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.run import RunContext, RunDir, heldout_path
 from nas.search import EvalContext
 from search_spaces import Arch, ProductSpace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixtureObjective", "MixtureProblem", "absolute_config", "mixture_problem", "part_name"]
+__all__ = ["MixtureObjective", "MixtureProblem", "absolute_config", "mixture_problem"]
 
 _LOCK = threading.Lock()
 _STATE: dict[tuple[str, str], Any] = {}  # (run folder, device) -> loaded models, per process
-
-
-def part_name(k: int) -> str:
-    """Name of expert ``k``'s part in the mixture space (``e0``, ``e1``, ...)."""
-    return f"e{k}"
 
 
 def absolute_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -85,6 +81,7 @@ class _Loaded:
     noise_scheduler: Any
     step_weights: tuple[float, ...]
     teacher_out: dict[tuple[int, int], Any]
+    mixture: MixtureSpace
     fid: Any = None  # (extractor, reference features) once needed
 
 
@@ -111,43 +108,29 @@ class MixtureObjective:
             state = _STATE.get(key)
             if state is not None:
                 return state
-            from experts.losses import HeldOutSet, training_scheduler
-            from experts.training import load_experts
-            from nas.commands.base import load_base
+            from experts.losses import training_scheduler
 
             t0 = time.perf_counter()
-            base = load_base(self.cfg, run, device, progress=False)
+            ctx = RunContext(self.cfg, device=device, progress=False)
+            base = ctx.base
             base.unet.eval()
-            intervals, experts = load_experts(run.experts_dir, device=device)
-            path = run.experts_dir / "heldout.safetensors"
-            if not path.is_file():
-                raise UserError(f"{path} does not exist; run `diffnas train-experts` (it writes the held-out set)")
-            heldout = HeldOutSet.load(path)
-            if heldout.intervals != intervals:
-                raise UserError(f"{path} was drawn for other intervals than the experts'; rerun `diffnas train-experts`")
+            intervals, experts = ctx.experts()
+            heldout = ctx.heldout()
             steps = [float(s) for s in self.steps_per_expert]
             total = sum(steps) or 1.0
             state = _Loaded(base, experts, intervals, heldout, training_scheduler(base.scheduler_config),
-                            tuple(s / total for s in steps), {})
+                            tuple(s / total for s in steps), {},
+                            MixtureSpace([e.space for e in experts], self.steps_per_expert, intervals))
             _STATE[key] = state
             log.info("search objective: loaded the base model, %d experts and the held-out set on %s in %.1f s "
                      "(pid %d)", len(experts), device, time.perf_counter() - t0, os.getpid())
             return state
 
-    def _archs(self, arch: Arch, n: int) -> list[Arch]:
-        out: list[dict[str, Any]] = [{} for _ in range(n)]
-        for name, value in arch.items():
-            part, _, rest = name.partition(ProductSpace.SEP)
-            if not part.startswith("e") or not part[1:].isdigit() or int(part[1:]) >= n:
-                raise ValueError(f"unknown key {name!r}: not a dimension of the mixture space")
-            out[int(part[1:])][rest] = value
-        return [Arch(a) for a in out]
-
     # -------------------------------------------------------------------------- evaluate
     def evaluate(self, arch: Arch, fidelity: str, context: EvalContext) -> Mapping[str, Any]:
         device = context.device or "cpu"
         state = self._load(device)
-        archs = self._archs(Arch(arch), state.intervals.num_intervals)
+        archs = state.mixture.split(Arch(arch))
         if fidelity == "proxy":
             return self._proxy(state, archs, device)
         if fidelity == "fid":
@@ -241,26 +224,19 @@ class MixtureProblem:
     steps_per_expert: tuple[int, ...]
 
 
-def mixture_problem(cfg: ExperimentConfig, run: RunDir, device: str = "cpu") -> MixtureProblem:
+def mixture_problem(ctx: RunContext) -> MixtureProblem:
     """Build the mixture space and objective of a run whose experts are trained.
 
     Raises:
         UserError: no trained experts, or no held-out set, with the command that makes them.
     """
-    from experts.training import load_experts
-    from nas.commands.base import load_base
-    from nas.sampling import make_scheduler, sampling_timesteps
-
-    if not (run.experts_dir / "intervals.json").is_file():
+    run = ctx.run
+    if not ctx.has_experts():
         raise UserError(f"{run.experts_dir} has no trained experts; run `diffnas train-experts` first "
                         "(or `diffnas search --synthetic` for a dry run of the search machinery)")
-    if not (run.experts_dir / "heldout.safetensors").is_file():
-        raise UserError(f"{run.experts_dir}/heldout.safetensors does not exist; run `diffnas train-experts`")
-    base = load_base(cfg, run, device, progress=False)
-    intervals, experts = load_experts(run.experts_dir, device="cpu")
-    timesteps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
-    steps = tuple(int(s) for s in intervals.steps_per_interval(timesteps))
-    space = ProductSpace({part_name(k): e.space for k, e in enumerate(experts)},
-                         weights={part_name(k): float(s) for k, s in enumerate(steps)})
-    objective = MixtureObjective(absolute_config(cfg), steps)
-    return MixtureProblem(space, objective, intervals, steps)
+    if not heldout_path(run).is_file():
+        raise UserError(f"{heldout_path(run)} does not exist; run `diffnas train-experts`")
+    mixture = ctx.mixture_space()
+    steps = ctx.steps_per_expert()
+    objective = MixtureObjective(absolute_config(ctx.cfg), steps)
+    return MixtureProblem(mixture.space, objective, mixture.intervals, steps)

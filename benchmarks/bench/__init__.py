@@ -42,8 +42,8 @@ Modules (every name is importable from ``benchmarks.bench``):
 - :mod:`benchmarks.bench.methods`: the plan of a call (:func:`plan`): the candidates of the
   registered allocation methods (:mod:`nas.methods`; the built-in ones in :mod:`benchmarks.methods`)
   named in ``bench.methods``;
-- :mod:`benchmarks.bench.context`: the candidate record and the lazily loaded base model,
-  data and experts shared by the rows;
+- :mod:`benchmarks.bench.context`: :class:`BenchContext`, the run context
+  (:class:`nas.run.RunContext`) shared by the rows, with the Taylor gradients of static pruning;
 - :mod:`benchmarks.bench.records`: row keys and resume lookup (:func:`bench_config_key`,
   :func:`finished_rows`), skip records, :func:`normalize_cost`, machine and versions,
   :class:`BenchResult` and :func:`format_bench`.
@@ -51,7 +51,7 @@ Modules (every name is importable from ``benchmarks.bench``):
 Example::
 
     >>> from nas.config import load_config
-    >>> from nas.rundir import RunDir
+    >>> from nas.run import RunDir
     >>> cfg = load_config(preset="demo")
     >>> result = run_bench(cfg, RunDir.from_config(cfg), "cpu")  # doctest: +SKIP
     >>> [(r["method"], r["budget_ratio"], round(r["fid_mean"], 2)) for r in result.rows]  # doctest: +SKIP
@@ -59,18 +59,12 @@ Example::
 
 from __future__ import annotations
 
-from benchmarks.bench.context import Candidate, _Context
-from benchmarks.bench.methods import _base_candidate, _plan, base_candidate, plan
+from benchmarks.bench.context import BenchContext
+from benchmarks.bench.methods import base_candidate, plan
 from benchmarks.bench.records import (
     RECORD_KIND,
     SKIP_KIND,
     BenchResult,
-    _bkey,
-    _file_hash,
-    _fmt,
-    _machine,
-    _record_skip,
-    _versions,
     bench_config_key,
     finished_rows,
     format_bench,
@@ -78,17 +72,17 @@ from benchmarks.bench.records import (
 )
 from benchmarks.bench.runner import prepare_models, run_bench
 
-# The private names above are re-exported so that ``from benchmarks.bench import _x`` keeps working;
-# to monkeypatch one, patch it in the submodule that uses it (patching it here changes nothing).
-
 __all__ = [
+    "BenchContext",
     "BenchResult",
     "RECORD_KIND",
     "SKIP_KIND",
+    "base_candidate",
     "bench_config_key",
-    "format_bench",
     "finished_rows",
+    "format_bench",
     "normalize_cost",
+    "plan",
     "prepare_models",
     "run_bench",
 ]

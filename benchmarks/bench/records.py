@@ -14,13 +14,16 @@ import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nas.config import ExperimentConfig, config_to_dict
-from nas.rundir import RunDir
+from nas.methods import budget_key
+from nas.run import RunDir
 
 log = logging.getLogger(__name__)
+
+__all__ = ["RECORD_KIND", "SKIP_KIND", "BenchResult", "bench_config_key", "finished_rows", "fmt_number",
+           "format_bench", "library_versions", "machine_info", "normalize_cost", "record_skip"]
 
 RECORD_KIND = "bench"
 SKIP_KIND = "bench_skip"
@@ -48,20 +51,12 @@ def bench_config_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _bkey(budget: float | None) -> str:
-    return "base" if budget is None else f"{float(budget):g}"
-
-
 def finished_rows(run: RunDir, config_key: str) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(method, budget key): latest bench row}`` of ``results.jsonl`` for ``config_key``."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for r in run.read_results():
         if r.get("kind") == RECORD_KIND and r.get("config_key") == config_key:
-            out[(str(r.get("method")), _bkey(r.get("budget_ratio")))] = r
+            out[(str(r.get("method")), budget_key(r.get("budget_ratio")))] = r
     return out
 
 
@@ -96,7 +91,7 @@ def normalize_cost(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
@@ -108,7 +103,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _machine(device: Any) -> dict[str, Any]:
+def machine_info(device: Any) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -136,10 +131,10 @@ class BenchResult:
     wall_s: float
 
 
-def _record_skip(run: RunDir, config_key: str, method: str, budget: float | None, reason: str) -> None:
-    log.warning("bench: %s at budget %s skipped: %s", method, _bkey(budget), reason)
+def record_skip(run: RunDir, config_key: str, method: str, budget: float | None, reason: str) -> None:
+    log.warning("bench: %s at budget %s skipped: %s", method, budget_key(budget), reason)
     for r in reversed(run.read_results()):
-        if r.get("kind") == SKIP_KIND and r.get("method") == method and _bkey(r.get("budget_ratio")) == _bkey(budget) \
+        if r.get("kind") == SKIP_KIND and r.get("method") == method and budget_key(r.get("budget_ratio")) == budget_key(budget) \
                 and r.get("config_key") == config_key:
             if r.get("reason") == reason:
                 return
@@ -149,7 +144,7 @@ def _record_skip(run: RunDir, config_key: str, method: str, budget: float | None
 
 
 
-def _fmt(x: Any) -> str:
+def fmt_number(x: Any) -> str:
     return "-" if x is None or not math.isfinite(float(x)) else f"{float(x):.2f}"
 
 
@@ -159,11 +154,11 @@ def format_bench(result: BenchResult) -> str:
     if result.rows:
         lines.append(f"{'method':<12} {'budget':>6} {'FID (95% CI)':<26} {'MACs ratio':>10} {'speed-up':>8}")
         for r in result.rows:
-            ci = f"{r['fid_mean']:.2f} [{_fmt(r.get('fid_ci_low'))}, {_fmt(r.get('fid_ci_high'))}]"
-            lines.append(f"{r['method']:<12} {_bkey(r['budget_ratio']):>6} {ci:<26} {r['macs_ratio']:>10.3f} "
+            ci = f"{r['fid_mean']:.2f} [{fmt_number(r.get('fid_ci_low'))}, {fmt_number(r.get('fid_ci_high'))}]"
+            lines.append(f"{r['method']:<12} {budget_key(r['budget_ratio']):>6} {ci:<26} {r['macs_ratio']:>10.3f} "
                          f"{r['speedup']:>7.2f}x")
     if result.reused:
         lines.append(f"already measured (kept): {', '.join(result.reused)}")
     for m, bud, reason in result.skipped:
-        lines.append(f"skipped {m} at {_bkey(bud)}: {reason}")
+        lines.append(f"skipped {m} at {budget_key(bud)}: {reason}")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -11,23 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.bench.context import Candidate, _Context
-from benchmarks.bench.methods import _base_candidate, _plan
+from benchmarks.bench.context import BenchContext
+from benchmarks.bench.methods import base_candidate, plan
 from benchmarks.bench.records import (
     RECORD_KIND,
     BenchResult,
-    _bkey,
-    _fmt,
-    _machine,
-    _record_skip,
-    _versions,
     bench_config_key,
     finished_rows,
+    fmt_number,
+    library_versions,
+    machine_info,
+    record_skip,
 )
 from nas.config import ExperimentConfig
-from nas.rundir import RunDir
+from nas.methods import Candidate, budget_key, get_method
+from nas.run import RunDir
 
 log = logging.getLogger(__name__)
+
+__all__ = ["prepare_models", "run_bench"]
 
 
 def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> BenchResult:
@@ -35,19 +37,19 @@ def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bo
     benchmark will evaluate, without evaluating. Safe to rerun (finished models are reused)."""
     t0 = time.perf_counter()
     key = bench_config_key(cfg)
-    ctx = _Context(cfg, run, device, progress)
-    cands, skipped = _plan(ctx, key)
+    ctx = BenchContext(cfg, device=device, progress=progress, run=run)
+    cands, skipped = plan(ctx, key)
     done = finished_rows(run, key)
     for c in cands:
-        if c.method in ("base", "base_steps"):
+        if not get_method(c.method).finetuned:
             continue
-        prev = done.get((c.method, _bkey(c.budget_ratio)))
+        prev = done.get((c.method, budget_key(c.budget_ratio)))
         if prev is not None and prev.get("inputs_key") == c.inputs_key:
             continue
         log.info("preparing %s", c.name)
         c.build()
     for m, b, reason in skipped:
-        _record_skip(run, key, m, b, reason)
+        record_skip(run, key, m, b, reason)
     return BenchResult((), (), tuple(skipped), time.perf_counter() - t0)
 
 
@@ -64,10 +66,10 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     key = bench_config_key(cfg)
     kind = resolve_extractor_kind(cfg.evaluation.extractor, cfg.data.dataset)
     check_extractor_available(kind, cache_dir=run.cache_dir, inception_weights=cfg.evaluation.inception_weights)
-    ctx = _Context(cfg, run, device, progress)
-    cands, skipped = _plan(ctx, key)
+    ctx = BenchContext(cfg, device=device, progress=progress, run=run)
+    cands, skipped = plan(ctx, key)
     for m, bud, reason in skipped:
-        _record_skip(run, key, m, bud, reason)
+        record_skip(run, key, m, bud, reason)
     pending, reused = _split_reused(run, key, cands)
     if not pending:
         return BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0)
@@ -75,12 +77,12 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
                                 inception_weights=cfg.evaluation.inception_weights)
     ref_feats = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
-    env = _BenchEnv(key, extractor, ref_feats, _machine(device), _versions())
-    base_model, _, _ = _base_candidate(ctx, None, key).build()
+    env = _BenchEnv(key, extractor, ref_feats, machine_info(device), library_versions())
+    base_model, _, _ = base_candidate(ctx, key).build()
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[Candidate]] = {}
     for c in pending:
-        groups.setdefault(_bkey(c.budget_ratio), []).append(c)
+        groups.setdefault(budget_key(c.budget_ratio), []).append(c)
     for gkey, group in groups.items():
         rows += _bench_group(ctx, env, gkey, group, base_model, len(rows), len(pending))
     return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
@@ -105,7 +107,7 @@ def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[C
     pending: list[Candidate] = []
     reused: list[str] = []
     for c in cands:
-        prev = done.get((c.method, _bkey(c.budget_ratio)))
+        prev = done.get((c.method, budget_key(c.budget_ratio)))
         if prev is not None and prev.get("inputs_key") == c.inputs_key:
             reused.append(c.name)
         else:
@@ -116,7 +118,7 @@ def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[C
     return pending, reused
 
 
-def _bench_group(ctx: _Context, env: _BenchEnv, gkey: str, group: list[Candidate], base_model: Any,
+def _bench_group(ctx: BenchContext, env: _BenchEnv, gkey: str, group: list[Candidate], base_model: Any,
                  done_before: int, total: int) -> list[dict[str, Any]]:
     """Build, time and score the candidates of one budget; append (and return) one row each.
     ``done_before`` rows of ``total`` were measured before this group (for the progress log)."""
@@ -140,13 +142,13 @@ def _bench_group(ctx: _Context, env: _BenchEnv, gkey: str, group: list[Candidate
         ctx.run.append_result(row)
         rows.append(row)
         log.info("bench: %s FID %.3f [%s, %s], %.3f of the base MACs, %.2fx", c.name, row["fid_mean"],
-                 _fmt(row.get("fid_ci_low")), _fmt(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
+                 fmt_number(row.get("fid_ci_low")), fmt_number(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
     for c in group:  # free memory before the next budget
         c.model = None
     return rows
 
 
-def _group_latency(ctx: _Context, group: list[Candidate], base_model: Any) -> dict[str, Any]:
+def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -> dict[str, Any]:
     """Timing of one trajectory batch per model (``__base__`` for the base model)."""
     import torch
 
@@ -169,7 +171,7 @@ def _group_latency(ctx: _Context, group: list[Candidate], base_model: Any) -> di
     return compare_latency(fns, repeats=b.latency_repeats, warmup=1, device=ctx.device)
 
 
-def _score(ctx: _Context, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
+def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
     """Quality with confidence intervals over the bench seeds; the first seed's sample grid is
     saved (path relative to the run folder)."""
     import torch
@@ -185,13 +187,13 @@ def _score(ctx: _Context, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any],
             images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps)  # (N,C,H,W) in [-1,1]
         results.append(compute_quality(images, env.ref_feats, env.extractor))
         if grid_rel is None:
-            grid = ctx.run.samples_dir / "bench" / f"{c.method}-{_bkey(c.budget_ratio)}.png"
+            grid = ctx.run.samples_dir / "bench" / f"{c.method}-{budget_key(c.budget_ratio)}.png"
             save_grid(images[: b.grid_images], grid)
             grid_rel = str(grid.relative_to(ctx.run.path))
     return quality_with_ci(results, confidence=b.confidence), grid_rel
 
 
-def _bench_row(ctx: _Context, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
+def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
                base_latency_ms: float, group_id: str, grid_rel: str | None) -> dict[str, Any]:
     """The ``results.jsonl`` record of one candidate (latencies per image)."""
     from nas.data import dataset_id

@@ -3,7 +3,8 @@
 A subcommand is a function ``(cfg, args) -> int`` registered with :func:`register`; it parses
 nothing itself and calls one library function. Extra options of its own go in ``arguments``.
 To add a subcommand: write it in a module under ``nas/commands/`` with ``@register(...)`` and
-add the module name to :data:`COMMAND_MODULES`. Keep command modules light at import time
+add the module name to :data:`COMMAND_MODULES`; another package registers its own from its
+``diffnas.plugins`` entry point (e.g. ``diffnas bench`` and ``diffnas report`` from the benchmarks). Keep command modules light at import time
 (import torch/diffusers inside the function), so ``diffnas --help`` stays quick.
 
 Example:
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nas.methods import load_plugins
+
 if TYPE_CHECKING:  # pragma: no cover
     from nas.config import ExperimentConfig
 
@@ -31,7 +34,6 @@ COMMAND_MODULES: list[str] = [
     "nas.commands.experts",
     "nas.commands.search",
     "nas.commands.route",
-    "nas.commands.bench",
     "nas.commands.run",
 ]
 
@@ -87,7 +89,9 @@ def register(
 
 
 def all_commands() -> dict[str, Command]:
-    """Every registered subcommand (importing :data:`COMMAND_MODULES` first), in order."""
+    """Every registered subcommand (importing :data:`COMMAND_MODULES` and loading the plugins
+    first), in order."""
     for module in COMMAND_MODULES:
         importlib.import_module(module)
+    load_plugins()
     return dict(_REGISTRY)

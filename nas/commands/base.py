@@ -1,102 +1,29 @@
-"""Subcommands on the base model: ``train-base``, ``sample``, ``evaluate`` (and ``config``).
+"""Subcommands on the base model: ``config``, ``train-base``, ``sample``, ``evaluate``.
 
-Each is thin: resolve the config, write it to ``runs/<name>/config.yaml``, call the library.
-Heavy imports (torch, diffusers, clean-fid) happen inside the functions so ``--help`` is quick.
+Each is thin: resolve the config, write it to ``runs/<name>/config.yaml``, call the library
+(:mod:`nas.models`, :mod:`nas.evaluation`). Heavy imports happen inside the library functions so
+``--help`` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import math
-import statistics
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from nas.commands import register
 from nas.config import ExperimentConfig, config_to_yaml
-from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.evaluation import evaluate_base, format_table, sample_base
+from nas.run import RunContext
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from nas.models import BaseModel
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "EvalRow",
-    "evaluate_base",
-    "format_table",
-    "load_base",
-    "prepare_run",
-    "sample_base",
-]
-
-
-# --------------------------------------------------------------------------------------------
-# shared helpers (also used by later commands)
-
-
-def prepare_run(cfg: ExperimentConfig) -> RunDir:
-    """The run directory of ``cfg``, created, with the resolved config written into it."""
-    run = RunDir.from_config(cfg)
-    run.ensure()
-    run.write_config(cfg)
-    log.debug("run directory %s", run.path)
-    return run
-
-
-def load_base(cfg: ExperimentConfig, run: RunDir, device: torch.device, progress: bool = True) -> BaseModel:
-    """Load ``cfg.model.base`` (training the embedded model into ``run.base_dir`` the first time)."""
-    from nas.data import load_dataset
-    from nas.models import load_base_model
-
-    images = None
-    if cfg.model.base.startswith("embedded:"):
-        if cfg.model.base == "embedded:digits" and cfg.data.dataset != "digits":
-            raise UserError(
-                "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
-                f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
-            )
-        images = load_dataset(cfg.data)
-    return load_base_model(
-        cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=run.base_dir, device=device,
-        progress=progress,
-    )
-
-
-def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int, device: Any,
-              unet: Any = None, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """Sample with ``cfg.sampling`` from ``unet`` (default: the base UNet): (N, C, H, W) in [-1, 1]."""
-    from nas.sampling import generate, make_scheduler
-
-    scheduler = make_scheduler(cfg.sampling.sampler, base.scheduler_config)
-    return generate(
-        base.unet if unet is None else unet, scheduler, num_images=num_images, num_steps=cfg.sampling.num_steps,
-        batch_size=batch_size or cfg.sampling.batch_size, seed=seed, device=device,
-        sample_shape=base.sample_shape, vae=base.vae, latent_scale=base.latent_scale,
-        encoder_hidden_states=base.encoder_hidden_states, progress=progress,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# config
+__all__ = ["config_command", "evaluate", "sample", "train_base"]
 
 
 @register("config", "print the resolved config as YAML (defaults < preset < --config < --set)")
 def config_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     sys.stdout.write(config_to_yaml(cfg))
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# train-base
 
 
 @register(
@@ -107,11 +34,9 @@ def config_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     "Writes runs/<name>/config.yaml and runs/<name>/base/.",
 )
 def train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from nas.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    run = prepare_run(cfg)
-    base = load_base(cfg, run, device)
+    ctx = RunContext(cfg)
+    ctx.prepare()
+    base = ctx.base
     n_params = sum(p.numel() for p in base.unet.parameters())
     where = base.path if base.path is not None else base.source
     sys.stdout.write(
@@ -119,10 +44,6 @@ def train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         f"sample shape {tuple(base.sample_shape)}{', latent' if base.vae is not None else ''}) at {where}\n"
     )
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# sample
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,28 +60,6 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model_arg(path: str, device: Any) -> Any:
-    """``--model DIR``: a mixture pipeline / mixture / supernet / UNet folder (``experts.pipeline.load_model_folder``)."""
-    from experts.pipeline import load_model_folder
-
-    return load_model_folder(path, device=device)
-
-
-def sample_base(cfg: ExperimentConfig, run: RunDir, device: Any, out: Path | None = None,
-                nrow: int | None = None, model: str | None = None) -> Path:
-    """Sample ``cfg.sampling.num_images`` images from the base model (or the ``model`` folder,
-    e.g. a mixture) and save a PNG grid."""
-    from nas.sampling import save_grid
-
-    base = load_base(cfg, run, device)
-    s = cfg.sampling
-    unet, label = (None, "base") if model is None else (load_model_arg(model, device).model, Path(model).name)
-    images = _generate(cfg, base, num_images=s.num_images, seed=s.seed, device=device, unet=unet)  # (N,C,H,W)
-    path = out or run.samples_dir / f"{label}-{s.sampler}-{s.num_steps}steps-seed{s.seed}.png"
-    save_grid(images, path, nrow=nrow)
-    return Path(path)
-
-
 @register(
     "sample",
     "sample images from the base model into a PNG grid",
@@ -169,230 +68,12 @@ def sample_base(cfg: ExperimentConfig, run: RunDir, device: Any, out: Path | Non
     "(seeded by sampling.seed) and write a PNG grid to runs/<name>/samples/.",
 )
 def sample(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from nas.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    run = prepare_run(cfg)
-    path = sample_base(cfg, run, device, out=Path(args.out) if args.out else None, nrow=args.nrow,
+    ctx = RunContext(cfg)
+    ctx.prepare()
+    path = sample_base(ctx, out=Path(args.out) if args.out else None, nrow=args.nrow,
                        model=getattr(args, "model", None))
     sys.stdout.write(f"wrote {cfg.sampling.num_images} samples to {path}\n")
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# evaluate
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalRow:
-    """One evaluated model, as printed and stored (one line of results.jsonl).
-
-    ``fid``/``kid`` are means over ``evaluation.seeds``; ``fid_std``/``kid_std`` their sample
-    standard deviations (``None`` with one seed). ``latency_ms_per_image`` is the measured
-    wall time of a whole sampling trajectory divided by the batch size.
-    """
-
-    model: str
-    source: str
-    fid: float
-    kid: float
-    fid_std: float | None
-    kid_std: float | None
-    fid_per_seed: tuple[float, ...]
-    kid_per_seed: tuple[float, ...]
-    extractor: str
-    num_generated: int
-    num_reference: int
-    seeds: tuple[int, ...]
-    sampler: str
-    num_steps: int
-    macs_per_call: int
-    macs_per_trajectory: int
-    latency_ms_per_image: float | None
-    latency_batch_size: int
-    device: str
-    dataset: str
-
-    def record(self, run_name: str) -> dict[str, Any]:
-        out = {"kind": "evaluate", "run": run_name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        out.update(dataclasses.asdict(self))
-        return out
-
-
-def _std(values: Sequence[float]) -> float | None:
-    return statistics.stdev(values) if len(values) > 1 else None
-
-
-def _fmt_macs(macs: int) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if macs >= scale:
-            return f"{macs / scale:.2f}{unit}"
-    return str(macs)
-
-
-def _fmt_pm(mean: float, std: float | None, digits: int) -> str:
-    text = f"{mean:.{digits}f}"
-    return text if std is None else f"{text}±{std:.{digits}f}"
-
-
-def format_table(rows: Sequence[EvalRow]) -> str:
-    """A plain-text table of evaluated models (what ``diffnas evaluate`` prints).
-
-    Example:
-        >>> row = EvalRow("base", "embedded:digits", 3.5, 0.01, None, None, (3.5,), (0.01,), "digits",
-        ...               500, 1797, (0,), "ddim", 20, 1_000_000, 20_000_000, 1.5, 64, "cpu", "digits-16")
-        >>> print(format_table([row]).splitlines()[0].split())
-        ['model', 'FID', 'KID', 'MACs/call', 'MACs/trajectory', 'ms/image', 'extractor', 'generated', 'reference']
-    """
-    header = ("model", "FID", "KID", "MACs/call", "MACs/trajectory", "ms/image", "extractor", "generated", "reference")
-    body = [
-        (
-            r.model,
-            _fmt_pm(r.fid, r.fid_std, 2),
-            _fmt_pm(r.kid, r.kid_std, 4),
-            _fmt_macs(r.macs_per_call),
-            _fmt_macs(r.macs_per_trajectory),
-            "-" if r.latency_ms_per_image is None else f"{r.latency_ms_per_image:.2f}",
-            r.extractor,
-            f"{r.num_generated} x {len(r.seeds)} seeds" if len(r.seeds) > 1 else str(r.num_generated),
-            str(r.num_reference),
-        )
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def evaluate_base(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True,
-                  model: str | None = None) -> list[EvalRow]:
-    """Score the base model (and, if ``evaluation.compare_untrained``, an untrained copy of the
-    same shape): FID/KID per seed, MACs per call and per trajectory, latency per image.
-
-    Every row is appended to ``results.jsonl``.
-    """
-    ev = cfg.evaluation
-    extractor, ref_feats, name = _reference_features(cfg, run, device)
-    base = load_base(cfg, run, device, progress=progress)
-    models, source, macs_per_call, macs_per_traj = _models_to_score(cfg, base, device, model)
-
-    rows: list[EvalRow] = []
-    for label, unet in models:
-        fids, kids, (extractor_name, num_gen, num_ref) = _quality_per_seed(cfg, base, label, unet, ref_feats,
-                                                                           extractor, device, progress)
-        latency = None
-        if label != "untrained":  # the untrained copy has the base's shape: same MACs and latency
-            latency = _latency_ms_per_image(cfg, base, unet, device)
-        row = EvalRow(
-            model=label, source=source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
-            fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
-            extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
-            sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
-            macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
-            device=str(device), dataset=name,
-        )
-        if not all(math.isfinite(v) for v in (row.fid, row.kid)):
-            log.warning("%s: non-finite FID/KID (%s, %s)", label, row.fid, row.kid)
-        run.append_result(row.record(cfg.name))
-        rows.append(row)
-    return rows
-
-
-def _reference_features(cfg: ExperimentConfig, run: RunDir, device: Any) -> tuple[Any, Any, str]:
-    """(feature extractor, reference features (N_ref, D), dataset id), after the cheap checks
-    (data folder, extractor weights) that fail before any model work."""
-    from nas.data import dataset_id, find_images, load_dataset
-    from nas.metrics import (
-        build_extractor,
-        check_extractor_available,
-        reference_features,
-        resolve_extractor_kind,
-    )
-
-    ev = cfg.evaluation
-    cache_dir = run.cache_dir
-    if cfg.data.dataset == "folder":
-        find_images(cfg.data.path or "")  # missing/empty folder: fail before anything slow
-    kind = resolve_extractor_kind(ev.extractor, cfg.data.dataset)
-    check_extractor_available(kind, cache_dir=cache_dir, inception_weights=ev.inception_weights)
-    reference = load_dataset(cfg.data)  # (N,C,H,W) in [-1,1]
-    name = dataset_id(cfg.data)
-    extractor = build_extractor(kind, device=device, cache_dir=cache_dir, inception_weights=ev.inception_weights)
-    ref_feats = reference_features(name, reference, extractor, cache_dir)  # (N_ref, D), cached per dataset
-    return extractor, ref_feats, name
-
-
-def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any,
-                     model: str | None) -> tuple[list[tuple[str, Any]], str, int, int]:
-    """(label, model) pairs to score (the base or ``--model DIR``, then the untrained copy if asked),
-    their source, MACs per call and per trajectory."""
-    import torch
-
-    from search_spaces.macs import count_unet_macs, trajectory_macs
-
-    source = base.source
-    if model is None:
-        macs_per_call = int(count_unet_macs(base.unet, batch_size=1))
-        macs_per_traj = int(trajectory_macs([macs_per_call] * cfg.sampling.num_steps))
-        models: list[tuple[str, Any]] = [("base", base.unet)]
-    else:  # --model DIR: a mixture (MACs of the expert serving each step) or a single model
-        from nas.sampling import make_scheduler, sampling_timesteps
-
-        loaded = load_model_arg(model, device)
-        steps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
-        macs_per_traj = int(loaded.trajectory_macs(steps))
-        macs_per_call = int(round(macs_per_traj / len(steps)))  # mean over the trajectory's steps
-        models = [(Path(model).name, loaded.model)]
-        source = str(model)
-    if cfg.evaluation.compare_untrained:
-        torch.manual_seed(cfg.seed)
-        untrained = type(base.unet).from_config(base.unet.config).to(device).eval()
-        models.append(("untrained", untrained))
-    return models, source, macs_per_call, macs_per_traj
-
-
-def _quality_per_seed(cfg: ExperimentConfig, base: BaseModel, label: str, unet: Any, ref_feats: Any,
-                      extractor: Any, device: Any, progress: bool
-                      ) -> tuple[list[float], list[float], tuple[str, int, int]]:
-    """FID and KID of ``unet``'s samples for each of ``evaluation.seeds``, and (extractor name,
-    images generated, reference images) of the last seed."""
-    import torch
-
-    from nas.metrics import compute_quality
-
-    ev = cfg.evaluation
-    fids: list[float] = []
-    kids: list[float] = []
-    extractor_name, num_gen, num_ref = "", 0, 0
-    for seed in ev.seeds:
-        with torch.no_grad():
-            images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
-                               progress=progress)  # (N,C,H,W) in [-1,1]
-        q = compute_quality(images, ref_feats, extractor)
-        fids.append(float(q.fid))
-        kids.append(float(q.kid))
-        extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
-        log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
-                 extractor_name, num_gen, num_ref)
-    return fids, kids, (extractor_name, num_gen, num_ref)
-
-
-def _latency_ms_per_image(cfg: ExperimentConfig, base: BaseModel, unet: Any, device: Any) -> float:
-    """Median wall time of one sampling trajectory of ``evaluation.latency_batch_size`` images, per image."""
-    import torch
-
-    from nas.latency import measure_latency_ms
-
-    bs = cfg.evaluation.latency_batch_size
-
-    def trajectory() -> None:
-        with torch.no_grad():
-            _generate(cfg, base, num_images=bs, seed=0, device=device, unet=unet, batch_size=bs,
-                      progress=False)
-
-    timing = measure_latency_ms(trajectory, repeats=cfg.evaluation.latency_repeats, warmup=1, device=device)
-    return float(timing.median_ms) / bs
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -415,13 +96,11 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     "per model to runs/<name>/results.jsonl.",
 )
 def evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from nas.device import resolve_device
-
     if args.compare_untrained:
         cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, compare_untrained=True))
-    device = resolve_device(cfg.device)
-    run = prepare_run(cfg)
-    rows = evaluate_base(cfg, run, device, model=getattr(args, "model", None))
+    ctx = RunContext(cfg)
+    run = ctx.prepare()
+    rows = evaluate_base(ctx, model=getattr(args, "model", None))
     first = rows[0]
     sys.stdout.write(
         f"{first.sampler}, {first.num_steps} steps, {first.extractor} features, device {first.device}; "

@@ -1,4 +1,4 @@
-"""``diffnas run``: stage order, skipping up-to-date stages, loud failure of a missing stage, end to end."""
+"""``diffnas run``: stage order, skipping up-to-date stages, stages registered by plugins, end to end."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from nas import pipeline
 from nas.config import load_config
 from nas.errors import UserError
-from nas.pipeline import STAGE_NAMES, Stage, run_pipeline, stage_key
+from nas.run import _runner as runner
+from nas.run import _stages as stages
+from nas.run import Stage, register_stage, run_pipeline, stage_key, stage_names
+
+STAGE_NAMES = stage_names()
 
 
 def test_stage_keys_follow_the_sections_each_stage_reads():
@@ -27,32 +30,54 @@ def test_stage_keys_follow_the_sections_each_stage_reads():
         stage_key(a, "nope")
 
 
-def test_a_missing_stage_fails_loudly():
-    cfg = load_config(None, [])
-    stage = Stage("router", "x", (), "no-such-command", "the router package (issue 5: `diffnas route`)")
-    with pytest.raises(UserError, match=r"needs the router package \(issue 5.*--skip router"):
-        pipeline._run_command(cfg, stage)
+def test_the_stages_are_the_methods_then_the_benchmarks():
+    assert STAGE_NAMES == ("base", "intervals", "experts", "router", "search", "finetune", "bench", "report")
 
 
-def test_missing_stages_are_reported_before_any_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "STAGES", (
-        Stage("base", "x", ("seed",)),
-        Stage("router", "x", ("sampling",), "no-such-route", "the router package (issue 5: `diffnas route`)"),
-    ))
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", ("base", "router"))
+def test_a_failing_stage_is_named_and_later_stages_do_not_run(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipeline, "_run_stage", lambda stage, *a: calls.append(stage.name) or "ran")
-    with pytest.raises(UserError, match=r"'router' needs the router package.*--skip router"):
+
+    def fake(stage, ctx):
+        calls.append(stage.name)
+        if stage.name == "experts":
+            raise UserError("no data")
+        return "ran"
+
+    monkeypatch.setattr(runner, "_run_stage", fake)
+    with pytest.raises(UserError, match=r"stage 'experts' \(3/8\) failed: no data"):
         run_pipeline(load_config(None, [f"run_root={tmp_path}"]), progress=False)
-    assert calls == []  # failed before the base stage
-    run_pipeline(load_config(None, [f"run_root={tmp_path}"]), progress=False, skip=["router"])
-    assert calls == ["base"]
+    assert calls == ["base", "intervals", "experts"]
+
+
+def test_a_registered_stage_runs_at_its_position(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "_REGISTRY", dict(stages._REGISTRY))
+    seen = []
+
+    def toy(ctx):
+        seen.append(ctx.run.path)
+        (ctx.run.path / "toy.txt").write_text("toy")
+        return "toy done"
+
+    register_stage(Stage("toy", "a plugin's stage", (), toy, lambda ctx: [ctx.run.path / "toy.txt"], 45))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_stage(Stage("toy", "another", (), toy, lambda ctx: [], 46))
+    with pytest.raises(ValueError, match="position of stage 'toy'"):
+        register_stage(Stage("toy2", "another", (), toy, lambda ctx: [], 45))
+    calls = []
+    monkeypatch.setattr(runner, "_run_stage",
+                        lambda stage, ctx: stage.run(ctx) if stage.name == "toy" else calls.append(stage.name) or "x")
+    res = run_pipeline(load_config(None, [f"run_root={tmp_path}", "name=t"]), progress=False)
+    names = [o.name for o in res.stages]
+    assert names.index("toy") == names.index("router") + 1 and seen == [tmp_path / "t"]
+    assert {o.name: o.detail for o in res.stages}["toy"] == "toy done"
+    ledger = json.loads((tmp_path / "t" / "pipeline.json").read_text())
+    assert ledger["stages"]["toy"]["key"] == stage_key(load_config(None, [f"run_root={tmp_path}", "name=t"]), "toy")
 
 
 def _fake_stages(monkeypatch, calls):
-    def fake(stage, cfg, run, device, progress):
+    def fake(stage, ctx):
         calls.append(stage.name)
-        for p in pipeline._outputs(cfg, run, stage.name):
+        for p in stage.outputs(ctx):
             if p.suffix:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text("{}")
@@ -60,8 +85,7 @@ def _fake_stages(monkeypatch, calls):
                 p.mkdir(parents=True, exist_ok=True)
         return "fake"
 
-    monkeypatch.setattr(pipeline, "_run_stage", fake)
-    monkeypatch.setattr(pipeline, "_check_available", lambda stages: None)  # order only, whatever is registered
+    monkeypatch.setattr(runner, "_run_stage", fake)
 
 
 def test_pipeline_runs_in_order_and_skips_up_to_date_stages(tmp_path, monkeypatch):
@@ -101,12 +125,11 @@ def test_pipeline_runs_in_order_and_skips_up_to_date_stages(tmp_path, monkeypatc
 def test_pipeline_aligns_search_budgets_with_bench(tmp_path, monkeypatch):
     seen = {}
 
-    def fake(stage, cfg, run, device, progress):
-        seen[stage.name] = cfg
+    def fake(stage, ctx):
+        seen[stage.name] = ctx.cfg
         return "fake"
 
-    monkeypatch.setattr(pipeline, "_run_stage", fake)
-    monkeypatch.setattr(pipeline, "_check_available", lambda stages: None)
+    monkeypatch.setattr(runner, "_run_stage", fake)
     run_pipeline(load_config(None, [f"run_root={tmp_path}", "bench.budgets=[0.3, 0.7]", "search.budgets=[0.5]"]),
                  progress=False)
     assert seen["search"].search.budgets == (0.3, 0.7)
@@ -125,7 +148,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from nas.cli import main
 
     common = ["--config", str(TINY), "--set", f"run_root={tmp_path}"]
-    # stop after the experts, write a test allocation for "routed", then run the rest
+    # stop after the experts, write a test allocation for the router, then run the rest
     assert main(["run", *common, "--skip", "router", "--skip", "search", "--skip", "finetune", "--skip", "bench",
                  "--skip", "report"]) == 0
     run = tmp_path / "tinypipe"
@@ -142,13 +165,13 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert "report: " in out and (run / "report" / "index.html").is_file()
     summary = json.loads((run / "report" / "summary.json").read_text())
     methods = {(r["method"], r["budget_ratio"]) for r in summary["rows"]}
-    assert {("base", None), ("base_steps", 0.7), ("static", 0.7), ("uniform", 0.7), ("routed", 0.7)} <= methods
-    routed = next(r for r in summary["rows"] if r["method"] == "routed")
-    assert routed["allocation_cost"]["evaluations"] == 7
-    assert routed["finetune"]["steps_per_expert"] == 2 and routed["finetune"]["num_experts"] == 2
+    assert {("base", None), ("fewer_steps", 0.7), ("static", 0.7), ("uniform", 0.7), ("router", 0.7)} <= methods
+    router = next(r for r in summary["rows"] if r["method"] == "router")
+    assert router["allocation_cost"]["evaluations"] == 7
+    assert router["finetune"]["steps_per_expert"] == 2 and router["finetune"]["num_experts"] == 2
     static = next(r for r in summary["rows"] if r["method"] == "static")
     assert static["finetune"]["steps_total"] == 4  # 2 intervals x 2 steps: the same images as a mixture
-    assert [s["method"] for s in summary["skipped"]] == ["searched"]
+    assert [s["method"] for s in summary["skipped"]] == ["search"]
     assert (run / "mixtures" / "router-0.7" / "model_index.json").is_file()
     # everything is up to date now
     capsys.readouterr()

@@ -134,7 +134,7 @@ def test_sample_and_evaluate_a_local_unet_folder(capsys, tmp_path):
     """Wiring of sample/evaluate on a bare local UNet folder (no training): grid, table, records."""
     from PIL import Image
 
-    from nas.rundir import RunDir
+    from nas.run import RunDir
 
     folder = _tiny_unet_folder(tmp_path)
     common = ["--set", f"run_root={tmp_path / 'runs'}", "--name", "w", "--device", "cpu",
@@ -186,7 +186,7 @@ def test_train_base_then_reuse_then_evaluate_embedded(capsys, tmp_path):
 def test_threads_setting_applies_and_does_not_change_stage_keys(capsys):
     import torch
 
-    from nas.pipeline import stage_key
+    from nas.run import stage_key
 
     before = torch.get_num_threads()
     try:

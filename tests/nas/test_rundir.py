@@ -12,7 +12,7 @@ import torch
 from nas.config import ExperimentConfig, load_config
 from nas.device import resolve_device
 from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.run import RunDir
 
 
 def test_layout_and_config(tmp_path):

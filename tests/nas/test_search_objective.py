@@ -10,7 +10,7 @@ from experts.allocation import Allocation
 from experts.intervals import Intervals
 from nas.cli import main
 from nas.config import load_config
-from nas.rundir import RunDir
+from nas.run import RunContext, RunDir
 from nas.search import EvalContext, RECORD_KIND, uniform_width_arch
 from nas.search_objective import mixture_problem
 from tests.conftest import build_tiny_unet
@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
 
 def test_mixture_space_is_one_part_per_expert_weighted_by_sampling_steps(tiny_run):
     cfg, run, _ = tiny_run
-    problem = mixture_problem(cfg, run)
+    problem = mixture_problem(RunContext(cfg, device="cpu"))
     space = problem.space
     assert list(space.parts) == ["e0", "e1"] and problem.intervals == IV
     assert sum(problem.steps_per_expert) == 4 and all(s > 0 for s in problem.steps_per_expert)
@@ -58,17 +58,15 @@ def test_proxy_is_the_step_weighted_heldout_denoising_plus_distillation_loss(tin
 
     from experts.losses import HeldOutSet, proxy_loss, training_scheduler
     from experts.training import load_experts
-    from nas.commands.base import load_base
-
     cfg, run, _ = tiny_run
-    problem = mixture_problem(cfg, run)
+    problem = mixture_problem(RunContext(cfg, device="cpu"))
     obj, space = problem.objective, problem.space
     ctx = EvalContext("s", 0, "k", "proxy")
     full = obj.evaluate(space.full(), "proxy", ctx)
     # untrained experts at the full arch are the base model: no distillation error
     assert full["distill"] == pytest.approx(0.0, abs=1e-10)
     heldout = HeldOutSet.load(run.experts_dir / "heldout.safetensors")
-    sched = training_scheduler(load_base(cfg, run, "cpu", progress=False).scheduler_config)
+    sched = training_scheduler(RunContext(cfg, device="cpu", progress=False).base.scheduler_config)
     _, experts = load_experts(run.experts_dir)
     ref = proxy_loss(experts, [space.parts["e0"].full()] * 2, heldout, sched, step_weights=problem.steps_per_expert)
     assert full["denoise"] == pytest.approx(ref.total, rel=1e-5)
@@ -102,9 +100,7 @@ def test_diffnas_search_on_the_experts_writes_a_usable_allocation(tiny_run, caps
     assert min(r["quality"] for r in proxy if r["feasible"]) <= uniform["quality"]
     # the allocation builds the mixture the benchmark and `diffnas finetune` build, at its MACs
     mixture = MixtureOfExperts.from_allocation(alloc, run.experts_dir)
-    from nas.commands.base import load_base
-
-    sched = make_scheduler(cfg.sampling.sampler, load_base(cfg, run, "cpu", progress=False).scheduler_config)
+    sched = make_scheduler(cfg.sampling.sampler, RunContext(cfg, device="cpu", progress=False).base.scheduler_config)
     assert mixture.trajectory_macs(sampling_timesteps(sched, cfg.sampling.num_steps)) == alloc.trajectory_macs
     assert "study search-b0.6: 5 evaluated" in out
 

@@ -1,0 +1,242 @@
+"""The run context: one run folder and the artefacts in it, each loaded once, on first use."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from nas.config import ExperimentConfig
+from nas.errors import UserError
+from nas.run._artefacts import experts_data, heldout_path
+from nas.run._rundir import RunDir
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from experts.allocation import Allocation
+    from experts.intervals import Intervals
+    from experts.losses import HeldOutSet
+    from nas.models import BaseModel
+    from experts import MixtureSpace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunContext", "prepare_run"]
+
+
+def prepare_run(cfg: ExperimentConfig) -> RunDir:
+    """The run directory of ``cfg``, created, with the resolved config written into it."""
+    run = RunDir.from_config(cfg)
+    run.ensure()
+    run.write_config(cfg)
+    log.debug("run directory %s", run.path)
+    return run
+
+
+class RunContext:
+    """One experiment's run folder ``runs/<name>/`` and what the stages load from it.
+
+    Every artefact (base model, scheduler, intervals, experts, data, held-out set, mixture space)
+    is loaded on first use and kept; nothing is loaded by the constructor, so a command can check
+    its inputs before any slow work.
+
+    Args:
+        cfg: the resolved experiment config.
+        device: where models are loaded and run (default: ``cfg.device``, resolved on first use).
+        progress: show progress bars (e.g. while training the embedded base model).
+        run: the run folder (default ``cfg.run_root/cfg.name``).
+
+    Example:
+        >>> from nas.config import load_config
+        >>> ctx = RunContext(load_config(None, ["name=doc"]), device="cpu")
+        >>> ctx.run.path.name, ctx.has_experts()
+        ('doc', False)
+    """
+
+    def __init__(self, cfg: ExperimentConfig, *, device: Any = None, progress: bool = True,
+                 run: RunDir | None = None) -> None:
+        self.cfg = cfg
+        self.run = run if run is not None else RunDir.from_config(cfg)
+        self.progress = progress
+        self._device = device
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, load: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    def prepare(self, check_device: bool = True) -> RunDir:
+        """Create the run folder and write the resolved config into it; returns the folder.
+
+        Args:
+            check_device: resolve :attr:`device` first, so an unavailable one fails before
+                anything is written.
+        """
+        if check_device:
+            self._device = self.device
+        self.run.ensure()
+        self.run.write_config(self.cfg)
+        log.debug("run directory %s", self.run.path)
+        return self.run
+
+    # the base model and sampling ----------------------------------------------------------------
+    @property
+    def device(self) -> Any:
+        """The device models run on (``cfg.device`` resolved, unless one was given)."""
+        if self._device is None:
+            from nas.device import resolve_device
+
+            self._device = resolve_device(self.cfg.device)
+        return self._device
+
+    @property
+    def base(self) -> BaseModel:
+        """The base model of ``model.base`` (the embedded one is trained into ``base/`` once)."""
+        from nas.models import load_base
+
+        return self._once("base", lambda: load_base(self.cfg, self.run.base_dir, self.device,
+                                                    progress=self.progress))
+
+    @property
+    def scheduler(self) -> Any:
+        """The sampling scheduler of ``sampling.sampler`` for the base model's noise schedule."""
+        from nas.sampling import make_scheduler
+
+        return self._once("scheduler", lambda: make_scheduler(self.cfg.sampling.sampler,
+                                                              self.base.scheduler_config))
+
+    @property
+    def timesteps(self) -> list[int]:
+        """The training timesteps the sampler visits in ``sampling.num_steps`` steps."""
+        from nas.sampling import sampling_timesteps
+
+        return self._once("timesteps", lambda: sampling_timesteps(self.scheduler, self.cfg.sampling.num_steps))
+
+    @property
+    def base_macs_per_call(self) -> int:
+        """MACs of one base UNet call on one sample."""
+        from search_spaces.macs import count_unet_macs
+
+        return self._once("base_macs", lambda: int(count_unet_macs(self.base.unet, batch_size=1)))
+
+    @property
+    def base_traj(self) -> int:
+        """MACs of one base-model sampling trajectory (one sample)."""
+        return self.base_macs_per_call * len(self.timesteps)
+
+    def generate(self, model: Any, num_images: int, seed: int, num_steps: int, batch_size: int | None = None,
+                 progress: bool | None = None) -> torch.Tensor:
+        """Sample ``num_images`` from ``model`` with the run's scheduler: (N, C, H, W) in [-1, 1]."""
+        from nas.sampling import generate
+
+        b = self.base
+        return generate(model, self.scheduler, num_images=num_images, num_steps=num_steps,
+                        batch_size=batch_size or self.cfg.sampling.batch_size, seed=seed, device=self.device,
+                        sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
+                        encoder_hidden_states=b.encoder_hidden_states,
+                        progress=self.progress if progress is None else progress)
+
+    # intervals, experts, data ---------------------------------------------------------------------
+    def intervals(self) -> Intervals | None:
+        """The experts' intervals (``experts/intervals.json``, else ``intervals.json``) or None."""
+        if self._cache.get("intervals") is None:
+            from experts.intervals import Intervals
+
+            for p in (self.run.experts_dir / "intervals.json", self.run.intervals_path):
+                if p.is_file():
+                    try:
+                        self._cache["intervals"] = Intervals.load(p)
+                        break
+                    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+                        log.warning("cannot read %s: %s", p, exc)
+        return self._cache.get("intervals")
+
+    def has_experts(self) -> bool:
+        """Whether ``experts/`` holds trained experts."""
+        return (self.run.experts_dir / "intervals.json").is_file()
+
+    def experts(self) -> tuple[Intervals, list[Any]]:
+        """(intervals, one elastic supernet per interval) from ``experts/``, on :attr:`device`."""
+        from experts.training import load_experts
+
+        return self._once("experts", lambda: load_experts(self.run.experts_dir, device=self.device))
+
+    def data(self) -> tuple[torch.Tensor, HeldOutSet | None]:
+        """(training samples, held-out set or None): the experts' split when there are intervals
+        (the held-out set is drawn and written the first time), else every sample."""
+        if "data" not in self._cache:
+            iv = self.intervals()
+            if iv is not None:
+                self._cache["data"] = experts_data(self.cfg, self.run, self.base, iv, self.device)
+            else:
+                from nas.data import encode_latents, load_dataset
+
+                images = load_dataset(self.cfg.data)  # (N,C,H,W) in [-1,1]
+                if self.base.vae is not None:
+                    images = encode_latents(images, self.base.vae, device=self.device)
+                self._cache["data"] = (images, None)
+        return self._cache["data"]
+
+    def heldout(self) -> HeldOutSet:
+        """The stored held-out set ``experts/heldout.safetensors`` of the trained experts.
+
+        Raises:
+            UserError: it is missing, or was drawn for other intervals than the experts'.
+        """
+        if "heldout" not in self._cache:
+            from experts.losses import HeldOutSet
+
+            path = heldout_path(self.run)
+            if not path.is_file():
+                raise UserError(f"{path} does not exist; run `diffnas train-experts` (it writes the held-out set)")
+            heldout = HeldOutSet.load(path)
+            if heldout.intervals != self.experts()[0]:
+                raise UserError(f"{path} was drawn for other intervals than the experts'; rerun `diffnas train-experts`")
+            self._cache["heldout"] = heldout
+        return self._cache["heldout"]
+
+    # the mixture of experts ------------------------------------------------------------------------
+    def expert_intervals(self) -> Intervals:
+        """The trained experts' intervals (without loading the experts if they are not loaded yet)."""
+        if "experts" in self._cache:
+            return self._cache["experts"][0]
+        from experts.intervals import Intervals
+
+        return self._once("expert_intervals", lambda: Intervals.load(self.run.experts_dir / "intervals.json"))
+
+    def steps_per_expert(self) -> tuple[int, ...]:
+        """Sampling steps each expert's interval serves under ``sampling.sampler``/``num_steps``."""
+        return self._once("steps", lambda: tuple(
+            int(s) for s in self.expert_intervals().steps_per_interval(self.timesteps)))
+
+    def mixture_space(self) -> MixtureSpace:
+        """The joint space of the experts' archs (:class:`experts.MixtureSpace`): one part per
+        expert (``e0``, ``e1``, ...), each weighted by the sampling steps it serves, so its MACs
+        are trajectory MACs."""
+        return self._once("mixture_space", self._build_mixture_space)
+
+    def _build_mixture_space(self) -> MixtureSpace:
+        from experts import MixtureSpace
+
+        steps = self.steps_per_expert()  # the base model is loaded before the experts
+        if "experts" in self._cache:
+            intervals, supernets = self._cache["experts"]
+        else:  # the spaces only: loaded on the CPU, whatever the run's device
+            from experts.training import load_experts
+
+            intervals, supernets = load_experts(self.run.experts_dir, device="cpu")
+        return MixtureSpace([e.space for e in supernets], steps, intervals)
+
+    # stored results ------------------------------------------------------------------------------
+    def allocation(self, method: str, budget: float) -> Allocation | None:
+        """``allocations/<method>-<budget>.json``, or None if there is none."""
+        from experts.allocation import Allocation
+
+        path = self.run.allocations_dir / f"{method}-{budget:g}.json"
+        return Allocation.load(path) if path.is_file() else None
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every record of ``results.jsonl`` (read each call: other processes append to it)."""
+        return self.run.read_results()
