@@ -67,6 +67,24 @@ class MixtureSpace:
                                   weights={self.part_name(k): float(s) for k, s in enumerate(steps)})
         self._names = frozenset(d.name for d in self.space.dimensions())
 
+    @classmethod
+    def from_product(cls, space: SearchSpace, intervals: Intervals) -> "MixtureSpace":
+        """The mixture space of a :class:`~search_spaces.ProductSpace` whose parts are the experts
+        (named ``e0, e1, ...`` in interval order) and whose weights are their sampling steps.
+
+        Raises:
+            UserError: not a ProductSpace, or not one part per interval.
+            ValueError: the parts are not named ``e0, e1, ...``.
+        """
+        if not isinstance(space, ProductSpace):
+            raise UserError("an allocation needs a ProductSpace with one part per interval expert")
+        if len(space.parts) != intervals.num_intervals:
+            raise UserError(f"space has {len(space.parts)} experts but intervals has {intervals.num_intervals}")
+        names = list(space.parts)
+        if names != [cls.part_name(k) for k in range(len(names))]:
+            raise ValueError(f"mixture parts must be named e0, e1, ... in interval order, got {names}")
+        return cls(list(space.parts.values()), [space.weights[p] for p in names], intervals)
+
     @staticmethod
     def part_name(k: int) -> str:
         """Name of expert ``k``'s part: ``e0``, ``e1``, ..."""

@@ -31,17 +31,12 @@ from torch import nn
 
 from experts.intervals import Intervals
 from experts.losses import HeldOutSet, LossBatch, as_tensor, expert_loss, make_batch
-from router.objective import split_relaxed
-from search_spaces import Arch, ProductSpace
+from experts.mixture_space import MixtureSpace
+from search_spaces import Arch
 
-__all__ = ["MixtureRoutingLoss", "part_name"]
+__all__ = ["MixtureRoutingLoss"]
 
 log = logging.getLogger(__name__)
-
-
-def part_name(k: int) -> str:
-    """Name of expert ``k``'s part in the mixture space (``e0``, ``e1``, ...; as the search)."""
-    return f"e{k}"
 
 
 def _expand(kw: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
@@ -118,8 +113,8 @@ class MixtureRoutingLoss:
         self.eval_batch_size = int(eval_batch_size)
         self.joint = bool(joint)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.space = ProductSpace({part_name(k): e.space for k, e in enumerate(self.experts)},
-                                  weights={part_name(k): s for k, s in enumerate(self.steps_per_expert)})
+        self.mixture = MixtureSpace([e.space for e in self.experts], self.steps_per_expert, intervals)
+        self.space = self.mixture.space
         for e in self.experts:
             e.eval()  # deterministic layers; the agent is what trains
             if not self.joint:
@@ -145,10 +140,10 @@ class MixtureRoutingLoss:
 
     def __call__(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Step-weighted relaxed mixture loss (scalar, differentiable in ``weights``)."""
-        per = split_relaxed(self.space, weights)
+        per = self.mixture.split_values(weights)
         total = torch.zeros((), device=self.device)
         for k, expert in enumerate(self.experts):
-            w_k = {name: w.to(self.device) for name, w in per[part_name(k)].items()}
+            w_k = {name: w.to(self.device) for name, w in per[k].items()}
             expert.set_active_relaxed(w_k)
             batch = make_batch(self.images, self.intervals, k, self.batch_size, self.generator).to(self.device)
             kw = _expand(self.model_kwargs, len(batch))
@@ -204,8 +199,8 @@ class MixtureRoutingLoss:
 
     def arch_loss(self, arch: Mapping[str, Any]) -> float:
         """Step-weighted held-out mixture loss of a discrete mixture arch."""
-        parts = self.space.split(arch)
-        return float(sum(self.step_frac[k] * self.expert_loss(k, parts[part_name(k)])
+        parts = self.mixture.split(arch)
+        return float(sum(self.step_frac[k] * self.expert_loss(k, parts[k])
                          for k in range(len(self.experts))))
 
     def sensitivity(self) -> list[float]:

@@ -8,8 +8,9 @@ the differentiable cost model, and ``p`` is the target budget ratio.
 
 The task loss is any callable ``task_loss(weights) -> Tensor`` where ``weights`` maps each free
 dimension name of the space (for a ``ProductSpace``: ``"<expert>/<dim>"``) to a ``(n_choices,)``
-tensor (straight-through one-hot or probabilities). :func:`split_relaxed` turns that into one
-mapping per expert, which is what ``ElasticUNet.set_active_relaxed`` takes.
+tensor (straight-through one-hot or probabilities). For a mixture,
+:meth:`experts.MixtureSpace.split_values` turns that into one mapping per expert, which is what
+``ElasticUNet.set_active_relaxed`` takes.
 
 Example:
     >>> import torch
@@ -41,7 +42,6 @@ __all__ = [
     "choice_macs_deltas",
     "relaxed_macs",
     "resource_loss",
-    "split_relaxed",
 ]
 
 TaskLoss = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -59,13 +59,6 @@ def resource_loss(ratio: torch.Tensor, budget_ratio: torch.Tensor | float) -> to
     return torch.abs(torch.log(ratio.clamp_min(1e-12)) - torch.log(p))
 
 
-def split_relaxed(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-expert relaxed weights (prefix removed) for a ``ProductSpace``; ``{"": weights}`` else."""
-    if not isinstance(space, ProductSpace):
-        return {"": dict(weights)}
-    return space.split_values(weights)
-
-
 def relaxed_macs(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Differentiable MACs (float64 scalar on the CPU) of relaxed weights.
 
@@ -75,7 +68,7 @@ def relaxed_macs(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> tor
     """
     if isinstance(space, ProductSpace):
         total = torch.zeros((), dtype=torch.float64)
-        for part, w in split_relaxed(space, weights).items():
+        for part, w in space.split_values(weights).items():
             sub = relaxed_macs(space.parts[part], w)
             total = total + space.weights[part] * sub
         return total

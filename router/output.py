@@ -25,7 +25,8 @@ from typing import Any
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
-from router.train import RouterResult
+from experts.mixture_space import MixtureSpace
+from router.result import RouterResult
 from search_spaces import ProductSpace
 
 __all__ = ["allocation_filename", "plot_allocations", "write_outputs"]
@@ -106,9 +107,9 @@ def plot_allocations(
 
 def write_outputs(
     result: RouterResult,
-    space: ProductSpace,
-    intervals: Intervals,
-    out_dir: str | Path,
+    mixture: MixtureSpace | ProductSpace,
+    out_dir: str | Path | Intervals,
+    old_out_dir: str | Path | None = None,
     *,
     allocations_dir: str | Path | None = None,
     sensitivity: Sequence[float] | None = None,
@@ -118,21 +119,28 @@ def write_outputs(
     """Write allocations, training log, summary and plot; returns the allocation paths.
 
     Args:
-        result: from :func:`router.train.train_router` on ``space``.
-        space: the mixture space (one part per interval expert, weights = sampling steps).
-        intervals: the experts' intervals.
+        result: from :func:`router.train.train_router` on ``mixture.space``.
+        mixture: the mixture space (one part per interval expert, weights = sampling steps).
         out_dir: folder for the log, summary and plot (a run's ``router/``).
+        old_out_dir: the call ``write_outputs(result, space, intervals, out_dir, ...)`` with a
+            ``ProductSpace`` and its intervals is accepted too (``nas/commands/route.py`` uses it).
         allocations_dir: where ``router-<budget>.json`` go (default: ``out_dir/../allocations``).
         sensitivity: per-interval loss increase when shrunk, for the plot and the summary.
         extra_info: added to each allocation's ``info`` (e.g. the config hash).
         summary_extra: added to ``summary.json``.
     """
+    if isinstance(out_dir, Intervals):
+        if old_out_dir is None:
+            raise TypeError("write_outputs(result, space, intervals, out_dir): out_dir is missing")
+        mixture, out_dir = MixtureSpace.from_product(mixture, out_dir), old_out_dir
+    elif not isinstance(mixture, MixtureSpace):
+        raise TypeError(f"write_outputs needs an experts.MixtureSpace, got {type(mixture).__name__}")
     out = Path(out_dir)
     alloc_dir = Path(allocations_dir) if allocations_dir is not None else out.parent / "allocations"
     paths = []
     allocations = []
     for o in result.outcomes:
-        alloc = result.allocation(space, intervals, o.budget_ratio)
+        alloc = result.allocation(mixture, o.budget_ratio)
         if extra_info:
             alloc = Allocation(alloc.method, alloc.budget_ratio, alloc.intervals, alloc.archs,
                                alloc.macs_per_expert, alloc.steps_per_expert, alloc.base_trajectory_macs,
@@ -155,7 +163,7 @@ def write_outputs(
         **(summary_extra or {}),
     }
     _atomic_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-    full = [space.parts[p].macs(space.parts[p].full()) for p in space.parts]
+    full = [part.macs(part.full()) for part in mixture.parts]
     plot_allocations(allocations, out / "allocation.png", full_macs_per_expert=full, sensitivity=sensitivity)
     log.info("router: wrote %d allocations to %s and log/summary/plot to %s", len(paths), alloc_dir, out)
     return paths

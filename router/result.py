@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from experts.allocation import Allocation
-from experts.intervals import Intervals
+from experts.mixture_space import MixtureSpace
 from router.agent import ExpertRoutingAgent
-from search_spaces import Arch, ProductSpace
-from search_spaces.errors import UserError
+from search_spaces import Arch
 
 __all__ = ["BudgetOutcome", "RouterResult"]
 
@@ -85,18 +84,13 @@ class RouterResult:
                 return o
         raise ValueError(f"no outcome for budget {budget_ratio}; budgets are {[o.budget_ratio for o in self.outcomes]}")
 
-    def allocation(self, space: ProductSpace, intervals: Intervals, budget_ratio: float) -> Allocation:
-        """The :class:`Allocation` record of one budget (parts of ``space`` = experts, in order)."""
-        if not isinstance(space, ProductSpace):
-            raise UserError("an allocation needs a ProductSpace with one part per interval expert")
-        if len(space.parts) != intervals.num_intervals:
-            raise UserError(f"space has {len(space.parts)} experts but intervals has {intervals.num_intervals}")
+    def allocation(self, mixture: MixtureSpace, budget_ratio: float) -> Allocation:
+        """The :class:`Allocation` record of one budget (``mixture.space`` is the space trained on).
+
+        Raises:
+            UserError: the mixture's step counts are not whole numbers.
+        """
         o = self.outcome(budget_ratio)
-        per = space.split(o.arch)
-        parts = list(space.parts)
-        steps = [space.weights[p] for p in parts]
-        if any(abs(s - round(s)) > 1e-9 for s in steps):
-            raise UserError(f"ProductSpace weights must be whole step counts for an Allocation, got {steps}")
         info = {
             "budget_conditioned": self.budget_conditioned,
             "train_seconds": self.train_seconds,
@@ -117,16 +111,8 @@ class RouterResult:
             "decoded_task_loss": o.decoded_task_loss,
             **{k: v for k, v in self.settings.items() if isinstance(v, (int, float, str, bool, list))},
         }
-        return Allocation(
-            method="router",
-            budget_ratio=float(budget_ratio),
-            intervals=intervals,
-            archs=tuple(per[p] for p in parts),
-            macs_per_expert=tuple(space.parts[p].macs(per[p]) for p in parts),
-            steps_per_expert=tuple(int(round(s)) for s in steps),
-            base_trajectory_macs=int(round(self.base_macs)),
-            info=info,
-        )
+        return mixture.to_allocation(o.arch, method="router", budget_ratio=budget_ratio,
+                                     base_trajectory_macs=self.base_macs, info=info)
 
     def write_log(self, path: str | Path) -> None:
         """Training log as JSON lines (one object per logged step)."""

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from experts.intervals import Intervals
-from search_spaces import Arch, Dimension, ProductSpace, SearchSpace, SimpleSpace
+from experts.mixture_space import MixtureSpace
+from search_spaces import Arch, Dimension, SearchSpace, SimpleSpace
 
 __all__ = ["KnapsackSolution", "SyntheticMixture"]
 
@@ -90,7 +91,7 @@ class SyntheticMixture:
         for e in range(k):
             dims = [Dimension(f"b{d}.width", self.widths, "width") for d in range(nb)]
             dims += [Dimension(f"s{j}.depth", (False, True), "depth") for j in range(ns)]
-            parts[f"e{e}"] = SimpleSpace(dims, macs_fn=self._expert_macs)
+            parts[MixtureSpace.part_name(e)] = SimpleSpace(dims, macs_fn=self._expert_macs)
             for d in range(nb):
                 self._tables[f"e{e}/b{d}.width"] = (
                     [self.macs_coef[d] * w for w in self.widths],
@@ -98,8 +99,9 @@ class SyntheticMixture:
                 )
             for j in range(ns):
                 self._tables[f"e{e}/s{j}.depth"] = ([0, self.skip_macs[j]], [float(self.skip_loss[e, j]), 0.0])
-        self.space = ProductSpace(parts, weights={f"e{e}": s for e, s in enumerate(self.steps_per_expert)})
         self.intervals = Intervals.uniform(1000, k)
+        self.mixture = MixtureSpace(list(parts.values()), self.steps_per_expert, self.intervals)
+        self.space = self.mixture.space
         self.base_macs = self.space.macs(self.space.full())
         names = self.space.free_names()
         self._loss_t = {n: torch.tensor(self._tables[n][1], dtype=torch.float64) for n in names}

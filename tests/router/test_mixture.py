@@ -8,7 +8,8 @@ import torch
 from experts.intervals import Intervals
 from experts.losses import expert_loss, make_batch, make_heldout, training_scheduler
 from router.agent import one_hot_weights
-from router.mixture import MixtureRoutingLoss, part_name
+from experts import MixtureSpace
+from router.mixture import MixtureRoutingLoss
 from router.output import write_outputs
 from router.train import train_router
 from search_spaces.elastic_unet import ElasticUNet
@@ -40,9 +41,9 @@ def test_relaxed_loss_at_one_hots_equals_the_discrete_experts_on_the_same_batche
     relaxed = float(loss(one_hot_weights(loss.space, arch)))
     g = torch.Generator().manual_seed(3)
     expected = 0.0
-    sub = loss.space.split(arch)
+    sub = loss.mixture.split(arch)
     for k, e in enumerate(experts):
-        e.set_active(sub[part_name(k)])
+        e.set_active(sub[k])
         batch = make_batch(images, iv, k, 4, g)
         with torch.no_grad():
             t = expert_loss(e, base, batch, sched, distill_weight=1.0).total
@@ -57,7 +58,7 @@ def test_gradient_reaches_every_experts_weights_and_experts_stay_frozen(parts):
                        requires_grad=True) for n in loss.space.free_names()}
     loss(w).backward()
     for k in range(2):
-        grads = [w[n].grad for n in w if n.startswith(part_name(k) + "/") and w[n].grad is not None]
+        grads = [w[n].grad for n in w if n.startswith(MixtureSpace.part_name(k) + "/") and w[n].grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads)
     assert all(p.grad is None for e in parts[2] for p in e.parameters())
     loss.reset()
@@ -90,7 +91,7 @@ def test_route_a_tiny_mixture_end_to_end(parts, tmp_path):
     full = loss.space.macs(loss.space.full())
     for b in budgets:
         assert res.outcome(b).macs <= b * full
-    paths = write_outputs(res, loss.space, iv, tmp_path / "router", sensitivity=loss.sensitivity())
+    paths = write_outputs(res, loss.mixture, tmp_path / "router", sensitivity=loss.sensitivity())
     assert [p.name for p in paths] == ["router-0.4.json", "router-0.7.json"]
     assert loss.relaxed_calls >= 6
 

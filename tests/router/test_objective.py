@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from router.agent import ExpertRoutingAgent, gumbel_softmax_st, one_hot_weights
-from router.objective import RouterObjective, choice_macs_deltas, relaxed_macs, resource_loss, split_relaxed
+from router.objective import RouterObjective, choice_macs_deltas, relaxed_macs, resource_loss
 from router.synthetic import SyntheticMixture
 from search_spaces import Dimension, ProductSpace, SimpleSpace
 
@@ -46,7 +46,7 @@ def test_product_space_uses_each_parts_own_relaxed_model():
          "b/w": torch.tensor([0.0, 1.0]), "b/keep": torch.tensor([0.0, 1.0])}
     # exact relaxed model: a: 10 + 3*0.5 = 11.5 (x3), b: 14 (x1)
     assert float(relaxed_macs(mix, w)) == pytest.approx(3 * 11.5 + 14)
-    assert set(split_relaxed(mix, w)) == {"a", "b"}
+    assert set(mix.split_values(w)) == {"a", "b"}
 
 
 def test_batched_objective_matches_per_sample_values_and_gradients():

@@ -135,7 +135,7 @@ def test_allocation_export_and_output_files(tmp_path):
     budgets = [0.35, 0.6]
     res = train_router(bench.space, bench.task_loss, budgets, steps=20, log_every=4,
                        batched_task_loss=bench.batched_task_loss)
-    paths = write_outputs(res, bench.space, bench.intervals, tmp_path / "router",
+    paths = write_outputs(res, bench.mixture, tmp_path / "router",
                           sensitivity=[1.0, 2.0, 0.5], extra_info={"note": "test"})
     assert [p.name for p in paths] == [allocation_filename(b) for b in budgets] == ["router-0.35.json", "router-0.6.json"]
     for b, p in zip(budgets, paths):
@@ -144,7 +144,7 @@ def test_allocation_export_and_output_files(tmp_path):
         assert a.steps_per_expert == bench.steps_per_expert
         assert a.base_trajectory_macs == bench.base_macs
         assert a.trajectory_macs == res.outcome(b).macs
-        assert bench.space.join({f"e{k}": arch for k, arch in enumerate(a.archs)}) == res.outcome(b).arch
+        assert bench.mixture.from_allocation(a) == res.outcome(b).arch
         for key in ("repair_steps", "fill_steps", "exchange_steps", "train_seconds", "train_evaluations", "note"):
             assert key in a.info
         # the routing cost the bench reports covers training *and* this budget's repair/fill
@@ -162,16 +162,21 @@ def test_allocation_export_and_output_files(tmp_path):
     assert (tmp_path / "router" / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_allocation_needs_a_product_space_matching_the_intervals():
+def test_outputs_from_a_product_space_need_one_part_per_interval(tmp_path):
     space = SimpleSpace([Dimension("w", (1, 2, 3))], macs_fn=lambda a: a["w"])
     res = train_router(space, lambda w: (w["w"] * torch.tensor([2.0, 1.0, 0.0])).sum(), [0.7], steps=5)
     assert res.outcome(0.7).arch["w"] == 2
     with pytest.raises(UserError, match="ProductSpace"):
-        res.allocation(space, Intervals(1000), 0.7)
+        write_outputs(res, space, Intervals(1000), tmp_path / "a")
+    with pytest.raises(TypeError, match="MixtureSpace"):
+        write_outputs(res, space, tmp_path / "a")
     bench = _small_bench()
     res2 = train_router(bench.space, bench.task_loss, [0.5], steps=5)
     with pytest.raises(UserError, match="intervals"):
-        res2.allocation(bench.space, Intervals(1000, (500,)), 0.5)
+        write_outputs(res2, bench.space, Intervals(1000, (500,)), tmp_path / "b")
+    old = write_outputs(res2, bench.space, bench.intervals, tmp_path / "c")
+    new = write_outputs(res2, bench.mixture, tmp_path / "d")
+    assert Allocation.load(old[0]) == Allocation.load(new[0]) == res2.allocation(bench.mixture, 0.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
