@@ -103,21 +103,31 @@ def load_base_model(
     """
     spec = str(spec).strip()
     if spec.startswith(EMBEDDED_PREFIX):
-        name = spec[len(EMBEDDED_PREFIX):]
-        if name not in EMBEDDED_DATASETS:
-            raise UserError(
-                f"unknown embedded model {spec!r}; choices: "
-                + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
-            )
-        if images is None:
-            images = digits_16()
-        settings = embedded_settings(model_cfg)
-        out_dir = Path(cache_dir) / f"embedded-{name}-{config_hash(settings, images)[:10]}"
-        train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress)
-        base = load_folder(out_dir, device=device)
-        base.source = spec
-        return base
+        return _load_embedded(spec, model_cfg, images, Path(cache_dir), device, progress)
+    return _load_folder_or_hub(spec, device)
 
+
+def _load_embedded(spec: str, model_cfg: Any, images: torch.Tensor | None, cache_dir: Path,
+                   device: str | torch.device, progress: bool) -> BaseModel:
+    """``embedded:<name>``: trained once into ``cache_dir/embedded-<name>-<hash>/``, then loaded."""
+    name = spec[len(EMBEDDED_PREFIX):]
+    if name not in EMBEDDED_DATASETS:
+        raise UserError(
+            f"unknown embedded model {spec!r}; choices: "
+            + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
+        )
+    if images is None:
+        images = digits_16()
+    settings = embedded_settings(model_cfg)
+    out_dir = cache_dir / f"embedded-{name}-{config_hash(settings, images)[:10]}"
+    train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress)
+    base = load_folder(out_dir, device=device)
+    base.source = spec
+    return base
+
+
+def _load_folder_or_hub(spec: str, device: str | torch.device) -> BaseModel:
+    """A local folder, else a hub id resolved through the local cache (or downloaded)."""
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -74,6 +74,7 @@ def _is_done(ctx: RunContext, ledger: dict[str, Any], stage: Stage) -> bool:
 
 
 def _run_stage(stage: Stage, ctx: RunContext) -> str:
+    """Run one stage (the seam the runner's tests replace to check the order and the ledger alone)."""
     return stage.run(ctx)
 
 
