@@ -79,7 +79,8 @@ class ExplicitDDIMScheduler(DDIMScheduler):
         if self._explicit_prev is None:
             return t - self.config.num_train_timesteps // self.num_inference_steps
         if t not in self._explicit_prev:
-            raise ValueError(f"timestep {t} is not in the explicit schedule {sorted(self._explicit_prev, reverse=True)}")
+            listed = sorted(self._explicit_prev, reverse=True)
+            raise ValueError(f"timestep {t} is not in the explicit schedule {listed}")
         return self._explicit_prev[t]
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,

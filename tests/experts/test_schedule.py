@@ -120,7 +120,8 @@ def test_from_uniform_equals_todays_ddim_timesteps(name, n):
     cfg = CONFIGS[name]
     want = sampling_timesteps(make_scheduler("ddim", cfg), n)
     assert StepSchedule.from_uniform(IV3, n, scheduler_config=cfg).timesteps() == want
-    assert uniform_timesteps(n, 1000, timestep_spacing=cfg["timestep_spacing"], steps_offset=cfg["steps_offset"]) == want
+    spacing, offset = cfg["timestep_spacing"], cfg["steps_offset"]
+    assert uniform_timesteps(n, 1000, timestep_spacing=spacing, steps_offset=offset) == want
 
 
 def test_per_interval_leading_reproduces_uniform_on_a_grid_aligned_split():

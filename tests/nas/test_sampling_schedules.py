@@ -92,7 +92,8 @@ def test_explicit_ddim_steps_to_the_next_timestep_of_the_list():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert sched.previous_timestep(t) == (prev if prev is not None else -1)
     # the scheduler state is restored after each step
-    assert sched.num_inference_steps == 3 and sched.final_alpha_cumprod == DDIMScheduler.from_config(SCHED_CFG).final_alpha_cumprod
+    assert sched.num_inference_steps == 3
+    assert sched.final_alpha_cumprod == DDIMScheduler.from_config(SCHED_CFG).final_alpha_cumprod
 
 
 @pytest.mark.parametrize("sampler", [*sorted(SAMPLERS), "euler"])
