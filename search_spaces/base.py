@@ -5,10 +5,7 @@ plus rules that couple them. An :class:`Arch` is one choice per dimension. Every
 method (the routing agent, the Optuna search, the baselines) talks to a space only through
 this API, so a user-defined space works with all of them.
 
-Where the code lives (everything is importable from this module, as before):
-:class:`Dimension`, :class:`Arch` and ``Choice`` in :mod:`search_spaces.arch`;
-:class:`SearchSpace` in :mod:`search_spaces.search_space`; :class:`SimpleSpace` and
-:class:`ProductSpace` in :mod:`search_spaces.compose`.
+This module gathers the API's public names (they are also exported by :mod:`search_spaces`).
 
 Example:
     >>> import numpy as np
@@ -27,9 +24,9 @@ Example:
 
 from __future__ import annotations
 
-from search_spaces.arch import Arch, Choice, Dimension, _py  # noqa: F401
-from search_spaces.compose import ProductSpace, SimpleSpace, _Part  # noqa: F401
-from search_spaces.search_space import SearchSpace, _root  # noqa: F401
+from search_spaces._arch import Arch, Choice, Dimension
+from search_spaces._compose import ProductSpace, SimpleSpace
+from search_spaces._search_space import SearchSpace
 
 __all__ = [
     "Arch",

@@ -57,12 +57,6 @@ operator lives in a leaf module (``Conv2d``, ``Linear``...) except SDPA, which b
 Trajectory MACs (the budget of a sampler) are the sum over sampling steps of the MACs of the
 network serving each step: :func:`trajectory_macs`, :func:`trajectory_macs_for`.
 
-Where the code lives (everything is importable from this module, as before): the operator
-handles in :mod:`search_spaces.macs_ops`; :class:`MacsCount`, the trace wrapper,
-:func:`count_macs` and :func:`reference_macs` in :mod:`search_spaces.macs_count`; the UNet
-helpers :func:`unet_example_inputs`, :func:`unet_macs_by_module`, :func:`count_unet_macs` in
-:mod:`search_spaces.macs_unet`; the trajectory sums here.
-
 Example:
     >>> import torch
     >>> from search_spaces.macs import count_macs, reference_macs
@@ -79,46 +73,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from search_spaces._macs_count import MacsCount, count_macs, reference_macs
+from search_spaces._macs_unet import count_unet_macs, unet_example_inputs, unet_macs_by_module
 from search_spaces.errors import UserError
-from search_spaces.macs_count import (  # noqa: F401
-    MacsCount,
-    _EvalNoGrad,
-    _first_tensor,
-    _log_unknown_ops,
-    _strip_wrapper_name,
-    _TraceWrapper,
-    _WRAPPED,
-    count_macs,
-    logger,
-    reference_macs,
-)
-from search_spaces.macs_ops import (  # noqa: F401
-    _CONTRACTION_HANDLES,
-    _CONTRACTION_HINTS,
-    _NOT_COUNTED_OPS,
-    _addmm_handle,
-    _baddbmm_handle,
-    _bmm_handle,
-    _broadcast,
-    _conv_handle,
-    _einsum_handle,
-    _einsum_macs,
-    _einsum_operand_dims,
-    _linear_handle,
-    _matmul_handle,
-    _matmul_macs,
-    _mm_handle,
-    _prod,
-    _sdpa_handle,
-    _shape,
-)
-from search_spaces.macs_unet import (  # noqa: F401
-    _class_labels,
-    _model_device_dtype,
-    count_unet_macs,
-    unet_example_inputs,
-    unet_macs_by_module,
-)
 
 __all__ = [
     "MacsCount",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from search_spaces import Arch, Dimension, ProductSpace, SearchSpace, SimpleSpace
-from tests.search_spaces.contract import SearchSpaceContract
+from search_spaces.testing import SearchSpaceContract
 
 
 class TwoLayerMLPSpace(SearchSpace):

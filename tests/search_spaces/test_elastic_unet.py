@@ -10,7 +10,7 @@ from search_spaces import ElasticUNet, SpaceOptions
 from search_spaces.macs import count_unet_macs
 from search_spaces.materialize import arch_of, load_materialized, save_materialized
 from tests.conftest import UNET_BUILDERS, unet_inputs
-from tests.search_spaces.contract import SearchSpaceContract
+from search_spaces.testing import SearchSpaceContract
 
 CONFIGS = sorted(UNET_BUILDERS)
 _NETS: dict[str, ElasticUNet] = {}

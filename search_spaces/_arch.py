@@ -1,7 +1,6 @@
 """Encoding of architectures: :class:`Dimension` (one elastic knob and its choices),
-:class:`Arch` (an immutable, hashable, JSON round-tripping choice per dimension) and the
-``Choice`` type. Moved verbatim from ``search_spaces/base.py``; every name is still importable
-from there.
+:class:`Arch` (an immutable, hashable, JSON round-tripping choice per dimension), the
+``Choice`` type and :func:`to_choice`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
+
+__all__ = ["Arch", "Choice", "Dimension", "to_choice"]
 
 Choice = Union[int, bool]
 
@@ -49,7 +50,7 @@ class Dimension:
                 raise ValueError(
                     f"dimension {self.name!r}: choices must be int or bool, got {type(c).__name__}"
                 )
-        object.__setattr__(self, "choices", tuple(_py(c) for c in choices))
+        object.__setattr__(self, "choices", tuple(to_choice(c) for c in choices))
 
     @property
     def full(self) -> Choice:
@@ -64,15 +65,19 @@ class Dimension:
     def index(self, value: Choice) -> int:
         """Position of ``value`` among the choices (ValueError naming the key otherwise)."""
         for i, c in enumerate(self.choices):
-            if c == value and type(c) is type(_py(value)):
+            if c == value and type(c) is type(to_choice(value)):
                 return i
         raise ValueError(
             f"{self.name}: choice {value!r} is out of range; allowed choices are {list(self.choices)}"
         )
 
 
-def _py(value: Any) -> Choice:
-    """Plain Python int/bool (numpy scalars and JSON round-trips give other types)."""
+def to_choice(value: Any) -> Choice:
+    """Plain Python int/bool (numpy scalars and JSON round-trips give other types).
+
+    Raises:
+        ValueError: ``value`` is neither an int nor a bool.
+    """
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -100,7 +105,7 @@ class Arch(Mapping[str, Choice]):
         for k in items:
             if not isinstance(k, str):
                 raise ValueError(f"arch keys must be strings, got {k!r}")
-        self._items: dict[str, Choice] = {k: _py(items[k]) for k in sorted(items)}
+        self._items: dict[str, Choice] = {k: to_choice(items[k]) for k in sorted(items)}
         self._hash: int | None = None
 
     def __getitem__(self, key: str) -> Choice:
@@ -111,6 +116,11 @@ class Arch(Mapping[str, Choice]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def items(self):  # type: ignore[override]
+        """The (name, choice) pairs, sorted by name (the dict's own view: the MACs check reads it
+        on every call, and Mapping's generic view would look every key up again)."""
+        return self._items.items()
 
     def __hash__(self) -> int:
         if self._hash is None:

@@ -1,20 +1,21 @@
 """Spaces built from parts: :class:`SimpleSpace` (a list of dimensions and a MACs function,
 the few-lines user space) and :class:`ProductSpace` (spaces side by side, keys prefixed
-``<part>/``, MACs a weighted sum). Moved verbatim from ``search_spaces/base.py``; every name is
-still importable from there.
+``<part>/``, MACs a weighted sum).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-from search_spaces.arch import Arch, Choice, Dimension
-from search_spaces.search_space import SearchSpace
+from search_spaces._arch import Arch, Choice, Dimension
+from search_spaces._rules import checks_own_arch, rule_error
+from search_spaces._search_space import SearchSpace
+
+__all__ = ["ProductSpace", "SimpleSpace"]
 
 
 class SimpleSpace(SearchSpace):
@@ -23,7 +24,9 @@ class SimpleSpace(SearchSpace):
     Args:
         dims: the dimensions.
         macs_fn: MACs of an arch (a plain dict-like ``Arch``).
-        rules: optional callables ``rule(arch)`` raising ValueError for invalid archs.
+        rules: optional callables ``rule(arch)`` raising ValueError for invalid archs (any
+            other exception, such as a failed ``assert``, is reported as a ValueError naming
+            the rule).
     """
 
     def __init__(
@@ -45,13 +48,12 @@ class SimpleSpace(SearchSpace):
 
     def check_rules(self, arch: Arch) -> None:
         for rule in self._rules:
-            rule(arch)
-
-
-@dataclass(frozen=True)
-class _Part:
-    prefix: str
-    space: SearchSpace
+            try:
+                rule(arch)
+            except Exception as e:
+                if isinstance(e, ValueError):
+                    raise
+                raise rule_error(e, f"rule {getattr(rule, '__qualname__', repr(rule))}") from e
 
 
 class ProductSpace(SearchSpace):
@@ -130,9 +132,17 @@ class ProductSpace(SearchSpace):
             values.update({f"{p}{self.SEP}{k}": v for k, v in a.items()})
         return Arch(values)
 
+    @checks_own_arch  # each part's macs() checks its keys: checking here too would double the cost
     def macs(self, arch: Mapping[str, Choice]) -> int:
-        parts = self.split(arch)
-        return int(round(sum(self.weights[p] * self.parts[p].macs(a) for p, a in parts.items())))
+        total = 0
+        for p, a in self.split(arch).items():
+            try:
+                part_macs = self.parts[p].macs(a)
+            except ValueError as e:
+                self.validate_choices(arch)  # a bad key or choice: name it with its part prefix
+                raise ValueError(f"{p}{self.SEP}{e}") from None
+            total += self.weights[p] * part_macs
+        return int(round(total))
 
     def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
         """Weighted sum of the parts' own :meth:`macs_relaxed` (so a part's exact override,
@@ -149,10 +159,13 @@ class ProductSpace(SearchSpace):
 
     def check_rules(self, arch: Arch) -> None:
         for p, a in self.split(arch).items():
+            part = self.parts[p]
             try:
-                self.parts[p].check_rules(a)
+                part.check_rules(a)
             except ValueError as e:
                 raise ValueError(f"{p}{self.SEP}{e}") from None
+            except Exception as e:  # an assert in a part's rule: a ValueError naming part and rule
+                raise ValueError(f"{p}{self.SEP}{rule_error(e, f'{type(part).__name__}.check_rules')}") from e
 
     def repair(self, arch: Arch) -> Arch:
         return self.join({p: self.parts[p].repair(a) for p, a in self.split(arch).items()})

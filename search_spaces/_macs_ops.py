@@ -3,10 +3,9 @@
 One handle per tensor-contraction ``aten::`` operator (convolutions, linear and matrix
 products, einsum, scaled-dot-product attention), with fvcore's signature
 ``(inputs: list[torch._C.Value], outputs) -> Counter``, plus the tables that
-:func:`search_spaces.macs.count_macs` installs: ``_CONTRACTION_HANDLES`` (counted),
-``_NOT_COUNTED_OPS`` (0 MACs by definition) and ``_CONTRACTION_HINTS`` (names that look like an
-uncounted contraction). The MACs definition is in :mod:`search_spaces.macs`. Moved verbatim
-from ``search_spaces/macs.py``; every name is still importable from there.
+:func:`search_spaces.macs.count_macs` installs: ``CONTRACTION_HANDLES`` (counted),
+``NOT_COUNTED_OPS`` (0 MACs by definition) and ``CONTRACTION_HINTS`` (names that look like an
+uncounted contraction). The MACs definition is in :mod:`search_spaces.macs`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+__all__ = ["CONTRACTION_HANDLES", "CONTRACTION_HINTS", "NOT_COUNTED_OPS"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def _einsum_handle(inputs: list, outputs: list) -> Counter:
     return Counter({"einsum": _einsum_macs(equation, shapes)})
 
 
-_CONTRACTION_HANDLES: dict[str, Callable] = {
+CONTRACTION_HANDLES: dict[str, Callable] = {
     "aten::_convolution": _conv_handle(transposed_index=6),
     "aten::convolution": _conv_handle(transposed_index=6),
     "aten::conv1d": _conv_handle(None),
@@ -178,7 +179,7 @@ _CONTRACTION_HANDLES: dict[str, Callable] = {
 }
 
 # fvcore counts these by default (or would warn about them); by our definition they cost 0 MACs.
-_NOT_COUNTED_OPS: tuple[str, ...] = (
+NOT_COUNTED_OPS: tuple[str, ...] = (
     # normalisation
     "aten::batch_norm", "aten::group_norm", "aten::layer_norm", "aten::instance_norm",
     "aten::rms_norm", "aten::native_group_norm", "aten::native_layer_norm",
@@ -209,5 +210,5 @@ _NOT_COUNTED_OPS: tuple[str, ...] = (
     "aten::randn_like", "aten::rand", "aten::dropout_", "aten::feature_dropout",
 )
 
-_CONTRACTION_HINTS = ("conv", "mm", "matmul", "linear", "einsum", "attention", "dot", "mv",
+CONTRACTION_HINTS = ("conv", "mm", "matmul", "linear", "einsum", "attention", "dot", "mv",
                       "tensordot", "bilinear")

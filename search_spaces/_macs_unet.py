@@ -3,7 +3,6 @@
 :func:`unet_example_inputs` builds the keyword inputs of one UNet call (sample, timestep, and
 the conditioning the config asks for); :func:`unet_macs_by_module` and
 :func:`count_unet_macs` count one call on them with :func:`search_spaces.macs.count_macs`.
-Moved verbatim from ``search_spaces/macs.py``; every name is still importable from there.
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ import torch
 from torch import nn
 
 from search_spaces.errors import UserError
-from search_spaces.macs_count import MacsCount, count_macs
+from search_spaces._macs_count import MacsCount, count_macs
+
+__all__ = ["count_unet_macs", "unet_example_inputs", "unet_macs_by_module"]
 
 
 def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:

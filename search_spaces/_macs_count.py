@@ -4,8 +4,7 @@ Holds the result record :class:`MacsCount`, the trace wrapper (``_TraceWrapper``
 passed positionally, every leaf output kept so dead-code elimination drops nothing;
 ``_EvalNoGrad``), :func:`count_macs` and its independent cross-check :func:`reference_macs`
 (torch's ``FlopCounterMode``). The MACs definition and fvcore's quirks are documented in
-:mod:`search_spaces.macs`. Moved verbatim from ``search_spaces/macs.py``; every name is still
-importable from there.
+:mod:`search_spaces.macs`.
 """
 
 from __future__ import annotations
@@ -19,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.macs_ops import _CONTRACTION_HANDLES, _CONTRACTION_HINTS, _NOT_COUNTED_OPS
+from search_spaces._macs_ops import CONTRACTION_HANDLES, CONTRACTION_HINTS, NOT_COUNTED_OPS
 
-# the logger keeps the name it had before the split, so log filters and handlers still match
+__all__ = ["MacsCount", "count_macs", "reference_macs"]
+
+# log under the public module's name: that is the name users filter on
 logger = logging.getLogger("search_spaces.macs")
 
 
@@ -190,8 +191,8 @@ def count_macs(module: nn.Module, kwargs: Mapping[str, Any], *, by_module: bool 
     inputs = tuple(kwargs[k] for k in wrapper.tensor_keys)
     analysis = FlopCountAnalysis(wrapper, inputs)
     analysis.clear_op_handles()  # drop fvcore's defaults (norm/upsample "flops", float einsum)
-    analysis.set_op_handle(**_CONTRACTION_HANDLES)
-    analysis.set_op_handle(**{op: None for op in _NOT_COUNTED_OPS})
+    analysis.set_op_handle(**CONTRACTION_HANDLES)
+    analysis.set_op_handle(**{op: None for op in NOT_COUNTED_OPS})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     with _EvalNoGrad(module):
@@ -210,7 +211,7 @@ def count_macs(module: nn.Module, kwargs: Mapping[str, Any], *, by_module: bool 
 
 def _log_unknown_ops(unsupported: Mapping[str, int]) -> None:
     for op, times in sorted(unsupported.items()):
-        if any(hint in op.lower() for hint in _CONTRACTION_HINTS):
+        if any(hint in op.lower() for hint in CONTRACTION_HINTS):
             logger.warning("MACs: operator %s (x%d) looks like a contraction but has no "
                            "handle; it is not counted", op, times)
         else:

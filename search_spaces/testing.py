@@ -1,12 +1,18 @@
-"""The contract every SearchSpace must pass (built-in or user-defined).
+"""The contract every SearchSpace must pass (built-in or user-defined), as pytest test cases.
 
-A new space joins by subclassing :class:`SearchSpaceContract` and providing a ``space``
-fixture, as Optuna's samplers join their shared test cases::
+A space joins by subclassing :class:`SearchSpaceContract` in a test file of its own project and
+providing a ``space`` fixture, as Optuna's samplers join their shared test cases::
+
+    import pytest
+    from search_spaces.testing import SearchSpaceContract
 
     class TestMySpace(SearchSpaceContract):
         @pytest.fixture
         def space(self):
             return MySpace()
+
+Then ``pytest`` runs every case below on ``MySpace``. This module needs ``pytest`` (the
+``dev`` extra); importing :mod:`search_spaces` does not import it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ import torch
 
 from search_spaces import Arch, SearchSpace
 
+__all__ = ["SearchSpaceContract"]
+
 
 class SearchSpaceContract:
-    """Shared cases; subclasses provide a ``space`` fixture."""
+    """Shared cases; subclasses provide a ``space`` fixture.
+
+    Attributes:
+        n_samples: random archs (and decoded random vectors) each sampling case checks.
+    """
 
     n_samples = 20
 
@@ -48,6 +60,15 @@ class SearchSpaceContract:
             arch = space.sample(rng)
             space.validate(arch)
             assert space.macs(space.smallest()) <= space.macs(arch) <= space.macs(space.full())
+
+    def test_decoded_vectors_are_valid(self, space: SearchSpace) -> None:
+        rng = np.random.default_rng(4)
+        n = len(space.free_dimensions())
+        for _ in range(self.n_samples):
+            vec = rng.random(n)
+            arch = space.decode(vec)
+            space.validate(arch)
+            assert space.decode(vec) == arch, "decode must be deterministic"
 
     def test_json_round_trip(self, space: SearchSpace) -> None:
         rng = np.random.default_rng(1)
@@ -89,6 +110,17 @@ class SearchSpaceContract:
             with pytest.raises(ValueError, match=d.name.replace(".", r"\.")):
                 space.validate(bad)
             return
+
+    def test_macs_rejects_a_misspelt_key_and_a_value_that_is_not_a_choice(self, space: SearchSpace) -> None:
+        bad = dict(space.full())
+        bad["no.such.dimension"] = 1
+        with pytest.raises(ValueError, match="no.such.dimension"):
+            space.macs(bad)
+        d = space.free_dimensions()[0]
+        bad = dict(space.full())
+        bad[d.name] = 7 if isinstance(d.full, bool) else max(d.choices) + 1000  # not a choice
+        with pytest.raises(ValueError, match=d.name.replace(".", r"\.")):
+            space.macs(bad)
 
     def test_broken_tie_is_rejected(self, space: SearchSpace) -> None:
         tied = [d for d in space.dimensions() if d.tied_to is not None]

@@ -2,21 +2,24 @@
 
 Subclasses give :meth:`~SearchSpace.dimensions` and :meth:`~SearchSpace.macs`; the class derives
 sampling, validation, full/smallest archs, flat encodings and relaxed (differentiable) MACs.
-Moved verbatim from ``search_spaces/base.py``; every name is still importable from there.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 import numpy as np
 
-from search_spaces.arch import Arch, Choice, Dimension, _py
+from search_spaces._arch import Arch, Choice, Dimension, to_choice
+from search_spaces._rules import checked_macs, indices_by_distance, rule_error
+
+__all__ = ["SearchSpace"]
 
 
 class SearchSpace:
@@ -26,8 +29,22 @@ class SearchSpace:
     validity rules beyond per-dimension choices and ties) and :meth:`repair` (turn a sampled
     arch into a valid one). Everything else (sampling, validation, encodings, composition)
     comes from this class and is exercised by the contract suite in
-    ``tests/search_spaces/contract.py``.
+    :mod:`search_spaces.testing`.
+
+    Rules are honoured everywhere: :meth:`sample` draws again when a draw breaks a rule and
+    :meth:`decode` returns the nearest arch that keeps them (both give up after
+    :attr:`max_draws` tries with a ValueError naming the rule); a rule that fails with an
+    ``assert`` or any other exception is reported as that same ValueError. A subclass's
+    :meth:`macs` checks its arch's keys and choices first (:meth:`validate_choices`).
     """
+
+    #: draws :meth:`sample` (and candidates :meth:`decode`) tries before giving up on the rules
+    max_draws: int = 100
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "macs" in cls.__dict__:
+            cls.macs = checked_macs(cls.__dict__["macs"])  # type: ignore[method-assign]
 
     # ----------------------------------------------------------------- required
     def dimensions(self) -> tuple[Dimension, ...]:
@@ -86,7 +103,7 @@ class SearchSpace:
             raise ValueError(f"unknown dimension {unknown[0]!r} (not in this search space)")
         values: dict[str, Choice] = {}
         for d in self.free_dimensions():
-            values[d.name] = _py(free[d.name]) if d.name in free else d.full
+            values[d.name] = to_choice(free[d.name]) if d.name in free else d.full
         for d in self.dimensions():
             if d.tied_to is not None:
                 values[d.name] = values[_root(dims, d.name)]
@@ -101,9 +118,27 @@ class SearchSpace:
         return self.repair(Arch({d.name: d.smallest for d in self.dimensions()}))
 
     def sample(self, rng: np.random.Generator) -> Arch:
-        """A uniformly random choice per free dimension, repaired to satisfy the rules."""
-        free = {d.name: d.choices[int(rng.integers(len(d.choices)))] for d in self.free_dimensions()}
-        return self.repair(self.complete(free))
+        """A random valid arch: a uniform choice per free dimension, passed through :meth:`repair`.
+
+        A draw that breaks a rule is rejected and drawn again, so without a ``repair`` the
+        result is uniform over the valid archs; a valid first draw is returned as is, so a
+        space whose draws are all valid uses the rng exactly as one draw.
+
+        Raises:
+            ValueError: none of :attr:`max_draws` draws kept the rules (the message names the
+                rule the last draw broke).
+        """
+        error: ValueError | None = None
+        for _ in range(self.max_draws):
+            free = {d.name: d.choices[int(rng.integers(len(d.choices)))] for d in self.free_dimensions()}
+            arch = self.repair(self.complete(free))
+            error = self.violation(arch)
+            if error is None:
+                return arch
+        raise ValueError(
+            f"sample(): none of {self.max_draws} random draws kept the space's rules; the last one "
+            f"broke: {error}. Define repair(arch) to fix a draw, or loosen the rule"
+        ) from error
 
     def validate(self, arch: Mapping[str, Choice]) -> None:
         """Raise ValueError naming the key and the rule if ``arch`` is not in this space."""
@@ -117,12 +152,7 @@ class SearchSpace:
         if missing:
             raise ValueError(f"missing key {missing[0]!r}: every dimension needs a choice")
         for name, d in dims.items():
-            value = arch[name]
-            if isinstance(d.full, bool) != isinstance(value, (bool, np.bool_)):
-                raise ValueError(
-                    f"{name}: choice {value!r} has the wrong type; allowed choices are {list(d.choices)}"
-                )
-            d.index(value)  # out-of-range -> ValueError naming the key
+            _check_value(d, arch[name])
         for name, d in dims.items():
             if d.tied_to is not None and arch[name] != arch[d.tied_to]:
                 rule = d.rule or f"{name} must equal {d.tied_to}"
@@ -130,7 +160,48 @@ class SearchSpace:
                     f"{name}: coupling rule broken ({rule}); got {arch[name]!r} but "
                     f"{d.tied_to} is {arch[d.tied_to]!r}"
                 )
-        self.check_rules(Arch(arch))
+        try:
+            self.check_rules(Arch(arch))
+        except Exception as e:  # an assert or a crash in a rule is still a broken rule
+            if isinstance(e, ValueError):
+                raise
+            raise rule_error(e, f"{type(self).__name__}.check_rules") from e
+
+    def violation(self, arch: Mapping[str, Choice]) -> ValueError | None:
+        """The error :meth:`validate` raises for ``arch``, or None when it is valid."""
+        try:
+            self.validate(arch)
+        except ValueError as e:
+            return e
+        return None
+
+    def validate_choices(self, arch: Mapping[str, Choice]) -> None:
+        """Raise ValueError naming the key if ``arch`` has a key that is not a dimension or a
+        value that is not one of its choices (what :meth:`macs` checks; missing keys, ties and
+        rules are :meth:`validate`'s). Costs one dict look-up per key."""
+        table = getattr(self, "_diffnas_choice_table", None)
+        if table is None:
+            table = {d.name: {c: type(c) for c in d.choices} for d in self.dimensions()}
+            try:
+                object.__setattr__(self, "_diffnas_choice_table", table)
+            except AttributeError:  # pragma: no cover - slotted subclasses
+                pass
+        try:
+            items = arch.items()
+        except AttributeError:
+            raise ValueError(
+                f"an arch must be a mapping of dimension name to choice, got {type(arch).__name__}"
+            ) from None
+        for name, value in items:
+            allowed = table.get(name)
+            try:
+                if allowed is not None and allowed.get(value) is type(value):
+                    continue
+            except TypeError:  # unhashable value: the slow path names it
+                pass
+            if allowed is None:
+                raise ValueError(f"unknown key {name!r}: not a dimension of this search space")
+            _check_value(self._dims_by_name()[name], value)  # numpy scalars pass here
 
     def is_valid(self, arch: Mapping[str, Choice]) -> bool:
         """True when :meth:`validate` would pass."""
@@ -155,17 +226,48 @@ class SearchSpace:
         return out
 
     def decode(self, vector: Sequence[float] | np.ndarray) -> Arch:
-        """Inverse of :meth:`encode`; values are rounded to the nearest choice index."""
+        """Inverse of :meth:`encode`; values are rounded to the nearest choice index.
+
+        The rounded arch, passed through :meth:`repair`, is returned when it keeps the rules;
+        otherwise the nearest one that does (L1 distance in choice indices, ties in index
+        order), looking at up to :attr:`max_draws` archs.
+
+        Raises:
+            ValueError: wrong length, or no valid arch among the nearest :attr:`max_draws`.
+        """
         free = self.free_dimensions()
         vec = np.asarray(vector, dtype=np.float64).reshape(-1)
         if vec.shape[0] != len(free):
             raise ValueError(f"vector has {vec.shape[0]} entries, the space has {len(free)} free dimensions")
-        values: dict[str, Choice] = {}
-        for x, d in zip(vec, free):
-            n = len(d.choices)
-            idx = int(np.clip(np.rint(x * (n - 1)), 0, n - 1)) if n > 1 else 0
-            values[d.name] = d.choices[idx]
-        return self.repair(self.complete(values))
+        start = tuple(
+            int(np.clip(np.rint(x * (len(d.choices) - 1)), 0, len(d.choices) - 1)) if len(d.choices) > 1 else 0
+            for x, d in zip(vec, free)
+        )
+        arch = self._arch_at(start)
+        error = self.violation(arch)
+        if error is None:
+            return arch
+        return self._nearest_valid(vec, start, error)
+
+    def _arch_at(self, indices: Sequence[int]) -> Arch:
+        """The repaired arch with the free dimensions at choice ``indices``."""
+        free = self.free_dimensions()
+        return self.repair(self.complete({d.name: d.choices[i] for d, i in zip(free, indices)}))
+
+    def _nearest_valid(self, vec: np.ndarray, start: tuple[int, ...], error: ValueError) -> Arch:
+        """The valid arch nearest ``vec`` in choice-index distance, among :attr:`max_draws`."""
+        free = self.free_dimensions()
+        sizes = [len(d.choices) for d in free]
+        targets = [float(np.clip(x * (n - 1), 0, n - 1)) if n > 1 else 0.0 for x, n in zip(vec, sizes)]
+        candidates = indices_by_distance(targets, start, sizes)
+        for indices in itertools.islice(candidates, 1, self.max_draws):  # 0: ``start``, checked
+            arch = self._arch_at(indices)
+            if self.violation(arch) is None:
+                return arch
+        raise ValueError(
+            f"decode(): the nearest {self.max_draws} archs to the vector all break the space's "
+            f"rules; the nearest broke: {error}. Define repair(arch) to fix an arch, or loosen the rule"
+        ) from error
 
     def to_indices(self, arch: Mapping[str, Choice]) -> dict[str, int]:
         """Choice index per free dimension (what categorical samplers use)."""
@@ -218,6 +320,14 @@ class SearchSpace:
             exact = float(self.macs(self.repair(arch)))
             total = total + (exact - total.detach())
         return total
+
+
+def _check_value(d: Dimension, value: Any) -> None:
+    """Raise ValueError naming ``d`` if ``value`` is not one of its choices (type included)."""
+    is_bool = isinstance(value, (bool, np.bool_))
+    if isinstance(d.full, bool) != is_bool or not (is_bool or isinstance(value, (int, np.integer))):
+        raise ValueError(f"{d.name}: choice {value!r} has the wrong type; allowed choices are {list(d.choices)}")
+    d.index(value)  # out-of-range -> ValueError naming the key
 
 
 def _root(dims: Mapping[str, Dimension], name: str) -> str:
