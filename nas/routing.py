@@ -77,7 +77,7 @@ def route(ctx: RunContext, force: bool = False) -> RouteOutcome:
     result, sensitivity = _train(cfg, space, loss, budgets, seed, device)
     extra = {"config_key": key, "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps,
              "expert_evaluations": loss.evaluations, "relaxed_calls": loss.relaxed_calls, "device": str(device)}
-    paths = write_outputs(result, space, intervals, run.router_dir, allocations_dir=run.allocations_dir,
+    paths = write_outputs(result, loss.mixture, run.router_dir, allocations_dir=run.allocations_dir,
                           sensitivity=sensitivity, extra_info=extra,
                           summary_extra={"skipped_budgets": low, "min_ratio": min_macs_ratio, "config_key": key})
     return RouteOutcome(False, result, space, sensitivity, tuple(paths),
