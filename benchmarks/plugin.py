@@ -3,18 +3,14 @@ what the benchmarks package adds to ``nas``'s registries, so that nothing in ``n
 
 from __future__ import annotations
 
-import importlib.util
-
 __all__ = ["register"]
 
 
 def register() -> None:
     """Register the built-in allocation methods, then the ``bench``/``report`` commands and the
     ``finetune``/``bench``/``report`` stages. Run once by :func:`nas.methods.load_plugins`."""
+    from benchmarks.cli import register_cli
     from benchmarks.methods import register_builtin_methods
 
     register_builtin_methods()
-    if importlib.util.find_spec("benchmarks.cli") is not None:
-        from benchmarks.cli import register_cli
-
-        register_cli()
+    register_cli()

@@ -49,10 +49,3 @@ def plan(ctx: Any, config_key: str) -> tuple[list[Candidate], list[Skip]]:
             cands.append(c)
     return cands, skipped
 
-
-def _plan(ctx: Any, config_key: str) -> tuple[list[Candidate], list[Skip]]:
-    return plan(ctx, config_key)
-
-
-def _base_candidate(ctx: Any, budget: float | None, config_key: str) -> Candidate:
-    return base_candidate(ctx, config_key)

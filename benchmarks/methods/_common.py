@@ -31,6 +31,6 @@ def file_hash(path: Path) -> str:
 
 def finetune_settings(cfg: ExperimentConfig) -> ExpertTrainSettings:
     """The fine-tuning budget every pruned model gets per expert (``experts.finetune_*``)."""
-    from nas.commands.experts import finetune_settings as settings
+    from nas.run import finetune_settings as settings
 
     return settings(cfg)

@@ -90,7 +90,7 @@ def test_an_unknown_method_is_one_line_error_in_config_and_cli(capsys):
 def test_a_toy_method_is_planned_by_the_bench_and_drawn_in_the_report(tmp_path, toy, monkeypatch):
     from benchmarks.bench import run_bench
     from benchmarks.report import build_report, figures
-    from nas.commands.base import prepare_run
+    from nas.run import prepare_run
     from tests.benchmarks.test_bench import TINY
 
     cfg = load_config(None, [f"run_root={tmp_path}", *TINY, f"bench.methods=[base, {toy.name}]"])
