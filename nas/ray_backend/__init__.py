@@ -34,44 +34,33 @@ Example (a local Ray, two CPUs, a synthetic objective):
     >>> res.studies[0].n_evaluated  # doctest: +SKIP
     4
 
-Modules: :mod:`~nas.ray_backend.cluster` (connect, fit a trial's resources to the nodes),
-:mod:`~nas.ray_backend.trial` (the trainable), :mod:`~nas.ray_backend.searchers` (the Optuna
-searchers in the driver), :mod:`~nas.ray_backend.side_jobs`; the entry point is here.
+Backend seam: :class:`RayBackend` is registered in :mod:`nas.search` by its import path and
+imported when ``search.backend=ray`` is chosen; this package depends on :mod:`nas.search`, never
+the reverse.
+
+Modules (private; every public name is exported here): ``_cluster`` (connect, fit a trial's
+resources to the nodes), ``_trial`` (the trainable), ``_searchers`` (the Optuna searchers in the
+driver), ``_side_jobs`` (jobs beside the studies), ``_run`` (:func:`run_search_ray`).
 """
 
-from __future__ import annotations
-
-import dataclasses
-import logging
 import os
-import time
-from collections.abc import Mapping
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
 
-from ray import tune  # noqa: E402 - after the environment above
-
-from experts.intervals import Intervals  # noqa: E402
-from nas.config import SearchConfig  # noqa: E402
-from nas.ray_backend.cluster import (  # noqa: E402,F401
-    _EPS,
-    _alive_nodes,
-    _node_res,
+# ray is imported by the modules below: the environment above must be set first
+from nas.ray_backend._cluster import (  # noqa: E402
     auto_concurrency,
     check_cluster_resources,
     ray_cluster,
     trial_device,
     trial_resources,
 )
-from nas.ray_backend.searchers import _MultiStudySearcher, _outcome, _StudySearcher, _TrialRegistry  # noqa: E402,F401
-from nas.ray_backend.side_jobs import SideJob, _SideJobs  # noqa: E402,F401
-from nas.ray_backend.trial import _trainable, _trial_dirname  # noqa: E402,F401
-from nas.rundir import RunDir  # noqa: E402
-from nas.search import Objective, SearchResult, SearchSession  # noqa: E402
-from search_spaces import SearchSpace  # noqa: E402
+from nas.ray_backend._run import RayBackend, run_search_ray  # noqa: E402
+from nas.ray_backend._side_jobs import SideJob  # noqa: E402
 
 __all__ = [
+    "RayBackend",
     "SideJob",
     "auto_concurrency",
     "check_cluster_resources",
@@ -80,77 +69,3 @@ __all__ = [
     "trial_device",
     "trial_resources",
 ]
-
-log = logging.getLogger(__name__)
-
-
-def run_search_ray(
-    space: SearchSpace,
-    objective: Objective,
-    config: SearchConfig,
-    run: RunDir,
-    *,
-    intervals: Intervals | None = None,
-    seed: int = 0,
-    side_jobs: Mapping[str, SideJob] | None = None,
-) -> SearchResult:
-    """Run (or resume) a search with Ray Tune; see :func:`nas.search.run_search` for the
-    arguments and outputs."""
-    with ray_cluster(config):
-        nodes = _alive_nodes()
-        per_trial = trial_resources(config, nodes)
-        check_cluster_resources(per_trial, nodes)
-        jobs_resolved = {
-            name: (job if job.num_gpus is not None else dataclasses.replace(job, num_gpus=per_trial["gpu"]))
-            for name, job in (side_jobs or {}).items()
-        }
-        for name, job in jobs_resolved.items():
-            check_cluster_resources({"cpu": job.num_cpus, "gpu": job.num_gpus}, nodes, what=f"side job {name!r}")
-        concurrency = config.max_concurrent_trials or auto_concurrency(per_trial, nodes)
-        log.info(
-            "Ray cluster: %d node(s), %g CPU(s), %g GPU(s); %g CPU + %g GPU per trial, up to %d at once",
-            len(nodes), sum(_node_res(n, "CPU") for n in nodes), sum(_node_res(n, "GPU") for n in nodes),
-            per_trial["cpu"], per_trial["gpu"], concurrency,
-        )
-        with SearchSession(space, objective, config, run, intervals, seed) as session:
-            jobs = _SideJobs(jobs_resolved, session)
-            registry = _TrialRegistry()
-            searcher = _MultiStudySearcher(
-                [_StudySearcher(drv, session.seed) for drv in session.drivers], registry, jobs.poll
-            )
-            resources = {"cpu": per_trial["cpu"], "gpu": per_trial["gpu"]}
-            trainable = tune.with_resources(tune.with_parameters(_trainable, objective=objective), resources)
-            stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    num_samples=-1,
-                    max_concurrent_trials=concurrency,
-                    reuse_actors=True,
-                    trial_name_creator=_trial_dirname,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"tune-{stamp}",
-                    storage_path=str((session.search_dir / "ray").resolve()),
-                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    callbacks=[registry],
-                    verbose=0,
-                ),
-            )
-            tuner.fit()
-            outcomes = jobs.wait_all()
-            for drv in session.drivers:
-                for trial, p in list(drv.parked):  # duplicates whose original never finished
-                    drv.resolve_parked(p.key)
-            unfinished = [drv.spec.name for drv in session.drivers if not drv.finished()]
-            if unfinished:  # Tune stopped early (Ctrl-C): settle what was in flight, keep the rest
-                for drv in session.drivers:
-                    drv.settle_running()
-            result = session.finish(side_jobs=outcomes)
-            if unfinished:
-                log.warning("the search was interrupted before %s finished; re-run the same command to "
-                            "continue (finished evaluations are kept)", ", ".join(unfinished))
-                raise KeyboardInterrupt
-            return result

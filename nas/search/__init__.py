@@ -32,9 +32,11 @@ Exactly-once bookkeeping (what makes a killed search resumable):
   (told to Optuna, flagged ``diffnas_duplicate_of``) and never evaluated again;
 - one driver per search folder at a time (an advisory lock on ``search/.lock``).
 
-Backends: ``local`` (in-process, sequential, here) and ``ray`` (Ray Tune with
-``OptunaSearch``, parallel, any cluster: :mod:`nas.ray_backend`). Both share
-:class:`StudyDriver`, so their outputs are the same: ``results.jsonl`` lines
+Backends (``search.backend``, :func:`get_backend`): ``local`` (in-process, sequential) and
+``ray`` (Ray Tune with ``OptunaSearch``, parallel, any cluster: :mod:`nas.ray_backend`, imported
+only when chosen); a backend is an object with ``run(request)`` (:class:`SearchBackend`),
+added with :func:`register_backend`. Every backend runs its studies in a :class:`SearchSession`
+through :class:`StudyDriver`, so their outputs are the same: ``results.jsonl`` lines
 (``kind: search_trial``), ``search/trials.csv`` and ``search/trials.jsonl`` (every trial),
 ``search/pareto-<study>.json``, ``search/summary.json`` (counts and search cost) and
 ``allocations/search-<budget>.json``; the Optuna storage opens in ``optuna-dashboard``.
@@ -52,14 +54,19 @@ Example:
     >>> study.n_evaluated, study.best[0.5]["macs_ratio"] <= 0.5
     (5, True)
 
-Modules: :mod:`nas.search.objective` (what is evaluated), :mod:`nas.search.allocations` (arch
-keys, allocations, known points), :mod:`nas.search.storage` (Optuna storage, lazy Optuna import,
-locked files), :mod:`nas.search.ledger` (studies, proposals and the ``results.jsonl`` ledger),
-:mod:`nas.search.driver` (:class:`StudyDriver`, the Optuna ask/tell side of a study),
-:mod:`nas.search.session` (:class:`SearchSession`, outputs, the local backend, :func:`run_search`).
+Modules: :mod:`~nas.search.objective` (what is evaluated), :mod:`~nas.search.testing` (the
+contract suite of an objective), :mod:`~nas.search.allocations` (arch keys, allocations, known
+points), :mod:`~nas.search.storage` (Optuna storage, lazy Optuna import, locked files),
+:mod:`~nas.search.ledger` (studies, proposals and the ``results.jsonl`` ledger),
+:mod:`~nas.search.study` (opening a study, samplers, trial attributes),
+:mod:`~nas.search.driver` (:class:`StudyDriver`, the Optuna ask/tell side of a study),
+:mod:`~nas.search.reconcile` (settling what a killed driver left running),
+:mod:`~nas.search.session` (:class:`SearchSession` and its results), :mod:`~nas.search.outputs`
+(trial table and fronts), :mod:`~nas.search.backends` (backends, :func:`run_search`).
 """
 
 from nas.search.allocations import (
+    KNOWN_POINT_SOURCES,
     allocation_path,
     allocation_to_arch,
     arch_key,
@@ -67,31 +74,48 @@ from nas.search.allocations import (
     known_points,
     uniform_width_arch,
 )
+from nas.search.backends import (
+    LocalBackend,
+    SearchBackend,
+    SearchRequest,
+    backend_names,
+    evaluate_with_retries,
+    get_backend,
+    register_backend,
+    run_search,
+)
 from nas.search.driver import StudyDriver
 from nas.search.ledger import RECORD_KIND, Proposal, StudySpec, TrialOutcome, study_specs
 from nas.search.objective import EvalContext, Objective, SyntheticObjective, synthetic_mixture_space
-from nas.search.session import SearchResult, StudyResult, evaluate_with_retries, run_search
-from nas.search.session import SearchSession as SearchSession  # not in __all__; nas.ray_backend and tests use it
+from nas.search.session import SearchResult, SearchSession, StudyResult
 from nas.search.storage import open_storage
 
 __all__ = [
+    "KNOWN_POINT_SOURCES",
     "RECORD_KIND",
     "EvalContext",
+    "LocalBackend",
     "Objective",
     "Proposal",
+    "SearchBackend",
+    "SearchRequest",
     "SearchResult",
+    "SearchSession",
     "StudyDriver",
     "StudyResult",
     "StudySpec",
     "SyntheticObjective",
     "TrialOutcome",
     "allocation_path",
+    "allocation_to_arch",
     "arch_key",
     "arch_to_allocation",
-    "allocation_to_arch",
+    "backend_names",
     "evaluate_with_retries",
+    "get_backend",
     "known_points",
     "open_storage",
+    "register_backend",
     "run_search",
     "study_specs",
     "synthetic_mixture_space",

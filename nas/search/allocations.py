@@ -22,10 +22,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "KNOWN_POINT_SOURCES",
     "allocation_path",
     "allocation_to_arch",
     "arch_key",
     "arch_to_allocation",
+    "budget_label",
     "known_points",
     "shrink_to_budget",
     "uniform_width_arch",
@@ -46,7 +48,8 @@ def arch_key(arch: Mapping[str, Any]) -> str:
     return hashlib.sha256(Arch(arch).to_json().encode("utf-8")).hexdigest()[:16]
 
 
-def _budget_label(budget_ratio: float) -> str:
+def budget_label(budget_ratio: float) -> str:
+    """How a budget is written in file and study names (``0.5``, ``0.25``, ``1``)."""
     return f"{budget_ratio:g}"
 
 
@@ -57,7 +60,7 @@ def allocation_path(allocations_dir: str | os.PathLike[str], method: str, budget
         >>> allocation_path("allocations", "router", 0.50).name
         'router-0.5.json'
     """
-    return Path(allocations_dir) / f"{method}-{_budget_label(budget_ratio)}.json"
+    return Path(allocations_dir) / f"{method}-{budget_label(budget_ratio)}.json"
 
 
 def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:

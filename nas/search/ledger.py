@@ -15,17 +15,18 @@ from typing import Any
 
 from nas.config import SearchConfig
 from nas.rundir import RunDir, to_jsonable
-from nas.search.allocations import _budget_label
+from nas.search.allocations import budget_label
 from search_spaces import Arch
 
-__all__ = ["RECORD_KIND", "Proposal", "StudyLedger", "StudySpec", "TrialOutcome", "study_specs"]
+__all__ = ["EPS", "RECORD_KIND", "Proposal", "StudyLedger", "StudySpec", "TrialOutcome", "study_specs"]
 
 log = logging.getLogger(__name__)
 
 #: ``kind`` of the ``results.jsonl`` lines written by the search (one per evaluation).
 RECORD_KIND = "search_trial"
 
-_EPS = 1e-9
+#: Tolerance of the MACs-ratio comparisons with a budget (a ratio within it of the budget is feasible).
+EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def study_specs(config: SearchConfig) -> list[StudySpec]:
     """
     if config.mode == "constrained":
         return [
-            StudySpec(f"{config.study_prefix}-b{_budget_label(b)}", "constrained", float(b), (float(b),))
+            StudySpec(f"{config.study_prefix}-b{budget_label(b)}", "constrained", float(b), (float(b),))
             for b in config.budgets
         ]
     return [StudySpec(f"{config.study_prefix}-mo", "multi_objective", None, tuple(float(b) for b in config.budgets))]
@@ -245,7 +246,7 @@ class StudyLedger:
         for b in self.spec.budgets:
             feasible = sorted(
                 (r for r in self.completed.values()
-                 if r.get("state") == "complete" and float(r["macs_ratio"]) <= b + _EPS),
+                 if r.get("state") == "complete" and float(r["macs_ratio"]) <= b + EPS),
                 key=lambda r: (float(r["quality"]), float(r["macs_ratio"]), int(r["number"])),
             )
             for r in feasible[: self.promote_top_k]:
@@ -264,7 +265,7 @@ class StudyLedger:
         ones when any were promoted, else by proxy. The record gets ``selected_by``."""
         feasible = [
             r for r in self.completed.values()
-            if r.get("state") == "complete" and float(r["macs_ratio"]) <= budget_ratio + _EPS
+            if r.get("state") == "complete" and float(r["macs_ratio"]) <= budget_ratio + EPS
         ]
         if not feasible:
             return None

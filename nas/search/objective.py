@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nas.search.allocations import arch_key
-from nas.search.storage import _append_line
+from nas.search.storage import append_line
 from search_spaces import Arch, Dimension, ProductSpace, SearchSpace
 
 __all__ = ["EvalContext", "Objective", "SyntheticObjective", "synthetic_mixture_space"]
@@ -124,7 +124,7 @@ class SyntheticObjective:
              "number": ctx.trial_number, "pid": os.getpid(), "node_id": ctx.node_id,
              "gpu_ids": list(ctx.gpu_ids), "time": time.time()}
         ) + "\n"
-        _append_line(Path(self.log_path), line)
+        append_line(Path(self.log_path), line)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,16 @@
-"""A search session and its outputs: :class:`SearchSession` (folder lock, Optuna storage, one
+"""A search session and its results: :class:`SearchSession` (folder lock, Optuna storage, one
 :class:`~nas.search.driver.StudyDriver` per study; :meth:`SearchSession.finish` writes the trial
-table, fronts, allocations and summary), the in-process evaluation with retries, and
-:func:`run_search`, the entry point of both backends."""
+table, fronts, allocations and summary) and what it returns (:class:`SearchResult`, one
+:class:`StudyResult` per study). Every backend runs its studies inside a session."""
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import csv
 import json
 import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +22,13 @@ from nas.errors import UserError
 from nas.rundir import RunDir, to_jsonable
 from nas.search.allocations import allocation_path, arch_to_allocation, known_points
 from nas.search.driver import StudyDriver
-from nas.search.ledger import TrialOutcome, study_specs
-from nas.search.objective import EvalContext, Objective
-from nas.search.storage import _append_line, _lock_folder, open_storage
-from search_spaces import Arch, SearchSpace
+from nas.search.ledger import study_specs
+from nas.search.objective import Objective
+from nas.search.outputs import atomic_json, front_point, sessions_wall_s, trial_rows, write_trial_table
+from nas.search.storage import append_line, lock_folder, open_storage
+from search_spaces import SearchSpace
 
-__all__ = ["SearchResult", "SearchSession", "StudyResult", "evaluate_with_retries", "run_search"]
+__all__ = ["SearchResult", "SearchSession", "StudyResult"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +131,7 @@ class SearchSession:
                                   seed=self.seed, known=known)
                 drv.open()
                 self.drivers.append(drv)
-            _append_line(self.search_dir / "sessions.jsonl",
+            append_line(self.search_dir / "sessions.jsonl",
                          json.dumps({"event": "start", "time": self._t0, "pid": os.getpid(),
                                      "host": socket.gethostname()}) + "\n")
         except BaseException:
@@ -145,7 +143,7 @@ class SearchSession:
         self._release_lock()
 
     def _acquire_lock(self) -> None:
-        self._lock_fd = _lock_folder(self.search_dir)
+        self._lock_fd = lock_folder(self.search_dir)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -168,9 +166,9 @@ class SearchSession:
     def finish(self, side_jobs: Mapping[str, Any] | None = None) -> SearchResult:
         """Write the trial table, fronts, allocations and summary; returns the result."""
         wall_s = time.time() - self._t0
-        _append_line(self.search_dir / "sessions.jsonl",
+        append_line(self.search_dir / "sessions.jsonl",
                      json.dumps({"event": "end", "time": time.time(), "pid": os.getpid(), "wall_s": wall_s}) + "\n")
-        total_wall_s = _sessions_wall_s(self.search_dir / "sessions.jsonl")
+        total_wall_s = sessions_wall_s(self.search_dir / "sessions.jsonl")
         studies = []
         rows: list[dict[str, Any]] = []
         best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]] = {}
@@ -181,7 +179,7 @@ class SearchSession:
             _keep_best(best_by_budget, study.best, drv)
         allocations = self._write_allocations(best_by_budget, total_wall_s)
         table = self.search_dir / "trials.csv"
-        _write_table(rows, table, self.search_dir / "trials.jsonl")
+        write_trial_table(rows, table, self.search_dir / "trials.jsonl")
         summary = {
             "storage": self.storage_desc,
             "dashboard": f"optuna-dashboard {self.storage_desc}",
@@ -194,25 +192,25 @@ class SearchSession:
             "studies": [_study_summary(s) for s in studies],
         }
         summary_path = self.search_dir / "summary.json"
-        _atomic_json(summary_path, summary)
+        atomic_json(summary_path, summary)
         return SearchResult(tuple(studies), allocations, table, summary_path, self.storage_desc, wall_s,
                             dict(side_jobs or {}))
 
     def _finish_study(self, drv: StudyDriver) -> tuple[StudyResult, list[dict[str, Any]]]:
         """One study's result and trial rows; writes its ``pareto-<study>.json``."""
-        study_rows = drv.trial_rows()
+        study_rows = trial_rows(drv)
         states = collections.Counter(r["state"] for r in study_rows)
         counts = {"duplicates": states["duplicate"], "interrupted": states["interrupted"],
                   "skipped_infeasible": states["skipped_infeasible"], "invalid": states["invalid"],
                   "recovered": drv.counts["recovered"]}
         best = {b: drv.best(b) for b in drv.spec.budgets}
         front = drv.pareto()
-        _atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
+        atomic_json(self.search_dir / f"pareto-{drv.spec.name}.json", {
             "study": drv.spec.name, "mode": drv.spec.mode, "budget_ratio": drv.spec.budget_ratio,
             "objectives": ["quality", "macs_ratio"],
             "source": "optuna study.best_trials" if not drv.spec.constrained
             else "non-dominated feasible trials of the constrained study",
-            "points": [_front_point(r, drv) for r in front],
+            "points": [front_point(r, drv) for r in front],
         })
         evaluated = list(drv.completed.values())
         study = StudyResult(
@@ -273,126 +271,3 @@ def _study_summary(s: StudyResult) -> dict[str, Any]:
 def _rank(rec: Mapping[str, Any]) -> tuple[float, float]:
     q = rec.get("quality_full") if rec.get("quality_full") is not None else rec["quality"]
     return (float(q), float(rec["macs_ratio"]))
-
-
-def _front_point(rec: Mapping[str, Any], drv: StudyDriver) -> dict[str, Any]:
-    full = drv.promoted.get(rec["key"])
-    return {
-        "number": rec["number"], "key": rec["key"], "quality": rec["quality"], "macs": rec["macs"],
-        "macs_ratio": rec["macs_ratio"], "feasible": rec.get("feasible"),
-        "quality_full": (full or {}).get("quality"), "arch": rec["arch"],
-    }
-
-
-def _sessions_wall_s(path: Path) -> float:
-    total = 0.0
-    if path.exists():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError):
-                rec = json.loads(line)
-                if rec.get("event") == "end":
-                    total += float(rec.get("wall_s") or 0.0)
-    return total
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False))
-    tmp.replace(path)
-
-
-def _write_table(rows: list[dict[str, Any]], csv_path: Path, jsonl_path: Path) -> None:
-    columns = ["study", "number", "state", "source", "key", "duplicate_of", "retry_of", "feasible", "macs",
-               "macs_ratio", "quality", "quality_full", "eval_s", "attempts", "node_id", "gpu_ids", "error", "arch"]
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    tmp.replace(csv_path)
-    tmpj = jsonl_path.with_suffix(".jsonl.tmp")
-    tmpj.write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
-    tmpj.replace(jsonl_path)
-
-def evaluate_with_retries(
-    objective: Objective, arch: Arch, context: EvalContext, max_failures: int
-) -> TrialOutcome:
-    """Evaluate in-process, retrying up to ``max_failures`` times when the objective raises."""
-    error = None
-    for attempt in range(1, max_failures + 2):
-        start = time.time()
-        try:
-            metrics = dict(objective.evaluate(arch, context.fidelity, context))
-        except Exception as err:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
-            error = "".join(traceback.format_exception_only(type(err), err)).strip()
-            log.warning("%s trial %d (%s) failed on attempt %d: %s", context.study, context.trial_number,
-                        context.fidelity, attempt, error)
-            continue
-        end = time.time()
-        placement = {"node_id": "", "gpu_ids": [], "pid": os.getpid(), "host": socket.gethostname(),
-                     "device": context.device, "start": start, "end": end}
-        return TrialOutcome(metrics, None, placement, end - start, attempt)
-    return TrialOutcome(None, error, {"pid": os.getpid(), "host": socket.gethostname()}, 0.0, max_failures + 1)
-
-
-def _run_local(session: SearchSession, device: str) -> None:
-    cfg = session.config
-    active = list(session.drivers)
-    for _ in range(cfg.n_trials * (cfg.max_duplicate_proposals + 1) * max(1, len(active)) + 1):
-        if not active:
-            break
-        for drv in list(active):
-            got = drv.next_proposal()
-            if got is None:
-                active.remove(drv)
-                continue
-            trial, p = got
-            ctx = EvalContext(drv.spec.name, p.number, p.key, p.fidelity, device, session.seed, drv.spec.budget_ratio)
-            outcome = evaluate_with_retries(session.objective, p.arch, ctx, cfg.max_failures)
-            rec = drv.commit(p, outcome)
-            drv.tell(trial, rec)
-    for drv in session.drivers:
-        for p in drv.promotion_candidates():
-            drv.start_promotion(p)
-            ctx = EvalContext(drv.spec.name, p.number, p.key, p.fidelity, device, session.seed, drv.spec.budget_ratio)
-            drv.commit_promotion(p, evaluate_with_retries(session.objective, p.arch, ctx, cfg.max_failures))
-
-
-def run_search(
-    space: SearchSpace,
-    objective: Objective,
-    config: SearchConfig,
-    run: RunDir,
-    *,
-    intervals: Intervals | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    side_jobs: Mapping[str, Any] | None = None,
-) -> SearchResult:
-    """Run (or resume) the search described by ``config`` and write its outputs.
-
-    Args:
-        space: the search space (a :class:`ProductSpace` over experts for allocations).
-        objective: what to minimise (see :class:`Objective`).
-        config: the ``search`` section of the experiment config.
-        run: the run directory (``search/``, ``allocations/``, ``results.jsonl``).
-        intervals: the experts' intervals; needed to write ``allocations/search-<budget>.json``.
-        seed: used when ``config.seed`` is ``None`` (the experiment seed).
-        device: torch device of the local backend (Ray trials choose their own).
-        side_jobs: Ray backend only: ``name -> nas.ray_backend.SideJob`` run beside the studies
-            (the router's training).
-
-    Re-running the same call after a crash resumes: evaluated architectures are not evaluated
-    again, interrupted ones are, and the outputs are rewritten from everything stored.
-    """
-    if config.backend == "ray":
-        from nas.ray_backend import run_search_ray
-
-        return run_search_ray(space, objective, config, run, intervals=intervals, seed=seed, side_jobs=side_jobs)
-    if side_jobs:
-        raise UserError("side jobs (router training beside the search) need search.backend=ray")
-    with SearchSession(space, objective, config, run, intervals, seed) as session:
-        _run_local(session, device)
-        return session.finish()

@@ -1,7 +1,7 @@
 """Files of a search: the Optuna storage (:func:`open_storage`), the lazy Optuna import, and the
 locked appends and folder lock that keep several processes from clobbering each other.
 
-This is the only module of the project that imports ``optuna`` (lazily, in :func:`_optuna`);
+This is the only module of the project that imports ``optuna`` (lazily, in :func:`import_optuna`);
 the other search modules get it from there.
 """
 
@@ -20,10 +20,10 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["open_storage"]
+__all__ = ["append_line", "import_optuna", "lock_folder", "open_storage"]
 
 
-def _optuna() -> Any:
+def import_optuna() -> Any:
     """Import optuna lazily (the only place in the project that does); its per-trial INFO
     chatter is turned down to WARNING (our own log says what matters)."""
     import optuna
@@ -45,7 +45,7 @@ def open_storage(spec: str, search_dir: str | os.PathLike[str]) -> tuple[Any, st
     ``://`` is an RDB URL; a path ending in ``.db`` / ``.sqlite`` is SQLite, ``.log`` / ``.journal``
     a journal file. ``description`` is what to hand to ``optuna-dashboard``.
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     folder = Path(search_dir)
     folder.mkdir(parents=True, exist_ok=True)
     text = spec.strip()
@@ -90,7 +90,8 @@ def _sqlite_connect(path: str) -> Any:
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
-def _append_line(path: Path, line: str) -> None:
+
+def append_line(path: Path, line: str) -> None:
     """Append one line under an advisory lock (several worker processes may write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -102,7 +103,7 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-def _lock_folder(folder: Path) -> int:
+def lock_folder(folder: Path) -> int:
     """Take the advisory lock ``folder/.lock`` (one driver per search folder at a time) and
     write who holds it into the file; returns the open descriptor (closing it releases the
     lock). :class:`UserError` naming the holder when another process has it."""

@@ -280,14 +280,14 @@ def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(t
 
 
 def test_searcher_commits_before_telling_and_never_commits_a_result_less_stop(tmp_path):
-    from nas.ray_backend import _MultiStudySearcher, _StudySearcher, _TrialRegistry
+    from nas.ray_backend._searchers import MultiStudySearcher, StudySearcher, TrialRegistry
     from nas.search import SearchSession
 
     space = synthetic_mixture_space()
     run = RunDir(tmp_path, "r")
     cfg = SearchConfig(backend="ray", n_trials=3, budgets=(0.4, 0.6), promote_top_k=1)
     with SearchSession(space, SyntheticObjective(space), cfg, run) as session:
-        searcher = _MultiStudySearcher([_StudySearcher(d, 0) for d in session.drivers], _TrialRegistry())
+        searcher = MultiStudySearcher([StudySearcher(d, 0) for d in session.drivers], TrialRegistry())
         configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
         # round robin over the two studies
         assert [c["diffnas"]["study"] for c in configs.values()] == ["search-b0.4", "search-b0.6", "search-b0.4"]

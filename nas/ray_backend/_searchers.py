@@ -15,8 +15,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from nas.search import Proposal, StudyDriver, TrialOutcome
 
+__all__ = ["MultiStudySearcher", "StudySearcher", "TrialRegistry", "outcome_of"]
 
-def _outcome(result: Mapping[str, Any] | None, error: bool, error_text: str | None, attempts: int) -> TrialOutcome:
+
+def outcome_of(result: Mapping[str, Any] | None, error: bool, error_text: str | None, attempts: int) -> TrialOutcome:
+    """The :class:`TrialOutcome` of a finished Tune trial (its reported payload, or the error)."""
     if error or not result or "diffnas_payload" not in result:
         return TrialOutcome(None, error_text or "the trial failed (no error text)", {}, 0.0, attempts)
     payload = json.loads(result["diffnas_payload"])
@@ -24,7 +27,7 @@ def _outcome(result: Mapping[str, Any] | None, error: bool, error_text: str | No
                         float(payload.get("eval_s") or 0.0), attempts)
 
 
-class _StudySearcher(OptunaSearch):
+class StudySearcher(OptunaSearch):
     """``OptunaSearch`` over one study, sharing the :class:`StudyDriver`'s ``Study`` (same
     storage, sampler, directions), with the driver's bookkeeping around ask and tell: duplicates
     answered from the ledger, the ledger commit before the tell, then the promotion phase."""
@@ -58,7 +61,7 @@ class _StudySearcher(OptunaSearch):
         drv = self._driver
         if self._phase == "search":
             def ask() -> Any:
-                super(_StudySearcher, self).suggest(trial_id)  # Optuna ask (or the trial already asked for this id)
+                super(StudySearcher, self).suggest(trial_id)  # Optuna ask (or the trial already asked for this id)
                 return self._ot_trials[trial_id]
 
             got = drv.next_proposal(ask=ask, settled=lambda: self._ot_trials.pop(trial_id, None))
@@ -93,7 +96,7 @@ class _StudySearcher(OptunaSearch):
             else:
                 drv.inflight_promotions.discard(p.key)
             return
-        outcome = _outcome(result, error, error_text, attempts)
+        outcome = outcome_of(result, error, error_text, attempts)
         if p.fidelity != drv.search_fidelity:
             drv.commit_promotion(p, outcome)
             return
@@ -117,7 +120,7 @@ class _StudySearcher(OptunaSearch):
         return {"_diffnas": "not restorable"}
 
 
-class _TrialRegistry(Callback):
+class TrialRegistry(Callback):
     """Keeps Tune's trial objects so a failed trial's error text and failure count can be read."""
 
     def __init__(self) -> None:
@@ -148,16 +151,16 @@ class _TrialRegistry(Callback):
         return {"_trials": {}}
 
 
-class _MultiStudySearcher(Searcher):
+class MultiStudySearcher(Searcher):
     """Hands out trials round-robin from several studies; routes completions back."""
 
-    def __init__(self, sources: Sequence[_StudySearcher], registry: _TrialRegistry,
+    def __init__(self, sources: Sequence[StudySearcher], registry: TrialRegistry,
                  poll: Callable[[], None] | None = None) -> None:
         super().__init__(metric=None, mode=None)
         self._sources = list(sources)
         self._registry = registry
         self._poll = poll
-        self._owner: dict[str, _StudySearcher] = {}
+        self._owner: dict[str, StudySearcher] = {}
         self._finished: set[int] = set()
         self._rr = 0
 

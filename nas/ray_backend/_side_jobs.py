@@ -13,6 +13,8 @@ import ray
 from nas.rundir import to_jsonable
 from nas.search import SearchSession
 
+__all__ = ["SideJob", "SideJobRunner"]
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,10 @@ class SideJob:
     refresh_known: bool = True
 
 
-class _SideJobs:
+class SideJobRunner:
+    """Starts the side jobs as Ray tasks at once; :meth:`poll` records the finished ones (and
+    enqueues newly written router allocations), :meth:`wait_all` waits for the rest."""
+
     def __init__(self, jobs: Mapping[str, SideJob], session: SearchSession) -> None:
         self._session = session
         self._jobs = dict(jobs)  # num_gpus already resolved

@@ -11,13 +11,15 @@ from typing import Any
 import ray
 from ray import tune
 
-from nas.ray_backend.cluster import trial_device
+from nas.ray_backend._cluster import trial_device
 from nas.rundir import to_jsonable
 from nas.search import EvalContext, Objective
 from search_spaces import Arch
 
+__all__ = ["trainable", "trial_dirname"]
 
-def _trainable(config: dict[str, Any], objective: Objective | None = None) -> None:
+
+def trainable(config: dict[str, Any], objective: Objective | None = None) -> None:
     """One evaluation: the architecture and fidelity come in ``config["diffnas"]``."""
     job = config["diffnas"]
     if objective is None:  # pragma: no cover - always passed with tune.with_parameters
@@ -46,5 +48,6 @@ def _trainable(config: dict[str, Any], objective: Objective | None = None) -> No
                  "diffnas_payload": json.dumps(to_jsonable(payload))})
 
 
-def _trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Any) -> str:
+    """Name and folder of a Tune trial: ``trial_<id>`` (short; the arch is in the config)."""
     return f"trial_{trial.trial_id}"

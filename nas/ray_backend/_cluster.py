@@ -13,10 +13,19 @@ import ray
 from nas.config import SearchConfig
 from nas.errors import UserError
 
+__all__ = [
+    "alive_nodes",
+    "auto_concurrency",
+    "check_cluster_resources",
+    "node_resources",
+    "ray_cluster",
+    "trial_device",
+    "trial_resources",
+]
+
 log = logging.getLogger(__name__)
 
 _EPS = 1e-9
-
 
 
 @contextlib.contextmanager
@@ -54,11 +63,13 @@ def ray_cluster(config: SearchConfig) -> Iterator[bool]:
         ray.shutdown()
 
 
-def _alive_nodes() -> list[dict[str, Any]]:
+def alive_nodes() -> list[dict[str, Any]]:
+    """The nodes of the connected Ray cluster that are alive."""
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def _node_res(node: Mapping[str, Any], name: str) -> float:
+def node_resources(node: Mapping[str, Any], name: str) -> float:
+    """How much of resource ``name`` (``CPU``, ``GPU``) a node of :func:`alive_nodes` has."""
     return float(node.get("Resources", {}).get(name, 0.0))
 
 
@@ -67,7 +78,7 @@ def trial_resources(config: SearchConfig, nodes: Sequence[Mapping[str, Any]]) ->
     cluster has any, else none."""
     gpus = config.gpus_per_trial
     if gpus is None:
-        gpus = 1.0 if sum(_node_res(n, "GPU") for n in nodes) >= 1.0 else 0.0
+        gpus = 1.0 if sum(node_resources(n, "GPU") for n in nodes) >= 1.0 else 0.0
     return {"cpu": float(config.cpus_per_trial), "gpu": float(gpus)}
 
 
@@ -89,12 +100,12 @@ def check_cluster_resources(
     if need_gpu > 1 and not need_gpu.is_integer():
         raise UserError(f"{what} asks for {need_gpu:g} GPUs: above one GPU, Ray needs a whole number")
     for n in nodes:
-        if _node_res(n, "CPU") + _EPS >= need_cpu and _node_res(n, "GPU") + _EPS >= need_gpu:
+        if node_resources(n, "CPU") + _EPS >= need_cpu and node_resources(n, "GPU") + _EPS >= need_gpu:
             return
     count = len(nodes)
     for res, need, key in (("GPU", need_gpu, "search.gpus_per_trial"), ("CPU", need_cpu, "search.cpus_per_trial")):
-        best = max((_node_res(n, res) for n in nodes), default=0.0)
-        total = sum(_node_res(n, res) for n in nodes)
+        best = max((node_resources(n, res) for n in nodes), default=0.0)
+        total = sum(node_resources(n, res) for n in nodes)
         if need > best + _EPS:
             fix = (
                 "lower search.gpus_per_trial (a fraction shares a GPU between trials) or add a node with more GPUs"
@@ -123,8 +134,8 @@ def auto_concurrency(per_trial: Mapping[str, float], nodes: Sequence[Mapping[str
         for res, key in (("CPU", "cpu"), ("GPU", "gpu")):
             need = float(per_trial.get(key, 0.0))
             if need > 0:
-                fits.append(int(math.floor(_node_res(n, res) / need + _EPS)))
-        total += min(fits) if fits else int(_node_res(n, "CPU"))
+                fits.append(int(math.floor(node_resources(n, res) / need + _EPS)))
+        total += min(fits) if fits else int(node_resources(n, "CPU"))
     return max(1, total)
 
 
