@@ -1,28 +1,66 @@
 """The Expert Routing Agent: splits a trajectory-MACs budget between interval experts, end to end.
 
-- :class:`router.agent.ExpertRoutingAgent`: GRU over (expert, dimension) tokens, straight-through
+- :class:`~router.agent.ExpertRoutingAgent`: GRU over (expert, dimension) tokens, straight-through
   Gumbel-softmax decisions, optional budget input (one agent for a whole Pareto curve).
-- :mod:`router.objective`: task loss + resource loss on ``log r - log p`` (log-ratio penalty or
-  augmented Lagrangian), differentiable trajectory MACs through the space's cost model.
-- :func:`router.train.train_router`: training, deterministic decode, bounded feasibility repair;
-  the loop of one agent is in :mod:`router.loop`, the repair, fill and exchange in
-  :func:`router.feasibility.make_feasible`, the records in :mod:`router.result`.
-- :class:`router.mixture.MixtureRoutingLoss`: the task loss on a real mixture of elastic experts.
-- :class:`router.synthetic.SyntheticMixture`: a benchmark with an exactly known optimum.
-- :func:`router.output.write_outputs`: ``allocations/router-<budget>.json``, log, summary, plot.
+- :class:`~router.objective.RouterObjective`: task loss + resource loss on ``log r - log p``
+  (log-ratio penalty or augmented Lagrangian), differentiable trajectory MACs through the space's
+  cost model.
+- :func:`~router.train.train_router` with :class:`~router.settings.RouterSettings`: training,
+  deterministic decode, bounded feasibility repair; the loop of one agent is
+  :func:`~router.loop.train_agent`, the repair, fill and exchange
+  :func:`~router.feasibility.make_feasible`, the records :class:`~router.result.BudgetOutcome`
+  and :class:`~router.result.RouterResult`.
+- :class:`~router.mixture.MixtureRoutingLoss`: the task loss on a real mixture of elastic experts
+  (its space is an :class:`experts.MixtureSpace`).
+- :class:`~router.synthetic.SyntheticMixture`: a benchmark with an exactly known optimum.
+- :func:`~router.output.write_outputs`: ``allocations/router-<budget>.json``, log, summary, plot.
 """
 
-from router.agent import ExpertRoutingAgent
-from router.objective import RouterObjective, relaxed_macs, resource_loss
-from router.train import BudgetOutcome, RouterResult, make_feasible, train_router
+from router.agent import ExpertRoutingAgent, gumbel_softmax_st, one_hot_weights, token_layout
+from router.feasibility import ArchLoss, calibrate_budget, make_feasible
+from router.loop import train_agent
+from router.mixture import MixtureRoutingLoss
+from router.objective import (
+    RESOURCE_MODES,
+    BatchedTaskLoss,
+    ObjectiveTerms,
+    RouterObjective,
+    TaskLoss,
+    choice_macs_deltas,
+    relaxed_macs,
+    resource_loss,
+)
+from router.output import allocation_filename, plot_allocations, write_outputs
+from router.result import BudgetOutcome, RouterResult
+from router.settings import RouterSettings
+from router.synthetic import KnapsackSolution, SyntheticMixture
+from router.train import train_router
 
 __all__ = [
+    "RESOURCE_MODES",
+    "ArchLoss",
+    "BatchedTaskLoss",
     "BudgetOutcome",
     "ExpertRoutingAgent",
+    "KnapsackSolution",
+    "MixtureRoutingLoss",
+    "ObjectiveTerms",
     "RouterObjective",
     "RouterResult",
+    "RouterSettings",
+    "SyntheticMixture",
+    "TaskLoss",
+    "allocation_filename",
+    "calibrate_budget",
+    "choice_macs_deltas",
+    "gumbel_softmax_st",
     "make_feasible",
+    "one_hot_weights",
+    "plot_allocations",
     "relaxed_macs",
     "resource_loss",
+    "token_layout",
+    "train_agent",
     "train_router",
+    "write_outputs",
 ]

@@ -1,6 +1,6 @@
 """Making a decoded arch fit a MACs budget: greedy bounded repair, fill and exchange
 (:func:`make_feasible`), and the bisection of a budget-conditioned agent's input budget
-(:func:`_calibrate`). Every loop is bounded by the number of choice steps in the space.
+(:func:`calibrate_budget`). Every loop is bounded by the number of choice steps in the space.
 
 Example:
     >>> from router.synthetic import SyntheticMixture
@@ -24,13 +24,9 @@ from router.agent import ExpertRoutingAgent
 from search_spaces import Arch, SearchSpace
 from search_spaces.errors import UserError
 
-__all__ = ["ArchLoss", "make_feasible"]
+__all__ = ["ArchLoss", "calibrate_budget", "make_feasible"]
 
 ArchLoss = Callable[[Arch], float]
-
-
-def _free_indices(space: SearchSpace, arch: Arch) -> dict[str, int]:
-    return {d.name: d.index(arch[d.name]) for d in space.free_dimensions()}
 
 
 def _moves(space: SearchSpace, arch: Arch, name: str, direction: int) -> list[Arch]:
@@ -201,8 +197,8 @@ def _best_exchange(space: SearchSpace, cur: Arch, m: float, budget_macs: float, 
     return found
 
 
-def _calibrate(space: SearchSpace, agent: ExpertRoutingAgent, budget_ratio: float, budget_macs: float,
-               budget_range: Sequence[float] | None, iterations: int = 24) -> tuple[float, Arch]:
+def calibrate_budget(space: SearchSpace, agent: ExpertRoutingAgent, budget_ratio: float, budget_macs: float,
+                     budget_range: Sequence[float] | None, iterations: int = 24) -> tuple[float, Arch]:
     """Bisect the agent's input budget (log scale) for the largest decode within ``budget_macs``.
 
     Returns ``(input budget, decoded arch)``; falls back to the plain decode when no input in

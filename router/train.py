@@ -25,33 +25,33 @@ Example:
     >>> out.macs <= 0.5 * bench.base_macs
     True
 
-Modules (every name is still importable from ``router.train``):
-
-- :mod:`router.train` (here): :func:`train_router`, training then one decode per budget;
-- :mod:`router.loop`: the optimisation loop of one agent (``_train_one``, ``_tau``);
-- :mod:`router.feasibility`: :func:`make_feasible` (repair, fill, exchange) and ``_calibrate``;
-- :mod:`router.result`: the output records :class:`BudgetOutcome` and :class:`RouterResult`.
+The settings are a :class:`~router.settings.RouterSettings`; the loop of one agent is
+:func:`router.loop.train_agent`, the repair, fill and exchange :func:`router.feasibility.make_feasible`,
+the records :class:`~router.result.BudgetOutcome` and :class:`~router.result.RouterResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from router.agent import ExpertRoutingAgent, one_hot_weights
-from router.feasibility import ArchLoss, _calibrate, _free_indices, _moves, make_feasible  # noqa: F401
-from router.loop import _tau, _train_one  # noqa: F401
-from router.objective import RESOURCE_MODES, BatchedTaskLoss, RouterObjective, TaskLoss
+from router.feasibility import ArchLoss, calibrate_budget, make_feasible
+from router.loop import BudgetSampler, train_agent
+from router.objective import BatchedTaskLoss, RouterObjective, TaskLoss
 from router.result import BudgetOutcome, RouterResult
+from router.settings import RouterSettings
 from search_spaces import Arch, SearchSpace
 from search_spaces.errors import UserError
 
-__all__ = ["BudgetOutcome", "RouterResult", "make_feasible", "train_router"]
+__all__ = ["train_router"]
 
 log = logging.getLogger(__name__)
 
@@ -60,35 +60,14 @@ def train_router(
     space: SearchSpace,
     task_loss_fn: TaskLoss,
     budgets: Sequence[float],
+    settings: RouterSettings | None = None,
     *,
     batched_task_loss: BatchedTaskLoss | None = None,
-    steps: int = 400,
-    lr: float = 0.1,
-    net_lr_scale: float = 0.01,
-    seed: int = 0,
-    budget_conditioned: bool = False,
-    budget_range: tuple[float, float] | None = None,
-    budgets_per_step: int = 8,
-    resource_mode: str = "lagrangian",
-    resource_weight: float = 10.0,
-    scale_resource_weight: bool = True,
-    dual_lr: float = 0.05,
-    dual_on_decode: bool = False,
-    tau_start: float = 5.0,
-    tau_end: float = 1.0,
-    hidden_size: int = 64,
-    embed_size: int = 32,
-    device: str | torch.device = "cpu",
     arch_loss_fn: ArchLoss | None = None,
-    repair_score: str = "loss",
-    calibrate: bool = True,
-    fill: bool = True,
-    exchange: bool = True,
-    base_macs: float | None = None,
-    log_every: int = 10,
     joint_parameters: Sequence[torch.nn.Parameter] = (),
-    joint_lr: float = 1e-5,
+    device: str | torch.device = "cpu",
     progress: bool = False,
+    **overrides: Any,
 ) -> RouterResult:
     """Train routing agent(s) and return a feasible arch per budget.
 
@@ -97,143 +76,162 @@ def train_router(
         task_loss_fn: ``task_loss_fn(weights) -> scalar Tensor``; ``weights`` maps every free
             dimension name to a ``(n_choices,)`` straight-through one-hot on ``device``.
         budgets: target MACs ratios in (0, 1] to export.
+        settings: how to train and decode (default: ``RouterSettings()``).
         batched_task_loss: optional fast path ``f(w) -> (B,)`` on padded weights ``(B, T, C)``
             (see :class:`RouterObjective`); ``task_loss_fn`` is still used for scoring archs.
-        steps: optimiser steps (per agent when not budget-conditioned).
-        lr: Adam learning rate of the agent's per-token logit table and price (cosine-annealed).
-        net_lr_scale: the GRU/embedding/head parameters use ``lr * net_lr_scale``.
-        seed: seeds the agent's initialisation and the Gumbel noise.
-        budget_conditioned: train one agent over a range of budgets instead of one per budget.
-        budget_range: ``(low, high)`` range sampled log-uniformly by the conditioned agent
-            (default: the budgets' range widened by 10%, clipped to (0, 1]).
-        budgets_per_step: budgets sampled per step by the conditioned agent (a fixed-budget
-            agent draws this many Gumbel samples of its one budget instead).
-        resource_mode: ``"lagrangian"`` (default: multiplier by dual ascent plus a quadratic
-            term on ``log r - log p``) or ``"log_ratio"`` (fixed penalty
-            ``resource_weight * log(max(r,p)/min(r,p))``); see :class:`RouterObjective`.
-        resource_weight: weight of the resource term; in ``log_ratio`` mode it must exceed the
-            task loss's marginal value of compute (d loss / d log MACs) for the optimum to
-            sit on the budget.
-        dual_lr: dual ascent step of the lagrangian multiplier (fraction of resource_weight).
-        dual_on_decode: the dual ascent follows the MACs ratio of the agent's deterministic
-            decode (argmax) rather than of the random samples, so the budget is met by what is
-            exported (MACs only, no task-loss evaluations).
-        scale_resource_weight: multiply ``resource_weight`` by the task loss's mean slope
-            ``(loss(smallest) - loss(full)) / log(macs(full) / macs(smallest))`` (two loss
-            evaluations before training), so the default works whatever the loss's units.
-        tau_start, tau_end: Gumbel-softmax temperature, annealed geometrically (with a hard
-            straight-through sample it shapes the gradient only).
-        device: where the agent and the relaxed weights live.
         arch_loss_fn: scores discrete archs for repair/fill (default: ``task_loss_fn`` on
             exact one-hots, without gradients).
-        calibrate: budget-conditioned agent only: before repair, bisect the budget given to the
-            agent (within its training range, MACs only, no loss evaluations) for the largest
-            decode that fits the target.
-        repair_score: ``"loss"`` (use ``arch_loss_fn``) or ``"logits"`` (minus the agent's
-            log-probability of the arch: no model evaluations, for expensive task losses).
-        fill: spend leftover budget greedily after decoding.
-        exchange: after filling, try one-down-one-up exchanges (see :func:`make_feasible`).
-        base_macs: MACs meaning ratio 1 (default: the full arch's).
-        log_every: training-log row every this many steps.
         joint_parameters: parameters trained together with the agent by the same loss (e.g.
             the experts' weights, ``MixtureRoutingLoss(..., joint=True).parameters()``);
             empty (default): experts frozen.
-        joint_lr: Adam rate of ``joint_parameters``.
+        device: where the agent and the relaxed weights live.
         progress: show a progress bar per agent.
+        **overrides: fields of :class:`RouterSettings` given as keywords
+            (``train_router(space, loss, [0.5], steps=50)``), applied over ``settings``.
 
     Returns:
         A :class:`RouterResult`; every outcome satisfies ``macs <= budget * base_macs``.
+
+    Raises:
+        UserError: no budget, a budget outside (0, 1] or below the smallest arch, bad settings.
+        TypeError: a keyword that is not a field of :class:`RouterSettings`.
     """
-    budgets = [float(b) for b in budgets]
-    if not budgets:
-        raise UserError("train_router needs at least one budget")
-    for b in budgets:
-        if not 0 < b <= 1:
-            raise UserError(f"budget ratios must be in (0, 1], got {b}")
-    if steps < 0 or budgets_per_step < 1 or log_every < 1:
-        raise UserError("steps must be >= 0, budgets_per_step >= 1 and log_every >= 1")
-    if repair_score not in ("loss", "logits"):
-        raise UserError(f"repair_score must be 'loss' or 'logits', got {repair_score!r}")
+    s = _settings(settings, overrides)
+    budgets = _check_budgets(budgets)
     device = torch.device(device)
     joint = list(joint_parameters)
-
-    def default_arch_loss(arch: Arch) -> float:
-        with torch.no_grad():
-            return float(task_loss_fn(one_hot_weights(space, arch, device)))
-
-    eval_fn = arch_loss_fn or default_arch_loss
-    loss_scale = _loss_scale(space, eval_fn) if scale_resource_weight else 1.0
-    ref_macs = float(space.macs(space.full()) if base_macs is None else base_macs)
+    eval_fn = arch_loss_fn or _one_hot_loss(space, task_loss_fn, device)
+    loss_scale = _loss_scale(space, eval_fn) if s.scale_resource_weight else 1.0
+    ref_macs = float(space.macs(space.full()) if s.base_macs is None else s.base_macs)
     min_ratio = space.macs(space.smallest()) / ref_macs
     for b in budgets:
         if b < min_ratio - 1e-12:
             raise UserError(f"budget {b} is below the smallest arch's MACs ratio {min_ratio:.4f}")
-    if resource_mode not in RESOURCE_MODES:
-        raise UserError(f"resource_mode must be one of {RESOURCE_MODES}, got {resource_mode!r}")
-
-    def make_objective(lo: float, hi: float) -> RouterObjective:
-        return RouterObjective(space, task_loss_fn, batched_task_loss=batched_task_loss, mode=resource_mode, resource_weight=resource_weight * loss_scale,
-                               base_macs=ref_macs, budget_range=(lo, hi), multiplier_init=loss_scale,
-                               dual_lr=dual_lr)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    rows: list[dict[str, Any]] = []
+    setup = _Setup(space, task_loss_fn, batched_task_loss, s, device, joint, loss_scale, ref_macs, progress)
     t0 = time.perf_counter()
-    evaluations = 0
-    agent_kw = dict(hidden_size=hidden_size, embed_size=embed_size, seed=int(seed))
-
-    if budget_conditioned:
-        lo, hi = budget_range if budget_range is not None else (min(budgets) / 1.1, min(1.0, max(budgets) * 1.1))
-        lo = max(lo, min_ratio)
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"budget_range must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
-        llo, lhi = math.log(lo), math.log(hi)
-
-        def sampler(g: torch.Generator) -> list[float]:
-            u = torch.rand(budgets_per_step, generator=g, device=device).tolist()
-            return [math.exp(llo + x * (lhi - llo)) for x in u]
-
-        agent = ExpertRoutingAgent(space, budget_conditioned=True, **agent_kw).to(device)
-        objective = make_objective(lo, hi)
-        evaluations += _train_one(agent, objective, sampler, steps=steps, lr=lr, tau_start=tau_start,
-                                  tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode, generator=gen,
-                                  log_every=log_every, tag="conditioned", rows=rows, progress=progress,
-                                  joint=joint, joint_lr=joint_lr)
-        multipliers = {"conditioned": objective.multipliers()}
-        agents = {b: agent for b in budgets}
-        settings_range = [lo, hi]
-    else:
-        agents = {}
-        multipliers = {}
-        for b in budgets:
-            agent = ExpertRoutingAgent(space, budget_conditioned=False, **agent_kw).to(device)
-            objective = make_objective(b, b)
-            evaluations += _train_one(agent, objective, lambda g, b=b: [b] * budgets_per_step, steps=steps,
-                                      lr=lr, tau_start=tau_start, tau_end=tau_end, net_lr_scale=net_lr_scale, dual_on_decode=dual_on_decode,
-                                      generator=gen, log_every=log_every, tag=f"budget={b:g}", rows=rows,
-                                      progress=progress, joint=joint, joint_lr=joint_lr)
-            agents[b] = agent
-            multipliers[f"budget={b:g}"] = objective.multipliers()
-        settings_range = None
+    trained = _train_conditioned(setup, budgets, min_ratio) if s.budget_conditioned else _train_separate(setup, budgets)
     train_seconds = time.perf_counter() - t0
+    outcomes = [_export_budget(space, trained.agents[b], b, ref_macs=ref_macs, settings=s,
+                               budget_range=trained.budget_range, eval_fn=eval_fn) for b in budgets]
+    record = s.record(loss_scale=loss_scale, joint=bool(joint))
+    if trained.budget_range is not None:
+        record["budget_range"] = trained.budget_range
+    record["multipliers"] = {k: [[round(a, 6), b] for a, b in v] for k, v in trained.multipliers.items()}
+    uniq = tuple(dict.fromkeys(trained.agents.values()))
+    return RouterResult(tuple(outcomes), tuple(trained.rows), uniq, bool(s.budget_conditioned), train_seconds,
+                        trained.evaluations, ref_macs, record)
 
-    outcomes = []
+
+def _settings(settings: RouterSettings | None, overrides: Mapping[str, Any]) -> RouterSettings:
+    """``settings`` (default ``RouterSettings()``) with the keyword overrides applied."""
+    base = settings if settings is not None else RouterSettings()
+    names = {f.name for f in dataclasses.fields(RouterSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"train_router() got an unexpected keyword argument {unknown[0]!r}")
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _check_budgets(budgets: Sequence[float]) -> list[float]:
+    out = [float(b) for b in budgets]
+    if not out:
+        raise UserError("train_router needs at least one budget")
+    for b in out:
+        if not 0 < b <= 1:
+            raise UserError(f"budget ratios must be in (0, 1], got {b}")
+    return out
+
+
+def _one_hot_loss(space: SearchSpace, task_loss_fn: TaskLoss, device: torch.device) -> ArchLoss:
+    """The task loss of a discrete arch: ``task_loss_fn`` on exact one-hots, without gradients."""
+    def arch_loss(arch: Arch) -> float:
+        with torch.no_grad():
+            return float(task_loss_fn(one_hot_weights(space, arch, device)))
+
+    return arch_loss
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every agent of one :func:`train_router` call is trained with."""
+
+    space: SearchSpace
+    task_loss_fn: TaskLoss
+    batched_task_loss: BatchedTaskLoss | None
+    settings: RouterSettings
+    device: torch.device
+    joint: list[torch.nn.Parameter]
+    loss_scale: float
+    ref_macs: float
+    progress: bool
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        gen = torch.Generator(device=self.device).manual_seed(int(self.settings.seed))
+        object.__setattr__(self, "generator", gen)
+
+    def objective(self, lo: float, hi: float) -> RouterObjective:
+        s = self.settings
+        return RouterObjective(self.space, self.task_loss_fn, batched_task_loss=self.batched_task_loss,
+                               mode=s.resource_mode, resource_weight=s.resource_weight * self.loss_scale,
+                               base_macs=self.ref_macs, budget_range=(lo, hi), multiplier_init=self.loss_scale,
+                               dual_lr=s.dual_lr)
+
+    def agent(self, budget_conditioned: bool) -> ExpertRoutingAgent:
+        s = self.settings
+        return ExpertRoutingAgent(self.space, budget_conditioned=budget_conditioned, hidden_size=s.hidden_size,
+                                  embed_size=s.embed_size, seed=int(s.seed)).to(self.device)
+
+    def train(self, agent: ExpertRoutingAgent, objective: RouterObjective, sampler: BudgetSampler, tag: str,
+              rows: list[dict[str, Any]]) -> int:
+        return train_agent(agent, objective, sampler, self.settings, generator=self.generator, tag=tag, rows=rows,
+                           progress=self.progress, joint=self.joint)
+
+
+@dataclass
+class _Trained:
+    """The trained agent of each budget (one shared agent when budget-conditioned) and the log."""
+
+    agents: dict[float, ExpertRoutingAgent]
+    multipliers: dict[str, list[tuple[float, float]]]
+    budget_range: list[float] | None
+    evaluations: int
+    rows: list[dict[str, Any]]
+
+
+def _train_conditioned(setup: _Setup, budgets: list[float], min_ratio: float) -> _Trained:
+    """One agent over a log-uniform range of budgets, ``budgets_per_step`` of them per step."""
+    s = setup.settings
+    default = (min(budgets) / 1.1, min(1.0, max(budgets) * 1.1))
+    lo, hi = s.budget_range if s.budget_range is not None else default
+    lo = max(lo, min_ratio)
+    if not 0 < lo <= hi <= 1:
+        raise UserError(f"budget_range must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
+    llo, lhi = math.log(lo), math.log(hi)
+
+    def sampler(g: torch.Generator) -> list[float]:
+        u = torch.rand(s.budgets_per_step, generator=g, device=setup.device).tolist()
+        return [math.exp(llo + x * (lhi - llo)) for x in u]
+
+    agent = setup.agent(budget_conditioned=True)
+    objective = setup.objective(lo, hi)
+    rows: list[dict[str, Any]] = []
+    evaluations = setup.train(agent, objective, sampler, "conditioned", rows)
+    return _Trained({b: agent for b in budgets}, {"conditioned": objective.multipliers()}, [lo, hi],
+                    evaluations, rows)
+
+
+def _train_separate(setup: _Setup, budgets: list[float]) -> _Trained:
+    """One agent per budget, each drawing ``budgets_per_step`` Gumbel samples of its budget per step."""
+    n = setup.settings.budgets_per_step
+    trained = _Trained({}, {}, None, 0, [])
     for b in budgets:
-        outcomes.append(_export_budget(space, agents[b], b, ref_macs=ref_macs, calibrate=budget_conditioned and calibrate,
-                                       budget_range=settings_range, repair_score=repair_score, eval_fn=eval_fn,
-                                       fill=fill, exchange=exchange))
-    settings = {
-        "steps": steps, "lr": lr, "seed": seed, "budgets_per_step": budgets_per_step,
-        "resource_mode": resource_mode, "resource_weight": resource_weight, "loss_scale": loss_scale,
-        "effective_resource_weight": resource_weight * loss_scale, "dual_lr": dual_lr, "dual_on_decode": dual_on_decode,
-        "net_lr_scale": net_lr_scale, "tau_start": tau_start, "tau_end": tau_end,
-        "hidden_size": hidden_size, "repair_score": repair_score, "fill": fill, "exchange": exchange, "joint": bool(joint),
-    }
-    if settings_range is not None:
-        settings["budget_range"] = settings_range
-    settings["multipliers"] = {k: [[round(a, 6), b] for a, b in v] for k, v in multipliers.items()}
-    uniq = tuple(dict.fromkeys(agents.values()))
-    return RouterResult(tuple(outcomes), tuple(rows), uniq, bool(budget_conditioned), train_seconds,
-                        evaluations, ref_macs, settings)
+        agent = setup.agent(budget_conditioned=False)
+        objective = setup.objective(b, b)
+        trained.evaluations += setup.train(agent, objective, lambda g, b=b: [b] * n, f"budget={b:g}", trained.rows)
+        trained.agents[b] = agent
+        trained.multipliers[f"budget={b:g}"] = objective.multipliers()
+    return trained
 
 
 def _loss_scale(space: SearchSpace, eval_fn: ArchLoss) -> float:
@@ -255,40 +253,41 @@ def _export_budget(
     b: float,
     *,
     ref_macs: float,
-    calibrate: bool,
+    settings: RouterSettings,
     budget_range: Sequence[float] | None,
-    repair_score: str,
     eval_fn: ArchLoss,
-    fill: bool,
-    exchange: bool,
 ) -> BudgetOutcome:
     """Decode one budget ``b`` after training: (calibrate,) repair, fill, exchange; timed and logged."""
     t_decode = time.perf_counter()
     agent.eval()
     decoded = agent.decode(b)
     agent_input = b
-    if calibrate:
-        agent_input, decoded = _calibrate(space, agent, b, b * ref_macs, budget_range)
-    if repair_score == "logits":
-        lp = agent.log_probs(b)
-
-        def scorer(a: Arch, lp: Mapping[str, list[float]] = lp) -> float:
-            return -sum(lp[d.name][d.index(a[d.name])] for d in space.free_dimensions())
-    else:
-        scorer = eval_fn
-    arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=fill,
-                                                        exchange=exchange)
+    if settings.budget_conditioned and settings.calibrate:
+        agent_input, decoded = calibrate_budget(space, agent, b, b * ref_macs, budget_range)
+    scorer = _logit_scorer(space, agent, b) if settings.repair_score == "logits" else eval_fn
+    arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=settings.fill,
+                                                        exchange=settings.exchange)
     m = space.macs(arch)
     task = float(eval_fn(arch))
     dec_task = float(eval_fn(decoded))
-    if repair_score != "loss":
+    if settings.repair_score != "loss":
         n_eval = 0  # the repair scored archs by the agent's log-probabilities only
     outcome = BudgetOutcome(
         budget_ratio=b, arch=arch, decoded_arch=decoded, macs=m, achieved_ratio=m / ref_macs,
-        decoded_ratio=space.macs(decoded) / ref_macs, agent_budget_ratio=agent_input, task_loss=task, decoded_task_loss=dec_task,
-        repair_steps=n_rep, fill_steps=n_fill, exchange_steps=n_exch, evaluations=n_eval,
-        decode_seconds=time.perf_counter() - t_decode,
+        decoded_ratio=space.macs(decoded) / ref_macs, agent_budget_ratio=agent_input, task_loss=task,
+        decoded_task_loss=dec_task, repair_steps=n_rep, fill_steps=n_fill, exchange_steps=n_exch,
+        evaluations=n_eval, decode_seconds=time.perf_counter() - t_decode,
     )
     log.info("router budget %.3f: decoded ratio %.4f -> %.4f after %d repair / %d fill / %d exchange steps",
              b, outcome.decoded_ratio, outcome.achieved_ratio, n_rep, n_fill, n_exch)
     return outcome
+
+
+def _logit_scorer(space: SearchSpace, agent: ExpertRoutingAgent, b: float) -> ArchLoss:
+    """Minus the agent's log-probability of an arch at budget ``b`` (no model evaluations)."""
+    lp = agent.log_probs(b)
+
+    def scorer(a: Arch, lp: Mapping[str, list[float]] = lp) -> float:
+        return -sum(lp[d.name][d.index(a[d.name])] for d in space.free_dimensions())
+
+    return scorer

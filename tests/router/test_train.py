@@ -11,8 +11,10 @@ import torch
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from router.output import allocation_filename, write_outputs
+from router.settings import RouterSettings
 from router.synthetic import SyntheticMixture
-from router.train import make_feasible, train_router
+from router.feasibility import make_feasible
+from router.train import train_router
 from search_spaces import Dimension, ProductSpace, SimpleSpace
 from search_spaces.errors import UserError
 
@@ -94,6 +96,22 @@ def test_bad_settings_are_user_errors(kw, match):
     args = {"budgets": [0.5], "steps": 1, **kw}
     with pytest.raises(UserError, match=match):
         train_router(bench.space, bench.task_loss, args.pop("budgets"), **args)
+
+
+def test_settings_object_and_keywords_train_the_same_router():
+    bench = _small_bench()
+    kw = {"steps": 15, "seed": 4, "budget_conditioned": True, "budgets_per_step": 3, "resource_mode": "log_ratio"}
+    by_keywords = train_router(bench.space, bench.task_loss, [0.4, 0.6], **kw)
+    settings = RouterSettings(**kw)
+    by_object = train_router(bench.space, bench.task_loss, [0.4, 0.6], settings)
+    overridden = train_router(bench.space, bench.task_loss, [0.4, 0.6], RouterSettings(steps=3, seed=4),
+                              **{k: v for k, v in kw.items() if k != "seed"})
+    for res in (by_object, overridden):
+        assert [o.arch for o in res.outcomes] == [o.arch for o in by_keywords.outcomes]
+        assert [o.task_loss for o in res.outcomes] == [o.task_loss for o in by_keywords.outcomes]
+        assert res.log == by_keywords.log and res.settings == by_keywords.settings
+    with pytest.raises(TypeError, match="stpes"):
+        train_router(bench.space, bench.task_loss, [0.5], stpes=3)
 
 
 def test_training_is_seeded_and_every_outcome_fits_on_a_coupled_space():
