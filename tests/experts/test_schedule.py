@@ -12,12 +12,8 @@ from experts.schedule import SPACINGS, IntervalSteps, StepSchedule, place_steps,
 from experts.steps_space import IntervalSpace, StepsSpace, joint_space, split_joint
 from nas.sampling import make_scheduler, sampling_timesteps
 from search_spaces import Dimension, ElasticUNet, SimpleSpace
+from search_spaces.testing import SearchSpaceContract
 from tests.conftest import build_tiny_unet
-
-try:
-    from search_spaces.testing import SearchSpaceContract
-except ImportError:  # the contract suite's older home
-    from tests.search_spaces.contract import SearchSpaceContract
 
 IV3 = Intervals(1000, (300, 700))
 
