@@ -50,7 +50,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.base import Arch, Choice
+from search_spaces._arch import Arch, Choice
+from search_spaces._importance import ff_out, reorder_by_importance
 from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
@@ -58,86 +59,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["ElasticUNet", "reorder_by_importance"]
 
 SUPERNET_FILE = "diffnas_supernet.json"
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path) if path else root
-
-
-def _ff_out(ff: nn.Module) -> nn.Linear:
-    return [m for m in ff.net if isinstance(m, nn.Linear)][-1]
-
-
-def _ff_in(ff: nn.Module) -> nn.Linear:
-    return ff.net[0].proj
-
-
-def _is_gated(ff: nn.Module) -> bool:
-    """GEGLU/SwiGLU projections emit 2x inner features (value and gate halves)."""
-    return _ff_in(ff).out_features == 2 * _ff_out(ff).in_features
-
-
-# ---------------------------------------------------------------------- importance ordering
-def _permute_rows(lin_or_conv: nn.Module, perm: torch.Tensor) -> None:
-    lin_or_conv.weight.data = lin_or_conv.weight.data[perm].clone()
-    if lin_or_conv.bias is not None:
-        lin_or_conv.bias.data = lin_or_conv.bias.data[perm].clone()
-
-
-def _permute_cols(lin_or_conv: nn.Module, perm: torch.Tensor) -> None:
-    lin_or_conv.weight.data = lin_or_conv.weight.data[:, perm].clone()
-
-
-def _group_perm(scores: torch.Tensor, unit: int) -> torch.Tensor:
-    """Channel permutation that sorts whole units (groups/heads) by descending score."""
-    n_units = scores.numel() // unit
-    unit_scores = scores.view(n_units, unit).sum(1)  # (n_units,)
-    order = torch.argsort(unit_scores, descending=True, stable=True)
-    return (order[:, None] * unit + torch.arange(unit)[None, :]).reshape(-1)
-
-
-@torch.no_grad()
-def reorder_by_importance(unet: nn.Module, space: UNetSpace, method: str = "magnitude") -> None:
-    """Permute elastic channels/heads so the most important come first (function unchanged).
-
-    ``magnitude``: the L2 norm of every weight that reads or writes a channel, summed per
-    GroupNorm group / head (torch-pruning's group magnitude importance with p=2, at group
-    granularity so normalisation groups stay intact). ``none``: keep the pretrained order.
-    """
-    if method == "none":
-        return
-    if method != "magnitude":
-        raise ValueError(f"unknown importance {method!r}; choose 'magnitude' or 'none'")
-    for site in space.sites:
-        m = _get(unet, site.module)
-        if site.kind == "width":
-            C = site.full
-            score = m.conv1.weight.pow(2).flatten(1).sum(1) + m.conv2.weight.pow(2).transpose(0, 1).flatten(1).sum(1)
-            perm = _group_perm(score, site.unit)
-            _permute_rows(m.conv1, perm)
-            if m.time_emb_proj is not None:
-                if m.time_emb_proj.out_features == 2 * C:  # scale_shift: both halves
-                    _permute_rows(m.time_emb_proj, torch.cat([perm, perm + C]))
-                else:
-                    _permute_rows(m.time_emb_proj, perm)
-            m.norm2.weight.data = m.norm2.weight.data[perm].clone()
-            m.norm2.bias.data = m.norm2.bias.data[perm].clone()
-            _permute_cols(m.conv2, perm)
-        elif site.kind == "heads":
-            inner = m.to_q.out_features
-            d = inner // site.full
-            score = sum(l.weight.pow(2).sum(1) for l in (m.to_q, m.to_k, m.to_v)) + m.to_out[0].weight.pow(2).sum(0)
-            perm = _group_perm(score, d)
-            for l in (m.to_q, m.to_k, m.to_v):
-                _permute_rows(l, perm)
-            _permute_cols(m.to_out[0], perm)
-        elif site.kind == "ffn":
-            fin, fout = _ff_in(m), _ff_out(m)
-            inner = fout.in_features
-            score = fout.weight.pow(2).sum(0) + fin.weight[:inner].pow(2).sum(1)
-            perm = _group_perm(score, 1)
-            _permute_rows(fin, torch.cat([perm, perm + inner]) if _is_gated(m) else perm)
-            _permute_cols(fout, perm)
 
 
 # ---------------------------------------------------------------------- skipping
@@ -232,13 +153,13 @@ class ElasticUNet(nn.Module):
     def _install(self) -> None:
         for site in self.space.sites:
             if site.kind in ("width", "heads", "ffn"):
-                m = _get(self.unet, site.module)
+                m = self.unet.get_submodule(site.module)
                 if site.kind == "width":
                     target, n_ch, unit = m.conv2, site.full, 1
                 elif site.kind == "heads":
                     target, n_ch, unit = m.to_out[0], m.to_q.out_features, m.to_q.out_features // site.full
                 else:
-                    target, n_ch, unit = _ff_out(m), site.full, 1
+                    target, n_ch, unit = ff_out(m), site.full, 1
                 dim = self.space.dimension(site.name)
                 # (n_choices, n_ch): row c keeps the first choice*unit channels
                 table = torch.zeros(len(dim.choices), n_ch)
@@ -253,7 +174,7 @@ class ElasticUNet(nn.Module):
                     self._handles.append(target.register_forward_hook(self._make_bias_hook(site.name)))
             else:
                 for path in site.modules or (site.module,):
-                    mod = _get(self.unet, path)
+                    mod = self.unet.get_submodule(path)
                     mod._diffnas_skip = _skip_resnet if "resnets" in path.split(".")[-2:] else _skip_attention
                     mod._diffnas_keep = True
                     # a module is kept only if every dimension that can remove it keeps it
@@ -287,7 +208,7 @@ class ElasticUNet(nn.Module):
         return hook
 
     def _set_depth(self, path: str, keep: bool | torch.Tensor) -> None:
-        mod = _get(self.unet, path)
+        mod = self.unet.get_submodule(path)
         mod._diffnas_keep = keep
         if keep is True:
             mod.__dict__.pop("forward", None)
@@ -380,11 +301,14 @@ class ElasticUNet(nn.Module):
         (path / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "ElasticUNet":
-        """Load a folder written by :meth:`save_pretrained` (channels already ordered)."""
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
+                        torch_dtype: torch.dtype | None = None) -> "ElasticUNet":
+        """Load a folder written by :meth:`save_pretrained` (channels already ordered), in the
+        dtype its weights were saved in, or ``torch_dtype`` when given."""
         from diffusers import UNet2DConditionModel, UNet2DModel
 
         from search_spaces.errors import UserError
+        from search_spaces.materialize import WEIGHTS_FILE, stored_dtype
 
         path = Path(path)
         meta_file = path / SUPERNET_FILE
@@ -393,7 +317,11 @@ class ElasticUNet(nn.Module):
         meta = json.loads(meta_file.read_text())
         cfg = json.loads((path / "config.json").read_text())
         klass = UNet2DConditionModel if cfg.get("_class_name") == "UNet2DConditionModel" else UNet2DModel
-        unet = klass.from_pretrained(str(path), use_safetensors=True).to(device)
+        weights = path / WEIGHTS_FILE
+        dtype = torch_dtype or (stored_dtype(weights) if weights.is_file() else None)
+        # fp32 is diffusers' default: pass a dtype only when one is asked for or stored
+        kw = {"torch_dtype": dtype} if torch_dtype is not None or dtype not in (None, torch.float32) else {}
+        unet = klass.from_pretrained(str(path), use_safetensors=True, **kw).to(device)
         opts = SpaceOptions.from_dict(meta["options"])
         return cls(unet, opts, importance="none", copy_model=False, encoder_seq_len=meta["encoder_seq_len"])
 

@@ -52,8 +52,10 @@ from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "save_materialized", "load_materialized", "arch_of"]
+__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "arch_of", "load_materialized", "save_materialized",
+           "stored_dtype"]
 
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 ARCH_KEY = "diffnas_arch"
 OPTIONS_KEY = "diffnas_space"
 
@@ -232,14 +234,16 @@ def save_materialized(model: nn.Module, path: str | Path) -> None:
     model.save_pretrained(str(path), safe_serialization=True)
 
 
-def load_materialized(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_materialized(path: str | Path, *, device: str | torch.device = "cpu",
+                      torch_dtype: torch.dtype | None = None) -> nn.Module:
     """Load a folder written by :func:`save_materialized` (or a plain diffusers UNet folder).
 
     The pruned shapes are rebuilt from the arch stored in ``config.json``; the weights come
-    from the safetensors file only (nothing is unpickled).
+    from the safetensors file only (nothing is unpickled). The model gets the dtype its
+    weights were saved in (a bf16 or fp16 model loads as one), or ``torch_dtype`` when given,
+    as in diffusers' ``from_pretrained``.
     """
     from diffusers import UNet2DConditionModel, UNet2DModel
-    from safetensors.torch import load_file
 
     path = Path(path)
     cfg_file = path / "config.json"
@@ -253,20 +257,47 @@ def load_materialized(path: str | Path, *, device: str | torch.device = "cpu") -
     cls = classes[cls_name]
     arch_dict = config.pop(ARCH_KEY, None)
     options = config.pop(OPTIONS_KEY, None)
+    weights = path / WEIGHTS_FILE
+    dtype = torch_dtype or (stored_dtype(weights) if weights.is_file() else None)
     if arch_dict is None:
-        return cls.from_pretrained(str(path), use_safetensors=True).to(device)
-    weights = path / "diffusion_pytorch_model.safetensors"
+        # fp32 is diffusers' default: pass a dtype only when one is asked for or stored
+        kw = {"torch_dtype": dtype} if torch_dtype is not None or dtype not in (None, torch.float32) else {}
+        return cls.from_pretrained(str(path), use_safetensors=True, **kw).to(device)
     if not weights.is_file():
-        raise UserError(f"{path}: missing diffusion_pytorch_model.safetensors")
+        raise UserError(f"{path}: missing {WEIGHTS_FILE}")
+    return _load_pruned(cls, config, SpaceOptions.from_dict(options), Arch(arch_dict), weights, dtype,
+                        path).to(device).eval()
+
+
+def _load_pruned(cls: type, config: dict, opts: SpaceOptions, arch: Arch, weights: Path,
+                 dtype: torch.dtype | None, path: Path) -> nn.Module:
+    """The pruned model of ``arch`` with the weights of ``weights`` (strict), in ``dtype``."""
+    from safetensors.torch import load_file
+
     model = _skeleton(cls, config)
-    opts = SpaceOptions.from_dict(options)
-    space = _structure_space(model, opts)
-    apply_arch(model, space, Arch(arch_dict))
+    apply_arch(model, UNetSpace.structure(model, opts), arch)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        nn.Module.to(model, dtype)  # diffusers' own .to() warns about casting; the weights come next
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match the stored arch (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(device).eval()
+    return model
+
+
+def stored_dtype(weights: str | Path) -> torch.dtype | None:
+    """The floating-point dtype of a safetensors file's tensors, or None when they mix dtypes
+    (or have none). Reads the header only."""
+    from safetensors import safe_open
+
+    names = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+    found = set()
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            kind = f.get_slice(key).get_dtype()
+            if kind in names:
+                found.add(names[kind])
+    return found.pop() if len(found) == 1 else None
 
 
 def _skeleton(cls: type, config: dict) -> nn.Module:
@@ -277,12 +308,3 @@ def _skeleton(cls: type, config: dict) -> nn.Module:
         return model.to_empty(device="cpu")
     except (RuntimeError, NotImplementedError):  # pragma: no cover - a model that can't go to meta
         return cls.from_config(config)
-
-
-def _structure_space(model: nn.Module, opts: SpaceOptions) -> UNetSpace:
-    """The space's sites for ``model`` without counting MACs (shapes only)."""
-    from search_spaces.unet_space import _Builder
-
-    b = _Builder(model, opts)
-    b.build()
-    return UNetSpace(tuple(b.sites), tuple(b.dims), (), 0, b.group_size, opts)
