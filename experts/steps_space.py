@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from experts.intervals import Intervals
+from experts.mixture_space import MixtureSpace
 from experts.schedule import SPACINGS, IntervalSteps, StepSchedule
 from search_spaces import Arch, Dimension, ProductSpace, SearchSpace
 
@@ -178,7 +179,7 @@ def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], coun
             steps = StepsSpace.for_interval(intervals, k, counts[k], spacings)
         except ValueError as e:
             raise ValueError(f"interval {k}: {e}") from None
-        parts[f"e{k}"] = IntervalSpace(steps, expert_spaces[k])
+        parts[MixtureSpace.part_name(k)] = IntervalSpace(steps, expert_spaces[k])
     return ProductSpace(parts)
 
 
@@ -187,10 +188,11 @@ def split_joint(space: ProductSpace, arch: Mapping[str, int], intervals: Interva
     per = space.split(arch)
     steps, experts = [], []
     for k in range(intervals.num_intervals):
-        part = space.parts[f"e{k}"]
+        name = MixtureSpace.part_name(k)
+        part = space.parts.get(name)
         if not isinstance(part, IntervalSpace):
-            raise ValueError(f"part e{k} is a {type(part).__name__}, not an IntervalSpace")
-        s, e = part.parts_of(per[f"e{k}"])
+            raise ValueError(f"part {name} is a {type(part).__name__}, not an IntervalSpace")
+        s, e = part.parts_of(per[name])
         steps.append(part.steps_space.interval_steps(s))
         experts.append(e)
     return StepSchedule(intervals, tuple(steps)), experts
