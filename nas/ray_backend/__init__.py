@@ -26,7 +26,7 @@ experiment to ``search/ray/tune-<time>/``.
 Example (a local Ray, two CPUs, a synthetic objective):
     >>> import tempfile
     >>> from nas.config import SearchConfig
-    >>> from nas.rundir import RunDir
+    >>> from nas.run import RunDir
     >>> from nas.search import SyntheticObjective, run_search, synthetic_mixture_space
     >>> space = synthetic_mixture_space(num_experts=2)
     >>> cfg = SearchConfig(backend="ray", n_trials=4, num_cpus=2, promote_top_k=0)

@@ -27,7 +27,7 @@ from nas.ray_backend._cluster import (
 from nas.ray_backend._searchers import MultiStudySearcher, StudySearcher, TrialRegistry
 from nas.ray_backend._side_jobs import SideJob, SideJobRunner
 from nas.ray_backend._trial import trainable, trial_dirname
-from nas.rundir import RunDir
+from nas.run import RunDir
 from nas.search import Objective, SearchRequest, SearchResult, SearchSession
 from search_spaces import SearchSpace
 

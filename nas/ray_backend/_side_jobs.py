@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from nas.rundir import to_jsonable
+from nas.run import to_jsonable
 from nas.search import SearchSession
 
 __all__ = ["SideJob", "SideJobRunner"]

@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from nas.ray_backend._cluster import trial_device
-from nas.rundir import to_jsonable
+from nas.run import to_jsonable
 from nas.search import EvalContext, Objective
 from search_spaces import Arch
 

@@ -23,7 +23,7 @@ allocation is chosen by that expensive metric among promoted trials.
 Exactly-once bookkeeping (what makes a killed search resumable):
 
 - the commit point of an evaluation is one line appended (locked, fsynced) to the run's
-  ``results.jsonl`` (:meth:`nas.rundir.RunDir.append_result`), keyed by study, Optuna trial
+  ``results.jsonl`` (:meth:`nas.run.RunDir.append_result`), keyed by study, Optuna trial
   number, architecture key (:func:`arch_key`) and fidelity; Optuna is told *after* the commit;
 - on start, every Optuna trial left RUNNING by a dead driver is reconciled: told with its
   committed result if there is one, else marked failed (``diffnas_state=interrupted``) and its
@@ -45,7 +45,7 @@ Example:
     >>> import tempfile
     >>> from search_spaces import Dimension, SimpleSpace
     >>> from nas.config import SearchConfig
-    >>> from nas.rundir import RunDir
+    >>> from nas.run import RunDir
     >>> space = SimpleSpace([Dimension("a", (1, 2, 3, 4)), Dimension("b", (1, 2, 3, 4))],
     ...                     macs_fn=lambda x: 10 * x["a"] + 30 * x["b"])
     >>> cfg = SearchConfig(backend="local", n_trials=5, promote_top_k=1, budgets=(0.5,))

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 from experts.intervals import Intervals
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.run import RunDir
 from nas.search.ledger import TrialOutcome
 from nas.search.objective import EvalContext, Objective
 from nas.search.session import SearchResult, SearchSession

@@ -16,7 +16,7 @@ import numpy as np
 
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.rundir import RunDir, to_jsonable
+from nas.run import RunDir, to_jsonable
 from nas.search.allocations import arch_key, shrink_to_budget
 from nas.search.ledger import EPS, Proposal, StudyLedger, StudySpec, TrialOutcome
 from nas.search.reconcile import reconcile

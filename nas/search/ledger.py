@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nas.config import SearchConfig
-from nas.rundir import RunDir, to_jsonable
+from nas.run import RunDir, to_jsonable
 from nas.search.allocations import budget_label
 from search_spaces import Arch
 
@@ -116,7 +116,7 @@ class StudyLedger:
     """The evaluations of one study committed to ``results.jsonl``, and what is read off them.
 
     :meth:`commit` and :meth:`commit_promotion` append one locked, fsynced line per evaluation
-    (:meth:`nas.rundir.RunDir.append_result`): the commit point of the search's exactly-once
+    (:meth:`nas.run.RunDir.append_result`): the commit point of the search's exactly-once
     bookkeeping (see :mod:`nas.search`). :meth:`load` reads them back on start. The ledger knows
     nothing of Optuna; a :class:`~nas.search.driver.StudyDriver` owns one per study.
 
@@ -127,7 +127,7 @@ class StudyLedger:
 
     Example:
         >>> import tempfile
-        >>> from nas.rundir import RunDir
+        >>> from nas.run import RunDir
         >>> spec = StudySpec("s", "constrained", 0.5, (0.5,))
         >>> ledger = StudyLedger(RunDir(tempfile.mkdtemp(), "r"), spec, "proxy")
         >>> p = Proposal("s", 0, Arch({"a": 1}), "k0", macs=5, macs_ratio=0.5, constraint=0.0,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nas.rundir import to_jsonable
+from nas.run import to_jsonable
 from nas.search.study import ATTR_DUP, ATTR_KEY, ATTR_RETRY, ATTR_SOURCE, ATTR_STATE
 
 if TYPE_CHECKING:  # pragma: no cover

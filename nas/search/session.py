@@ -19,7 +19,7 @@ from typing import Any
 from experts.intervals import Intervals
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.rundir import RunDir, to_jsonable
+from nas.run import RunDir, to_jsonable
 from nas.search.allocations import allocation_path, arch_to_allocation, known_points
 from nas.search.driver import StudyDriver
 from nas.search.ledger import study_specs

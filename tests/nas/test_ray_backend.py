@@ -36,7 +36,7 @@ from nas.ray_backend import (  # noqa: E402
     trial_device,
     trial_resources,
 )
-from nas.rundir import RunDir  # noqa: E402
+from nas.run import RunDir  # noqa: E402
 from nas.search import RECORD_KIND, SyntheticObjective, arch_key, run_search, synthetic_mixture_space  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -17,7 +17,7 @@ from experts.intervals import Intervals
 from nas.cli import main
 from nas.config import SearchConfig, load_config
 from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.run import RunDir
 from nas.search import (
     RECORD_KIND,
     SearchSession,

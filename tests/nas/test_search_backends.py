@@ -9,7 +9,7 @@ import pytest
 
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.rundir import RunDir
+from nas.run import RunDir
 from nas.search import (
     LocalBackend,
     SearchRequest,
@@ -78,7 +78,7 @@ def test_a_local_search_never_imports_ray(tmp_path):
     code = (
         "import sys, tempfile\n"
         "from nas.config import SearchConfig\n"
-        "from nas.rundir import RunDir\n"
+        "from nas.run import RunDir\n"
         "from nas.search import SyntheticObjective, run_search, synthetic_mixture_space\n"
         "space = synthetic_mixture_space(num_experts=2, blocks=2)\n"
         "cfg = SearchConfig(backend='local', n_trials=2, promote_top_k=0, budgets=(0.6,))\n"
