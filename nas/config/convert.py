@@ -87,28 +87,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         return build_dataclass(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _wrong(key, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _wrong(key, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML reads `1e-3` (no dot) as a string: accept plain numeric strings for floats.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
-        raise _wrong(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _wrong(key, tp, value)
-    if tp is type(None):
-        if value is None:
-            return None
+    if tp in _SCALARS:
+        if _SCALARS[tp](value):
+            return float(value) if tp is float else value
         raise _wrong(key, tp, value)
     if origin is Literal:
         for choice in typing.get_args(tp):
@@ -116,46 +97,76 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return value
         raise _wrong(key, tp, value)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _wrong(key, tp, value)
-        members = [a for a in args if a is not type(None)]
-        for arg in members:
-            try:
-                return _convert(value, arg, key)
-            except UserError as err:
-                # a problem deeper inside (a nested key, a list item) is the precise message
-                if len(members) == 1 and str(err) != str(_wrong(key, arg, value)):
-                    raise
-        raise _wrong(key, tp, value)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(key, tp, value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise UserError(
-                f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {show_value(list(value))}"
-            )
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        (arg,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(key, tp, value)
-        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _convert_union(value, tp, key)
+    if origin in (tuple, list):
+        return _convert_sequence(value, tp, key)
     if origin is dict or origin is Mapping or tp is dict:
-        args = typing.get_args(tp) or (str, Any)
-        if not isinstance(value, Mapping):
-            raise _wrong(key, tp, value)
-        out = {}
-        for k, v in value.items():
-            kk = _convert(k, args[0], f"{key} (key {show_value(k)})")
-            out[kk] = _convert(v, args[1], f"{key}.{k}")
-        return out
+        return _convert_mapping(value, tp, key)
     raise TypeError(f"config key '{key}': unsupported type hint {tp!r} (extend nas.config.convert._convert)")
+
+
+def _is_float(value: Any) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    # PyYAML reads `1e-3` (no dot) as a string: accept plain numeric strings for floats.
+    return isinstance(value, str) and bool(_FLOAT_RE.match(value.strip()))
+
+
+#: scalar type -> whether a plain value is accepted as it (floats also from ints and numeric strings)
+_SCALARS: dict[Any, Any] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: _is_float,
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
+
+
+def _convert_union(value: Any, tp: Any, key: str) -> Any:
+    """``Optional[...]``/``Union[...]``: the first member that accepts ``value``."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _wrong(key, tp, value)
+    members = [a for a in args if a is not type(None)]
+    for arg in members:
+        try:
+            return _convert(value, arg, key)
+        except UserError as err:
+            # a problem deeper inside (a nested key, a list item) is the precise message
+            if len(members) == 1 and str(err) != str(_wrong(key, arg, value)):
+                raise
+    raise _wrong(key, tp, value)
+
+
+def _convert_sequence(value: Any, tp: Any, key: str) -> Any:
+    """``tuple[T, ...]``, ``tuple[A, B]`` and ``list[T]`` from a YAML list; items named ``key[i]``."""
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(key, tp, value)
+    if typing.get_origin(tp) is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise UserError(
+            f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {show_value(list(value))}"
+        )
+    return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _convert_mapping(value: Any, tp: Any, key: str) -> dict[Any, Any]:
+    """``dict[K, V]`` from a YAML mapping; values named ``key.k``."""
+    args = typing.get_args(tp) or (str, Any)
+    if not isinstance(value, Mapping):
+        raise _wrong(key, tp, value)
+    out = {}
+    for k, v in value.items():
+        kk = _convert(k, args[0], f"{key} (key {show_value(k)})")
+        out[kk] = _convert(v, args[1], f"{key}.{k}")
+    return out
 
 
 def _hints(cls: type) -> dict[str, Any]:
