@@ -10,7 +10,7 @@ __all__ = ["SearchMethod"]
 
 
 class SearchMethod(MixtureMethod):
-    """The searched allocation ``allocations/search-<b>.json``, fine-tuned."""
+    """The search's allocation ``allocations/search-<b>.json``, fine-tuned."""
 
     name = "search"
     label = "search (Optuna)"
