@@ -250,9 +250,11 @@ class IntervalsConfig:
 def _require_registered(methods: tuple[str, ...]) -> None:
     """Every name in ``methods`` is a registered allocation method (plugins loaded first)."""
     known = all_methods()
+    # no method at all: the package's entry points are missing (an install older than them)
+    choices = ", ".join(known) or ("none registered: no 'diffnas.plugins' entry point found; reinstall diffnas "
+                                   "with `pip install -e .`")
     for i, name in enumerate(methods):
-        require(name in known, f"methods[{i}]",
-                f"must be a registered allocation method ({', '.join(known) or 'none registered'}), got {name!r}")
+        require(name in known, f"methods[{i}]", f"must be a registered allocation method ({choices}), got {name!r}")
 
 
 @dataclass(frozen=True)
