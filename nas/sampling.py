@@ -174,6 +174,27 @@ def _initial_noise(seed: int, lo: int, hi: int, sample_shape: tuple[int, int, in
     ])
 
 
+def _denoise_batch(model: Callable, plan: _Plan, seed: int, lo: int, hi: int, sample_shape: tuple[int, int, int],
+                   device: torch.device, encoder_hidden_states: torch.Tensor | None, bar: Any) -> torch.Tensor:
+    """Images ``lo .. hi-1`` denoised along the plan's timesteps: (B, C, H, W) on ``device``."""
+    noise = _initial_noise(seed, lo, hi, sample_shape)  # (B,C,H,W) on CPU
+    step_gens = [torch.Generator().manual_seed(_image_seed(seed, i, 1)) for i in range(lo, hi)]
+    sched = plan.reset(device)
+    x = noise.to(device) * sched.init_noise_sigma  # (B,C,H,W)
+    kw = {}
+    if encoder_hidden_states is not None:
+        ehs = encoder_hidden_states.to(device)
+        kw["encoder_hidden_states"] = ehs.expand(hi - lo, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
+    stochastic = _accepts(sched.step, "generator")
+    step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
+    for t in sched.timesteps:
+        x_in = sched.scale_model_input(x, t)
+        eps = as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
+        x = sched.step(eps, t, x, **step_kw).prev_sample
+        bar.update(1)
+    return x
+
+
 @torch.no_grad()
 def generate(
     model: Callable,
@@ -238,21 +259,7 @@ def generate(
     try:
         for b in range(n_batches):
             lo, hi = b * int(batch_size), min(int(num_images), (b + 1) * int(batch_size))
-            noise = _initial_noise(seed, lo, hi, sample_shape)  # (B,C,H,W) on CPU
-            step_gens = [torch.Generator().manual_seed(_image_seed(seed, i, 1)) for i in range(lo, hi)]
-            sched = plan.reset(device)
-            x = noise.to(device) * sched.init_noise_sigma  # (B,C,H,W)
-            kw = {}
-            if encoder_hidden_states is not None:
-                ehs = encoder_hidden_states.to(device)
-                kw["encoder_hidden_states"] = ehs.expand(hi - lo, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
-            stochastic = _accepts(sched.step, "generator")
-            step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
-            for t in sched.timesteps:
-                x_in = sched.scale_model_input(x, t)
-                eps = as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
-                x = sched.step(eps, t, x, **step_kw).prev_sample
-                bar.update(1)
+            x = _denoise_batch(model, plan, seed, lo, hi, sample_shape, device, encoder_hidden_states, bar)
             if vae is not None:
                 x = vae.decode(x / float(latent_scale)).sample  # (B,C',H',W')
             chunks.append(x.clamp(-1, 1).to("cpu", torch.float32))
