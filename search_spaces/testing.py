@@ -11,13 +11,18 @@ providing a ``space`` fixture, as Optuna's samplers join their shared test cases
         def space(self):
             return MySpace()
 
-Then ``pytest`` runs every case below on ``MySpace``. This module needs ``pytest`` (the
-``dev`` extra); importing :mod:`search_spaces` does not import it.
+Then ``pytest`` runs every case below on ``MySpace``. :class:`ElasticUNetContract` does the
+same for a diffusers UNet made elastic (:class:`~search_spaces.ElasticUNet`): provide a
+``unet`` fixture, and it checks the supernet's space with every case above plus the supernet
+itself (the full arch reproduces the UNet; sub-networks materialise, count and save exactly).
+This module needs ``pytest`` (the ``dev`` extra); importing :mod:`search_spaces` does not
+import it.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -25,7 +30,12 @@ import torch
 
 from search_spaces import Arch, SearchSpace
 
-__all__ = ["SearchSpaceContract"]
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+    from search_spaces import ElasticUNet
+
+__all__ = ["ElasticUNetContract", "SearchSpaceContract", "random_unet_inputs"]
 
 
 class SearchSpaceContract:
@@ -150,3 +160,116 @@ class SearchSpaceContract:
                 w[d.name] = v
             relaxed = float(space.macs_relaxed(w))
             assert relaxed == pytest.approx(space.macs(arch), rel=1e-6)
+
+
+def random_unet_inputs(unet: torch.nn.Module, batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Keyword inputs of one call of a diffusers UNet, shaped from its config, with random
+    sample and conditioning (seeded) and distinct timesteps."""
+    from search_spaces.macs import unet_example_inputs
+
+    g = torch.Generator().manual_seed(seed)
+    kw = unet_example_inputs(unet, batch_size=batch_size, encoder_seq_len=5, device="cpu")
+    for k, v in list(kw.items()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            kw[k] = torch.randn(v.shape, generator=g, dtype=v.dtype)
+    kw["timestep"] = torch.tensor([10 + 37 * i for i in range(batch_size)])
+    return kw
+
+
+class ElasticUNetContract(SearchSpaceContract):
+    """The supernet cases, and every :class:`SearchSpaceContract` case on its space.
+
+    Subclasses provide a ``unet`` fixture (a diffusers ``UNet2DModel`` /
+    ``UNet2DConditionModel``, left untouched); they may override ``supernet`` (to reuse one
+    across cases: construction counts MACs) and ``inputs`` (keyword inputs of one call).
+
+    Attributes:
+        n_archs: random archs (after the smallest) that must materialise exactly.
+        n_saved: how many of those also go through save/load (the slow part).
+        atol: largest |supernet - materialised| output difference.
+        full_atol: largest |supernet at full arch - UNet| difference (channels are permuted
+            by importance, so float sums run in another order).
+        macs_rtol: largest relative gap between the analytic MACs and fvcore's count.
+    """
+
+    n_archs = 5
+    n_saved = 2
+    atol = 1e-4
+    full_atol = 1e-5
+    macs_rtol = 0.01
+
+    @pytest.fixture
+    def supernet(self, unet: torch.nn.Module) -> "ElasticUNet":
+        from search_spaces import ElasticUNet
+
+        return ElasticUNet(unet)
+
+    @pytest.fixture
+    def space(self, supernet: "ElasticUNet") -> SearchSpace:
+        return supernet.space
+
+    @pytest.fixture
+    def inputs(self, supernet: "ElasticUNet") -> dict[str, Any]:
+        return random_unet_inputs(supernet.unet, batch_size=2, seed=3)
+
+    def test_full_arch_reproduces_the_unet(self, unet: torch.nn.Module, supernet: "ElasticUNet",
+                                           inputs: dict[str, Any]) -> None:
+        supernet.set_active(supernet.space.full())
+        with torch.no_grad():
+            ref, out = unet(**inputs).sample, supernet(**inputs).sample
+        torch.testing.assert_close(out, ref, rtol=self.full_atol, atol=self.full_atol)
+
+    def test_random_archs_materialise_exactly(self, supernet: "ElasticUNet", inputs: dict[str, Any],
+                                              tmp_path: "Path") -> None:
+        """Materialised output = supernet output, analytic MACs = fvcore's count, and save/load
+        gives an identical model."""
+        from search_spaces.macs import count_unet_macs
+        from search_spaces.materialize import arch_of, load_materialized, save_materialized
+
+        rng = np.random.default_rng(42)
+        archs = [supernet.space.smallest()] + [supernet.space.sample(rng) for _ in range(self.n_archs)]
+        try:
+            for i, arch in enumerate(archs):
+                supernet.set_active(arch)
+                sub = supernet.materialize(arch)
+                with torch.no_grad():
+                    out_super, out_sub = supernet(**inputs).sample, sub(**inputs).sample
+                assert (out_super - out_sub).abs().max().item() <= self.atol, f"arch {i}: outputs differ"
+                fv = count_unet_macs(sub, batch_size=1)
+                macs = supernet.space.macs(arch)
+                assert abs(macs - fv) <= self.macs_rtol * fv, f"arch {i}: MACs {macs} vs fvcore {fv}"
+                if i < self.n_saved:
+                    save_materialized(sub, tmp_path / f"a{i}")
+                    again = load_materialized(tmp_path / f"a{i}")
+                    assert arch_of(again) == arch
+                    with torch.no_grad():
+                        assert torch.equal(again(**inputs).sample, out_sub)
+        finally:
+            supernet.set_active(supernet.space.full())
+
+    def test_width_zero_drops_the_residual_branch_exactly(self, supernet: "ElasticUNet", inputs: dict[str, Any],
+                                                          tmp_path: "Path") -> None:
+        """Width 0 keeps only the shortcut: supernet (masks + bias hook) == materialised
+        ShortcutResnet, the branch's parameters are gone, MACs are exact, the folder round-trips."""
+        from search_spaces.macs import count_unet_macs
+        from search_spaces.materialize import ShortcutResnet, load_materialized, save_materialized
+
+        space = supernet.space
+        dropped = {d.name: 0 for d in space.free_dimensions() if d.kind == "width" and 0 in d.choices}
+        if not dropped:
+            pytest.skip("no ResNet width offers 0 (SpaceOptions.branch_depth is off)")
+        arch = space.complete(dropped)
+        supernet.set_active(arch)
+        try:
+            sub = supernet.materialize(arch)
+            with torch.no_grad():
+                out_super, out_sub = supernet(**inputs).sample, sub(**inputs).sample
+        finally:
+            supernet.set_active(space.full())
+        assert (out_super - out_sub).abs().max().item() <= self.full_atol
+        shortcut_blocks = [m for m in sub.modules() if isinstance(m, ShortcutResnet)]
+        assert shortcut_blocks and not any(hasattr(m, "conv1") for m in shortcut_blocks)
+        assert space.macs(arch) == count_unet_macs(sub, batch_size=1)
+        save_materialized(sub, tmp_path / "m")
+        with torch.no_grad():
+            assert torch.equal(load_materialized(tmp_path / "m")(**inputs).sample, out_sub)
