@@ -1,5 +1,5 @@
-"""Allocation methods behind one interface: a toy method registered in one line is planned by the
-bench, measured, and drawn in the report; unknown names are one clear error."""
+"""Allocation methods behind one interface: a toy method registered in one line is run by
+``diffnas run`` (planned and measured by the bench) and drawn in the report; unknown names are one clear error."""
 
 from __future__ import annotations
 
@@ -87,19 +87,10 @@ def test_an_unknown_method_is_one_line_error_in_config_and_cli(capsys):
     assert len(err.splitlines()) == 1 and "'bench.methods[0]'" in err and "got 'nope'" in err
 
 
-def test_a_toy_method_is_planned_by_the_bench_and_drawn_in_the_report(tmp_path, toy, monkeypatch):
-    from benchmarks.bench import run_bench
-    from benchmarks.report import build_report, figures
-    from nas.run import prepare_run
+def test_a_toy_method_is_run_by_diffnas_run_and_drawn_in_the_report(tmp_path, toy, monkeypatch, capsys):
+    from benchmarks.report import figures
+    from nas.cli import main
     from tests.benchmarks.test_bench import TINY
-
-    cfg = load_config(None, [f"run_root={tmp_path}", *TINY, f"bench.methods=[base, {toy.name}]"])
-    run = prepare_run(cfg)
-    result = run_bench(cfg, run, "cpu", progress=False)
-    rows = {r["method"]: r for r in result.rows}
-    assert sorted(rows) == ["base", toy.name] and not result.skipped
-    assert rows[toy.name]["budget_ratio"] == 0.5 and rows[toy.name]["num_steps"] == 2
-    assert rows[toy.name]["macs_ratio"] == pytest.approx(0.5)
 
     legends: list[str] = []
     save = figures._save
@@ -111,12 +102,21 @@ def test_a_toy_method_is_planned_by_the_bench_and_drawn_in_the_report(tmp_path, 
         return save(fig, path)
 
     monkeypatch.setattr(figures, "_save", keep_legend)
-    rep = build_report(run.path)
-    summary = json.loads(rep.summary_json.read_text())
+    settings = [f"run_root={tmp_path}", *TINY, f"bench.methods=[base, {toy.name}]"]
+    skips = ["intervals", "experts", "router", "search"]
+    assert main(["run", *[a for s in settings for a in ("--set", s)], *[a for s in skips for a in ("--skip", s)]]) == 0
+    run = tmp_path / "tiny"
+    rows = {r["method"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())
+            if r.get("kind") == "bench"}
+    assert sorted(rows) == ["base", toy.name]
+    assert rows[toy.name]["budget_ratio"] == 0.5 and rows[toy.name]["num_steps"] == 2
+    assert rows[toy.name]["macs_ratio"] == pytest.approx(0.5)
+
+    summary = json.loads((run / "report" / "summary.json").read_text())
     assert [r["method"] for r in summary["rows"]] == ["base", toy.name]  # registry order: builtins first
     assert toy.name in summary["methods"] and summary["budgets"] == {"0.5": [toy.name]}
     assert toy.label in legends and "base model" in legends
-    page = rep.index_html.read_text()
+    page = (run / "report" / "index.html").read_text()
     assert re.search(rf'<tr data-method="{toy.name}" data-budget="0.5"><td data-col="method" '
                      rf'data-value="&quot;{toy.name}&quot;">{re.escape(toy.label)}</td>', page)
-    assert f"| {toy.label} |" in rep.report_md.read_text()
+    assert f"| {toy.label} |" in (run / "report" / "report.md").read_text()
