@@ -87,7 +87,7 @@ def test_an_unknown_method_is_one_line_error_in_config_and_cli(capsys):
     assert len(err.splitlines()) == 1 and "'bench.methods[0]'" in err and "got 'nope'" in err
 
 
-def test_a_toy_method_is_run_by_diffnas_run_and_drawn_in_the_report(tmp_path, toy, monkeypatch, capsys):
+def test_a_toy_method_is_run_by_diffnas_run_and_drawn_in_the_report(tmp_path, toy, monkeypatch):
     from benchmarks.report import figures
     from nas.cli import main
     from tests.benchmarks.test_bench import TINY
