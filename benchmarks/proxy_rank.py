@@ -151,7 +151,7 @@ def _draw(ctx: Any, settings: RankSettings) -> list[_Candidate]:
             log.warning("budget %g: %d of %d allocations found in %d draws", b, found, len(idx),
                         settings.draws_per_budget)
         n = int(b * num_steps)
-        if settings.fewer_steps and n >= 1:
+        if settings.fewer_steps and n >= 1 and f"fewer_steps-{n}" not in {c.label for c in out}:
             sched = StepSchedule.from_timesteps(intervals, sampling_timesteps(ctx.scheduler, n))
             out.append(_Candidate(f"fewer_steps-{n}", b, sched, [e.space.full() for e in supernets], n / num_steps))
     return out
