@@ -1,0 +1,66 @@
+"""nas.run.RunContext: nothing loaded by the constructor, each artefact loaded once, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from experts.intervals import Intervals
+from nas.cli import main
+from nas.config import load_config
+from nas.errors import UserError
+from nas.run import RunContext, RunDir
+from tests.conftest import build_tiny_unet
+
+IV = Intervals(1000, (400,))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A run with a tiny base UNet and two experts (0 elastic steps) and its held-out set."""
+    root = tmp_path_factory.mktemp("run-context")
+    folder = root / "tiny-unet"
+    build_tiny_unet().save_pretrained(folder, safe_serialization=True)
+    overrides = [
+        f"run_root={root / 'runs'}", "name=x", "device=cpu", f"model.base={folder}", "data.limit=64",
+        "sampling.num_steps=4", "experts.train_steps=0", "experts.batch_size=4", "experts.heldout_per_interval=8",
+    ]
+    IV.save(RunDir(root / "runs", "x").intervals_path)
+    assert main(["train-experts", *[a for o in overrides for a in ("--set", o)], "-q"]) == 0
+    return load_config(None, overrides)
+
+
+def test_the_constructor_loads_nothing_and_each_artefact_is_loaded_once(tiny):
+    ctx = RunContext(tiny, device="cpu")
+    assert ctx._cache == {}
+    assert ctx.base is ctx.base and ctx.scheduler is ctx.scheduler
+    assert ctx.experts() is ctx.experts() and ctx.heldout() is ctx.heldout()
+    assert ctx.intervals() == IV and ctx.experts()[0] == IV and ctx.has_experts()
+    assert len(ctx.timesteps) == 4 and sum(ctx.steps_per_expert()) == 4
+    assert ctx.base_traj == ctx.base_macs_per_call * 4
+
+
+def test_the_mixture_space_is_one_part_per_expert_weighted_by_steps(tiny):
+    ctx = RunContext(tiny, device="cpu")
+    mixture = ctx.mixture_space()
+    assert list(mixture.space.parts) == ["e0", "e1"] and mixture.intervals == IV
+    assert [mixture.space.weights[p] for p in mixture.space.parts] == list(ctx.steps_per_expert())
+    assert "experts" not in ctx._cache  # the spaces alone do not load the experts on the run's device
+    assert ctx.mixture_space() is mixture
+
+
+def test_data_is_the_experts_split_and_generate_samples(tiny):
+    ctx = RunContext(tiny, device="cpu", progress=False)
+    train, heldout = ctx.data()
+    assert heldout is not None and heldout.intervals == IV and train.shape[1:] == tuple(ctx.base.sample_shape)
+    images = ctx.generate(ctx.base.unet, 2, seed=0, num_steps=2)
+    assert tuple(images.shape) == (2, *ctx.base.sample_shape)
+
+
+def test_missing_artefacts_are_user_errors(tmp_path):
+    ctx = RunContext(load_config(None, [f"run_root={tmp_path}", "name=empty"]), device="cpu")
+    assert not ctx.has_experts() and ctx.intervals() is None and ctx.allocation("router", 0.5) is None
+    assert ctx.results() == []
+    with pytest.raises(UserError, match="heldout.safetensors does not exist"):
+        ctx.heldout()
+    run = ctx.prepare()
+    assert run.config_path.is_file()
