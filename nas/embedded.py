@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from experts.train_loop import _flatten_optimizer, _unflatten_optimizer  # one checkpoint format for optimizers
+from experts.checkpoint import flatten_optimizer, unflatten_optimizer  # one checkpoint format for optimizers
 from nas.model_folders import MARKER_FILE, read_json
 from search_spaces.errors import UserError
 
@@ -116,7 +116,7 @@ def _save_checkpoint(ckpt: Path, step: int, unet, ema: dict, opt, gen: torch.Gen
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
     save_file({k: v.cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    opt_tensors, opt_meta = flatten_optimizer(opt)
     opt_tensors["__rng_state__"] = gen.get_state()
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps(
@@ -260,7 +260,7 @@ def _resume_training(run: _Training, ckpt: Path, total: int) -> tuple[int, float
     run.ema = load_file(ckpt / "ema.safetensors", device=str(run.device))
     opt_tensors = load_file(ckpt / "optimizer.safetensors")
     run.gen.set_state(opt_tensors.pop("__rng_state__"))
-    run.opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
+    run.opt.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
     start, loss_ema = int(state["step"]), float(state.get("loss_ema", float("nan")))
     log.info("resuming base-model training from step %d/%d (%s)", start, total, ckpt)
     return start, loss_ema
