@@ -29,7 +29,8 @@ class StaticMethod(AllocationMethod):
     and fine-tuned for ``K x experts.finetune_steps`` steps of the same batch, loss and optimiser
     (:func:`experts.training.run_training` over the whole schedule); saved to
     ``mixtures/static-<b>/`` (:func:`benchmarks.static_pruning.save_pruned`) and reused while
-    its inputs are the same."""
+    its inputs are the same. Its context is a :class:`benchmarks.bench.BenchContext` (Taylor
+    importance reads ``ctx.taylor_gradients()``)."""
 
     name = "static"
     label = "static pruning"
