@@ -159,17 +159,19 @@ def _train(cfg: ExperimentConfig, space: Any, loss: Any, budgets: list[float], s
            device: Any) -> tuple[Any, Any]:
     """Train the routing agent per ``router.*``; returns the result and the interval sensitivity.
     The experts are reset afterwards, also on failure."""
+    from router import RouterSettings
     from router.train import train_router
 
     r = cfg.router
+    settings = RouterSettings(
+        steps=r.steps, lr=r.learning_rate, seed=seed, budget_conditioned=r.budget_conditioned,
+        budgets_per_step=r.budgets_per_step, resource_mode=r.resource_mode, resource_weight=r.resource_weight,
+        tau_start=r.tau_start, tau_end=r.tau_end, hidden_size=r.hidden_size, repair_score=r.repair_score,
+        fill=r.fill, exchange=r.exchange,
+    )
     try:
-        result = train_router(
-            space, loss, budgets, steps=r.steps, lr=r.learning_rate, seed=seed,
-            budget_conditioned=r.budget_conditioned, budgets_per_step=r.budgets_per_step,
-            resource_mode=r.resource_mode, resource_weight=r.resource_weight, tau_start=r.tau_start,
-            tau_end=r.tau_end, hidden_size=r.hidden_size, device=device, arch_loss_fn=loss.arch_loss,
-            repair_score=r.repair_score, fill=r.fill, exchange=r.exchange, progress=True,
-        )
+        result = train_router(space, loss, budgets, settings, device=device, arch_loss_fn=loss.arch_loss,
+                              progress=True)
         sensitivity = loss.sensitivity()
     finally:
         loss.reset()
