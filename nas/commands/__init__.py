@@ -4,8 +4,9 @@ A subcommand is a function ``(cfg, args) -> int`` registered with :func:`registe
 nothing itself and calls one library function. Extra options of its own go in ``arguments``.
 To add a subcommand: write it in a module under ``nas/commands/`` with ``@register(...)`` and
 add the module name to :data:`COMMAND_MODULES`; another package registers its own from its
-``diffnas.plugins`` entry point (e.g. ``diffnas bench`` and ``diffnas report`` from the benchmarks). Keep command modules light at import time
-(import torch/diffusers inside the function), so ``diffnas --help`` stays quick.
+``diffnas.plugins`` entry point (e.g. ``diffnas bench`` and ``diffnas report`` from the
+benchmarks). Keep command modules light at import time (torch and diffusers are imported inside
+the library functions), so ``diffnas --help`` stays quick.
 
 Example:
     >>> sorted(n for n in all_commands() if n in ("train-base", "sample", "evaluate"))
