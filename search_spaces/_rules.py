@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import heapq
 import traceback
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,8 +42,8 @@ def checked_macs(macs: Callable[..., int]) -> Callable[..., int]:
     Applied by :class:`~search_spaces.SearchSpace` to every subclass's ``macs``, so a user's
     space gets the check without writing it.
     """
-    if getattr(macs, "_diffnas_checks_arch", False):
-        return macs
+    if not isinstance(macs, types.FunctionType) or getattr(macs, "_diffnas_checks_arch", False):
+        return macs  # a staticmethod or other descriptor is left as it is
 
     @functools.wraps(macs)
     def checked(self: Any, arch: Any, *args: Any, **kwargs: Any) -> int:

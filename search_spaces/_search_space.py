@@ -57,10 +57,18 @@ class SearchSpace:
 
     # ----------------------------------------------------------------- hooks
     def check_rules(self, arch: Arch) -> None:
-        """Raise ValueError naming the rule and the key if ``arch`` breaks a space rule."""
+        """Raise ValueError naming the rule and the key if ``arch`` breaks a space rule.
+
+        Any other exception (a failed ``assert``, a ``KeyError``...) counts as a broken rule
+        too: :meth:`validate` raises it as a ValueError naming the rule, the original as its
+        ``__cause__``.
+        """
 
     def repair(self, arch: Arch) -> Arch:
-        """Make a sampled arch satisfy the rules (default: copy tied dimensions)."""
+        """Make an arch satisfy the rules (default: copy tied dimensions).
+
+        :meth:`sample` and :meth:`decode` apply it before checking the rules, so a space whose
+        repair always succeeds never rejects a draw."""
         return self.complete({k: arch[k] for k in self.free_names() if k in arch})
 
     # ----------------------------------------------------------------- derived
