@@ -1,18 +1,155 @@
-"""Interval experts: interval discovery, per-interval elastic fine-tuning, the mixture."""
+"""Interval experts: interval discovery, per-interval elastic fine-tuning, the mixture.
+
+- intervals and allocations: :class:`Intervals`, :class:`Allocation`, :class:`MixtureSpace`
+  (the mixture's search space and its arch <-> allocation conversion);
+- interval discovery: :mod:`experts.similarity` (timestep similarity), :mod:`experts.segmentation`
+  (optimal contiguous segments), :mod:`experts.discovery` (:func:`discover_intervals`);
+- training: :mod:`experts.denoising` (the losses), :mod:`experts.train_loop` (the sandwich-rule
+  loop, resumable through :mod:`experts.checkpoint`), :mod:`experts.training` (one elastic
+  expert per interval), :mod:`experts.finetune` (fine-tuning an allocation),
+  :mod:`experts.losses` (the held-out set and the proxy loss);
+- the mixture: :class:`MixtureOfExperts`, :class:`MixturePipeline`, model folders
+  (:func:`load_model_folder`, :mod:`experts.pruned`).
+
+Everything listed in ``__all__`` is importable from ``experts``; the modules that need torch or
+diffusers are imported on first use, so ``import experts`` stays light.
+"""
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
 
-__all__ = ["Allocation", "Intervals", "MixtureOfExperts", "MixturePipeline", "MixtureSpace"]
+__all__ = [
+    "AGGREGATES",
+    "AUTO_EXACT_LIMIT_BYTES",
+    "AUTO_SKETCH_DIM",
+    "Allocation",
+    "CRITERIA",
+    "CountSketch",
+    "ExpertJob",
+    "ExpertLoss",
+    "ExpertResult",
+    "ExpertTableRow",
+    "ExpertTrainSettings",
+    "ExpertsResult",
+    "FINETUNE_FILE",
+    "FinetuneResult",
+    "HeldOutSet",
+    "IntervalDiscovery",
+    "Intervals",
+    "LoadedModel",
+    "LossBatch",
+    "MEASURES",
+    "MIXTURE_FILE",
+    "MixtureOfExperts",
+    "MixturePipeline",
+    "MixtureSpace",
+    "PRUNED_KEY",
+    "ProjectionDim",
+    "ProxyLoss",
+    "Segmentation",
+    "TrainLog",
+    "activation_similarity",
+    "as_tensor",
+    "base_fingerprint",
+    "boundaries_from_starts",
+    "build_supernet",
+    "choose_num_segments",
+    "cosine_matrix",
+    "denoising_loss",
+    "denoising_target",
+    "discover_intervals",
+    "distillation_loss",
+    "expand_model_kwargs",
+    "expert_dir",
+    "expert_loss",
+    "expert_table",
+    "finetune_allocation",
+    "fixed_batches",
+    "format_expert_table",
+    "gradient_similarity",
+    "interval_timesteps",
+    "intervals_from_similarity",
+    "is_mixture_folder",
+    "is_pruned_folder",
+    "load_experts",
+    "load_model_folder",
+    "load_pruned",
+    "load_supernet",
+    "make_batch",
+    "make_heldout",
+    "make_training_scheduler",
+    "model_target",
+    "optimal_segmentations",
+    "plot_similarity",
+    "prepare_expert_jobs",
+    "proxy_loss",
+    "resolve_projection_dim",
+    "run_expert_job",
+    "run_training",
+    "sandwich_archs",
+    "save_pruned",
+    "segment_similarity",
+    "segmentation_cost",
+    "timestep_grid",
+    "timestep_similarity",
+    "train_experts",
+    "train_one_expert",
+    "training_scheduler",
+]
 
-_LAZY = {"MixtureOfExperts": "experts.mixture", "MixturePipeline": "experts.pipeline"}
+_LAZY = {  # public name -> the module that defines it (imported on first use)
+    **dict.fromkeys((
+        "ExpertLoss", "LossBatch", "as_tensor", "denoising_loss", "distillation_loss", "expert_loss",
+        "interval_timesteps", "make_batch", "model_target", "training_scheduler"
+    ), "experts.denoising"),
+    **dict.fromkeys((
+        "HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"
+    ), "experts.losses"),
+    **dict.fromkeys((
+        "AUTO_EXACT_LIMIT_BYTES", "AUTO_SKETCH_DIM", "CountSketch", "ProjectionDim", "resolve_projection_dim"
+    ), "experts.sketch"),
+    **dict.fromkeys((
+        "AGGREGATES", "MEASURES", "activation_similarity", "cosine_matrix", "denoising_target", "fixed_batches",
+        "gradient_similarity", "make_training_scheduler", "timestep_similarity"
+    ), "experts.similarity"),
+    **dict.fromkeys((
+        "CRITERIA", "Segmentation", "choose_num_segments", "optimal_segmentations", "segment_similarity",
+        "segmentation_cost"
+    ), "experts.segmentation"),
+    **dict.fromkeys((
+        "IntervalDiscovery", "boundaries_from_starts", "discover_intervals", "intervals_from_similarity",
+        "plot_similarity", "timestep_grid"
+    ), "experts.discovery"),
+    **dict.fromkeys((
+        "ExpertTrainSettings", "TrainLog", "expand_model_kwargs", "run_training", "sandwich_archs"
+    ), "experts.train_loop"),
+    **dict.fromkeys((
+        "ExpertJob", "ExpertResult", "ExpertTableRow", "ExpertsResult", "base_fingerprint", "build_supernet",
+        "expert_dir", "expert_table", "format_expert_table", "load_experts", "load_supernet",
+        "prepare_expert_jobs", "run_expert_job", "train_experts", "train_one_expert"
+    ), "experts.training"),
+    **dict.fromkeys((
+        "FINETUNE_FILE", "FinetuneResult", "finetune_allocation"
+    ), "experts.finetune"),
+    **dict.fromkeys(("MixtureOfExperts",), "experts.mixture"),
+    **dict.fromkeys(("MIXTURE_FILE", "is_mixture_folder"), "experts.mixture_folder"),
+    **dict.fromkeys((
+        "LoadedModel", "MixturePipeline", "load_model_folder"
+    ), "experts.pipeline"),
+    **dict.fromkeys((
+        "PRUNED_KEY", "is_pruned_folder", "load_pruned", "save_pruned"
+    ), "experts.pruned"),
+}
 
 
 def __getattr__(name: str):
-    # the mixture pulls in diffusers: import it only when asked for
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'experts' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experts.intervals import Intervals, _atomic_write
+from experts.intervals import Intervals, atomic_write_text
 from search_spaces import Arch
 
 __all__ = ["Allocation"]
@@ -121,7 +121,7 @@ class Allocation:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically: a kill mid-write leaves the old file)."""
-        _atomic_write(Path(path), self.to_json())
+        atomic_write_text(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "Allocation":

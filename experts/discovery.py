@@ -31,7 +31,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from experts.intervals import Intervals, _atomic_write
+from experts.intervals import Intervals, atomic_write_text
 from experts.segmentation import Segmentation, segment_similarity
 
 __all__ = [
@@ -157,7 +157,7 @@ class IntervalDiscovery:
     def save(self, path: str | Path) -> Path:
         """Write ``intervals.json`` (atomically)."""
         path = Path(path)
-        _atomic_write(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return path
 
     @classmethod
@@ -265,7 +265,7 @@ def discover_intervals(
         >>> d = discover_intervals(base.unet, images, base.scheduler_config)  # doctest: +SKIP
         >>> d.save("runs/x/intervals.json"); plot_similarity(d, "runs/x/similarity.png")  # doctest: +SKIP
     """
-    from experts.similarity import make_training_scheduler, resolve_projection_dim, timestep_similarity
+    from experts.similarity import make_training_scheduler, timestep_similarity
 
     scheduler = make_training_scheduler(scheduler_config)
     T = int(scheduler.config.num_train_timesteps)
@@ -279,7 +279,22 @@ def discover_intervals(
         progress=progress,
     )
     runtime_s = time.perf_counter() - t0
-    info = {
+    info = _similarity_record(measure, aggregate, grid_size, num_batches, batch_size, seed, projection_dim,
+                              activation_module, num_params, device)
+    info.update(dict(settings or {}))
+    log.info("similarity measured in %.1f s (%d passes)", runtime_s, grid_size * num_batches)
+    return intervals_from_similarity(
+        S, grid, T, num_intervals=num_intervals, max_intervals=max_intervals, criterion=criterion, penalty=penalty,
+        min_grid_points=min_grid_points, measure=measure, settings=info, runtime_s=runtime_s,
+    )
+
+
+def _similarity_record(measure: str, aggregate: str, grid_size: int, num_batches: int, batch_size: int, seed: int,
+                       projection_dim: Any, activation_module: str, num_params: int, device: Any) -> dict[str, Any]:
+    """How the similarity matrix was measured (stored in the discovery's settings)."""
+    from experts.sketch import resolve_projection_dim
+
+    return {
         "grid_size": grid_size, "measure": measure, "aggregate": aggregate if measure == "gradient" else None,
         "num_batches": num_batches, "batch_size": batch_size,
         "seed": seed, "projection_dim": projection_dim,
@@ -290,12 +305,6 @@ def discover_intervals(
         "num_passes": grid_size * num_batches, "backward": measure == "gradient", "num_parameters": num_params,
         "device": str(device) if device is not None else None,
     }
-    info.update(dict(settings or {}))
-    log.info("similarity measured in %.1f s (%d passes)", runtime_s, grid_size * num_batches)
-    return intervals_from_similarity(
-        S, grid, T, num_intervals=num_intervals, max_intervals=max_intervals, criterion=criterion, penalty=penalty,
-        min_grid_points=min_grid_points, measure=measure, settings=info, runtime_s=runtime_s,
-    )
 
 
 def plot_similarity(discovery: IntervalDiscovery, path: str | Path, title: str | None = None) -> Path:
@@ -310,13 +319,28 @@ def plot_similarity(discovery: IntervalDiscovery, path: str | Path, title: str |
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    _draw_matrix(fig, ax, discovery, title)
+    _draw_costs(ax2, discovery)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _draw_matrix(fig: Any, ax: Any, discovery: IntervalDiscovery, title: str | None) -> None:
+    """The similarity heatmap with the intervals outlined and labelled."""
     from matplotlib.patches import Rectangle
 
     S = discovery.matrix
     ts = discovery.timesteps
     G = len(ts)
     seg = discovery.segmentation
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
     vmin = float(min(S.min(), 0.0))
     im = ax.imshow(S, cmap="viridis", vmin=vmin, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
@@ -341,6 +365,10 @@ def plot_similarity(discovery: IntervalDiscovery, path: str | Path, title: str |
     ax.set_title(title or f"{discovery.measure} similarity, {discovery.num_intervals} intervals "
                           f"({seg.criterion})", fontsize=10)
 
+
+def _draw_costs(ax2: Any, discovery: IntervalDiscovery) -> None:
+    """``W(k)`` per number of intervals, the chosen ``k`` and the criterion's score."""
+    seg = discovery.segmentation
     ks = list(range(1, len(seg.costs) + 1))
     ax2.plot(ks, seg.costs, "o-", color="tab:blue", label="W(k): within-interval dissimilarity")
     k = discovery.num_intervals
@@ -361,11 +389,3 @@ def plot_similarity(discovery: IntervalDiscovery, path: str | Path, title: str |
     else:
         ax2.legend(fontsize=8, loc="upper right")
     ax2.set_title("optimal split cost per k", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

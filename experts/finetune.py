@@ -40,16 +40,12 @@ import torch
 from torch import nn
 
 from experts.allocation import Allocation
-from experts.losses import HeldOutSet, proxy_loss, training_scheduler
+from experts.denoising import training_scheduler
+from experts.losses import HeldOutSet, proxy_loss
 from experts.mixture import MixtureOfExperts
-from experts.training import (
-    CHECKPOINTS_DIR,
-    ExpertTrainSettings,
-    _jsonable,
-    load_experts,
-    load_supernet,
-    run_training,
-)
+from experts.checkpoint import jsonable
+from experts.train_loop import ExpertTrainSettings, run_training
+from experts.training import CHECKPOINTS_DIR, load_experts, load_supernet
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -146,7 +142,7 @@ def finetune_allocation(
     n = allocation.intervals.num_intervals
     source = str(Path(experts).resolve()) if isinstance(experts, (str, Path)) else "in-memory"
     supernets, teacher = _resolve_experts(experts, allocation, teacher, device)
-    identity = {"settings": _jsonable(settings.identity()), "steps": settings.steps,
+    identity = {"settings": jsonable(settings.identity()), "steps": settings.steps,
                 "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
                 "experts": source, "distill": teacher is not None}
     marker = out / FINETUNE_FILE
@@ -164,15 +160,22 @@ def finetune_allocation(
                             out)
     result = FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after),
                             tuple(mixture.macs_per_expert()))
-    tmp = marker.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"identity": _jsonable(identity), "result": result.to_dict(),
-                               "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
-    tmp.replace(marker)
-    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
-        shutil.rmtree(out / CHECKPOINTS_DIR)
+    _mark_finished(marker, identity, result, allocation, keep_checkpoints)
     log.info("fine-tuned %d experts (%d steps x %d images each) in %.1f s -> %s", n, settings.steps,
              settings.batch_size, time.perf_counter() - t0, out)
     return result
+
+
+def _mark_finished(marker: Path, identity: Mapping[str, Any], result: FinetuneResult, allocation: Allocation,
+                   keep_checkpoints: bool) -> None:
+    """Write the marker that makes a rerun reuse this mixture; drop the checkpoints unless kept."""
+    tmp = marker.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"identity": jsonable(identity), "result": result.to_dict(),
+                               "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
+    tmp.replace(marker)
+    out = marker.parent
+    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
+        shutil.rmtree(out / CHECKPOINTS_DIR)
 
 
 def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allocation: Allocation,
@@ -200,7 +203,7 @@ def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allo
 def _reuse_finished(marker: Path, identity: Mapping[str, Any], out: Path) -> FinetuneResult:
     """The stored result if ``marker`` records the same identity; UserError otherwise."""
     done = json.loads(marker.read_text())
-    if done.get("identity") == _jsonable(identity):
+    if done.get("identity") == jsonable(identity):
         log.info("%s: already fine-tuned with these settings, reused", out)
         r = done["result"]
         return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),

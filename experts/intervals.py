@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Intervals"]
+__all__ = ["Intervals", "atomic_write_text", "boundaries_from_labels"]
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,15 @@ class Intervals:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically)."""
-        _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> "Intervals":
         return cls.from_json(Path(path).read_text())
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a ``.tmp`` file and a rename: a kill mid-write leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)

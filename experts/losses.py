@@ -1,268 +1,50 @@
-"""Losses of the interval experts, shared by elastic training, fine-tuning, the router and the search.
+"""The fixed held-out evaluation set of the interval experts and the proxy loss on it.
 
-- :func:`interval_timesteps`: training timesteps drawn inside one interval.
-- :func:`denoising_loss`: the diffusion training loss (MSE to the scheduler's target: the noise
-  for ``epsilon`` models, the velocity for ``v_prediction``, the clean sample for ``sample``).
-- :func:`distillation_loss`: MSE between a student's and the frozen teacher's outputs.
-- :func:`expert_loss`: denoising + ``distill_weight`` x distillation on one :class:`LossBatch`.
-- :class:`HeldOutSet` / :func:`make_heldout` / :func:`proxy_loss`: a fixed, seeded evaluation
-  set (clean images, noise and timesteps per interval) and the per-interval denoising loss of
-  a mixture or of one expert per interval on it, with a step-weighted total: the search's cheap
-  fidelity and the experts' table.
+- :class:`HeldOutSet` / :func:`make_heldout`: a fixed, seeded evaluation set (clean images,
+  noise and timesteps per interval), saved as safetensors so every method is scored on the same
+  draws;
+- :func:`proxy_loss`: the per-interval held-out denoising loss of a mixture or of one expert
+  per interval, with a step-weighted total: the search's cheap fidelity and the experts' table.
 
-Models are called as ``model(x_t, t, **model_kwargs)`` and may return a tensor or an object
-with ``.sample`` (a diffusers UNet, an :class:`~search_spaces.ElasticUNet`, a mixture).
+The training losses themselves are in :mod:`experts.denoising`.
 
 Example:
     >>> import torch
-    >>> from diffusers import DDPMScheduler
     >>> from experts.intervals import Intervals
-    >>> iv = Intervals(1000, (300, 700))
-    >>> t = interval_timesteps(iv, 1, 8, torch.Generator().manual_seed(0))
-    >>> bool(((t >= 300) & (t < 700)).all())
-    True
-    >>> sched = DDPMScheduler()
-    >>> model = lambda x, t: torch.zeros_like(x)  # predicts no noise
-    >>> x0, noise = torch.zeros(8, 1, 4, 4), torch.ones(8, 1, 4, 4)
-    >>> float(denoising_loss(model, x0, t, noise, sched))
-    1.0
+    >>> h = make_heldout(torch.zeros(20, 1, 4, 4), Intervals(100, (50,)), n_per_interval=8, seed=1)
+    >>> h.n_per_interval
+    8
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+# experts.losses held the training losses too; these names are imported from here by nas/ and
+# benchmarks/ until they import experts.denoising (then this import keeps only what is used)
+from experts.denoising import (  # noqa: F401
+    ExpertLoss,
+    LossBatch,
+    as_tensor,
+    denoising_loss,
+    distillation_loss,
+    expert_loss,
+    interval_timesteps,
+    make_batch,
+    model_target,
+    training_scheduler,
+)
 from experts.intervals import Intervals
 
-__all__ = [
-    "ExpertLoss",
-    "HeldOutSet",
-    "LossBatch",
-    "ProxyLoss",
-    "as_tensor",
-    "denoising_loss",
-    "distillation_loss",
-    "expert_loss",
-    "interval_timesteps",
-    "make_batch",
-    "make_heldout",
-    "model_target",
-    "proxy_loss",
-    "training_scheduler",
-]
+__all__ = ["HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"]
 
-_CLASS_KEYS = ("_class_name", "_diffusers_version")
-
-
-def training_scheduler(scheduler_config: Mapping[str, Any]) -> Any:
-    """A ``DDPMScheduler`` with the noise schedule of ``scheduler_config`` (for ``add_noise``).
-
-    Example:
-        >>> training_scheduler({"num_train_timesteps": 100}).config.num_train_timesteps
-        100
-    """
-    from diffusers import DDPMScheduler
-
-    config = {k: v for k, v in dict(scheduler_config).items() if k not in _CLASS_KEYS}
-    return DDPMScheduler.from_config(config)
-
-
-def as_tensor(out: Any) -> torch.Tensor:
-    """The prediction of a model call: a tensor, ``out.sample`` or ``out[0]``."""
-    if torch.is_tensor(out):
-        return out
-    sample = getattr(out, "sample", None)
-    if torch.is_tensor(sample):
-        return sample
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
-    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
-
-
-def interval_timesteps(
-    intervals: Intervals,
-    k: int,
-    n: int,
-    generator: torch.Generator | None = None,
-    *,
-    stratified: bool = False,
-) -> torch.Tensor:
-    """``n`` training timesteps (int64, CPU) drawn uniformly from interval ``k``'s span ``[lo, hi)``.
-
-    ``stratified=True`` draws one timestep per equal slice of the span (lower-variance estimates
-    of the interval's mean loss; used by the held-out set).
-
-    Example:
-        >>> iv = Intervals.uniform(1000, 4)
-        >>> t = interval_timesteps(iv, 3, 4, torch.Generator().manual_seed(0), stratified=True)
-        >>> [750 <= int(x) < 1000 for x in t]
-        [True, True, True, True]
-    """
-    if not 0 <= k < intervals.num_intervals:
-        raise ValueError(f"interval index {k} is outside [0, {intervals.num_intervals})")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    lo, hi = intervals.spans()[k]
-    if not stratified:
-        return torch.randint(lo, hi, (n,), generator=generator, dtype=torch.long)  # (n,)
-    u = torch.rand(n, generator=generator, dtype=torch.float64)  # (n,)
-    pos = (torch.arange(n, dtype=torch.float64) + u) / n  # (n,) one point per slice of [0, 1)
-    return (lo + torch.floor(pos * (hi - lo))).long().clamp_(lo, hi - 1)  # (n,)
-
-
-def model_target(noise_scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the model is trained to predict, per the scheduler's ``prediction_type``."""
-    kind = getattr(noise_scheduler.config, "prediction_type", "epsilon")
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return noise_scheduler.get_velocity(x0, noise, t)
-    if kind == "sample":
-        return x0
-    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon, v_prediction or sample)")
-
-
-def _call(model: Callable, x: torch.Tensor, t: torch.Tensor, model_kwargs: Mapping[str, Any] | None) -> torch.Tensor:
-    kw = dict(model_kwargs or {})
-    b = x.shape[0]
-    for key, v in list(kw.items()):  # a (1, ...) context is shared by the batch
-        if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == 1 and b > 1:
-            kw[key] = v.expand(b, *v.shape[1:])
-    return as_tensor(model(x, t, **kw))
-
-
-def denoising_loss(
-    model: Callable,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    noise: torch.Tensor,
-    noise_scheduler: Any,
-    *,
-    model_kwargs: Mapping[str, Any] | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """MSE between ``model(add_noise(x0, noise, t), t)`` and the scheduler's training target.
-
-    Args:
-        model: ``model(x_t, t, **model_kwargs)``.
-        x0: clean samples (B, C, H, W) (latents for latent models).
-        t: (B,) int64 training timesteps.
-        noise: (B, C, H, W) standard normal noise.
-        noise_scheduler: anything with ``add_noise`` and ``config.prediction_type`` (a
-            ``DDPMScheduler``; see :func:`training_scheduler`).
-        reduction: ``mean`` (scalar) or ``none`` (per-sample (B,) losses).
-    """
-    x_t = noise_scheduler.add_noise(x0, noise, t)  # (B,C,H,W)
-    pred = _call(model, x_t, t, model_kwargs)  # (B,C,H,W)
-    target = model_target(noise_scheduler, x0, noise, t)
-    return _reduce(F.mse_loss(pred.float(), target.float(), reduction="none"), reduction)
-
-
-def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """MSE between a student's prediction and the (detached) teacher's.
-
-    Example:
-        >>> float(distillation_loss(torch.ones(2, 3), torch.zeros(2, 3)))
-        1.0
-    """
-    return _reduce(F.mse_loss(student_out.float(), teacher_out.detach().float(), reduction="none"), reduction)
-
-
-def _reduce(err: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return err.mean()
-    if reduction == "none":
-        return err.flatten(1).mean(1)  # (B,)
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-@dataclass(frozen=True)
-class LossBatch:
-    """One training batch of one interval: clean samples, noise, timesteps (all (B, ...))."""
-
-    x0: torch.Tensor
-    noise: torch.Tensor
-    t: torch.Tensor
-
-    def to(self, device: str | torch.device) -> "LossBatch":
-        return LossBatch(self.x0.to(device), self.noise.to(device), self.t.to(device))
-
-    def __len__(self) -> int:
-        return int(self.x0.shape[0])
-
-
-def make_batch(
-    images: torch.Tensor,
-    intervals: Intervals,
-    k: int,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-) -> LossBatch:
-    """Random images (with replacement), timesteps in interval ``k`` and noise, from ``generator``.
-
-    Everything is drawn on the CPU from one generator, so a run is reproducible on any device.
-
-    Example:
-        >>> b = make_batch(torch.zeros(10, 1, 4, 4), Intervals(100, (50,)), 0, 3, torch.Generator().manual_seed(0))
-        >>> tuple(b.x0.shape), bool((b.t < 50).all())
-        ((3, 1, 4, 4), True)
-    """
-    idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator)  # (B,)
-    x0 = images[idx.to(images.device)]  # (B,C,H,W)
-    t = interval_timesteps(intervals, k, batch_size, generator)  # (B,)
-    noise = torch.randn(tuple(x0.shape), generator=generator, dtype=torch.float32)  # (B,C,H,W) on CPU
-    return LossBatch(x0, noise.to(dtype=x0.dtype), t)
-
-
-@dataclass(frozen=True)
-class ExpertLoss:
-    """The terms of :func:`expert_loss` (scalar tensors; ``total`` carries the gradient)."""
-
-    total: torch.Tensor
-    denoise: torch.Tensor
-    distill: torch.Tensor
-
-
-def expert_loss(
-    student: Callable,
-    teacher: Callable | None,
-    batch: LossBatch,
-    noise_scheduler: Any,
-    *,
-    distill_weight: float = 1.0,
-    teacher_out: torch.Tensor | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-) -> ExpertLoss:
-    """Denoising loss + ``distill_weight`` x distillation from the frozen ``teacher``.
-
-    ``teacher_out`` (the teacher's prediction on the same noisy batch) can be passed when it is
-    shared by several students (the sandwich rule evaluates several sub-networks per batch);
-    otherwise it is computed here under ``no_grad``. With ``distill_weight == 0`` or no
-    teacher, the distillation term is zero.
-    """
-    x_t = noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
-    target = model_target(noise_scheduler, batch.x0, batch.noise, batch.t)
-    pred = _call(student, x_t, batch.t, model_kwargs)  # (B,C,H,W)
-    denoise = F.mse_loss(pred.float(), target.float())
-    if distill_weight and (teacher is not None or teacher_out is not None):
-        if teacher_out is None:
-            with torch.no_grad():
-                teacher_out = _call(teacher, x_t, batch.t, model_kwargs)
-        distill = distillation_loss(pred, teacher_out)
-    else:
-        distill = torch.zeros((), device=pred.device)
-    return ExpertLoss(denoise + float(distill_weight) * distill, denoise, distill)
-
-
-# --------------------------------------------------------------------------------------------
-# held-out evaluation set and the proxy loss
 
 
 @dataclass(frozen=True)
@@ -412,6 +194,24 @@ def proxy_loss(
         archs = list(models.archs)  # a mixture: each expert at the mixture's arch
     if archs is not None and len(archs) != n:
         raise ValueError(f"got {len(archs)} archs for {n} intervals")
+    w = _interval_weights(iv, step_weights)
+    per: list[float] = []
+    for k in range(n):
+        model = experts[k]
+        arch = archs[k] if archs is not None else None
+        dev = device
+        if dev is None:
+            p = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+            dev = p.device if p is not None else "cpu"
+        with _at_arch(model, arch, k):
+            per.append(_heldout_mean(model, heldout, k, noise_scheduler, batch_size, model_kwargs, dev))
+    total = float(sum(wk * lk for wk, lk in zip(w, per)))
+    return ProxyLoss(tuple(per), tuple(w), total)
+
+
+def _interval_weights(iv: Intervals, step_weights: Sequence[float] | None) -> list[float]:
+    """Each interval's weight in the total, summing to 1 (default: the interval widths)."""
+    n = iv.num_intervals
     if step_weights is None:
         w = [float(hi - lo) for lo, hi in iv.spans()]
     else:
@@ -421,40 +221,41 @@ def proxy_loss(
     total_w = sum(w)
     if total_w <= 0:
         raise ValueError("step weights must not all be zero")
-    w = [x / total_w for x in w]
-    per: list[float] = []
-    for k in range(n):
-        model = experts[k]
-        arch = archs[k] if archs is not None else None
-        dev = device
-        if dev is None:
-            p = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-            dev = p.device if p is not None else "cpu"
-        restore = None
-        if arch is not None and hasattr(model, "set_active"):
-            restore = getattr(model, "active", None)
-            model.set_active(arch)
-        elif arch is not None:
-            raise ValueError(f"interval {k}: an arch was given but the expert ({type(model).__name__}) is not a supernet")
-        was_training = model.training if isinstance(model, torch.nn.Module) else None
+    return [x / total_w for x in w]
+
+
+@contextlib.contextmanager
+def _at_arch(model: Any, arch: Any, k: int) -> Iterator[None]:
+    """``model`` in eval mode at ``arch`` (None: as it is); its mode and previous arch restored after."""
+    restore = None
+    if arch is not None and hasattr(model, "set_active"):
+        restore = getattr(model, "active", None)
+        model.set_active(arch)
+    elif arch is not None:
+        raise ValueError(f"interval {k}: an arch was given but the expert ({type(model).__name__}) is not a supernet")
+    was_training = model.training if isinstance(model, torch.nn.Module) else None
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
         if was_training:
-            model.eval()
-        try:
-            acc, count = 0.0, 0
-            with torch.no_grad():
-                m = heldout.t[k].shape[0]
-                for s in range(0, m, batch_size):
-                    sl = slice(s, min(m, s + batch_size))
-                    x0 = heldout.x0[k][sl].to(dev)
-                    loss = denoising_loss(model, x0, heldout.t[k][sl].to(dev), heldout.noise[k][sl].to(dev),
-                                          noise_scheduler, model_kwargs=model_kwargs, reduction="none")  # (b,)
-                    acc += float(loss.sum())
-                    count += int(loss.shape[0])
-            per.append(acc / count)
-        finally:
-            if was_training:
-                model.train()
-            if restore is not None:
-                model.set_active(restore)
-    total = float(sum(wk * lk for wk, lk in zip(w, per)))
-    return ProxyLoss(tuple(per), tuple(w), total)
+            model.train()
+        if restore is not None:
+            model.set_active(restore)
+
+
+def _heldout_mean(model: Any, heldout: HeldOutSet, k: int, noise_scheduler: Any, batch_size: int,
+                  model_kwargs: Mapping[str, Any] | None, dev: Any) -> float:
+    """Mean denoising loss of ``model`` on interval ``k``'s held-out draws."""
+    acc, count = 0.0, 0
+    with torch.no_grad():
+        m = heldout.t[k].shape[0]
+        for s in range(0, m, batch_size):
+            sl = slice(s, min(m, s + batch_size))
+            x0 = heldout.x0[k][sl].to(dev)
+            loss = denoising_loss(model, x0, heldout.t[k][sl].to(dev), heldout.noise[k][sl].to(dev),
+                                  noise_scheduler, model_kwargs=model_kwargs, reduction="none")  # (b,)
+            acc += float(loss.sum())
+            count += int(loss.shape[0])
+    return acc / count

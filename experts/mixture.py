@@ -9,16 +9,7 @@ the mixture works with any scheduler and any number of sampling steps. A batch w
 sit in different intervals (e.g. a training batch) is split per expert and reassembled in the
 original order.
 
-Saved layout (one folder, :meth:`MixtureOfExperts.save_pretrained`)::
-
-    mixture.json        format, intervals, expert folders and kinds, one arch per interval,
-                        expert shared by each interval, allocation (or null), info
-    intervals.json      the intervals (same as in mixture.json; for people and other tools)
-    allocation.json     the allocation it was built from, when there is one
-    config.json         diffusers config of the mixture module (shape info)
-    expert_<j>/         one folder per distinct expert: ElasticUNet.save_pretrained (supernet),
-                        search_spaces.save_materialized (materialised) or the UNet's own
-                        save_pretrained (unpruned); safetensors weights only
+The saved folder (:meth:`MixtureOfExperts.save_pretrained`) is described in :mod:`experts.mixture_folder`.
 
 Example:
     >>> import torch
@@ -53,37 +44,30 @@ from torch import nn
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
+
+# experts/pipeline.py imports is_mixture_folder from here; it lives in experts.mixture_folder
+from experts.mixture_folder import is_mixture_folder  # noqa: F401
+from experts.mixture_folder import (
+    MIXTURE_FILE,
+    MixtureMeta,
+    is_supernet_expert,
+    read_mixture_folder,
+    save_experts,
+    swap_in,
+)
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIXTURE_FILE", "MixtureOfExperts", "is_mixture_folder"]
+__all__ = ["MixtureOfExperts"]
 
-MIXTURE_FILE = "mixture.json"
-FORMAT = "diffnas-mixture"
-VERSION = 1
 
 # _LOADABLE_NOTE: diffusers' DiffusionPipeline.from_pretrained resolves a component recorded as
 # ["experts.mixture", "MixtureOfExperts"] by looking up, in *this* module, the names of the
 # classes it knows how to load ("ModelMixin", ...) and checking issubclass. So the mixture
 # subclasses ModelMixin and this module binds the name ModelMixin; diffusers then calls
 # MixtureOfExperts.from_pretrained(folder/mixture, **loading_kwargs).
-
-
-def _is_supernet(m: nn.Module) -> bool:
-    return hasattr(m, "set_active") and hasattr(m, "space") and hasattr(m, "save_pretrained")
-
-
-def _arch_of(m: nn.Module) -> Arch | None:
-    from search_spaces.materialize import arch_of
-
-    return arch_of(m)
-
-
-def is_mixture_folder(path: str | Path) -> bool:
-    """True if ``path`` holds a mixture written by :meth:`MixtureOfExperts.save_pretrained`."""
-    return (Path(path) / MIXTURE_FILE).is_file()
 
 
 def _slice_kwargs(value: Any, idx: torch.Tensor, batch: int) -> Any:
@@ -153,7 +137,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
             if a is None:
                 checked.append(None)
                 continue
-            if not _is_supernet(e):
+            if not is_supernet_expert(e):
                 raise ValueError(f"interval {k}: an arch is given but the expert ({type(e).__name__}) is not a supernet")
             a = Arch(a)
             e.space.validate(a)
@@ -191,7 +175,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         """Change the arch interval ``k``'s (supernet) expert runs at (``None``: leave as is)."""
         e = self.expert_for(k)
         if arch is not None:
-            if not _is_supernet(e):
+            if not is_supernet_expert(e):
                 raise ValueError(f"interval {k}: expert {type(e).__name__} is not a supernet")
             arch = Arch(arch)
             e.space.validate(arch)
@@ -254,7 +238,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         out = []
         for k in range(self.num_experts):
             e = self.expert_for(k)
-            if _is_supernet(e):
+            if is_supernet_expert(e):
                 arch = self.archs[k] if self.archs[k] is not None else e.active
                 if arch is None:
                     raise ValueError(f"interval {k}: the supernet is in a relaxed state; its MACs are not fixed")
@@ -325,8 +309,6 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         The folder is written next to the target and swapped in at the end, so an interrupted
         save never leaves a half-written mixture under the final name.
         """
-        from search_spaces.materialize import save_materialized
-
         if not safe_serialization:
             raise ValueError("the mixture is saved with safetensors only")
         path = Path(save_directory)
@@ -334,88 +316,32 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        entries = []
-        for j, e in enumerate(self.experts):
-            folder = f"expert_{j}"
-            if _is_supernet(e):
-                e.save_pretrained(tmp / folder)
-                kind = "supernet"
-            elif _arch_of(e) is not None:
-                save_materialized(e, tmp / folder)
-                kind = "materialized"
-            elif hasattr(e, "save_pretrained"):
-                e.save_pretrained(str(tmp / folder), safe_serialization=True)
-                kind = "unet"
-            else:
-                raise TypeError(f"expert {j} ({type(e).__name__}) cannot be saved: not a diffusers model or supernet")
-            entries.append({"folder": folder, "kind": kind})
-        archs: list[dict | None] = []
-        for k in range(self.num_experts):
-            e = self.expert_for(k)
-            a = self.archs[k]
-            if a is None and _is_supernet(e):
-                if e.active is None:
-                    raise ValueError(f"interval {k}: cannot save a supernet in a relaxed state; set an arch first")
-                a = e.active  # what it runs at now: stored so that loading reproduces the samples
-            archs.append(a.to_dict() if a is not None else None)
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "intervals": self.intervals.to_dict(),
-            "experts": entries,
-            "expert_of_interval": list(self.expert_of_interval),
-            "archs": archs,
-            "allocation": self.allocation.to_dict() if self.allocation is not None else None,
-            "macs_per_expert": self.macs_per_expert(),
-            "info": self.info,
-        }
-        (tmp / MIXTURE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        meta = MixtureMeta(self.intervals, save_experts(self.experts, tmp), self.expert_of_interval,
+                           self._archs_to_save(), self.allocation, self.macs_per_expert(), self.info)
+        (tmp / MIXTURE_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True))
         self.intervals.save(tmp / "intervals.json")
         if self.allocation is not None:
             self.allocation.save(tmp / "allocation.json")
         self.save_config(str(tmp))
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_in(tmp, path)
+
+    def _archs_to_save(self) -> list[dict | None]:
+        """Each interval's arch; a supernet without one is stored at the arch it runs at now."""
+        archs: list[dict | None] = []
+        for k in range(self.num_experts):
+            e = self.expert_for(k)
+            a = self.archs[k]
+            if a is None and is_supernet_expert(e):
+                if e.active is None:
+                    raise ValueError(f"interval {k}: cannot save a supernet in a relaxed state; set an arch first")
+                a = e.active  # what it runs at now: stored so that loading reproduces the samples
+            archs.append(a.to_dict() if a is not None else None)
+        return archs
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device = "cpu",
                         torch_dtype: torch.dtype | None = None, **kwargs: Any) -> "MixtureOfExperts":
         """Load a folder written by :meth:`save_pretrained` (extra diffusers loading options are
         accepted and ignored, so ``MixturePipeline.from_pretrained`` can call this)."""
-        from search_spaces.elastic_unet import ElasticUNet
-        from search_spaces.materialize import load_materialized
-
-        path = Path(pretrained_model_name_or_path)
-        meta_file = path / MIXTURE_FILE
-        if not meta_file.is_file():
-            raise UserError(f"{path} is not a mixture folder (no {MIXTURE_FILE}); save one with MixtureOfExperts.save_pretrained")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
-            raise UserError(f"{meta_file}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
-        intervals = Intervals.from_dict(meta["intervals"])
-        from experts.training import quiet_diffusers
-
-        models: list[nn.Module] = []
-        for entry in meta["experts"]:
-            folder = path / entry["folder"]
-            kind = entry["kind"]
-            if kind not in ("supernet", "materialized", "unet"):
-                raise UserError(f"{meta_file}: unknown expert kind {kind!r}")
-            with quiet_diffusers():
-                if kind == "supernet":
-                    m = ElasticUNet.from_pretrained(folder, device=device)
-                else:
-                    m = load_materialized(folder, device=device)
-            if torch_dtype is not None:
-                m = m.to(torch_dtype)
-            models.append(m.eval())
-        experts = [models[j] for j in meta["expert_of_interval"]]
-        archs = [Arch(a) if a is not None else None for a in meta["archs"]]
-        allocation = Allocation.from_dict(meta["allocation"]) if meta.get("allocation") else None
-        return cls(intervals, experts, archs, allocation, meta.get("info") or {})
+        f = read_mixture_folder(Path(pretrained_model_name_or_path), device=device, torch_dtype=torch_dtype)
+        return cls(f.intervals, f.experts, f.archs, f.allocation, f.info)

@@ -57,15 +57,14 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Union
+from typing import Any
 
 import numpy as np
 import torch
 
+from experts.sketch import CountSketch, ProjectionDim, resolve_projection_dim
+
 __all__ = [
-    "AUTO_EXACT_LIMIT_BYTES",
-    "AUTO_SKETCH_DIM",
-    "CountSketch",
     "AGGREGATES",
     "MEASURES",
     "activation_similarity",
@@ -74,7 +73,6 @@ __all__ = [
     "fixed_batches",
     "gradient_similarity",
     "make_training_scheduler",
-    "resolve_projection_dim",
     "timestep_similarity",
 ]
 
@@ -82,11 +80,8 @@ log = logging.getLogger(__name__)
 
 MEASURES = ("gradient", "activation")
 AGGREGATES = ("per_batch", "mean")
-AUTO_EXACT_LIMIT_BYTES = 1 << 30  # exact gradients while G x P float32 fits in 1 GiB
-AUTO_SKETCH_DIM = 1 << 16
 
 UnetKwargs = Callable[[int], Mapping[str, Any]]
-ProjectionDim = Union[int, Literal["auto"], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,66 +183,6 @@ def _grad_mode(module: torch.nn.Module, params: Sequence[torch.nn.Parameter]) ->
         module.train(was_training)
 
 
-class CountSketch:
-    """A fixed sparse random projection of a model's flattened gradient to ``dim`` numbers.
-
-    Each parameter element is hashed (seeded, per parameter tensor, generated on the CPU so the
-    result does not depend on the device) to one bucket with a random sign; the sketch of a
-    gradient is the signed bucket sums. Inner products are preserved in expectation.
-
-    Example:
-        >>> p = [torch.nn.Parameter(torch.zeros(1000))]
-        >>> cs = CountSketch(p, dim=64, seed=0)
-        >>> g = torch.randn(1000)
-        >>> s = cs([g])
-        >>> s.shape, bool(abs(float(s.norm() / g.norm()) - 1) < 0.5)
-        (torch.Size([64]), True)
-    """
-
-    def __init__(self, params: Sequence[torch.Tensor], dim: int, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
-        if dim < 1:
-            raise ValueError(f"projection dim must be >= 1, got {dim}")
-        self.dim = int(dim)
-        self.buckets: list[torch.Tensor] = []
-        self.signs: list[torch.Tensor] = []
-        for i, p in enumerate(params):
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
-            n = p.numel()
-            self.buckets.append(torch.randint(0, self.dim, (n,), generator=g, dtype=torch.int64)
-                                .to(torch.int32).to(device or p.device))  # (n,)
-            self.signs.append((torch.randint(0, 2, (n,), generator=g, dtype=torch.int8) * 2 - 1)
-                              .to(device or p.device))  # (n,) in {-1, +1}
-
-    def __call__(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        out = None
-        for g, b, s in zip(grads, self.buckets, self.signs):
-            if out is None:
-                out = torch.zeros(self.dim, device=b.device, dtype=torch.float32)
-            if g is None:
-                continue
-            out.index_add_(0, b, g.reshape(-1).to(torch.float32) * s)  # (dim,)
-        if out is None:
-            raise ValueError("no parameters to sketch")
-        return out
-
-
-def resolve_projection_dim(projection_dim: ProjectionDim, num_params: int, grid_size: int) -> int | None:
-    """``None`` for exact gradients, else the sketch size (see the module docstring).
-
-    Example:
-        >>> resolve_projection_dim("auto", 1_000_000, 20), resolve_projection_dim("auto", 10**9, 20)
-        (None, 65536)
-    """
-    if projection_dim is None:
-        return None
-    if projection_dim == "auto":
-        return None if 4 * num_params * grid_size <= AUTO_EXACT_LIMIT_BYTES else AUTO_SKETCH_DIM
-    if isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
-        raise ValueError(f"projection_dim must be 'auto', None or a positive int, got {projection_dim!r}")
-    return int(projection_dim)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -333,19 +268,7 @@ def gradient_similarity(
             noise = noise.to(dev)
             kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
             for gi, t in enumerate(ts):
-                tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
-                xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
-                target = denoising_target(scheduler, x0, noise, tt)
-                pred = _sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
-                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                if sketch is not None:
-                    flat = sketch(grads)  # (D,)
-                else:
-                    flat = torch.cat([
-                        (g.reshape(-1).float() if g is not None else torch.zeros(p.numel(), device=dev))
-                        for g, p in zip(grads, params)
-                    ])  # (P,)
+                flat = _flat_gradient(unet, scheduler, params, sketch, x0, noise, t, kw)  # (D,)
                 if aggregate == "mean":
                     rows[gi] += flat.cpu()
                 else:
@@ -357,6 +280,25 @@ def gradient_similarity(
     if aggregate == "mean":
         return cosine_matrix(rows)
     return _tidy((gram / len(batches)).numpy())
+
+
+def _flat_gradient(unet: torch.nn.Module, scheduler: Any, params: Sequence[torch.nn.Parameter],
+                   sketch: CountSketch | None, x0: torch.Tensor, noise: torch.Tensor, t: int,
+                   kw: Mapping[str, Any]) -> torch.Tensor:
+    """The denoising-loss gradient at timestep ``t`` on one batch, flattened (``(P,)``) or sketched (``(D,)``)."""
+    dev = x0.device
+    tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
+    xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
+    target = denoising_target(scheduler, x0, noise, tt)
+    pred = _sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
+    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    if sketch is not None:
+        return sketch(grads)  # (D,)
+    return torch.cat([
+        (g.reshape(-1).float() if g is not None else torch.zeros(p.numel(), device=dev))
+        for g, p in zip(grads, params)
+    ])  # (P,)
 
 
 def _find_module(unet: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -397,43 +339,58 @@ def activation_similarity(
     target_module = _find_module(unet, module)
     first = next(iter(unet.parameters()), None)
     dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    gram = torch.zeros(len(ts), len(ts), dtype=torch.float64)
+    count = 0
+    was_training = unet.training
+    unet.eval()
+    bar = _progress(len(ts) * len(batches), "activation similarity", progress)
+    try:
+        with _captured_output(target_module) as captured, torch.no_grad():
+            for x0, noise in batches:
+                x0 = x0.to(dev)  # (B, C, H, W)
+                noise = noise.to(dev)
+                A = _unit_activations(unet, scheduler, x0, noise, ts, captured, module, unet_kwargs, bar)  # (G, B, F)
+                gram += torch.einsum("gbf,hbf->gh", A, A).double().cpu()
+                count += int(x0.shape[0])
+    finally:
+        unet.train(was_training)
+        bar.close()
+    return _tidy((gram / max(count, 1)).numpy())
+
+
+@contextlib.contextmanager
+def _captured_output(target_module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """A list that receives ``target_module``'s flattened output ``(B, F)`` at every call (hook removed on exit)."""
     captured: list[torch.Tensor] = []
 
     def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> None:
         t = out[0] if isinstance(out, (tuple, list)) else out
         captured.append(t.detach().flatten(1).float())  # (B, F)
 
-    gram = torch.zeros(len(ts), len(ts), dtype=torch.float64)
-    count = 0
-    was_training = unet.training
-    unet.eval()
     handle = target_module.register_forward_hook(hook)
-    bar = _progress(len(ts) * len(batches), "activation similarity", progress)
     try:
-        with torch.no_grad():
-            for x0, noise in batches:
-                x0 = x0.to(dev)  # (B, C, H, W)
-                noise = noise.to(dev)
-                feats = []
-                for t in ts:
-                    captured.clear()
-                    tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
-                    xt = scheduler.add_noise(x0, noise, tt)
-                    kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
-                    unet(xt, tt, **kw)
-                    if not captured:
-                        raise ValueError(f"module {module!r} did not run in the UNet's forward pass")
-                    a = captured[-1]  # (B, F)
-                    feats.append(a / a.norm(dim=1, keepdim=True).clamp_min(1e-30))
-                    bar.update(1)
-                A = torch.stack(feats)  # (G, B, F)
-                gram += torch.einsum("gbf,hbf->gh", A, A).double().cpu()
-                count += int(x0.shape[0])
+        yield captured
     finally:
         handle.remove()
-        unet.train(was_training)
-        bar.close()
-    return _tidy((gram / max(count, 1)).numpy())
+
+
+def _unit_activations(unet: torch.nn.Module, scheduler: Any, x0: torch.Tensor, noise: torch.Tensor,
+                      ts: Sequence[int], captured: list[torch.Tensor], module: str,
+                      unet_kwargs: UnetKwargs | None, bar: Any) -> torch.Tensor:
+    """``(G, B, F)``: the hooked module's output per timestep and image, each of unit norm."""
+    feats = []
+    for t in ts:
+        captured.clear()
+        tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)  # (B,)
+        xt = scheduler.add_noise(x0, noise, tt)
+        kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
+        unet(xt, tt, **kw)
+        if not captured:
+            raise ValueError(f"module {module!r} did not run in the UNet's forward pass")
+        a = captured[-1]  # (B, F)
+        feats.append(a / a.norm(dim=1, keepdim=True).clamp_min(1e-30))
+        bar.update(1)
+    return torch.stack(feats)
 
 
 def timestep_similarity(

@@ -3,11 +3,7 @@
 :func:`run_training` trains a supernet (or a plain model) on the timesteps of one interval with
 :class:`ExpertTrainSettings`, resuming from a checkpoint folder; :mod:`experts.training` (one
 elastic expert per interval), :mod:`experts.finetune` and the benchmarks' baselines call it.
-All of this is re-exported by :mod:`experts.training`, the public entry point.
-
-A checkpoint folder holds the weights and the AdamW state as safetensors and the step, the RNG
-states, the loss log and the settings' identity as ``state.json`` (no pickles); it is replaced
-atomically (``.tmp`` then rename), and a kill during the swap keeps the last complete one.
+The checkpoint folder it resumes from is :mod:`experts.checkpoint`'s.
 
 Example::
 
@@ -19,12 +15,10 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from experts.checkpoint import (
+    flatten_optimizer,
+    is_supernet,
+    jsonable,
+    load_checkpoint,
+    recover_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
 from experts.intervals import Intervals
-from experts.losses import expert_loss, make_batch
+from experts.denoising import expert_loss, make_batch
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -45,9 +48,15 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ExpertTrainSettings",
     "TrainLog",
+    "expand_model_kwargs",
     "run_training",
     "sandwich_archs",
 ]
+
+# nas/embedded.py imports the optimiser-state format under these names; it moves to
+# experts.checkpoint.flatten_optimizer / unflatten_optimizer
+_flatten_optimizer = flatten_optimizer
+_unflatten_optimizer = unflatten_optimizer
 
 
 @dataclass(frozen=True)
@@ -113,98 +122,6 @@ class TrainLog:
 
 
 # --------------------------------------------------------------------------------------------
-# checkpoints (resume)
-
-
-def _is_supernet(m: nn.Module) -> bool:
-    return hasattr(m, "set_active") and hasattr(m, "space")
-
-
-def _weights_module(m: nn.Module) -> nn.Module:
-    return m.unet if _is_supernet(m) else m
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat tensors (safetensors) plus a JSON-able remainder."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for idx, st in sd["state"].items():
-        for key, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{idx}.{key}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[key] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    """Inverse of :func:`_flatten_optimizer`: a state dict for ``optimizer.load_state_dict``."""
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, st in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _rmtree(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-
-
-def _recover(ckpt: Path) -> None:
-    """After a kill during the checkpoint swap, keep whichever complete checkpoint is left."""
-    old = ckpt.with_name(ckpt.name + ".old")
-    if not ckpt.exists() and old.exists():
-        old.rename(ckpt)
-    _rmtree(ckpt.with_name(ckpt.name + ".tmp"))
-    _rmtree(old)
-
-
-def _save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     rng: np.random.Generator, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in _weights_module(model).state_dict().items()},
-              str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(opt)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    full = dict(state)
-    full["optimizer"] = opt_meta
-    full["torch_rng"] = base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
-    full["numpy_rng"] = rng.bit_generator.state
-    (tmp / "state.json").write_text(json.dumps(full, indent=1))
-    old = ckpt.with_name(ckpt.name + ".old")
-    _rmtree(old)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    _rmtree(old)
-
-
-def _load_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     rng: np.random.Generator) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    state = json.loads((ckpt / "state.json").read_text())
-    weights = load_file(str(ckpt / "model.safetensors"))
-    _weights_module(model).load_state_dict(weights, strict=True)
-    opt.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
-    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
-    rng.bit_generator.state = state["numpy_rng"]
-    return state
-
-
-def _jsonable(d: Mapping[str, Any]) -> Any:
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-# --------------------------------------------------------------------------------------------
 # the training loop (shared with experts.finetune)
 
 
@@ -248,19 +165,11 @@ def run_training(
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device)
-    ident = _jsonable(identity)
-    student.to(device)
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(k))
-    rng = np.random.default_rng([int(settings.seed), int(k)])
-    _recover(ckpt_dir)
-    step, losses, seconds = _resume(ckpt_dir, ident, student, opt, gen, rng, settings.steps, desc)
-    inputs = _StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
-                         choose_archs, device, model_kwargs)
+    ident = jsonable(identity)
+    inputs = _prepare(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
+                      torch.device(device), model_kwargs)
+    recover_checkpoint(ckpt_dir)
+    step, losses, seconds = _resume(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     student.train()
@@ -269,7 +178,7 @@ def run_training(
     def save() -> None:
         state = {"step": step, "identity": ident, "losses": losses,
                  "seconds": seconds + time.perf_counter() - t_start}
-        _save_checkpoint(ckpt_dir, student, opt, gen, rng, state)
+        save_checkpoint(ckpt_dir, student, inputs.opt, inputs.gen, inputs.rng, state)
 
     try:
         while step < end:
@@ -289,6 +198,22 @@ def run_training(
     return TrainLog(step, tuple(losses), seconds + time.perf_counter() - t_start)
 
 
+def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor, intervals: Intervals, k: int,
+             settings: ExpertTrainSettings, noise_scheduler: Any,
+             choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None,
+             device: torch.device, model_kwargs: Mapping[str, Any] | None) -> _StepInputs:
+    """Models on ``device`` (the teacher frozen), AdamW on the trainable parameters, the seeded RNGs."""
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(k))
+    rng = np.random.default_rng([int(settings.seed), int(k)])
+    return _StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
+                       choose_archs, device, model_kwargs)
+
+
 def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
             rng: np.random.Generator, steps: int, desc: str) -> tuple[int, list[dict[str, float]], float]:
     """(step, losses, seconds) of the checkpoint in ``ckpt_dir`` (loaded into the model, optimiser
@@ -302,7 +227,7 @@ def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Opt
             f"the checkpoint in {ckpt_dir} was made with other settings ({', '.join(diff)} differ); "
             f"delete {ckpt_dir.parent.parent} (or that checkpoint) to start again, or use another run name"
         )
-    state = _load_checkpoint(ckpt_dir, student, opt, gen, rng)
+    state = load_checkpoint(ckpt_dir, student, opt, gen, rng)
     step, losses, seconds = int(state["step"]), list(state.get("losses", [])), float(state.get("seconds", 0.0))
     if step > steps:
         raise UserError(
@@ -342,7 +267,7 @@ def _train_step(s: _StepInputs) -> dict[str, float]:
     if s.settings.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(s.params, s.settings.grad_clip)
     s.opt.step()
-    if _is_supernet(s.student):
+    if is_supernet(s.student):
         s.student.set_active(s.student.space.full())
     return record
 
@@ -353,7 +278,7 @@ def _teacher_output(s: _StepInputs, batch: Any) -> torch.Tensor | None:
         return None
     x_t = s.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
     with torch.no_grad():
-        out = s.teacher(x_t, batch.t, **_expand_kwargs(s.model_kwargs, x_t.shape[0]))
+        out = s.teacher(x_t, batch.t, **expand_model_kwargs(s.model_kwargs, x_t.shape[0]))
         return out.sample if hasattr(out, "sample") else out
 
 
@@ -380,7 +305,8 @@ def _backward_archs(s: _StepInputs, archs: Sequence[Mapping[str, Any] | None], b
     return record
 
 
-def _expand_kwargs(model_kwargs: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
+def expand_model_kwargs(model_kwargs: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
+    """Extra model inputs with a leading batch dimension of 1 expanded to ``batch``."""
     kw = dict(model_kwargs or {})
     for key, v in list(kw.items()):
         if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == 1 and batch > 1:

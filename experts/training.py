@@ -28,9 +28,9 @@ picklable :class:`ExpertJob` per interval; :func:`run_expert_job` (= :func:`trai
 trains one of them anywhere the folder is visible, and :func:`load_experts` reads the result.
 This module never imports ray; ``nas/ray_backend/`` submits the jobs.
 
-The training loop itself (:func:`run_training`, :class:`ExpertTrainSettings`, :class:`TrainLog`,
-the checkpoint files) lives in :mod:`experts.train_loop` and is re-exported here: import from
-``experts.training`` as before.
+The training loop itself (:func:`~experts.train_loop.run_training`,
+:class:`~experts.train_loop.ExpertTrainSettings`, :class:`~experts.train_loop.TrainLog`) is in
+:mod:`experts.train_loop`, the checkpoint folder in :mod:`experts.checkpoint`.
 
 Example::
 
@@ -59,26 +59,10 @@ import torch
 from torch import nn
 
 from experts.intervals import Intervals
-from experts.losses import training_scheduler
+from experts.denoising import training_scheduler
 
-# The training loop and its checkpoints live in experts.train_loop; every name of it that was
-# importable from here (private helpers included) still is.
-from experts.train_loop import (  # noqa: F401
-    ExpertTrainSettings,
-    TrainLog,
-    _expand_kwargs,
-    _flatten_optimizer,
-    _is_supernet,
-    _jsonable,
-    _load_checkpoint,
-    _recover,
-    _rmtree,
-    _save_checkpoint,
-    _unflatten_optimizer,
-    _weights_module,
-    run_training,
-    sandwich_archs,
-)
+from experts.checkpoint import jsonable, remove_tree
+from experts.train_loop import ExpertTrainSettings, TrainLog, run_training, sandwich_archs
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -225,15 +209,15 @@ def prepare_expert_jobs(
     manifest_path = out / MANIFEST
     opts_dict = None
     if options is not None:
-        opts_dict = _jsonable(dataclasses.asdict(options))
+        opts_dict = jsonable(dataclasses.asdict(options))
     manifest = {
         "format": "diffnas-experts",
         "intervals": intervals.to_dict(),
         "base_fingerprint": fp,
         "importance": importance,
         "options": opts_dict,
-        "settings": _jsonable(settings.identity()),
-        "scheduler_config": _jsonable({k: v for k, v in dict(scheduler_config).items()}),
+        "settings": jsonable(settings.identity()),
+        "scheduler_config": jsonable({k: v for k, v in dict(scheduler_config).items()}),
     }
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -247,9 +231,9 @@ def prepare_expert_jobs(
     if not (sup_dir / "diffnas_supernet.json").is_file():
         sup = build_supernet(base_unet, options, importance)
         tmp = out / (SUPERNET_DIR + ".tmp")
-        _rmtree(tmp)
+        remove_tree(tmp)
         sup.save_pretrained(tmp)
-        _rmtree(sup_dir)
+        remove_tree(sup_dir)
         tmp.rename(sup_dir)
     intervals.save(out / "intervals.json")
     tmp_manifest = manifest_path.with_suffix(".json.tmp")
@@ -284,7 +268,7 @@ def train_one_expert(
     out = Path(out_dir)
     final = expert_dir(out, k)
     meta_path = final / EXPERT_META
-    ident = _jsonable(identity)
+    ident = jsonable(identity)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("identity") == ident and int(meta.get("steps", -1)) == settings.steps:
@@ -311,13 +295,13 @@ def train_one_expert(
         return ExpertResult(k, final, tlog.step, tlog.seconds, tlog.mean_loss())
     student.set_active(space.full())
     tmp = final.with_name(final.name + ".tmp")
-    _rmtree(tmp)
+    remove_tree(tmp)
     student.save_pretrained(tmp)
     meta = {"k": k, "span": list(span), "steps": tlog.step, "seconds": round(tlog.seconds, 3),
             "final_loss": tlog.mean_loss(), "final_loss_full": tlog.mean_loss("loss_full"),
             "final_loss_smallest": tlog.mean_loss("loss_smallest"), "identity": ident}
     (tmp / EXPERT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    _rmtree(final)
+    remove_tree(final)
     tmp.rename(final)
     return ExpertResult(k, final, tlog.step, tlog.seconds, tlog.mean_loss())
 

@@ -130,37 +130,45 @@ class ExpertRoutingAgent(nn.Module):
         self.num_choices: tuple[int, ...] = tuple(len(d.choices) for d in self.dims)
         self.max_choices = max(self.num_choices)
         kinds = sorted({t[2] for t in layout})
-        num_experts = max(t[0] for t in layout) + 1
-        max_pos = max(t[1] for t in layout) + 1
         self.num_budget_freqs = int(num_budget_freqs)
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.expert_embed = nn.Embedding(num_experts, embed_size)
-            self.pos_embed = nn.Embedding(max_pos, embed_size)
-            self.kind_embed = nn.Embedding(len(kinds), embed_size)
-            self.nchoice_embed = nn.Embedding(self.max_choices + 1, embed_size)
-            self.cost_embed = nn.Linear(self.max_choices, embed_size)
-            budget_in = 2 + 2 * self.num_budget_freqs
-            self.budget_mlp = nn.Sequential(
-                nn.Linear(budget_in, embed_size), nn.Tanh(), nn.Linear(embed_size, embed_size)
-            )
-            self.budget_to_h0 = nn.Linear(embed_size, hidden_size)
-            self.gru = nn.GRU(embed_size, hidden_size, batch_first=True)
-            self.head = nn.Sequential(nn.Linear(hidden_size + embed_size, hidden_size), nn.Tanh(),
-                                      nn.Linear(hidden_size, self.max_choices, bias=False))
-            nn.init.zeros_(self.head[-1].weight)  # start from the per-token table (uniform)
-            # per-token logit table: lets an agent settle on any allocation quickly
-            self.token_bias = nn.Parameter(torch.zeros(len(layout), self.max_choices))
-            # price of compute: logits get -price * cost, so one scalar trades MACs for quality.
-            # log price = price_bias - sum_k softplus(price_slopes[k]) * softplus((log p - c_k) / s):
-            # decreasing in the budget p, so the decode's MACs grow monotonically with p
-            self.price_bias = nn.Parameter(torch.zeros(()))
-            self.price_slopes = nn.Parameter(torch.full((num_price_knots,), -2.0))
+            self._build_layers(layout, len(kinds), hidden_size, embed_size, num_price_knots)
         knots = torch.linspace(math.log(0.05), 0.0, num_price_knots)  # (K,) over log budget
         self.register_buffer("price_knots", knots, persistent=False)
         self._price_width = float(knots[1] - knots[0]) if num_price_knots > 1 else 1.0
+        self._register_layout(space, layout, kinds)
 
+    def _build_layers(self, layout: list[tuple[int, int, str, Dimension]], num_kinds: int, hidden_size: int,
+                      embed_size: int, num_price_knots: int) -> None:
+        """The embeddings, GRU, head, logit table and price curve (in a fixed order: seeded init)."""
+        num_experts = max(t[0] for t in layout) + 1
+        max_pos = max(t[1] for t in layout) + 1
+        self.expert_embed = nn.Embedding(num_experts, embed_size)
+        self.pos_embed = nn.Embedding(max_pos, embed_size)
+        self.kind_embed = nn.Embedding(num_kinds, embed_size)
+        self.nchoice_embed = nn.Embedding(self.max_choices + 1, embed_size)
+        self.cost_embed = nn.Linear(self.max_choices, embed_size)
+        budget_in = 2 + 2 * self.num_budget_freqs
+        self.budget_mlp = nn.Sequential(
+            nn.Linear(budget_in, embed_size), nn.Tanh(), nn.Linear(embed_size, embed_size)
+        )
+        self.budget_to_h0 = nn.Linear(embed_size, hidden_size)
+        self.gru = nn.GRU(embed_size, hidden_size, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden_size + embed_size, hidden_size), nn.Tanh(),
+                                  nn.Linear(hidden_size, self.max_choices, bias=False))
+        nn.init.zeros_(self.head[-1].weight)  # start from the per-token table (uniform)
+        # per-token logit table: lets an agent settle on any allocation quickly
+        self.token_bias = nn.Parameter(torch.zeros(len(layout), self.max_choices))
+        # price of compute: logits get -price * cost, so one scalar trades MACs for quality.
+        # log price = price_bias - sum_k softplus(price_slopes[k]) * softplus((log p - c_k) / s):
+        # decreasing in the budget p, so the decode's MACs grow monotonically with p
+        self.price_bias = nn.Parameter(torch.zeros(()))
+        self.price_slopes = nn.Parameter(torch.full((num_price_knots,), -2.0))
+
+    def _register_layout(self, space: SearchSpace, layout: list[tuple[int, int, str, Dimension]],
+                         kinds: list[str]) -> None:
+        """Token ids, the choice mask and the per-choice MACs as (non-persistent) buffers."""
         self.register_buffer("expert_ids", torch.tensor([t[0] for t in layout]), persistent=False)
         self.register_buffer("pos_ids", torch.tensor([t[1] for t in layout]), persistent=False)
         self.register_buffer("kind_ids", torch.tensor([kinds.index(t[2]) for t in layout]), persistent=False)

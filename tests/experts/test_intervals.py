@@ -23,8 +23,8 @@ from experts.segmentation import (
     segment_similarity,
     segmentation_cost,
 )
+from experts.sketch import CountSketch
 from experts.similarity import (
-    CountSketch,
     activation_similarity,
     fixed_batches,
     gradient_similarity,

@@ -10,17 +10,8 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from experts.intervals import Intervals
-from experts.losses import (
-    HeldOutSet,
-    LossBatch,
-    denoising_loss,
-    expert_loss,
-    interval_timesteps,
-    make_batch,
-    make_heldout,
-    model_target,
-    proxy_loss,
-)
+from experts.denoising import LossBatch, denoising_loss, expert_loss, interval_timesteps, make_batch, model_target
+from experts.losses import HeldOutSet, make_heldout, proxy_loss
 from experts.mixture import MixtureOfExperts
 from experts.training import (
     ExpertTrainSettings,

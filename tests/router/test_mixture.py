@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from experts.intervals import Intervals
-from experts.losses import expert_loss, make_batch, make_heldout, training_scheduler
+from experts.denoising import expert_loss, make_batch, training_scheduler
+from experts.losses import make_heldout
 from router.agent import one_hot_weights
 from experts import MixtureSpace
 from router.mixture import MixtureRoutingLoss

@@ -1,0 +1,139 @@
+"""Training checkpoints: a folder with the weights and the AdamW state as safetensors and the
+step, the RNG states, the loss log and the settings' identity as ``state.json`` (no pickles).
+
+:func:`save_checkpoint` replaces the folder atomically (``.tmp`` then rename; a kill during the
+swap keeps the last complete one, which :func:`recover_checkpoint` restores);
+:func:`load_checkpoint` restores the model, optimiser and both RNGs exactly.
+:func:`flatten_optimizer` / :func:`unflatten_optimizer` are the optimiser-state format, also
+used by other trainers that checkpoint.
+
+Example:
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = torch.optim.AdamW([p], lr=0.1)
+    >>> p.grad = torch.ones(2); opt.step()
+    >>> tensors, meta = flatten_optimizer(opt)
+    >>> sorted(tensors)
+    ['state.0.exp_avg', 'state.0.exp_avg_sq', 'state.0.step']
+    >>> unflatten_optimizer(tensors, meta)["param_groups"] == opt.state_dict()["param_groups"]
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "flatten_optimizer",
+    "is_supernet",
+    "jsonable",
+    "load_checkpoint",
+    "recover_checkpoint",
+    "remove_tree",
+    "save_checkpoint",
+    "unflatten_optimizer",
+    "weights_module",
+]
+
+
+def is_supernet(m: nn.Module) -> bool:
+    """True for an elastic supernet (``set_active`` and ``space``), False for a plain model."""
+    return hasattr(m, "set_active") and hasattr(m, "space")
+
+
+def weights_module(m: nn.Module) -> nn.Module:
+    """The module whose state dict is saved: a supernet's wrapped UNet, else the model itself."""
+    return m.unet if is_supernet(m) else m
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (safetensors) plus a JSON-able remainder."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, st in sd["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{key}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    """Inverse of :func:`flatten_optimizer`: a state dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, st in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder if it exists."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def recover_checkpoint(ckpt: Path) -> None:
+    """After a kill during the checkpoint swap, keep whichever complete checkpoint is left."""
+    old = ckpt.with_name(ckpt.name + ".old")
+    if not ckpt.exists() and old.exists():
+        old.rename(ckpt)
+    remove_tree(ckpt.with_name(ckpt.name + ".tmp"))
+    remove_tree(old)
+
+
+def save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     rng: np.random.Generator, state: dict[str, Any]) -> None:
+    """Write the checkpoint folder ``ckpt`` (weights, optimiser, RNGs, ``state``), atomically."""
+    from safetensors.torch import save_file
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights_module(model).state_dict().items()},
+              str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = flatten_optimizer(opt)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    full = dict(state)
+    full["optimizer"] = opt_meta
+    full["torch_rng"] = base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
+    full["numpy_rng"] = rng.bit_generator.state
+    (tmp / "state.json").write_text(json.dumps(full, indent=1))
+    old = ckpt.with_name(ckpt.name + ".old")
+    remove_tree(old)
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    remove_tree(old)
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """Load ``ckpt`` into the model, optimiser and RNGs; returns its ``state.json``."""
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    weights = load_file(str(ckpt / "model.safetensors"))
+    weights_module(model).load_state_dict(weights, strict=True)
+    opt.load_state_dict(unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
+    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
+    rng.bit_generator.state = state["numpy_rng"]
+    return state
+
+
+def jsonable(d: Mapping[str, Any]) -> Any:
+    """``d`` as it reads back from JSON (non-JSON values as strings): how identities are compared."""
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
