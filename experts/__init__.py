@@ -24,8 +24,10 @@ __all__ = [
     "AUTO_EXACT_LIMIT_BYTES",
     "AUTO_SKETCH_DIM",
     "Allocation",
+    "CHECKPOINTS_DIR",
     "CRITERIA",
     "CountSketch",
+    "EXPERT_META",
     "ExpertJob",
     "ExpertLoss",
     "ExpertResult",
@@ -39,6 +41,7 @@ __all__ = [
     "Intervals",
     "LoadedModel",
     "LossBatch",
+    "MANIFEST",
     "MEASURES",
     "MIXTURE_FILE",
     "MixtureOfExperts",
@@ -47,6 +50,7 @@ __all__ = [
     "PRUNED_KEY",
     "ProjectionDim",
     "ProxyLoss",
+    "SUPERNET_DIR",
     "Segmentation",
     "TrainLog",
     "activation_similarity",
@@ -84,6 +88,7 @@ __all__ = [
     "plot_similarity",
     "prepare_expert_jobs",
     "proxy_loss",
+    "quiet_diffusers",
     "resolve_projection_dim",
     "run_expert_job",
     "run_training",
@@ -103,15 +108,15 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "ExpertLoss", "LossBatch", "as_tensor", "denoising_loss", "distillation_loss", "expert_loss",
         "interval_timesteps", "make_batch", "model_target", "training_scheduler"
     ), "experts.denoising"),
-    **dict.fromkeys((
-        "HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"
-    ), "experts.losses"),
+    **dict.fromkeys(("HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"), "experts.losses"),
     **dict.fromkeys((
         "AUTO_EXACT_LIMIT_BYTES", "AUTO_SKETCH_DIM", "CountSketch", "ProjectionDim", "resolve_projection_dim"
     ), "experts.sketch"),
     **dict.fromkeys((
-        "AGGREGATES", "MEASURES", "activation_similarity", "cosine_matrix", "denoising_target", "fixed_batches",
-        "gradient_similarity", "make_training_scheduler", "timestep_similarity"
+        "cosine_matrix", "denoising_target", "fixed_batches", "make_training_scheduler"
+    ), "experts.timestep_batches"),
+    **dict.fromkeys((
+        "AGGREGATES", "MEASURES", "activation_similarity", "gradient_similarity", "timestep_similarity"
     ), "experts.similarity"),
     **dict.fromkeys((
         "CRITERIA", "Segmentation", "choose_num_segments", "optimal_segmentations", "segment_similarity",
@@ -125,21 +130,18 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "ExpertTrainSettings", "TrainLog", "expand_model_kwargs", "run_training", "sandwich_archs"
     ), "experts.train_loop"),
     **dict.fromkeys((
-        "ExpertJob", "ExpertResult", "ExpertTableRow", "ExpertsResult", "base_fingerprint", "build_supernet",
-        "expert_dir", "expert_table", "format_expert_table", "load_experts", "load_supernet",
+        "CHECKPOINTS_DIR", "EXPERT_META", "MANIFEST", "SUPERNET_DIR", "base_fingerprint", "build_supernet",
+        "expert_dir", "load_experts", "load_supernet", "quiet_diffusers"
+    ), "experts.expert_folder"),
+    **dict.fromkeys((
+        "ExpertJob", "ExpertResult", "ExpertTableRow", "ExpertsResult", "expert_table", "format_expert_table",
         "prepare_expert_jobs", "run_expert_job", "train_experts", "train_one_expert"
     ), "experts.training"),
-    **dict.fromkeys((
-        "FINETUNE_FILE", "FinetuneResult", "finetune_allocation"
-    ), "experts.finetune"),
-    **dict.fromkeys(("MixtureOfExperts",), "experts.mixture"),
+    **dict.fromkeys(("FINETUNE_FILE", "FinetuneResult", "finetune_allocation"), "experts.finetune"),
     **dict.fromkeys(("MIXTURE_FILE", "is_mixture_folder"), "experts.mixture_folder"),
-    **dict.fromkeys((
-        "LoadedModel", "MixturePipeline", "load_model_folder"
-    ), "experts.pipeline"),
-    **dict.fromkeys((
-        "PRUNED_KEY", "is_pruned_folder", "load_pruned", "save_pruned"
-    ), "experts.pruned"),
+    **dict.fromkeys(("MixtureOfExperts",), "experts.mixture"),
+    **dict.fromkeys(("LoadedModel", "MixturePipeline", "load_model_folder"), "experts.pipeline"),
+    **dict.fromkeys(("PRUNED_KEY", "is_pruned_folder", "load_pruned", "save_pruned"), "experts.pruned"),
 }
 
 

@@ -265,7 +265,8 @@ def discover_intervals(
         >>> d = discover_intervals(base.unet, images, base.scheduler_config)  # doctest: +SKIP
         >>> d.save("runs/x/intervals.json"); plot_similarity(d, "runs/x/similarity.png")  # doctest: +SKIP
     """
-    from experts.similarity import make_training_scheduler, timestep_similarity
+    from experts.similarity import timestep_similarity
+    from experts.timestep_batches import make_training_scheduler
 
     scheduler = make_training_scheduler(scheduler_config)
     T = int(scheduler.config.num_train_timesteps)

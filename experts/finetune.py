@@ -45,7 +45,7 @@ from experts.losses import HeldOutSet, proxy_loss
 from experts.mixture import MixtureOfExperts
 from experts.checkpoint import jsonable
 from experts.train_loop import ExpertTrainSettings, run_training
-from experts.training import CHECKPOINTS_DIR, load_experts, load_supernet
+from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 

@@ -277,7 +277,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         """
         n = allocation.intervals.num_intervals
         if isinstance(experts, (str, Path)):
-            from experts.training import load_experts
+            from experts.expert_folder import load_experts
 
             intervals, models = load_experts(experts, device=device)
             if intervals != allocation.intervals:

@@ -154,7 +154,7 @@ def read_mixture_folder(path: Path, *, device: str | torch.device = "cpu",
 
 def _load_expert(path: Path, entry: Mapping[str, str], meta_file: Path, device: str | torch.device,
                  torch_dtype: torch.dtype | None) -> nn.Module:
-    from experts.training import quiet_diffusers
+    from experts.expert_folder import quiet_diffusers
     from search_spaces.elastic_unet import ElasticUNet
     from search_spaces.materialize import load_materialized
 

@@ -54,7 +54,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -63,18 +62,18 @@ import numpy as np
 import torch
 
 from experts.sketch import CountSketch, ProjectionDim, resolve_projection_dim
+from experts.timestep_batches import (
+    check_timesteps,
+    cosine_matrix,
+    denoising_target,
+    fixed_batches,
+    make_training_scheduler,
+    progress_bar,
+    sample_of,
+    tidy_similarity,
+)
 
-__all__ = [
-    "AGGREGATES",
-    "MEASURES",
-    "activation_similarity",
-    "cosine_matrix",
-    "denoising_target",
-    "fixed_batches",
-    "gradient_similarity",
-    "make_training_scheduler",
-    "timestep_similarity",
-]
+__all__ = ["AGGREGATES", "MEASURES", "activation_similarity", "gradient_similarity", "timestep_similarity"]
 
 log = logging.getLogger(__name__)
 
@@ -82,89 +81,6 @@ MEASURES = ("gradient", "activation")
 AGGREGATES = ("per_batch", "mean")
 
 UnetKwargs = Callable[[int], Mapping[str, Any]]
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def make_training_scheduler(scheduler_config: Mapping[str, Any] | Any):
-    """A ``DDPMScheduler`` from a training scheduler config (or a scheduler, used as is if it
-    has ``add_noise``): it defines ``x_t`` and the denoising target."""
-    if hasattr(scheduler_config, "add_noise") and hasattr(scheduler_config, "config"):
-        return scheduler_config
-    from diffusers import DDPMScheduler
-
-    cfg = {k: v for k, v in dict(scheduler_config).items() if not str(k).startswith("_")}
-    known = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
-    return DDPMScheduler(**{k: v for k, v in cfg.items() if k in known})
-
-
-def denoising_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict at ``t``: the noise, the velocity or the clean image."""
-    kind = getattr(scheduler.config, "prediction_type", "epsilon")
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    if kind == "sample":
-        return x0
-    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon, v_prediction or sample)")
-
-
-def fixed_batches(
-    images: torch.Tensor, num_batches: int, batch_size: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``num_batches`` seeded ``(x0, noise)`` pairs, each ``(batch_size, C, H, W)`` on the CPU.
-
-    Images are drawn without replacement while the data set is large enough, else with.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if num_batches < 1 or batch_size < 1:
-        raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches}, {batch_size}")
-    n = int(images.shape[0])
-    total = num_batches * batch_size
-    g = torch.Generator().manual_seed(int(seed))
-    if n >= total:
-        idx = torch.randperm(n, generator=g)[:total]
-    else:
-        idx = torch.randint(0, n, (total,), generator=g)
-    x0 = images[idx].to(torch.float32)  # (nb*bs, C, H, W)
-    noise = torch.randn(x0.shape, generator=g)  # (nb*bs, C, H, W)
-    return [(x0[i * batch_size:(i + 1) * batch_size], noise[i * batch_size:(i + 1) * batch_size])
-            for i in range(num_batches)]
-
-
-def _sample_of(out: Any) -> torch.Tensor:
-    if hasattr(out, "sample"):
-        return out.sample
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
-def cosine_matrix(vectors: torch.Tensor) -> np.ndarray:
-    """Cosine similarities of the rows of ``vectors`` (G, D): symmetric, unit diagonal, in [-1, 1].
-
-    A zero row has similarity 0 with every other row (and 1 with itself).
-
-    Example:
-        >>> cosine_matrix(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])).round(3).tolist()
-        [[1.0, 0.707, 0.0], [0.707, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    """
-    v = vectors.to(torch.float32)
-    norms = v.norm(dim=1, keepdim=True)  # (G, 1)
-    unit = v / norms.clamp_min(1e-30)
-    unit[norms.squeeze(1) == 0] = 0
-    S = (unit @ unit.T).double().cpu().numpy()  # (G, G)
-    return _tidy(S)
-
-
-def _tidy(S: np.ndarray) -> np.ndarray:
-    S = 0.5 * (S + S.T)
-    np.fill_diagonal(S, 1.0)
-    return np.clip(S, -1.0, 1.0)
 
 
 @contextlib.contextmanager
@@ -181,22 +97,6 @@ def _grad_mode(module: torch.nn.Module, params: Sequence[torch.nn.Parameter]) ->
         for p, f in zip(params, flags):
             p.requires_grad_(f)
         module.train(was_training)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
-
-
-def _check_timesteps(timesteps: Sequence[int], scheduler: Any) -> list[int]:
-    ts = [int(t) for t in timesteps]
-    T = int(scheduler.config.num_train_timesteps)
-    if not ts:
-        raise ValueError("timesteps must not be empty")
-    if any(not 0 <= t < T for t in ts):
-        raise ValueError(f"timesteps must lie in [0, {T}), got {ts}")
-    return ts
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,23 +145,16 @@ def gradient_similarity(
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
     if not batches:
         raise ValueError("batches must not be empty")
-    ts = _check_timesteps(timesteps, scheduler)
-    params = [p for p in unet.parameters() if p.dtype.is_floating_point]
-    if not params:
-        raise ValueError("the UNet has no floating-point parameters")
-    dev = torch.device(device) if device is not None else params[0].device
-    num_params = sum(p.numel() for p in params)
-    dim = resolve_projection_dim(projection_dim, num_params, len(ts))
-    sketch = CountSketch(params, dim, seed=seed, device=dev) if dim is not None else None
+    ts = check_timesteps(timesteps, scheduler)
+    params, dev, sketch, width = _gradient_setup(unet, projection_dim, seed, device, len(ts))
     log.info(
-        "gradient similarity (%s): %d timesteps x %d batches = %d backward passes, %s",
-        aggregate, len(ts), len(batches), len(ts) * len(batches),
-        f"count sketch of {dim} dims" if dim else f"exact gradients ({num_params:,} parameters)",
+        "gradient similarity (%s): %d timesteps x %d batches = %d backward passes, %s", aggregate, len(ts),
+        len(batches), len(ts) * len(batches),
+        f"count sketch of {width} dims" if sketch is not None else f"exact gradients ({width:,} parameters)",
     )
-    width = dim if dim is not None else num_params
     rows = torch.zeros(len(ts), width, dtype=torch.float32)  # (G, D) CPU: this batch's or the summed gradients
     gram = torch.zeros(len(ts), len(ts), dtype=torch.float64)  # per_batch: sum over batches of cosines
-    bar = _progress(len(ts) * len(batches), "gradient similarity", progress)
+    bar = progress_bar(len(ts) * len(batches), "gradient similarity", progress)
     with _grad_mode(unet, params):
         for x0, noise in batches:
             x0 = x0.to(dev)  # (B, C, H, W)
@@ -279,7 +172,21 @@ def gradient_similarity(
     bar.close()
     if aggregate == "mean":
         return cosine_matrix(rows)
-    return _tidy((gram / len(batches)).numpy())
+    return tidy_similarity((gram / len(batches)).numpy())
+
+
+def _gradient_setup(unet: torch.nn.Module, projection_dim: ProjectionDim, seed: int,
+                    device: torch.device | str | None, grid_size: int,
+                    ) -> tuple[list[torch.nn.Parameter], torch.device, CountSketch | None, int]:
+    """The floating-point parameters, the device, the count sketch (None: exact) and the vector width."""
+    params = [p for p in unet.parameters() if p.dtype.is_floating_point]
+    if not params:
+        raise ValueError("the UNet has no floating-point parameters")
+    dev = torch.device(device) if device is not None else params[0].device
+    num_params = sum(p.numel() for p in params)
+    dim = resolve_projection_dim(projection_dim, num_params, grid_size)
+    sketch = CountSketch(params, dim, seed=seed, device=dev) if dim is not None else None
+    return params, dev, sketch, dim if dim is not None else num_params
 
 
 def _flat_gradient(unet: torch.nn.Module, scheduler: Any, params: Sequence[torch.nn.Parameter],
@@ -290,7 +197,7 @@ def _flat_gradient(unet: torch.nn.Module, scheduler: Any, params: Sequence[torch
     tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
     xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
     target = denoising_target(scheduler, x0, noise, tt)
-    pred = _sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
+    pred = sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
     loss = torch.nn.functional.mse_loss(pred.float(), target.float())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     if sketch is not None:
@@ -335,7 +242,7 @@ def activation_similarity(
     Returns:
         ``(G, G)`` float64 numpy array.
     """
-    ts = _check_timesteps(timesteps, scheduler)
+    ts = check_timesteps(timesteps, scheduler)
     target_module = _find_module(unet, module)
     first = next(iter(unet.parameters()), None)
     dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
@@ -343,7 +250,7 @@ def activation_similarity(
     count = 0
     was_training = unet.training
     unet.eval()
-    bar = _progress(len(ts) * len(batches), "activation similarity", progress)
+    bar = progress_bar(len(ts) * len(batches), "activation similarity", progress)
     try:
         with _captured_output(target_module) as captured, torch.no_grad():
             for x0, noise in batches:
@@ -355,7 +262,7 @@ def activation_similarity(
     finally:
         unet.train(was_training)
         bar.close()
-    return _tidy((gram / max(count, 1)).numpy())
+    return tidy_similarity((gram / max(count, 1)).numpy())
 
 
 @contextlib.contextmanager

@@ -29,15 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experts.checkpoint import (
-    flatten_optimizer,
-    is_supernet,
-    jsonable,
-    load_checkpoint,
-    recover_checkpoint,
-    save_checkpoint,
-    unflatten_optimizer,
-)
+from experts.checkpoint import is_supernet, jsonable, load_checkpoint, recover_checkpoint, save_checkpoint
 from experts.intervals import Intervals
 from experts.denoising import expert_loss, make_batch
 from search_spaces.base import Arch
@@ -52,11 +44,6 @@ __all__ = [
     "run_training",
     "sandwich_archs",
 ]
-
-# nas/embedded.py imports the optimiser-state format under these names; it moves to
-# experts.checkpoint.flatten_optimizer / unflatten_optimizer
-_flatten_optimizer = flatten_optimizer
-_unflatten_optimizer = unflatten_optimizer
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ uninterrupted run's weights exactly (the tests check this).
 
 Parallel experts (e.g. Ray tasks): :func:`prepare_expert_jobs` does step 1 and returns one
 picklable :class:`ExpertJob` per interval; :func:`run_expert_job` (= :func:`train_one_expert`)
-trains one of them anywhere the folder is visible, and :func:`load_experts` reads the result.
+trains one of them anywhere the folder is visible, and
+:func:`~experts.expert_folder.load_experts` reads the result (the folder layout is in
+:mod:`experts.expert_folder`).
 This module never imports ray; ``nas/ray_backend/`` submits the jobs.
 
 The training loop itself (:func:`~experts.train_loop.run_training`,
@@ -43,13 +45,11 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,18 @@ from experts.intervals import Intervals
 from experts.denoising import training_scheduler
 
 from experts.checkpoint import jsonable, remove_tree
-from experts.train_loop import ExpertTrainSettings, TrainLog, run_training, sandwich_archs
+from experts.expert_folder import (
+    CHECKPOINTS_DIR,
+    EXPERT_META,
+    MANIFEST,
+    SUPERNET_DIR,
+    base_fingerprint,
+    build_supernet,
+    expert_dir,
+    load_experts,
+    load_supernet,
+)
+from experts.train_loop import ExpertTrainSettings, run_training, sandwich_archs
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -72,27 +83,14 @@ __all__ = [
     "ExpertJob",
     "ExpertResult",
     "ExpertTableRow",
-    "ExpertTrainSettings",
     "ExpertsResult",
-    "TrainLog",
-    "base_fingerprint",
-    "build_supernet",
-    "expert_dir",
     "expert_table",
     "format_expert_table",
-    "load_experts",
-    "load_supernet",
     "prepare_expert_jobs",
     "run_expert_job",
-    "run_training",
     "train_experts",
     "train_one_expert",
 ]
-
-MANIFEST = "manifest.json"
-EXPERT_META = "diffnas_expert.json"
-SUPERNET_DIR = "supernet"
-CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -129,60 +127,6 @@ class ExpertJob:
     identity: dict
     encoder_hidden_states: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def expert_dir(out_dir: str | Path, k: int) -> Path:
-    """``<out>/expert_<k>``."""
-    return Path(out_dir) / f"expert_{k}"
-
-
-def base_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's weights (names, shapes, dtypes, bytes): which base experts came from."""
-    h = hashlib.sha256()
-    for name, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def quiet_diffusers() -> Iterator[None]:
-    """Silence diffusers' INFO/WARNING logs (e.g. the "install accelerate" note on every load)."""
-    from diffusers.utils import logging as dlog
-
-    level = dlog.get_verbosity()
-    dlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(level)
-
-
-# --------------------------------------------------------------------------------------------
-# experts
-
-
-def build_supernet(base_unet: nn.Module, options: Any = None, importance: str = "magnitude") -> nn.Module:
-    """The elastic supernet of ``base_unet`` (a deep copy; channels ordered once by importance)."""
-    from search_spaces.elastic_unet import ElasticUNet
-
-    return ElasticUNet(base_unet, options, importance=importance)
-
-
-def load_supernet(out_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The untrained, importance-ordered supernet all experts started from (``<out>/supernet``)."""
-    from search_spaces.elastic_unet import ElasticUNet
-
-    path = Path(out_dir) / SUPERNET_DIR
-    if not path.is_dir():
-        raise UserError(f"{out_dir} has no {SUPERNET_DIR}/ folder; run `diffnas train-experts` first")
-    with quiet_diffusers():
-        return ElasticUNet.from_pretrained(path, device=device).eval()
 
 
 def prepare_expert_jobs(
@@ -356,25 +300,6 @@ def train_experts(
             continue
         results.append(run_expert_job(job, device=device, progress=progress, max_steps_this_call=max_steps_this_call))
     return ExpertsResult(Path(out_dir), intervals, tuple(results), time.perf_counter() - t0)
-
-
-def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Intervals, list[nn.Module]]:
-    """The intervals and the trained supernet experts (full arch) of an experts folder."""
-    from search_spaces.elastic_unet import ElasticUNet
-
-    out = Path(out_dir)
-    iv_path = out / "intervals.json"
-    if not iv_path.is_file():
-        raise UserError(f"{out} has no intervals.json: not an experts folder; run `diffnas train-experts` first")
-    intervals = Intervals.load(iv_path)
-    experts = []
-    for k in range(intervals.num_intervals):
-        d = expert_dir(out, k)
-        if not (d / EXPERT_META).is_file():
-            raise UserError(f"expert {k} is not trained yet ({d} is missing); run `diffnas train-experts`")
-        with quiet_diffusers():
-            experts.append(ElasticUNet.from_pretrained(d, device=device).eval())
-    return intervals, experts
 
 
 # --------------------------------------------------------------------------------------------

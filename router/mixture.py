@@ -5,7 +5,7 @@
 - **relaxed** (``loss(weights)``, differentiable in the agent's weights): for every expert ``k``,
   ``expert.set_active_relaxed(weights of part k)``, one training batch drawn in interval ``k``
   (fresh images, timesteps and noise from a seeded generator), the experts' own loss
-  (:func:`experts.losses.expert_loss`: denoising MSE + ``distill_weight`` x MSE to the frozen
+  (:func:`experts.denoising.expert_loss`: denoising MSE + ``distill_weight`` x MSE to the frozen
   pretrained model's prediction); the mixture loss is the sum over experts weighted by the
   share of sampling steps each serves. Experts are frozen (``requires_grad`` off) unless
   ``joint=True``.
@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from experts.intervals import Intervals
-from experts.losses import HeldOutSet, LossBatch, as_tensor, expert_loss, make_batch
+from experts.denoising import LossBatch, as_tensor, expert_loss, make_batch
+from experts.losses import HeldOutSet
 from experts.mixture_space import MixtureSpace
 from search_spaces import Arch
 
@@ -67,6 +68,13 @@ class MixtureRoutingLoss:
         device: where the experts run.
         eval_batch_size: held-out samples per model call in :meth:`arch_loss`.
         joint: train the experts' weights too (they then keep ``requires_grad``).
+
+    Attributes:
+        mixture: the :class:`experts.MixtureSpace` of the experts (parts ``e0, e1, ...``
+            weighted by ``steps_per_expert``).
+        space: ``mixture.space``, the ProductSpace the router trains on.
+        evaluations: expert evaluations on the held-out set (cache misses of :meth:`expert_loss`).
+        relaxed_calls: relaxed (training) evaluations.
     """
 
     def __init__(

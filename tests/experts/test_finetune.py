@@ -14,7 +14,8 @@ from experts.intervals import Intervals
 from experts.losses import make_heldout
 from experts.mixture import MixtureOfExperts
 from experts.pipeline import MixturePipeline, load_model_folder
-from experts.training import ExpertTrainSettings, train_experts
+from experts.train_loop import ExpertTrainSettings
+from experts.training import train_experts
 from search_spaces import ElasticUNet
 from search_spaces.errors import UserError
 from search_spaces.materialize import arch_of

@@ -24,13 +24,8 @@ from experts.segmentation import (
     segmentation_cost,
 )
 from experts.sketch import CountSketch
-from experts.similarity import (
-    activation_similarity,
-    fixed_batches,
-    gradient_similarity,
-    make_training_scheduler,
-    timestep_similarity,
-)
+from experts.similarity import activation_similarity, gradient_similarity, timestep_similarity
+from experts.timestep_batches import fixed_batches, make_training_scheduler
 from tests.conftest import build_tiny_cond_unet, build_tiny_unet
 
 # --------------------------------------------------------------------------------------------

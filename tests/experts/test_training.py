@@ -13,14 +13,9 @@ from experts.intervals import Intervals
 from experts.denoising import LossBatch, denoising_loss, expert_loss, interval_timesteps, make_batch, model_target
 from experts.losses import HeldOutSet, make_heldout, proxy_loss
 from experts.mixture import MixtureOfExperts
-from experts.training import (
-    ExpertTrainSettings,
-    load_experts,
-    load_supernet,
-    prepare_expert_jobs,
-    run_expert_job,
-    train_experts,
-)
+from experts.expert_folder import load_experts, load_supernet
+from experts.train_loop import ExpertTrainSettings
+from experts.training import prepare_expert_jobs, run_expert_job, train_experts
 from search_spaces import ElasticUNet
 from search_spaces.errors import UserError
 from tests.conftest import build_tiny_unet
