@@ -37,7 +37,6 @@ from router.synthetic import KnapsackSolution, SyntheticMixture
 from router.train import train_router
 
 __all__ = [
-    "RESOURCE_MODES",
     "ArchLoss",
     "BatchedTaskLoss",
     "BudgetOutcome",
@@ -45,6 +44,7 @@ __all__ = [
     "KnapsackSolution",
     "MixtureRoutingLoss",
     "ObjectiveTerms",
+    "RESOURCE_MODES",
     "RouterObjective",
     "RouterResult",
     "RouterSettings",

@@ -107,3 +107,16 @@ def test_same_allocation_as_the_search_conversion(mix):
     ours = mix.to_allocation(arch, method="search", budget_ratio=0.5, base_trajectory_macs=mix.full_trajectory_macs())
     assert ours == theirs and ours.to_dict() == theirs.to_dict()
     assert allocation_to_arch(mix.space, ours) == mix.from_allocation(ours)
+
+
+def test_from_product_rebuilds_the_same_space(mix):
+    again = MixtureSpace.from_product(mix.space, mix.intervals)
+    assert again.space.dimensions() == mix.space.dimensions()
+    assert again.space.weights == mix.space.weights
+    assert again.steps_per_expert == (5.0, 3.0, 2.0)
+    with pytest.raises(UserError, match="ProductSpace"):
+        MixtureSpace.from_product(mix.parts[0], Intervals(1000))
+    with pytest.raises(UserError, match="intervals"):
+        MixtureSpace.from_product(mix.space, Intervals(1000, (500,)))
+    with pytest.raises(ValueError, match="named e0, e1"):
+        MixtureSpace.from_product(ProductSpace({"a": mix.parts[0], "b": mix.parts[1]}), Intervals(1000, (500,)))
