@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-# experts.losses held the training losses too; these names are imported from here by nas/ and
-# benchmarks/ until they import experts.denoising (then this import keeps only what is used)
+# only denoising_loss and interval_timesteps are used here; the other names are imported from
+# this module by nas/ and benchmarks/ callers until they import experts.denoising
 from experts.denoising import (  # noqa: F401
     ExpertLoss,
     LossBatch,

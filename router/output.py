@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from experts.allocation import Allocation
-from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
 from router.result import RouterResult
-from search_spaces import ProductSpace
 
 __all__ = ["allocation_filename", "plot_allocations", "write_outputs"]
 
@@ -107,9 +105,8 @@ def plot_allocations(
 
 def write_outputs(
     result: RouterResult,
-    mixture: MixtureSpace | ProductSpace,
-    out_dir: str | Path | Intervals,
-    old_out_dir: str | Path | None = None,
+    mixture: MixtureSpace,
+    out_dir: str | Path,
     *,
     allocations_dir: str | Path | None = None,
     sensitivity: Sequence[float] | None = None,
@@ -122,19 +119,14 @@ def write_outputs(
         result: from :func:`router.train.train_router` on ``mixture.space``.
         mixture: the mixture space (one part per interval expert, weights = sampling steps).
         out_dir: folder for the log, summary and plot (a run's ``router/``).
-        old_out_dir: the call ``write_outputs(result, space, intervals, out_dir, ...)`` with a
-            ``ProductSpace`` and its intervals is accepted too (``nas/commands/route.py`` uses it).
         allocations_dir: where ``router-<budget>.json`` go (default: ``out_dir/../allocations``).
         sensitivity: per-interval loss increase when shrunk, for the plot and the summary.
         extra_info: added to each allocation's ``info`` (e.g. the config hash).
         summary_extra: added to ``summary.json``.
     """
-    if isinstance(out_dir, Intervals):
-        if old_out_dir is None:
-            raise TypeError("write_outputs(result, space, intervals, out_dir): out_dir is missing")
-        mixture, out_dir = MixtureSpace.from_product(mixture, out_dir), old_out_dir
-    elif not isinstance(mixture, MixtureSpace):
-        raise TypeError(f"write_outputs needs an experts.MixtureSpace, got {type(mixture).__name__}")
+    if not isinstance(mixture, MixtureSpace):
+        raise TypeError(f"write_outputs needs an experts.MixtureSpace (MixtureSpace.from_product makes one), "
+                        f"got {type(mixture).__name__}")
     out = Path(out_dir)
     alloc_dir = Path(allocations_dir) if allocations_dir is not None else out.parent / "allocations"
     paths = []

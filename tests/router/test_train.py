@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experts.allocation import Allocation
-from experts.intervals import Intervals
+from experts import MixtureSpace
 from router.output import allocation_filename, write_outputs
 from router.settings import RouterSettings
 from router.synthetic import SyntheticMixture
@@ -180,19 +180,18 @@ def test_allocation_export_and_output_files(tmp_path):
     assert (tmp_path / "router" / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_outputs_from_a_product_space_need_one_part_per_interval(tmp_path):
+def test_outputs_need_a_mixture_space(tmp_path):
     space = SimpleSpace([Dimension("w", (1, 2, 3))], macs_fn=lambda a: a["w"])
     res = train_router(space, lambda w: (w["w"] * torch.tensor([2.0, 1.0, 0.0])).sum(), [0.7], steps=5)
     assert res.outcome(0.7).arch["w"] == 2
-    with pytest.raises(UserError, match="ProductSpace"):
-        write_outputs(res, space, Intervals(1000), tmp_path / "a")
     with pytest.raises(TypeError, match="MixtureSpace"):
         write_outputs(res, space, tmp_path / "a")
     bench = _small_bench()
     res2 = train_router(bench.space, bench.task_loss, [0.5], steps=5)
-    with pytest.raises(UserError, match="intervals"):
-        write_outputs(res2, bench.space, Intervals(1000, (500,)), tmp_path / "b")
-    old = write_outputs(res2, bench.space, bench.intervals, tmp_path / "c")
+    with pytest.raises(TypeError, match="MixtureSpace"):
+        write_outputs(res2, bench.space, tmp_path / "b")
+    rebuilt = MixtureSpace.from_product(bench.space, bench.intervals)
+    old = write_outputs(res2, rebuilt, tmp_path / "c")
     new = write_outputs(res2, bench.mixture, tmp_path / "d")
     assert Allocation.load(old[0]) == Allocation.load(new[0]) == res2.allocation(bench.mixture, 0.5)
 
