@@ -15,6 +15,21 @@ Example:
     (3000, 0.5)
     >>> Allocation.from_json(a.to_json()) == a
     True
+
+With a step schedule (the steps are searched too), ``steps_per_expert`` is the schedule's count
+per interval and :meth:`Allocation.timesteps` the list a sampler visits:
+
+    >>> from experts.schedule import StepSchedule
+    >>> s = StepSchedule.from_counts(Intervals(1000, (500,)), (2, 1), "trailing")
+    >>> b = Allocation(
+    ...     method="router", budget_ratio=0.5, intervals=Intervals(1000, (500,)),
+    ...     archs=(Arch({"w": 8}), Arch({"w": 16})), macs_per_expert=(100, 200),
+    ...     steps_per_expert=(2, 1), base_trajectory_macs=6000, schedule=s,
+    ... )
+    >>> b.timesteps(), b.trajectory_macs
+    ([999, 499, 249], 400)
+    >>> Allocation.from_json(b.to_json()) == b
+    True
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.intervals import Intervals, atomic_write_text
+from experts.schedule import StepSchedule
 from search_spaces import Arch
 
 __all__ = ["Allocation"]
@@ -44,6 +60,14 @@ class Allocation:
             computed with).
         base_trajectory_macs: trajectory MACs of the base model with the same sampler/steps.
         info: free-form provenance (training seconds, evaluations, repair steps, ...).
+        schedule: where the sampling steps fall, when they were allocated too (joint
+            allocation); ``None``: the sampler's own evenly spaced steps. When set,
+            ``steps_per_expert`` equals its ``steps_per_interval`` and its intervals are
+            ``intervals``. Written to JSON only when set.
+
+    Raises:
+        ValueError: naming the field: entries per interval, budget ratio, or a schedule that
+            disagrees with the intervals or the step counts.
     """
 
     method: str
@@ -54,6 +78,7 @@ class Allocation:
     steps_per_expert: tuple[int, ...]
     base_trajectory_macs: int
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    schedule: StepSchedule | None = None
 
     def __post_init__(self) -> None:
         n = self.intervals.num_intervals
@@ -65,6 +90,23 @@ class Allocation:
         object.__setattr__(self, "archs", tuple(Arch(a) for a in self.archs))
         object.__setattr__(self, "macs_per_expert", tuple(int(m) for m in self.macs_per_expert))
         object.__setattr__(self, "steps_per_expert", tuple(int(s) for s in self.steps_per_expert))
+        if self.schedule is not None:
+            self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        sched = self.schedule
+        if not isinstance(sched, StepSchedule):
+            raise ValueError(f"allocation schedule must be a StepSchedule, got {type(sched).__name__}")
+        if sched.intervals != self.intervals:
+            raise ValueError(f"allocation schedule is for intervals {list(sched.intervals.boundaries)}, the "
+                             f"allocation's are {list(self.intervals.boundaries)}")
+        if sched.steps_per_interval != self.steps_per_expert:
+            raise ValueError(f"allocation steps_per_expert {list(self.steps_per_expert)} differ from its schedule's "
+                             f"steps per interval {list(sched.steps_per_interval)}")
+
+    def timesteps(self) -> list[int] | None:
+        """The schedule's sampling timesteps (descending), or None without a schedule."""
+        return None if self.schedule is None else self.schedule.timesteps()
 
     @property
     def trajectory_macs(self) -> int:
@@ -82,7 +124,8 @@ class Allocation:
         return self.trajectory_macs <= self.budget_ratio * self.base_trajectory_macs + 1e-6
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready fields; the key ``schedule`` only when there is one."""
+        out: dict[str, Any] = {
             "method": self.method,
             "budget_ratio": self.budget_ratio,
             "intervals": self.intervals.to_dict(),
@@ -95,6 +138,9 @@ class Allocation:
             "feasible": self.feasible,
             "info": self.info,
         }
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.to_dict()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -111,6 +157,7 @@ class Allocation:
                 steps_per_expert=tuple(data["steps_per_expert"]),
                 base_trajectory_macs=int(data["base_trajectory_macs"]),
                 info=dict(data.get("info", {})),
+                schedule=StepSchedule.from_dict(data["schedule"]) if data.get("schedule") is not None else None,
             )
         except KeyError as e:
             raise ValueError(f"allocation JSON is missing key {e.args[0]!r}") from None
