@@ -33,7 +33,8 @@ from __future__ import annotations
 from nas.config.checks import ConfigValueError, is_name, require
 from nas.config.convert import build_dataclass, config_from_dict, config_to_dict, config_to_yaml, show_value
 from nas.config.loader import apply_overrides, dump_config, list_presets, load_config, load_preset_dict
-from nas.config.sections import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, SamplingConfig, SpaceConfig
+from nas.config.sections import (DataConfig, EvalConfig, ExperimentConfig, ModelConfig, SamplingConfig,
+                                  ScheduleConfig, SpaceConfig)
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "RouterConfig",
     "SamplingConfig",
+    "ScheduleConfig",
     "SearchConfig",
     "SpaceConfig",
     "apply_overrides",

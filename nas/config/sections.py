@@ -13,7 +13,12 @@ from typing import Literal, Optional
 from nas.config.checks import is_name, require
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
 
-__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "SpaceConfig"]
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "ScheduleConfig",
+           "SpaceConfig"]
+
+# the placements of experts.schedule.SPACINGS; the config names them without importing the
+# experts package (a config loads before any model code)
+_SPACINGS = ("leading", "trailing", "uniform", "quadratic")
 
 
 @dataclass(frozen=True)
@@ -99,14 +104,15 @@ class SamplingConfig:
     """How images are generated.
 
     Attributes:
-        sampler: ``ddim`` (default), ``ddpm`` or ``dpm++`` (DPM-Solver++), as in ``nas.sampling.SAMPLERS``.
+        sampler: ``ddim`` (default), ``ddpm``, ``dpm++`` (DPM-Solver++) or ``euler`` (Euler
+            discrete), as in ``nas.sampling.SAMPLERS``.
         num_steps: number of denoising steps of one trajectory.
         batch_size: images per UNet call.
         num_images: images written by ``diffnas sample``.
         seed: seed of the initial noise (and of stochastic samplers).
     """
 
-    sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpm++", "euler"] = "ddim"
     num_steps: int = 20
     batch_size: int = 64
     num_images: int = 64
@@ -117,6 +123,59 @@ class SamplingConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.num_images >= 1, "num_images", f"must be >= 1, got {self.num_images}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Joint allocation of sampling steps and expert sub-networks.
+
+    Budgets stay fractions of the base model's trajectory MACs at ``sampling.num_steps`` with
+    ``sampling.sampler``, so fewer steps, static pruning and joint allocations share one scale.
+
+    Attributes:
+        joint: search and route the number of steps per interval (and their placement) together
+            with the experts' sub-networks; ``false`` keeps ``sampling.num_steps`` uniform steps.
+        max_steps: most sampling steps a joint trajectory may use; ``null``: ``sampling.num_steps``.
+        counts: per-interval step-count choices; ``null``: ``0 .. max_steps``, clipped by the
+            interval's span (the lowest-noise interval needs at least one step).
+        spacings: placements of an interval's steps to choose from (``leading``, ``trailing``,
+            ``uniform``, ``quadratic``; see ``experts.schedule``).
+        proxy: the cheap quality of a joint allocation: ``small_fid`` (FID of ``proxy_images``
+            samples against the dataset's reference features) or ``distance`` (mean feature
+            distance to the base model's ``reference_steps``-step samples from the same noise).
+        proxy_images: images the proxy generates per allocation.
+        proxy_seed: seed of the proxy's fixed noise batch.
+        reference_steps: steps of the base model's reference trajectory (the proxy's distance).
+    """
+
+    joint: bool = False
+    max_steps: Optional[int] = None
+    counts: Optional[tuple[int, ...]] = None
+    spacings: tuple[str, ...] = ("uniform", "quadratic", "trailing", "leading")
+    proxy: Literal["small_fid", "distance"] = "small_fid"
+    proxy_images: int = 64
+    proxy_seed: int = 12345
+    reference_steps: int = 50
+
+    def __post_init__(self) -> None:
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps",
+                f"must be >= 1 or null, got {self.max_steps}")
+        if self.counts is not None:
+            c = list(self.counts)
+            require(len(c) >= 1 and all(x >= 0 for x in c) and len(set(c)) == len(c), "counts",
+                    f"must list distinct step counts >= 0, got {c}")
+            require(any(x >= 1 for x in c), "counts", f"must hold a count >= 1 (the last interval needs a step), got {c}")
+        sp = list(self.spacings)
+        require(len(sp) >= 1 and len(set(sp)) == len(sp), "spacings", f"must list spacings once each, got {sp}")
+        for i, name in enumerate(sp):
+            require(name in _SPACINGS, f"spacings[{i}]", f"must be one of {', '.join(_SPACINGS)}, got {name!r}")
+        require(self.proxy_images >= 2, "proxy_images", f"must be >= 2, got {self.proxy_images}")
+        require(self.proxy_seed >= 0, "proxy_seed", f"must be >= 0, got {self.proxy_seed}")
+        require(self.reference_steps >= 1, "reference_steps", f"must be >= 1, got {self.reference_steps}")
+
+    def steps_limit(self, sampling: SamplingConfig) -> int:
+        """The most steps of one joint trajectory: ``max_steps``, or ``sampling.num_steps``."""
+        return self.max_steps if self.max_steps is not None else sampling.num_steps
 
 
 @dataclass(frozen=True)
@@ -208,6 +267,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -191,3 +191,32 @@ def test_an_unknown_bench_method_is_one_line_naming_the_key_and_the_registered_m
                           "uniform, static, fewer_steps, base), got 'routed'")
     assert "\n" not in msg
     assert load_config(None, ["bench.methods=[fewer_steps, base]"]).bench.methods == ("fewer_steps", "base")
+
+
+def test_schedule_section_defaults_off_and_checks_its_keys():
+    from experts.schedule import SPACINGS
+    from nas.config import ScheduleConfig
+
+    cfg = load_config()
+    assert cfg.schedule == ScheduleConfig()
+    assert cfg.schedule.joint is False and cfg.schedule.max_steps is None and cfg.schedule.counts is None
+    assert cfg.schedule.steps_limit(cfg.sampling) == cfg.sampling.num_steps
+    on = load_config(None, ["schedule.joint=true", "schedule.max_steps=6", "schedule.counts=[0, 1, 2, 4]",
+                            "schedule.spacings=[trailing]", "sampling.sampler=euler"])
+    assert on.schedule.counts == (0, 1, 2, 4) and on.schedule.spacings == ("trailing",)
+    assert on.schedule.steps_limit(on.sampling) == 6 and on.sampling.sampler == "euler"
+    assert config_from_dict(config_to_dict(on)) == on
+    assert set(ScheduleConfig().spacings) == set(SPACINGS)
+    for override, message in [
+        ("schedule.max_steps=0", "config key 'schedule.max_steps' must be >= 1 or null, got 0"),
+        ("schedule.counts=[0]", "config key 'schedule.counts' must hold a count >= 1"),
+        ("schedule.counts=[1, 1]", "config key 'schedule.counts' must list distinct step counts >= 0"),
+        ("schedule.spacings=[cosine]", "config key 'schedule.spacings[0]' must be one of leading, trailing"),
+        ("schedule.proxy=loss", "config key 'schedule.proxy' must be one of 'small_fid', 'distance'"),
+        ("schedule.proxy_images=1", "config key 'schedule.proxy_images' must be >= 2, got 1"),
+        ("schedule.reference_steps=0", "config key 'schedule.reference_steps' must be >= 1, got 0"),
+        ("schedule.jiont=true", "unknown config key 'schedule.jiont' (did you mean 'schedule.joint'?)"),
+    ]:
+        with pytest.raises(UserError) as err:
+            load_config(None, [override])
+        assert str(err.value).startswith(message), (override, str(err.value))
