@@ -63,9 +63,6 @@ from nas.metrics.common import (
     INCEPTION_SUBDIR,
     INCEPTION_URL,
     REFERENCE_SUBDIR,
-    _check_images,
-    _progress,
-    _sha256_file,
     quantize_uint8,
 )
 from nas.metrics.extractors import (
@@ -78,8 +75,6 @@ from nas.metrics.extractors import (
 )
 from nas.metrics.fid_kid import (
     QualityResult,
-    _frechet_distance_without_disp,
-    _t_interval,
     compute_quality,
     fid_folders,
     folder_features,
@@ -89,18 +84,10 @@ from nas.metrics.fid_kid import (
     quality_with_ci,
 )
 from nas.metrics.inception_weights import (
-    _as_weights_file,
-    _download_inception,
-    _folder_with_canonical_name,
-    _missing_inception_message,
     resolve_inception_weights,
 )
-from nas.metrics.reference import _slug, images_hash, reference_cache_path, reference_features
+from nas.metrics.reference import images_hash, reference_cache_path, reference_features
 
-# The private names above are re-exported so that ``from nas.metrics import _x`` keeps working;
-# to monkeypatch one, patch it in the submodule that uses it (patching it here changes nothing).
-# ``_CLEANFID_DEFAULT_FOLDER`` is deliberately not re-exported (a patch here would silently do
-# nothing): it is read in nas.metrics.inception_weights, so patch it there.
 
 __all__ = [
     "ALLOW_DOWNLOAD_ENV",

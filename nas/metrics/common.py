@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nas.digit_classifier import sha256_file as _sha256_file  # one copy, re-exported for nas.metrics
+from nas.digit_classifier import sha256_file
 
 INCEPTION_ENV = "DIFFNAS_INCEPTION_WEIGHTS"
 ALLOW_DOWNLOAD_ENV = "DIFFNAS_ALLOW_DOWNLOAD"
@@ -32,7 +32,7 @@ def quantize_uint8(images: Tensor) -> Tensor:
     return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def _check_images(images: Tensor, what: str) -> None:
+def check_images(images: Tensor, what: str) -> None:
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{what} must be a (N, C, H, W) tensor with C in (1, 3), got {shape}")
@@ -42,7 +42,7 @@ def _check_images(images: Tensor, what: str) -> None:
 
 
 
-def _progress(it: Any, desc: str, total: int) -> Any:
+def progress_bar(it: Any, desc: str, total: int) -> Any:
     if total <= 4:
         return it
     from tqdm.auto import tqdm

@@ -21,12 +21,12 @@ from nas.metrics.common import (
     EXTRACTOR_KINDS,
     INCEPTION_FILENAME,
     INCEPTION_URL,
-    _check_images,
-    _progress,
-    _sha256_file,
+    check_images,
+    progress_bar,
+    sha256_file,
     quantize_uint8,
 )
-from nas.metrics.inception_weights import _folder_with_canonical_name, resolve_inception_weights
+from nas.metrics.inception_weights import folder_with_canonical_name, resolve_inception_weights
 from search_spaces.errors import UserError
 
 
@@ -74,11 +74,11 @@ class FeatureExtractor(ABC):
     def __call__(self, images: Tensor) -> np.ndarray:
         from cleanfid.fid import get_batch_features
 
-        _check_images(images, "images")
+        check_images(images, "images")
         n = images.shape[0]
         chunks: list[np.ndarray] = []
         starts = range(0, n, self.batch_size)
-        for start in _progress(starts, f"{self.name} features", len(starts)):
+        for start in progress_bar(starts, f"{self.name} features", len(starts)):
             batch = images[start : start + self.batch_size].detach().cpu()
             inputs = self._prepare(quantize_uint8(batch))  # (B, C', H', W') float in [0, 255]
             feats = get_batch_features(inputs, self.cleanfid_model, self.device)  # (B, D)
@@ -146,11 +146,11 @@ class InceptionFeatureExtractor(FeatureExtractor):
     feature_dim = 2048
 
     def __init__(self, weights_file: Path, *, device: torch.device | str, cache_dir: Path, batch_size: int = 32) -> None:
-        super().__init__(device=device, batch_size=batch_size, fingerprint=_sha256_file(weights_file)[:16])
+        super().__init__(device=device, batch_size=batch_size, fingerprint=sha256_file(weights_file)[:16])
         from cleanfid.inception_torchscript import InceptionV3W
         from cleanfid.resize import build_resizer
 
-        folder = _folder_with_canonical_name(weights_file, Path(cache_dir))
+        folder = folder_with_canonical_name(weights_file, Path(cache_dir))
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)

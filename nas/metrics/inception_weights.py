@@ -96,7 +96,7 @@ def _download_inception(folder: Path) -> Path:
     return final
 
 
-def _folder_with_canonical_name(weights_file: Path, cache_dir: Path) -> Path:
+def folder_with_canonical_name(weights_file: Path, cache_dir: Path) -> Path:
     """clean-fid's InceptionV3W loads ``<folder>/inception-2015-12-05.pt``: give it such a folder."""
     weights_file = weights_file.resolve()
     if weights_file.name == INCEPTION_FILENAME:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nas.metrics.common import REFERENCE_SUBDIR, _check_images
+from nas.metrics.common import REFERENCE_SUBDIR, check_images
 from nas.metrics.extractors import FeatureExtractor
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def reference_features(dataset_key: str, images: Tensor, extractor: FeatureExtra
         >>> reference_features("digits", images[:100], ext, cache).shape
         (100, 64)
     """
-    _check_images(images, "reference images")
+    check_images(images, "reference images")
     path = reference_cache_path(dataset_key, images, extractor, cache_dir)
     if path.is_file():
         try:
