@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ def machine() -> dict:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
@@ -138,24 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return p.parse_args(argv)
 
-    net = ElasticUNet(embedded_unet())
-    space = net.space
-    rng = np.random.default_rng(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    inputs = {
-        "sample": torch.randn(args.batch_size, 1, 16, 16, generator=g).to(device),
-        "timestep": torch.full((args.batch_size,), 500, dtype=torch.long).to(device),
-    }
+
+def _models(net: ElasticUNet, rng: np.random.Generator, inputs: dict[str, torch.Tensor],
+            device: torch.device) -> tuple[dict[str, torch.nn.Module], dict[str, Arch]]:
+    """The full model and one materialised sub-network per (family, target), with its arch."""
     models: dict[str, torch.nn.Module] = {"full": net.plain_unet().eval().to(device)}
     chosen: dict[str, Arch] = {}
     for target in TARGETS:
-        for family, picked in pick_archs(space, target, rng).items():
+        for family, picked in pick_archs(net.space, target, rng).items():
             name = f"{family}@{target:.2f}"
             if isinstance(picked, list):  # candidates: keep the fastest
                 subs = [net.materialize(a).eval().to(device) for a in picked]
@@ -165,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 chosen[name] = picked
                 models[name] = net.materialize(picked).eval().to(device)
-    times = time_side_by_side(models, inputs, args.repeats, args.warmup, device)
+    return models, chosen
+
+
+def _rows(space: Any, times: dict[str, list[float]], models: dict[str, torch.nn.Module],
+          chosen: dict[str, Arch]) -> list[dict[str, Any]]:
     full_ms = statistics.median(times["full"])
     rows = []
     for name, ts in times.items():
@@ -181,20 +178,41 @@ def main(argv: list[str] | None = None) -> int:
         })
         logger.info("%-16s macs_ratio=%.3f  median=%.2f ms  speedup=%.2fx  efficiency=%.2f",
                     name, ratio, med, speedup, speedup * ratio)
-    result = {"device": str(device), "batch_size": args.batch_size, "repeats": args.repeats,
-              "machine": machine(), "rows": rows, "archs": {k: v.to_dict() for k, v in chosen.items()},
-              "definition": "efficiency = speedup / (1 / macs_ratio); target >= 0.8 at batch 64"}
-    out = Path(args.out)
+    return rows
+
+
+def _write(result: dict[str, Any], out: Path, tag: str, batch_size: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tag = device.type
     (out / f"latency-{tag}.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Latency of materialised sub-networks ({tag}, batch {args.batch_size})", "",
+    lines = [f"# Latency of materialised sub-networks ({tag}, batch {batch_size})", "",
              f"Machine: {json.dumps(result['machine'])}", "",
              "| model | MACs ratio | median ms | speed-up | efficiency |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['macs_ratio']:.3f} | {r['latency_ms_median']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['efficiency']:.2f} |" for r in rows]
+              f"{r['efficiency']:.2f} |" for r in result["rows"]]
     (out / f"latency-{tag}.md").write_text("\n".join(lines) + "\n")
     logger.info("wrote %s", out / f"latency-{tag}.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    net = ElasticUNet(embedded_unet())
+    rng = np.random.default_rng(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    inputs = {
+        "sample": torch.randn(args.batch_size, 1, 16, 16, generator=g).to(device),
+        "timestep": torch.full((args.batch_size,), 500, dtype=torch.long).to(device),
+    }
+    models, chosen = _models(net, rng, inputs, device)
+    times = time_side_by_side(models, inputs, args.repeats, args.warmup, device)
+    result = {"device": str(device), "batch_size": args.batch_size, "repeats": args.repeats,
+              "machine": machine(), "rows": _rows(net.space, times, models, chosen),
+              "archs": {k: v.to_dict() for k, v in chosen.items()},
+              "definition": "efficiency = speedup / (1 / macs_ratio); target >= 0.8 at batch 64"}
+    _write(result, Path(args.out), device.type, args.batch_size)
     return 0
 
 
