@@ -2,8 +2,9 @@
 
 - :class:`RunDir`: the paths of ``runs/<name>/`` and the ``results.jsonl`` writer/reader.
 - :class:`RunContext`: the config, the run folder and every artefact in it (base model,
-  scheduler, intervals, experts, data, held-out set, mixture space, allocations, results),
-  each loaded once, on first use. Every command and stage takes one.
+  scheduler, intervals, experts, data, held-out set, mixture space (joint with the steps when
+  ``schedule.joint``), evaluation features, trajectory proxy, allocations, results), each loaded
+  once, on first use. Every command and stage takes one.
 - The stage registry (:class:`Stage`, :func:`register_stage`, :func:`all_stages`,
   :func:`stage_key`) and the runner :func:`run_pipeline` behind ``diffnas run``. The method's
   stages are registered by :mod:`nas.pipeline`; other packages register theirs through the
@@ -29,6 +30,7 @@ from nas.run._artefacts import (
     train_settings,
 )
 from nas.run._context import RunContext, prepare_run
+from nas.run._proxy import build_trajectory_proxy, proxy_quality
 from nas.run._rundir import RunDir, to_jsonable
 from nas.run._runner import LEDGER_FILE, PipelineResult, StageOutcome, run_pipeline
 from nas.run._stages import (
@@ -52,12 +54,14 @@ __all__ = [
     "Stage",
     "StageOutcome",
     "all_stages",
+    "build_trajectory_proxy",
     "experts_data",
     "finetune_settings",
     "get_stage",
     "heldout_path",
     "load_stages",
     "prepare_run",
+    "proxy_quality",
     "read_intervals",
     "register_stage",
     "run_pipeline",

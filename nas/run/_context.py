@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nas.config import ExperimentConfig
@@ -12,11 +13,13 @@ from nas.run._artefacts import experts_data, heldout_path
 from nas.run._rundir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
     from experts.allocation import Allocation
     from experts.intervals import Intervals
     from experts.losses import HeldOutSet
+    from experts.trajectory_proxy import TrajectoryProxy
     from nas.models import BaseModel
     from experts import MixtureSpace
 
@@ -37,8 +40,8 @@ def prepare_run(cfg: ExperimentConfig) -> RunDir:
 class RunContext:
     """One experiment's run folder ``runs/<name>/`` and what the stages load from it.
 
-    Every artefact (base model, scheduler, intervals, experts, data, held-out set, mixture space)
-    is loaded on first use and kept; nothing is loaded by the constructor, so a command can check
+    Every artefact (base model, scheduler, intervals, experts, data, held-out set, mixture space,
+    evaluation features, trajectory proxy) is loaded on first use and kept; nothing is loaded by the constructor, so a command can check
     its inputs before any slow work.
 
     Args:
@@ -127,16 +130,46 @@ class RunContext:
         return self.base_macs_per_call * len(self.timesteps)
 
     def generate(self, model: Any, num_images: int, seed: int, num_steps: int, batch_size: int | None = None,
-                 progress: bool | None = None) -> torch.Tensor:
-        """Sample ``num_images`` from ``model`` with the run's scheduler: (N, C, H, W) in [-1, 1]."""
+                 progress: bool | None = None, timesteps: Sequence[int] | Any | None = None) -> torch.Tensor:
+        """Sample ``num_images`` from ``model`` with the run's scheduler: (N, C, H, W) in [-1, 1].
+
+        ``timesteps`` (a descending list of training timesteps or a ``StepSchedule``), when
+        given, is the trajectory instead of ``num_steps`` evenly spaced steps."""
         from nas.sampling import generate
 
         b = self.base
-        return generate(model, self.scheduler, num_images=num_images, num_steps=num_steps,
+        steps = {"num_steps": num_steps} if timesteps is None else {"timesteps": timesteps}
+        return generate(model, self.scheduler, num_images=num_images, **steps,
                         batch_size=batch_size or self.cfg.sampling.batch_size, seed=seed, device=self.device,
                         sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
                         encoder_hidden_states=b.encoder_hidden_states,
                         progress=self.progress if progress is None else progress)
+
+    # evaluation features and the trajectory proxy -------------------------------------------------
+    def extractor(self) -> Any:
+        """The evaluation feature extractor (``evaluation.extractor``), on :attr:`device`."""
+        from nas.metrics import build_extractor, resolve_extractor_kind
+
+        ev = self.cfg.evaluation
+        return self._once("extractor", lambda: build_extractor(
+            resolve_extractor_kind(ev.extractor, self.cfg.data.dataset), device=self.device,
+            cache_dir=self.run.cache_dir, inception_weights=ev.inception_weights))
+
+    def reference_features(self) -> np.ndarray:
+        """(N, D) evaluation features of the dataset (what FID compares against; cached on disk)."""
+        from nas.data import dataset_id, load_dataset
+        from nas.metrics import reference_features
+
+        return self._once("reference_features", lambda: reference_features(
+            dataset_id(self.cfg.data), load_dataset(self.cfg.data), self.extractor(), self.run.cache_dir))
+
+    def trajectory_proxy(self) -> TrajectoryProxy:
+        """The trajectory proxy of joint allocations (``schedule.*``; see :mod:`nas.run._proxy`):
+        small-sample FID of a candidate's samples, paired distance to the base model's
+        ``schedule.reference_steps``-step samples beside it; the reference is cached in ``proxy/``."""
+        from nas.run._proxy import build_trajectory_proxy
+
+        return self._once("trajectory_proxy", lambda: build_trajectory_proxy(self))
 
     # intervals, experts, data ---------------------------------------------------------------------
     def intervals(self) -> Intervals | None:
@@ -211,23 +244,62 @@ class RunContext:
         return self._once("steps", lambda: tuple(
             int(s) for s in self.expert_intervals().steps_per_interval(self.timesteps)))
 
-    def mixture_space(self) -> MixtureSpace:
-        """The joint space of the experts' archs (:class:`experts.MixtureSpace`): one part per
-        expert (``e0``, ``e1``, ...), each weighted by the sampling steps it serves, so its MACs
-        are trajectory MACs."""
+    def mixture_space(self, joint: bool | None = None) -> MixtureSpace:
+        """The space of the experts' archs (:class:`experts.MixtureSpace`): one part per expert
+        (``e0``, ``e1``, ...), its MACs trajectory MACs.
+
+        Args:
+            joint: search the steps too (``None``: ``schedule.joint``). Off: each part is the
+                expert's space weighted by the sampling steps its interval serves under
+                ``sampling.sampler``/``num_steps``. On: each part is the interval's steps
+                (:meth:`step_counts`, ``schedule.spacings``) x its expert's space, at most
+                ``schedule.max_steps`` steps in all (:meth:`experts.MixtureSpace.joint`).
+        """
+        joint = self.cfg.schedule.joint if joint is None else bool(joint)
+        if joint:
+            return self._once("joint_space", self._build_joint_space)
         return self._once("mixture_space", self._build_mixture_space)
+
+    def step_counts(self) -> list[tuple[int, ...]]:
+        """The step counts each interval may receive in the joint space: ``schedule.counts`` (or
+        ``0 .. max_steps``), clipped by the interval's span; the lowest-noise interval >= 1."""
+        from experts.steps_space import interval_counts
+
+        s = self.cfg.schedule
+        try:
+            return interval_counts(self.expert_intervals(), s.counts, max_steps=s.steps_limit(self.cfg.sampling))
+        except ValueError as exc:
+            raise UserError(f"schedule.counts: {exc}") from None
+
+    def steps_space(self) -> MixtureSpace:
+        """The steps-only space: the joint space of :meth:`mixture_space` with every expert
+        pinned at its full arch (the base model's shape), so only the schedule is searched."""
+        return self._once("steps_space", lambda: self._build_joint_space(pinned=True))
+
+    def _expert_spaces(self) -> tuple[Intervals, list[Any]]:
+        """(intervals, supernets) for their spaces: the loaded experts, else loaded on the CPU."""
+        if "experts" in self._cache:
+            return self._cache["experts"]
+        from experts.training import load_experts
+
+        return load_experts(self.run.experts_dir, device="cpu")
 
     def _build_mixture_space(self) -> MixtureSpace:
         from experts import MixtureSpace
 
         steps = self.steps_per_expert()  # the base model is loaded before the experts
-        if "experts" in self._cache:
-            intervals, supernets = self._cache["experts"]
-        else:  # the spaces only: loaded on the CPU, whatever the run's device
-            from experts.training import load_experts
-
-            intervals, supernets = load_experts(self.run.experts_dir, device="cpu")
+        intervals, supernets = self._expert_spaces()
         return MixtureSpace([e.space for e in supernets], steps, intervals)
+
+    def _build_joint_space(self, pinned: bool = False) -> MixtureSpace:
+        from experts import MixtureSpace
+        from experts.steps_space import PinnedSpace
+
+        s = self.cfg.schedule
+        intervals, supernets = self._expert_spaces()
+        spaces = [PinnedSpace(e.space) if pinned else e.space for e in supernets]
+        return MixtureSpace.joint(intervals, spaces, counts=self.step_counts(),
+                                  spacings=s.spacings, max_steps=s.steps_limit(self.cfg.sampling))
 
     # stored results ------------------------------------------------------------------------------
     def allocation(self, method: str, budget: float) -> Allocation | None:

@@ -155,6 +155,11 @@ class RunDir:
         return self.path / "report"
 
     @property
+    def proxy_dir(self) -> Path:
+        """``proxy/``: the trajectory proxy's reference samples of this run's base model."""
+        return self.path / "proxy"
+
+    @property
     def cache_dir(self) -> Path:
         """Shared cache (reference statistics, feature extractors) for all runs under ``root``."""
         return self.root / ".cache"

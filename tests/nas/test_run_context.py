@@ -64,3 +64,26 @@ def test_missing_artefacts_are_user_errors(tmp_path):
         ctx.heldout()
     run = ctx.prepare()
     assert run.config_path.is_file()
+
+
+def test_generate_along_explicit_timesteps_matches_num_steps(tiny):
+    ctx = RunContext(tiny, device="cpu", progress=False)
+    by_count = ctx.generate(ctx.base.unet, 2, seed=3, num_steps=4)
+    by_list = ctx.generate(ctx.base.unet, 2, seed=3, num_steps=4, timesteps=list(ctx.timesteps))
+    assert (by_count == by_list).all()
+
+
+def test_trajectory_proxy_scores_on_the_evaluation_features_and_caches_its_reference(tiny):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny, schedule=dataclasses.replace(tiny.schedule, proxy_images=8, reference_steps=4))
+    ctx = RunContext(cfg, device="cpu", progress=False)
+    proxy = ctx.trajectory_proxy()
+    assert ctx.trajectory_proxy() is proxy and proxy.reference_timesteps == list(ctx.timesteps)
+    score = proxy.score(ctx.base.unet, ctx.timesteps)
+    assert score.distance == 0.0 and score.fid is not None and score.num_images == 8
+    assert proxy.score(ctx.base.unet, ctx.timesteps[::2]).distance > 0
+    files = list(ctx.run.proxy_dir.glob("reference-*.pt"))
+    assert len(files) == 1 and str(ctx.run.path) not in files[0].read_bytes().decode("latin-1")
+    again = RunContext(cfg, device="cpu", progress=False).trajectory_proxy()
+    assert again._load_cached() is not None and (again.reference_samples == proxy.reference_samples).all()

@@ -1,0 +1,73 @@
+"""The run's evaluation features and the trajectory proxy built from them.
+
+The proxy a joint search and the router rank allocations with (``schedule.proxy``): the
+small-sample FID of a candidate's ``schedule.proxy_images`` samples (fixed seed
+``schedule.proxy_seed``) against the dataset's reference features, in the evaluation
+extractor's feature space (the one the bench's FID uses), with the paired feature distance to
+the base model's ``schedule.reference_steps``-step samples from the same noise recorded beside
+it (:class:`experts.trajectory_proxy.TrajectoryProxy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nas.config import config_to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from experts.trajectory_proxy import ProxyScore, TrajectoryProxy
+    from nas.run._context import RunContext
+
+__all__ = ["build_trajectory_proxy", "proxy_quality", "reference_cache_key"]
+
+
+def reference_cache_key(ctx: RunContext) -> str:
+    """What the reference samples depend on besides their timesteps (the file cannot check it):
+    the base model's and data's config, the sampler, the seed, the image and batch counts. A
+    hash, so no path is stored."""
+    cfg = ctx.cfg
+    d = config_to_dict(cfg)
+    s = cfg.schedule
+    blob = {"model": d["model"], "data": d["data"], "seed": cfg.seed, "sampler": cfg.sampling.sampler,
+            "batch_size": cfg.sampling.batch_size, "images": s.proxy_images, "proxy_seed": s.proxy_seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_trajectory_proxy(ctx: RunContext) -> TrajectoryProxy:
+    """The run's :class:`~experts.trajectory_proxy.TrajectoryProxy` (see the module docstring);
+    the reference samples are cached in ``proxy/`` of the run folder."""
+    from experts.trajectory_proxy import TrajectoryProxy
+    from nas.metrics import frechet_distance_from_features
+    from nas.sampling import sampling_timesteps
+
+    s = ctx.cfg.schedule
+    ref_feats = ctx.reference_features()
+    extractor = ctx.extractor()
+
+    def sample(model: Any, timesteps: Sequence[int]) -> Any:
+        return ctx.generate(model, s.proxy_images, s.proxy_seed, len(timesteps), timesteps=list(timesteps),
+                            progress=False)
+
+    def fid(feats: np.ndarray) -> float:
+        return frechet_distance_from_features(feats, ref_feats)
+
+    reference = sampling_timesteps(ctx.scheduler, s.reference_steps)
+    path = ctx.run.proxy_dir / f"reference-{ctx.cfg.sampling.sampler}-{s.reference_steps}.pt"
+    return TrajectoryProxy(sample, ctx.base.unet, reference, extractor, fid=fid, cache_file=path,
+                           cache_key=reference_cache_key(ctx))
+
+
+def proxy_quality(score: ProxyScore, proxy: str) -> float:
+    """The number a search minimises for ``schedule.proxy``: ``small_fid`` or ``distance``."""
+    if proxy == "small_fid":
+        if score.fid is None:
+            raise ValueError("the trajectory proxy computed no small-sample FID")
+        return float(score.fid)
+    if proxy == "distance":
+        return float(score.distance)
+    raise ValueError(f"unknown proxy {proxy!r}; choices: small_fid, distance")
