@@ -35,18 +35,67 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from experts.intervals import Intervals
-from experts.mixture_space import MixtureSpace
 from experts.schedule import SPACINGS, IntervalSteps, StepSchedule
 from search_spaces import Arch, Dimension, ProductSpace, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DEFAULT_SPACINGS", "IntervalSpace", "StepsSpace", "joint_space", "split_joint"]
+__all__ = [
+    "DEFAULT_SPACINGS", "IntervalSpace", "JointSpace", "PinnedSpace", "StepsSpace", "interval_counts", "joint_space",
+    "part_name", "split_joint",
+]
 
 #: Spacings a :class:`StepsSpace` offers by default; the last (DDIM's default ``leading``) is the
 #: full arch's.
 DEFAULT_SPACINGS: tuple[str, ...] = ("trailing", "uniform", "quadratic", "leading")
+
+
+def part_name(k: int) -> str:
+    """Name of interval ``k``'s part in a mixture's product space: ``e0``, ``e1``, ..."""
+    return f"e{int(k)}"
+
+
+def interval_counts(intervals: Intervals, counts: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                    max_steps: int | None = None) -> list[tuple[int, ...]]:
+    """The allowed step counts of each interval.
+
+    Args:
+        intervals: the experts' intervals.
+        counts: one list shared by every interval, one list per interval, or None
+            (``0 .. max_steps``).
+        max_steps: if given, counts above it are dropped.
+
+    Each interval keeps the counts that fit in its span; interval 0 (holding ``t = 0``, where
+    the trajectory ends) drops 0.
+
+    Raises:
+        ValueError: neither ``counts`` nor ``max_steps``, or an interval left without a count.
+
+    Example:
+        >>> interval_counts(Intervals(1000, (998,)), max_steps=3)
+        [(1, 2, 3), (0, 1, 2)]
+    """
+    n = intervals.num_intervals
+    if counts is None:
+        if max_steps is None:
+            raise ValueError("give the step counts or max_steps")
+        per: list[Sequence[int]] = [range(int(max_steps) + 1)] * n
+    elif all(hasattr(c, "__index__") for c in counts):
+        per = [counts] * n  # type: ignore[list-item]
+    else:
+        per = list(counts)  # type: ignore[arg-type]
+        if len(per) != n:
+            raise ValueError(f"got {len(per)} count lists for {n} intervals")
+    out = []
+    for k, ((lo, hi), cs) in enumerate(zip(intervals.spans(), per)):
+        keep = sorted({int(c) for c in cs if 0 <= int(c) <= hi - lo and (max_steps is None or int(c) <= int(max_steps))
+                       and (k != 0 or int(c) >= 1)})
+        if not keep:
+            raise ValueError(f"interval {k} [{lo}, {hi}): no allowed step count among {list(cs)} "
+                             f"(at most {hi - lo} fit{'; it needs >= 1' if k == 0 else ''})")
+        out.append(tuple(keep))
+    return out
 
 
 class StepsSpace(SearchSpace):
@@ -120,6 +169,27 @@ class StepsSpace(SearchSpace):
         """The :class:`~experts.schedule.IntervalSteps` an arch of this space stands for."""
         return IntervalSteps(int(arch[self.COUNT]), SPACINGS[int(arch[self.SPACING])])
 
+    def arch_of(self, steps: IntervalSteps) -> Arch:
+        """Inverse of :meth:`interval_steps`. Explicit timesteps are matched to the first of
+        :attr:`spacings` that places them (needs :attr:`span`).
+
+        Raises:
+            ValueError: a count or spacing not in this space, or explicit timesteps that no
+                spacing of this space places.
+        """
+        if steps.count not in self.counts:
+            raise ValueError(f"{steps.count} steps is not an allowed count {list(self.counts)}")
+        if steps.spacing in self.spacings:
+            return Arch({self.COUNT: steps.count, self.SPACING: SPACINGS.index(steps.spacing)})
+        if self.span is None:
+            raise ValueError(f"spacing {steps.spacing!r} is not one of {list(self.spacings)}")
+        want = steps.place(*self.span)
+        for name in self.spacings:
+            if IntervalSteps(steps.count, name).place(*self.span) == want:
+                return Arch({self.COUNT: steps.count, self.SPACING: SPACINGS.index(name)})
+        raise ValueError(f"timesteps {want} are not placed by any spacing of {list(self.spacings)} "
+                         f"in [{self.span[0]}, {self.span[1]})")
+
 
 class IntervalSpace(ProductSpace):
     """One interval of a mixture: parts ``steps`` and ``expert``; MACs = count x expert MACs.
@@ -160,15 +230,97 @@ class IntervalSpace(ProductSpace):
         return steps.to(torch.float64) * expert.to(torch.float64)
 
 
+class PinnedSpace(SearchSpace):
+    """A space fixed at one arch: every dimension of ``space`` with the single choice ``arch``
+    has (MACs and rules are ``space``'s). The expert of a steps-only mixture: the base model
+    at full width while the steps are searched.
+
+    Args:
+        space: the model's space (e.g. the base model's supernet space).
+        arch: the arch it is pinned at (default: ``space.full()``).
+    """
+
+    def __init__(self, space: SearchSpace, arch: Mapping[str, int] | None = None) -> None:
+        arch = space.full() if arch is None else Arch(arch)
+        space.validate(arch)
+        self.space = space
+        self.arch = arch
+        self._dims = tuple(Dimension(d.name, (arch[d.name],), d.kind, d.tied_to, d.rule) for d in space.dimensions())
+        self._macs = int(space.macs(arch))
+
+    def dimensions(self) -> tuple[Dimension, ...]:
+        return self._dims
+
+    def macs(self, arch: Mapping[str, int]) -> int:
+        return self._macs
+
+    def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+        """The pinned arch's MACs (a constant: nothing to choose)."""
+        import torch
+
+        return torch.tensor(float(self._macs), dtype=torch.float64)
+
+
+class JointSpace(ProductSpace):
+    """The joint steps x experts space of a mixture (parts ``e<k>``, each an
+    :class:`IntervalSpace`, weight 1): MACs are the trajectory MACs.
+
+    Args:
+        parts: ``{"e0": IntervalSpace, ...}`` in interval order.
+        max_steps: if given, the rule "at most ``max_steps`` sampling steps in all";
+            :meth:`repair` lowers the largest counts until it holds.
+    """
+
+    def __init__(self, parts: Mapping[str, IntervalSpace], max_steps: int | None = None) -> None:
+        super().__init__(parts)
+        self.max_steps = None if max_steps is None else int(max_steps)
+
+    def interval_parts(self) -> list[IntervalSpace]:
+        """The :class:`IntervalSpace` of each interval, in order."""
+        return list(self.parts.values())  # type: ignore[arg-type]
+
+    def num_steps(self, arch: Mapping[str, int]) -> int:
+        """Total sampling steps of ``arch``."""
+        key = f"{IntervalSpace.STEPS}{self.SEP}{StepsSpace.COUNT}"
+        return sum(int(a[key]) for a in self.split_values(arch).values())
+
+    def full(self) -> Arch:
+        """Every expert at its full arch with the most steps the ``max_steps`` rule allows
+        (the largest counts lowered by :meth:`repair`)."""
+        return self.repair(super().full())
+
+    def check_rules(self, arch: Arch) -> None:
+        super().check_rules(arch)
+        if self.max_steps is not None and self.num_steps(arch) > self.max_steps:
+            raise ValueError(f"{self.num_steps(arch)} sampling steps in all: the rule is at most {self.max_steps}")
+
+    def repair(self, arch: Arch) -> Arch:
+        arch = super().repair(arch)
+        if self.max_steps is None:
+            return arch
+        values = dict(arch)
+        keys = [f"{p}{self.SEP}{IntervalSpace.STEPS}{self.SEP}{StepsSpace.COUNT}" for p in self.parts]
+        spaces = [part.steps_space for part in self.interval_parts()]
+        while sum(int(values[k]) for k in keys) > self.max_steps:
+            lowerable = [i for i, k in enumerate(keys) if int(values[k]) > spaces[i].counts[0]]
+            if not lowerable:
+                break  # check_rules names the broken rule
+            i = max(lowerable, key=lambda j: (int(values[keys[j]]), -j))
+            values[keys[i]] = spaces[i].counts[spaces[i].counts.index(int(values[keys[i]])) - 1]
+        return Arch(values)
+
+
 def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], counts: Sequence[Sequence[int]],
-                spacings: Sequence[str] = DEFAULT_SPACINGS) -> ProductSpace:
+                spacings: Sequence[str] = DEFAULT_SPACINGS, *, max_steps: int | None = None) -> JointSpace:
     """The mixture's joint space: part ``e<k>`` = steps of interval ``k`` x its expert's space.
 
     Args:
         intervals: the experts' intervals.
         expert_spaces: one space per interval (the same object may serve several).
-        counts: allowed step counts per interval (0 refused for interval 0).
+        counts: allowed step counts per interval (0 refused for interval 0; see
+            :func:`interval_counts`).
         spacings: allowed placements, shared by every interval.
+        max_steps: at most this many steps in all (a rule of the space), if given.
     """
     n = intervals.num_intervals
     if len(expert_spaces) != n or len(counts) != n:
@@ -179,8 +331,8 @@ def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], coun
             steps = StepsSpace.for_interval(intervals, k, counts[k], spacings)
         except ValueError as e:
             raise ValueError(f"interval {k}: {e}") from None
-        parts[MixtureSpace.part_name(k)] = IntervalSpace(steps, expert_spaces[k])
-    return ProductSpace(parts)
+        parts[part_name(k)] = IntervalSpace(steps, expert_spaces[k])
+    return JointSpace(parts, max_steps)
 
 
 def split_joint(space: ProductSpace, arch: Mapping[str, int], intervals: Intervals) -> tuple[StepSchedule, list[Arch]]:
@@ -188,7 +340,7 @@ def split_joint(space: ProductSpace, arch: Mapping[str, int], intervals: Interva
     per = space.split(arch)
     steps, experts = [], []
     for k in range(intervals.num_intervals):
-        name = MixtureSpace.part_name(k)
+        name = part_name(k)
         part = space.parts.get(name)
         if not isinstance(part, IntervalSpace):
             raise ValueError(f"part {name} is a {type(part).__name__}, not an IntervalSpace")
