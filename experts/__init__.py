@@ -1,7 +1,11 @@
 """Interval experts: interval discovery, per-interval elastic fine-tuning, the mixture.
 
 - intervals and allocations: :class:`Intervals`, :class:`Allocation`, :class:`MixtureSpace`
-  (the mixture's search space and its arch <-> allocation conversion);
+  (the mixture's search space and its arch <-> allocation conversion; :meth:`MixtureSpace.joint`
+  searches the sampling steps too);
+- sampling steps: :class:`StepSchedule` (steps per interval and their placement),
+  :mod:`experts.steps_space` (steps as search-space dimensions), :class:`ExplicitDDIMScheduler`
+  (DDIM on any timestep list), :class:`TrajectoryProxy` (small-sample FID of a candidate);
 - interval discovery: :mod:`experts.similarity` (timestep similarity), :mod:`experts.segmentation`
   (optimal contiguous segments), :mod:`experts.discovery` (:func:`discover_intervals`);
 - training: :mod:`experts.denoising` (the losses), :mod:`experts.train_loop` (the sandwich-rule
@@ -27,18 +31,24 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "CRITERIA",
     "CountSketch",
+    "DEFAULT_SPACINGS",
     "EXPERT_META",
+    "EXPLICIT",
     "ExpertJob",
     "ExpertLoss",
     "ExpertResult",
     "ExpertTableRow",
     "ExpertTrainSettings",
     "ExpertsResult",
+    "ExplicitDDIMScheduler",
     "FINETUNE_FILE",
     "FinetuneResult",
     "HeldOutSet",
     "IntervalDiscovery",
+    "IntervalSpace",
+    "IntervalSteps",
     "Intervals",
+    "JointSpace",
     "LoadedModel",
     "LossBatch",
     "MANIFEST",
@@ -48,16 +58,23 @@ __all__ = [
     "MixturePipeline",
     "MixtureSpace",
     "PRUNED_KEY",
+    "PinnedSpace",
     "ProjectionDim",
     "ProxyLoss",
+    "ProxyScore",
+    "SPACINGS",
     "SUPERNET_DIR",
     "Segmentation",
+    "StepSchedule",
+    "StepsSpace",
     "TrainLog",
+    "TrajectoryProxy",
     "activation_similarity",
     "as_tensor",
     "base_fingerprint",
     "boundaries_from_starts",
     "build_supernet",
+    "check_timesteps",
     "choose_num_segments",
     "cosine_matrix",
     "denoising_loss",
@@ -72,10 +89,12 @@ __all__ = [
     "fixed_batches",
     "format_expert_table",
     "gradient_similarity",
+    "interval_counts",
     "interval_timesteps",
     "intervals_from_similarity",
     "is_mixture_folder",
     "is_pruned_folder",
+    "joint_space",
     "load_experts",
     "load_model_folder",
     "load_pruned",
@@ -85,6 +104,7 @@ __all__ = [
     "make_training_scheduler",
     "model_target",
     "optimal_segmentations",
+    "place_steps",
     "plot_similarity",
     "prepare_expert_jobs",
     "proxy_loss",
@@ -96,11 +116,14 @@ __all__ = [
     "save_pruned",
     "segment_similarity",
     "segmentation_cost",
+    "set_explicit_timesteps",
+    "split_joint",
     "timestep_grid",
     "timestep_similarity",
     "train_experts",
     "train_one_expert",
     "training_scheduler",
+    "uniform_timesteps",
 ]
 
 _LAZY = {  # public name -> the module that defines it (imported on first use)
@@ -142,6 +165,15 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
     **dict.fromkeys(("MixtureOfExperts",), "experts.mixture"),
     **dict.fromkeys(("LoadedModel", "MixturePipeline", "load_model_folder"), "experts.pipeline"),
     **dict.fromkeys(("PRUNED_KEY", "is_pruned_folder", "load_pruned", "save_pruned"), "experts.pruned"),
+    **dict.fromkeys((
+        "EXPLICIT", "SPACINGS", "IntervalSteps", "StepSchedule", "place_steps", "uniform_timesteps"
+    ), "experts.schedule"),
+    **dict.fromkeys((
+        "DEFAULT_SPACINGS", "IntervalSpace", "JointSpace", "PinnedSpace", "StepsSpace", "interval_counts",
+        "joint_space", "split_joint"
+    ), "experts.steps_space"),
+    **dict.fromkeys(("ExplicitDDIMScheduler", "check_timesteps", "set_explicit_timesteps"), "experts.explicit_timesteps"),
+    **dict.fromkeys(("ProxyScore", "TrajectoryProxy"), "experts.trajectory_proxy"),
 }
 
 
