@@ -21,6 +21,12 @@ Masks can also be *relaxed* (:meth:`ElasticUNet.set_active_relaxed`): a probabil
 straight-through one-hot per choice gives a differentiable mask, which is how the routing
 agent trains through the experts.
 
+A masked pass costs the full model whatever the arch. ``set_active(arch, mode="sliced")``
+(opt-in) runs the sub-network that :meth:`ElasticUNet.sliced` returns instead: only the active
+channels and layers, computed with slices of the supernet's live weights, so a pass costs the
+arch's MACs and equals the masked pass up to float summation order (see
+:mod:`search_spaces._sliced` for why it never goes stale). Sub-networks are cached per arch.
+
 Example:
     >>> import torch
     >>> from diffusers import UNet2DModel
@@ -42,6 +48,7 @@ import copy
 import json
 import logging
 import types
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +59,7 @@ from torch import nn
 
 from search_spaces._arch import Arch, Choice
 from search_spaces._importance import ff_out, reorder_by_importance
+from search_spaces._sliced import build_sliced
 from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ElasticUNet", "reorder_by_importance"]
 
 SUPERNET_FILE = "diffnas_supernet.json"
+MODES = ("masked", "sliced")
 
 
 # ---------------------------------------------------------------------- skipping
@@ -99,7 +108,12 @@ class ElasticUNet(nn.Module):
         importance: channel ordering applied once (``magnitude`` or ``none``).
         copy_model: work on a deep copy (default) so the caller's model is left untouched.
         encoder_seq_len: text length assumed by the MACs count of conditional UNets.
+
+    Attributes:
+        sliced_cache_size: most sliced sub-networks kept (least recently used dropped first).
     """
+
+    sliced_cache_size = 64
 
     def __init__(
         self,
@@ -130,6 +144,8 @@ class ElasticUNet(nn.Module):
         self._controllers: dict[str, list[str]] = {}
         self._install()
         self.active: Arch = self.space.full()
+        self._sliced_cache: OrderedDict[Arch, nn.Module] = OrderedDict()
+        self._sliced_active: nn.Module | None = None  # set in "sliced" mode: forward runs it
 
     def __deepcopy__(self, memo: dict) -> "ElasticUNet":
         """An independent supernet: its own weights, masks and hooks, at the same active arch.
@@ -146,7 +162,7 @@ class ElasticUNet(nn.Module):
         new.train(self.training)
         new._attach()
         if self.active is not None:
-            new.set_active(self.active)
+            new.set_active(self.active, mode=self.mode)
         return new
 
     # ------------------------------------------------------------------ install hooks
@@ -218,10 +234,20 @@ class ElasticUNet(nn.Module):
             mod.forward = types.MethodType(_relaxed_forward, mod)
 
     # ------------------------------------------------------------------ public API
-    def set_active(self, arch: Mapping[str, Choice]) -> None:
-        """Select the sub-network ``arch`` (validated; no allocation)."""
+    def set_active(self, arch: Mapping[str, Choice], *, mode: str = "masked") -> None:
+        """Select the sub-network ``arch`` (validated).
+
+        ``mode="masked"`` (default) switches masks and layer skips in place (no allocation):
+        a pass costs the full model. ``mode="sliced"`` also does that (so ``self.unet`` is at
+        ``arch`` either way) and makes :meth:`forward` run the cached :meth:`sliced`
+        sub-network, whose pass costs ``arch``'s MACs. For evaluation and weight training;
+        arch gradients need :meth:`set_active_relaxed`.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         arch = Arch(arch)
         self.space.validate(arch)
+        self._sliced_active = self.sliced(arch) if mode == "sliced" else None
         for site in self.space.sites:
             v = arch[site.name]
             if site.kind in ("width", "heads", "ffn"):
@@ -236,6 +262,40 @@ class ElasticUNet(nn.Module):
         for path, names in self._controllers.items():
             self._set_depth(path, all(bool(arch[n]) for n in names))
         self.active = arch
+
+    @property
+    def mode(self) -> str:
+        """How the active sub-network runs: ``masked``, ``sliced`` or ``relaxed``."""
+        if self._sliced_active is not None:
+            return "sliced"
+        return "masked" if self.active is not None else "relaxed"
+
+    def sliced(self, arch: Mapping[str, Choice]) -> nn.Module:
+        """The sub-network ``arch`` as a module that runs only its channels and layers.
+
+        Called like the wrapped UNet; shares this supernet's parameters (slices taken at each
+        call, so weight updates, ``load_state_dict`` and ``.to()`` are seen without a
+        rebuild). Cached per arch (at most :attr:`sliced_cache_size`); call
+        :meth:`clear_sliced_cache` after replacing modules or attention processors of
+        ``self.unet``.
+        """
+        arch = Arch(arch)
+        sub = self._sliced_cache.get(arch)
+        if sub is None:
+            sub = build_sliced(self.unet, self.space, arch)
+            self._sliced_cache[arch] = sub
+            while len(self._sliced_cache) > self.sliced_cache_size:
+                self._sliced_cache.popitem(last=False)
+        else:
+            self._sliced_cache.move_to_end(arch)
+        if sub.training != self.training:
+            sub.train(self.training)
+        return sub
+
+    def clear_sliced_cache(self) -> None:
+        """Drop every cached sliced sub-network (the active one too: back to masked mode)."""
+        self._sliced_cache.clear()
+        self._sliced_active = None
 
     def set_active_relaxed(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Relaxed sub-network: ``weights[name]`` is a (n_choices,) probability/one-hot tensor.
@@ -266,6 +326,7 @@ class ElasticUNet(nn.Module):
                 if w is not None:
                     keep = w[1] if keep is True else keep * w[1]
             self._set_depth(path, keep)
+        self._sliced_active = None
         self.active = None  # type: ignore[assignment]
 
     def reset(self) -> None:
@@ -276,6 +337,11 @@ class ElasticUNet(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped UNet at the active sub-network (same signature as the UNet)."""
+        sub = self._sliced_active
+        if sub is not None:
+            if sub.training != self.training:
+                sub.train(self.training)
+            return sub(*args, **kwargs)
         return self.unet(*args, **kwargs)
 
     @property

@@ -52,8 +52,8 @@ from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "arch_of", "load_materialized", "save_materialized",
-           "stored_dtype"]
+__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "arch_of", "load_materialized", "remove_layers",
+           "save_materialized", "stored_dtype"]
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 ARCH_KEY = "diffnas_arch"
@@ -181,7 +181,17 @@ def apply_arch(model: nn.Module, space: UNetSpace, arch: Mapping[str, Any]) -> n
             _prune_heads(model.get_submodule(site.module), int(v))
         elif site.kind == "ffn":
             _prune_ffn(model.get_submodule(site.module), int(v))
-    # then depth: slots first (positions unchanged), deletions last, highest index first
+    remove_layers(model, space, arch)
+    _sync_config(model, space, arch)
+    return model
+
+
+def remove_layers(model: nn.Module, space: UNetSpace, arch: Arch) -> None:
+    """Apply the depth choices of ``arch`` to ``model`` (a copy of the space's UNet), in place.
+
+    Slots first (a :class:`SkippedLayer` keeps the positions diffusers pairs by), deletions
+    of coupled down/up layers last, highest index first, so earlier paths stay valid.
+    """
     deletions: list[tuple[str, int]] = []
     for site in space.sites:
         if arch[site.name]:
@@ -199,8 +209,6 @@ def apply_arch(model: nn.Module, space: UNetSpace, arch: Mapping[str, Any]) -> n
         del block.resnets[index]
         if getattr(block, "attentions", None) is not None:
             del block.attentions[index]
-    _sync_config(model, space, arch)
-    return model
 
 
 def _layer_removed(space: UNetSpace, arch: Arch, module_path: str) -> bool:

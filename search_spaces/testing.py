@@ -14,7 +14,8 @@ providing a ``space`` fixture, as Optuna's samplers join their shared test cases
 Then ``pytest`` runs every case below on ``MySpace``. :class:`ElasticUNetContract` does the
 same for a diffusers UNet made elastic (:class:`~search_spaces.ElasticUNet`): provide a
 ``unet`` fixture, and it checks the supernet's space with every case above plus the supernet
-itself (the full arch reproduces the UNet; sub-networks materialise, count and save exactly).
+itself (the full arch reproduces the UNet; sub-networks materialise, count and save exactly;
+the sliced evaluation path equals the masked one and costs the arch's MACs).
 This module needs ``pytest`` (the ``dev`` extra); importing :mod:`search_spaces` does not
 import it.
 """
@@ -190,6 +191,7 @@ class ElasticUNetContract(SearchSpaceContract):
         full_atol: largest |supernet at full arch - UNet| difference (channels are permuted
             by importance, so float sums run in another order).
         macs_rtol: largest relative gap between the analytic MACs and fvcore's count.
+        sliced_atol: largest |sliced - masked| output difference (same arch).
     """
 
     n_archs = 5
@@ -197,6 +199,7 @@ class ElasticUNetContract(SearchSpaceContract):
     atol = 1e-4
     full_atol = 1e-5
     macs_rtol = 0.01
+    sliced_atol = 1e-5
 
     @pytest.fixture
     def supernet(self, unet: torch.nn.Module) -> "ElasticUNet":
@@ -273,3 +276,41 @@ class ElasticUNetContract(SearchSpaceContract):
         save_materialized(sub, tmp_path / "m")
         with torch.no_grad():
             assert torch.equal(load_materialized(tmp_path / "m")(**inputs).sample, out_sub)
+
+    def test_sliced_equals_masked(self, supernet: "ElasticUNet", inputs: dict[str, Any]) -> None:
+        """``set_active(arch, mode="sliced")`` gives the masked output on the full and
+        smallest archs, every residual branch dropped (width 0) and random archs, and reuses
+        one cached sub-network per arch."""
+        space = supernet.space
+        rng = np.random.default_rng(11)
+        archs = [space.full(), space.smallest()] + [space.sample(rng) for _ in range(self.n_archs)]
+        dropped = {d.name: 0 for d in space.free_dimensions() if d.kind == "width" and 0 in d.choices}
+        if dropped:
+            archs.append(space.complete(dropped))
+        try:
+            for i, arch in enumerate(archs):
+                supernet.set_active(arch)
+                with torch.no_grad():
+                    masked = supernet(**inputs).sample
+                supernet.set_active(arch, mode="sliced")
+                assert supernet.mode == "sliced" and supernet.active == arch
+                with torch.no_grad():
+                    sliced = supernet(**inputs).sample
+                gap = (masked - sliced).abs().max().item()
+                assert gap <= self.sliced_atol, f"arch {i}: sliced differs from masked by {gap:.2e}"
+                assert supernet.sliced(arch) is supernet.sliced(arch), "sliced sub-networks are cached"
+        finally:
+            supernet.set_active(space.full())
+        assert supernet.mode == "masked"
+
+    def test_sliced_pass_costs_the_arch_macs(self, supernet: "ElasticUNet") -> None:
+        """fvcore counts the sliced sub-network's operators at the analytic MACs of its arch:
+        only the active channels and layers run."""
+        from search_spaces.macs import count_unet_macs
+
+        space = supernet.space
+        archs = [space.smallest(), space.sample(np.random.default_rng(12))]
+        for arch in archs:
+            fv = count_unet_macs(supernet.sliced(arch), batch_size=1, encoder_seq_len=supernet.encoder_seq_len)
+            macs = space.macs(arch)
+            assert abs(macs - fv) <= self.macs_rtol * fv, f"sliced MACs {fv} vs analytic {macs}"
