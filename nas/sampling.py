@@ -1,6 +1,6 @@
-"""Sampling: DDIM (default), DDPM and DPM-Solver++ from diffusers, seeded per image, batch-wise,
-with evenly spaced steps or an explicit (non-uniform) timestep list such as an ``experts.schedule.StepSchedule``
-(which Euler, built directly, runs too).
+"""Sampling: DDIM (default), DDPM, DPM-Solver++ and Euler from diffusers, seeded per image,
+batch-wise, with evenly spaced steps or an explicit (non-uniform) timestep list such as an
+``experts.schedule.StepSchedule``.
 
 The samplers are diffusers schedulers built from the *training* scheduler config with
 ``from_config``, so any base model (embedded, local folder, hub) samples with any of them.
@@ -9,7 +9,8 @@ Reproducibility guarantee of :func:`generate`: image ``i`` depends only on ``(se
 model, the sampler and its timesteps: its initial noise comes from its own CPU generator seeded
 from ``(seed, i)``, and for the stochastic DDPM sampler the noise added at every step comes from
 a second per-image CPU generator seeded from ``(seed, i, 1)`` (diffusers accepts one generator
-per batch element). The noise is drawn on the CPU whatever the device, so it is the same
+per batch element). The loop is :func:`experts.sampling_loop.denoise_batch`, which
+``experts.MixturePipeline(seed=...)`` runs too. The noise is drawn on the CPU whatever the device, so it is the same
 everywhere. Hence on one device, image ``i`` is the same for any ``batch_size`` and any
 ``num_images > i`` up to the rounding of batched kernels (measured: max |diff| ~1e-5 on the CPU
 between batch sizes 2 and 6 after 8 steps, 0 on an H200); the same seed gives bitwise-equal
@@ -37,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from experts.losses import as_tensor
+from experts.sampling_loop import TimestepPlan, denoise_batch, evenly_spaced_timesteps
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,14 @@ def _dpmpp(config: dict):
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
 
+def _euler(config: dict):
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler.from_config(config)
+
+
 #: Sampler name -> builder from a scheduler config. "ddim" is the default (eta = 0).
-SAMPLERS: dict[str, Callable[[dict], Any]] = {"ddim": _ddim, "ddpm": _ddpm, "dpm++": _dpmpp}
+SAMPLERS: dict[str, Callable[[dict], Any]] = {"ddim": _ddim, "ddpm": _ddpm, "dpm++": _dpmpp, "euler": _euler}
 DEFAULT_SAMPLER = "ddim"
 
 # keys of a scheduler config that belong to the class that wrote it, not to the noise schedule
@@ -100,99 +107,7 @@ def sampling_timesteps(scheduler, num_steps: int) -> list[int]:
         >>> sampling_timesteps(make_scheduler("ddim", dict(DDPMScheduler().config)), 4)
         [750, 500, 250, 0]
     """
-    _check_steps(num_steps)
-    fresh = type(scheduler).from_config(scheduler.config)
-    fresh.set_timesteps(int(num_steps))
-    return [int(t) for t in fresh.timesteps]
-
-
-def _check_steps(num_steps: int) -> None:
-    if int(num_steps) < 1:
-        raise UserError(f"num_steps must be >= 1, got {num_steps}")
-
-
-def _image_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A well-mixed 63-bit seed for image ``index`` of run ``seed`` (stream 0: initial noise)."""
-    words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, int(index), int(stream)]
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
-class _Plan:
-    """How every batch configures the scheduler: ``num_steps`` evenly spaced steps (the
-    scheduler's own ``set_timesteps(n)``) or an explicit descending timestep list."""
-
-    def __init__(self, scheduler, num_steps: int | None, timesteps: Any) -> None:
-        if (num_steps is None) == (timesteps is None):
-            raise UserError("pass exactly one of num_steps and timesteps")
-        self.explicit: list[int] | None = None
-        self.scheduler = scheduler
-        if timesteps is None:
-            _check_steps(num_steps)
-            self.num_steps = int(num_steps)
-            return
-        from experts.explicit_timesteps import check_timesteps
-
-        ts = timesteps.timesteps() if hasattr(timesteps, "timesteps") and callable(timesteps.timesteps) else timesteps
-        try:
-            ts = check_timesteps(list(ts), scheduler.config.num_train_timesteps)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        self.num_steps = len(ts)
-        # the scheduler's own evenly spaced list runs through its own set_timesteps(n): the
-        # samples are bit-identical to a num_steps call
-        if ts != sampling_timesteps(scheduler, len(ts)):
-            self.explicit = ts
-
-    def reset(self, device: torch.device):
-        """Configure for a new batch; returns the scheduler to step with."""
-        if self.explicit is None:
-            self.scheduler.set_timesteps(self.num_steps, device=device)
-            return self.scheduler
-        from experts.explicit_timesteps import set_explicit_timesteps
-
-        try:
-            self.scheduler = set_explicit_timesteps(self.scheduler, self.explicit, device)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        return self.scheduler
-
-
-def _initial_noise(seed: int, lo: int, hi: int, sample_shape: tuple[int, int, int]) -> torch.Tensor:
-    """(B, C, H, W) on the CPU: image ``i``'s noise from its own generator (module docstring)."""
-    return torch.stack([
-        torch.randn(tuple(sample_shape), generator=torch.Generator().manual_seed(_image_seed(seed, i)))
-        for i in range(lo, hi)
-    ])
-
-
-def _denoise_batch(model: Callable, plan: _Plan, seed: int, lo: int, hi: int, sample_shape: tuple[int, int, int],
-                   device: torch.device, encoder_hidden_states: torch.Tensor | None, bar: Any) -> torch.Tensor:
-    """Images ``lo .. hi-1`` denoised along the plan's timesteps: (B, C, H, W) on ``device``."""
-    noise = _initial_noise(seed, lo, hi, sample_shape)  # (B,C,H,W) on CPU
-    step_gens = [torch.Generator().manual_seed(_image_seed(seed, i, 1)) for i in range(lo, hi)]
-    sched = plan.reset(device)
-    x = noise.to(device) * sched.init_noise_sigma  # (B,C,H,W)
-    kw = {}
-    if encoder_hidden_states is not None:
-        ehs = encoder_hidden_states.to(device)
-        kw["encoder_hidden_states"] = ehs.expand(hi - lo, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
-    stochastic = _accepts(sched.step, "generator")
-    step_kw = {"generator": step_gens if len(step_gens) > 1 else step_gens[0]} if stochastic else {}
-    for t in sched.timesteps:
-        x_in = sched.scale_model_input(x, t)
-        eps = as_tensor(model(x_in, t, **kw))  # (B,C,H,W)
-        x = sched.step(eps, t, x, **step_kw).prev_sample
-        bar.update(1)
-    return x
+    return evenly_spaced_timesteps(scheduler, num_steps)
 
 
 @torch.no_grad()
@@ -245,7 +160,7 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    plan = _Plan(scheduler, num_steps, timesteps)
+    plan = TimestepPlan(scheduler, num_steps, timesteps)
     if int(num_images) < 1 or int(batch_size) < 1:
         raise UserError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
     device = torch.device(device)
@@ -259,7 +174,7 @@ def generate(
     try:
         for b in range(n_batches):
             lo, hi = b * int(batch_size), min(int(num_images), (b + 1) * int(batch_size))
-            x = _denoise_batch(model, plan, seed, lo, hi, sample_shape, device, encoder_hidden_states, bar)
+            x = denoise_batch(model, plan, seed, lo, hi, sample_shape, device, encoder_hidden_states, bar)
             if vae is not None:
                 x = vae.decode(x / float(latent_scale)).sample  # (B,C',H',W')
             chunks.append(x.clamp(-1, 1).to("cpu", torch.float32))

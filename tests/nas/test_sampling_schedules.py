@@ -25,8 +25,6 @@ def unet():
 
 
 def _scheduler(sampler: str):
-    if sampler == "euler":  # runs explicit timesteps; not (yet) one of the config's SAMPLERS
-        return EulerDiscreteScheduler.from_config(SCHED_CFG)
     return make_scheduler(sampler, SCHED_CFG)
 
 
@@ -96,7 +94,7 @@ def test_explicit_ddim_steps_to_the_next_timestep_of_the_list():
     assert sched.final_alpha_cumprod == DDIMScheduler.from_config(SCHED_CFG).final_alpha_cumprod
 
 
-@pytest.mark.parametrize("sampler", [*sorted(SAMPLERS), "euler"])
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_each_sampler_runs_a_non_uniform_schedule(unet, sampler):
     rec = _Recorder(unet)
     x = _gen(rec, sampler, timesteps=NON_UNIFORM, n=2)
@@ -132,3 +130,9 @@ def test_a_scheduler_without_explicit_timesteps_is_refused(unet):
     with pytest.raises(UserError, match="UniPCMultistepScheduler cannot run explicit timesteps"):
         generate(unet, unipc, num_images=1, batch_size=1, seed=0, sample_shape=(1, 16, 16), progress=False,
                  timesteps=[900, 300, 17])
+
+
+def test_euler_is_a_sampler_built_from_the_training_config():
+    s = make_scheduler("euler", SCHED_CFG)
+    assert type(s) is EulerDiscreteScheduler
+    assert s.config.beta_schedule == "squaredcos_cap_v2" and s.config.num_train_timesteps == 1000
