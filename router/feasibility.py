@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from router.agent import ExpertRoutingAgent
 from search_spaces import Arch, SearchSpace
 from search_spaces.errors import UserError
 
-__all__ = ["ArchLoss", "calibrate_budget", "make_feasible"]
+__all__ = ["ArchLoss", "calibrate_budget", "logit_scorer", "make_feasible"]
 
 ArchLoss = Callable[[Arch], float]
 
@@ -230,3 +230,14 @@ def calibrate_budget(space: SearchSpace, agent: ExpertRoutingAgent, budget_ratio
     if best is None:
         return budget_ratio, plain
     return best[1], best[2]
+
+
+def logit_scorer(space: SearchSpace, agent: ExpertRoutingAgent, budget_ratio: float) -> ArchLoss:
+    """Minus the agent's log-probability of an arch at ``budget_ratio``: a repair score that
+    costs no model evaluation (one agent forward pass, when built)."""
+    lp = agent.log_probs(budget_ratio)
+
+    def scorer(a: Arch, lp: Mapping[str, list[float]] = lp) -> float:
+        return -sum(lp[d.name][d.index(a[d.name])] for d in space.free_dimensions())
+
+    return scorer

@@ -27,7 +27,7 @@ from experts.allocation import Allocation
 from experts.mixture_space import MixtureSpace
 from router.result import RouterResult
 
-__all__ = ["allocation_filename", "plot_allocations", "write_outputs"]
+__all__ = ["allocation_filename", "plot_allocations", "write_allocation_files", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,13 @@ def plot_allocations(
         raise ValueError("nothing to plot: no allocations")
     iv = allocations[0].intervals
     n = iv.num_intervals
-    labels = [f"[{a}, {b})\n{s} steps" for (a, b), s in zip(iv.spans(), allocations[0].steps_per_expert)]
+    steps = {a.steps_per_expert for a in allocations}
+    if len(steps) == 1:
+        labels = [f"[{a}, {b})\n{s} steps" for (a, b), s in zip(iv.spans(), allocations[0].steps_per_expert)]
+    else:  # joint allocations: each budget has its own steps (in budget order)
+        ordered = sorted(allocations, key=lambda a: a.budget_ratio)
+        labels = [f"[{a}, {b})\nsteps " + "/".join(str(x.steps_per_expert[k]) for x in ordered)
+                  for k, (a, b) in enumerate(iv.spans())]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * n + 2.0), 3.8), dpi=110)
     width = 0.8 / len(allocations)
     for j, alloc in enumerate(sorted(allocations, key=lambda a: a.budget_ratio)):
@@ -157,5 +163,41 @@ def write_outputs(
     _atomic_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     full = [part.macs(part.full()) for part in mixture.parts]
     plot_allocations(allocations, out / "allocation.png", full_macs_per_expert=full, sensitivity=sensitivity)
+    log.info("router: wrote %d allocations to %s and log/summary/plot to %s", len(paths), alloc_dir, out)
+    return paths
+
+
+def write_allocation_files(
+    allocations: Sequence[Allocation],
+    mixture: MixtureSpace,
+    out_dir: str | Path,
+    *,
+    log_rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    allocations_dir: str | Path | None = None,
+    sensitivity: Sequence[float] | None = None,
+    title: str = "Router allocation: MACs per interval",
+) -> list[Path]:
+    """Write ready-made allocations (e.g. joint ones, with their step schedules), the training
+    log, ``summary`` (plus the allocation paths) and the plot; returns the allocation paths.
+
+    Raises:
+        RuntimeError: an allocation over its budget.
+    """
+    out = Path(out_dir)
+    alloc_dir = Path(allocations_dir) if allocations_dir is not None else out.parent / "allocations"
+    paths = []
+    for alloc in allocations:
+        if not alloc.feasible:
+            raise RuntimeError(f"{alloc.method} allocation for budget {alloc.budget_ratio} exceeds it")
+        p = alloc_dir / allocation_filename(alloc.budget_ratio, alloc.method)
+        alloc.save(p)
+        paths.append(p)
+    _atomic_text(out / "train_log.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in log_rows))
+    full_summary = {**summary, "allocations": [str(p) for p in paths]}
+    _atomic_text(out / "summary.json", json.dumps(full_summary, indent=2, sort_keys=True, default=str))
+    full = [part.macs(part.full()) for part in mixture.parts]
+    plot_allocations(allocations, out / "allocation.png", full_macs_per_expert=full, sensitivity=sensitivity,
+                     title=title)
     log.info("router: wrote %d allocations to %s and log/summary/plot to %s", len(paths), alloc_dir, out)
     return paths

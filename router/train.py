@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from router.agent import ExpertRoutingAgent, one_hot_weights
-from router.feasibility import ArchLoss, calibrate_budget, make_feasible
+from router.feasibility import ArchLoss, calibrate_budget, logit_scorer, make_feasible
 from router.loop import BudgetSampler, train_agent
 from router.objective import BatchedTaskLoss, RouterObjective, TaskLoss
 from router.result import BudgetOutcome, RouterResult
@@ -51,7 +51,7 @@ from router.settings import RouterSettings
 from search_spaces import Arch, SearchSpace
 from search_spaces.errors import UserError
 
-__all__ = ["train_router"]
+__all__ = ["FittedAgents", "fit_agents", "train_router"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,63 @@ def train_router(
         TypeError: a keyword that is not a field of :class:`RouterSettings`.
     """
     s = _settings(settings, overrides)
+    fitted = fit_agents(space, task_loss_fn, budgets, s, batched_task_loss=batched_task_loss,
+                        arch_loss_fn=arch_loss_fn, joint_parameters=joint_parameters, device=device,
+                        progress=progress)
+    outcomes = [_export_budget(space, fitted.agents[b], b, ref_macs=fitted.ref_macs, settings=s,
+                               budget_range=fitted.budget_range, eval_fn=fitted.eval_fn) for b in fitted.budgets]
+    uniq = tuple(dict.fromkeys(fitted.agents.values()))
+    return RouterResult(tuple(outcomes), fitted.rows, uniq, bool(s.budget_conditioned), fitted.train_seconds,
+                        fitted.evaluations, fitted.ref_macs, fitted.record)
+
+
+@dataclass(frozen=True)
+class FittedAgents:
+    """Trained agent(s) before any decode: what :func:`fit_agents` returns.
+
+    Attributes:
+        agents: the agent of each budget (one shared agent when budget-conditioned).
+        budgets: the budgets, as checked floats.
+        budget_range: the conditioned agent's training range ``[low, high]`` (None otherwise).
+        eval_fn: the discrete-arch loss (``arch_loss_fn``, or the task loss on one-hots).
+        ref_macs: the MACs meaning ratio 1.
+        train_seconds: wall time of the training loop(s).
+        evaluations: relaxed task-loss evaluations spent by training.
+        rows: the training log.
+        record: the settings record (for the summary and each allocation's ``info``).
+    """
+
+    agents: dict[float, ExpertRoutingAgent]
+    budgets: tuple[float, ...]
+    budget_range: list[float] | None
+    eval_fn: ArchLoss
+    ref_macs: float
+    train_seconds: float
+    evaluations: int
+    rows: tuple[dict[str, Any], ...]
+    record: dict[str, Any]
+
+
+def fit_agents(
+    space: SearchSpace,
+    task_loss_fn: TaskLoss,
+    budgets: Sequence[float],
+    settings: RouterSettings,
+    *,
+    batched_task_loss: BatchedTaskLoss | None = None,
+    arch_loss_fn: ArchLoss | None = None,
+    joint_parameters: Sequence[torch.nn.Parameter] = (),
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> FittedAgents:
+    """The training half of :func:`train_router` (same arguments): train the agent(s), decode
+    nothing. A caller that decodes on its own terms (e.g. :func:`router.joint.route_joint`)
+    starts here.
+
+    Raises:
+        UserError: no budget, a budget outside (0, 1] or below the smallest arch, bad settings.
+    """
+    s = settings
     budgets = _check_budgets(budgets)
     device = torch.device(device)
     joint = list(joint_parameters)
@@ -111,15 +168,12 @@ def train_router(
     t0 = time.perf_counter()
     trained = _train_conditioned(setup, budgets, min_ratio) if s.budget_conditioned else _train_separate(setup, budgets)
     train_seconds = time.perf_counter() - t0
-    outcomes = [_export_budget(space, trained.agents[b], b, ref_macs=ref_macs, settings=s,
-                               budget_range=trained.budget_range, eval_fn=eval_fn) for b in budgets]
     record = s.record(loss_scale=loss_scale, joint=bool(joint))
     if trained.budget_range is not None:
         record["budget_range"] = trained.budget_range
     record["multipliers"] = {k: [[round(a, 6), b] for a, b in v] for k, v in trained.multipliers.items()}
-    uniq = tuple(dict.fromkeys(trained.agents.values()))
-    return RouterResult(tuple(outcomes), tuple(trained.rows), uniq, bool(s.budget_conditioned), train_seconds,
-                        trained.evaluations, ref_macs, record)
+    return FittedAgents(trained.agents, tuple(budgets), trained.budget_range, eval_fn, ref_macs, train_seconds,
+                        trained.evaluations, tuple(trained.rows), record)
 
 
 def _settings(settings: RouterSettings | None, overrides: Mapping[str, Any]) -> RouterSettings:
@@ -264,7 +318,7 @@ def _export_budget(
     agent_input = b
     if settings.budget_conditioned and settings.calibrate:
         agent_input, decoded = calibrate_budget(space, agent, b, b * ref_macs, budget_range)
-    scorer = _logit_scorer(space, agent, b) if settings.repair_score == "logits" else eval_fn
+    scorer = logit_scorer(space, agent, b) if settings.repair_score == "logits" else eval_fn
     arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=settings.fill,
                                                         exchange=settings.exchange)
     m = space.macs(arch)
@@ -281,13 +335,3 @@ def _export_budget(
     log.info("router budget %.3f: decoded ratio %.4f -> %.4f after %d repair / %d fill / %d exchange steps",
              b, outcome.decoded_ratio, outcome.achieved_ratio, n_rep, n_fill, n_exch)
     return outcome
-
-
-def _logit_scorer(space: SearchSpace, agent: ExpertRoutingAgent, b: float) -> ArchLoss:
-    """Minus the agent's log-probability of an arch at budget ``b`` (no model evaluations)."""
-    lp = agent.log_probs(b)
-
-    def scorer(a: Arch, lp: Mapping[str, list[float]] = lp) -> float:
-        return -sum(lp[d.name][d.index(a[d.name])] for d in space.free_dimensions())
-
-    return scorer

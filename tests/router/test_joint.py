@@ -1,0 +1,141 @@
+"""Joint step-and-expert routing: bounded candidate schedules, the agent's decode per schedule,
+one scorer call per candidate, and the allocation with its schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from experts.allocation import Allocation
+from experts.intervals import Intervals
+from router.joint import (
+    CandidateScore,
+    JointSettings,
+    candidate_counts,
+    candidate_schedules,
+    interval_step_counts,
+    joint_allocation,
+    route_joint,
+)
+from router.settings import RouterSettings
+from router.synthetic import SyntheticMixture
+from router.train import fit_agents, train_router
+from search_spaces.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def bench() -> SyntheticMixture:
+    return SyntheticMixture.default(seed=0, num_experts=3, num_blocks=3, num_skips=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(bench):
+    min_ratio = bench.space.macs(bench.space.smallest()) / bench.base_macs
+    settings = RouterSettings(steps=60, seed=0, budget_conditioned=True, budget_range=(min_ratio, 1.0))
+    return fit_agents(bench.space, bench.task_loss, [0.3, 0.6], settings)
+
+
+class _Scorer:
+    """Width loss at the schedule's step weights plus a discretisation error that falls with the
+    steps of each interval (quadratic spacing slightly better): counts its calls."""
+
+    def __init__(self, bench: SyntheticMixture) -> None:
+        self.bench, self.calls = bench, 0
+
+    def __call__(self, schedule, archs):
+        self.calls += 1
+        width = self.bench.loss(self.bench.mixture.join(archs))
+        disc = sum(2.0 / (1 + c) for c in schedule.steps_per_interval)
+        disc *= 0.95 if schedule.parts[0].spacing == "quadratic" else 1.0
+        return CandidateScore(width + disc, {"disc": disc})
+
+
+def test_interval_step_counts_clip_by_span_and_keep_a_step_at_t0():
+    iv = Intervals(1000, (3, 600))
+    assert interval_step_counts(iv, 5) == [(1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 2, 3, 4, 5)]
+    assert interval_step_counts(iv, 5, counts=(0, 2, 4)) == [(2,), (0, 2, 4), (0, 2, 4)]
+    with pytest.raises(UserError, match="interval 0"):
+        interval_step_counts(iv, 5, counts=(0, 4))
+
+
+def test_candidate_counts_start_from_the_proportional_split_and_stay_bounded():
+    iv = Intervals(1000, (500,))
+    allowed = interval_step_counts(iv, 6)
+    by_total = candidate_counts(iv, allowed, 6)
+    assert sorted(by_total) == [1, 2, 3, 4, 5, 6]
+    assert by_total[4][0] == (2, 2) and by_total[6][0] == (3, 3)
+    for n, vs in by_total.items():
+        assert all(sum(v) == n and v[0] >= 1 for v in vs)
+        assert len(vs) <= 1 + 2 * 1 * 2 and len(set(vs)) == len(vs)
+
+
+def test_candidate_schedules_fit_at_the_smallest_experts_are_capped_and_deterministic(bench):
+    mix = bench.mixture
+    settings = JointSettings(max_steps=40, max_schedules=10)
+    by_total = candidate_counts(mix.intervals, interval_step_counts(mix.intervals, 40), 40)
+    full = [p.macs(p.full()) for p in mix.parts]
+    small = [p.macs(p.smallest()) for p in mix.parts]
+    budget = 0.3 * bench.base_macs
+    scheds, considered = candidate_schedules(mix.intervals, by_total, settings, budget, full, small)
+    again, _ = candidate_schedules(mix.intervals, by_total, settings, budget, full, small)
+    assert scheds == again and len(scheds) == 10 and considered > 10
+    assert len({s.num_steps for s in scheds}) == 10  # spread over total step counts first
+    for s in scheds:
+        assert s.trajectory_macs(small) <= budget
+    # at most one total that fits at full width: the largest (fewer steps there are dominated)
+    assert sum(s.trajectory_macs(full) <= budget for s in scheds) <= 1
+    assert scheds[0].parts[0].spacing == "leading"
+
+
+def test_route_joint_keeps_the_best_candidate_within_budget_and_reports_its_cost(bench, fitted):
+    scorer = _Scorer(bench)
+    settings = JointSettings(max_steps=40, max_schedules=8, calibrate_iterations=12)
+    outcomes = route_joint(fitted.agents[0.3], bench.mixture, [0.3, 0.6], scorer, settings,
+                           base_trajectory_macs=fitted.ref_macs, budget_range=fitted.budget_range)
+    assert [o.budget_ratio for o in outcomes] == [0.3, 0.6]
+    assert scorer.calls == sum(o.evaluations for o in outcomes)
+    for o in outcomes:
+        assert 1 <= o.evaluations <= len(o.candidates) <= 8
+        assert all(c.macs <= o.budget_ratio * fitted.ref_macs + 1e-6 for c in o.candidates)
+        assert o.best.score.value == min(c.score.value for c in o.candidates)
+        assert o.decodes > 0 and o.proxy_seconds >= 0
+        a = joint_allocation(o, bench.mixture, base_trajectory_macs=fitted.ref_macs, train_seconds=fitted.train_seconds,
+                             train_evaluations=fitted.evaluations, info={"config_key": "k"})
+        assert a.feasible and a.schedule == o.best.schedule
+        assert a.steps_per_expert == o.best.schedule.steps_per_interval
+        assert a.info["proxy_evaluations"] == o.evaluations and a.info["config_key"] == "k"
+        assert a.info["cost"]["evaluations"] == fitted.evaluations + o.evaluations
+        assert Allocation.from_json(a.to_json()) == a
+
+
+def test_route_joint_scores_a_repeated_candidate_once_and_picks_the_first_of_ties(bench, fitted):
+    calls = []
+
+    def flat(schedule, archs):
+        calls.append(schedule)
+        return 1.0
+
+    settings = JointSettings(max_steps=40, max_schedules=4)
+    out = route_joint(fitted.agents[0.3], bench.mixture, [0.3, 0.3], flat, settings,
+                      base_trajectory_macs=fitted.ref_macs, budget_range=fitted.budget_range)
+    assert out[1].evaluations == 0 and all(c.cached for c in out[1].candidates)
+    assert len(calls) == out[0].evaluations
+    assert out[0].best is out[0].candidates[0]
+
+
+def test_route_joint_rejects_a_budget_no_schedule_fits(bench, fitted):
+    with pytest.raises(UserError, match="no step schedule"):
+        route_joint(fitted.agents[0.3], bench.mixture, [1e-4], lambda s, a: 0.0, JointSettings(max_steps=40),
+                    base_trajectory_macs=fitted.ref_macs, budget_range=fitted.budget_range)
+
+
+def test_fit_agents_then_export_is_train_router(bench):
+    """The training half is the same computation: train_router on the same settings decodes the
+    same archs."""
+    s = RouterSettings(steps=30, seed=1, budget_conditioned=True)
+    res = train_router(bench.space, bench.task_loss, [0.4, 0.7], s)
+    fit = fit_agents(bench.space, bench.task_loss, [0.4, 0.7], s)
+    assert [fit.agents[b].decode(b) for b in (0.4, 0.7)] == [res.agents[0].decode(b) for b in (0.4, 0.7)]
+    assert math.isclose(fit.ref_macs, res.base_macs) and fit.evaluations == res.train_evaluations
+    assert fit.record == res.settings
