@@ -24,6 +24,7 @@ Modules: :mod:`~benchmarks.methods._mixture` (the shared fine-tuned-mixture meth
 from __future__ import annotations
 
 from benchmarks.methods._base import BaseMethod, FewerStepsMethod
+from benchmarks.methods._cache import CacheMethod
 from benchmarks.methods._mixture import MixtureMethod
 from benchmarks.methods._router import RouterMethod
 from benchmarks.methods._search import SearchMethod
@@ -48,3 +49,4 @@ def register_builtin_methods() -> None:
     """Register the built-in methods with :mod:`nas.methods` (idempotent)."""
     for method in (RouterMethod, SearchMethod, UniformMethod, StaticMethod, FewerStepsMethod, BaseMethod):
         register_method(method)
+    register_method(CacheMethod)
