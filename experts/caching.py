@@ -20,27 +20,24 @@ trajectory is
 This is the paper's uniform 1:N strategy (its helper's ``skip_mode='uniform'``; the non-uniform
 variant is not implemented). Branch numbering matches the paper's ``cache_branch_id`` on SD.
 
-The ``deepcache`` package (0.1.1) imports with diffusers 0.42.1, but its ``DeepCacheSDHelper``
-needs a pipeline (it reads the step index from ``pipe.scheduler.timesteps``), patches the shared
-UNet's module ``forward`` methods for as long as it is enabled, and maps ``cache_branch_id`` to
-(block, layer) assuming Stable Diffusion's three skips per down block, which misaddresses a UNet
-with ``layers_per_block`` other than 2. Hence this wrapper: :class:`CachedUNet` patches the
-skipped modules only for the duration of its own cached calls, so the wrapped UNet stays usable
-as is by everyone else.
+The ``deepcache`` package (0.1.1) imports with diffusers 0.42.1 and, where its branch numbering
+applies, samples bit for bit what :class:`CachedUNet` samples; but its ``DeepCacheSDHelper`` needs
+a pipeline (the step index comes from ``pipe.scheduler.timesteps``), patches the shared UNet for as
+long as it is enabled, and maps ``cache_branch_id`` to (block, layer) assuming SD's three skips per
+down block (with ``layers_per_block=1`` ids 2 and 5 repeat ids 1 and 3 plus a wasted downsampler).
+:class:`CachedUNet` patches the skipped modules only during its own cached calls.
 
 MACs: :func:`cache_macs` counts one full call and one cached call with
 :func:`search_spaces.macs.count_macs` (the cached call is traced on the branch path itself);
 :meth:`CacheMacs.trajectory` adds them up over the steps of a trajectory.
 
 Example:
-    >>> import torch
     >>> from diffusers import UNet2DModel
     >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
     ...     norm_num_groups=4, layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
     ...     up_block_types=("UpBlock2D",) * 2).eval()
     >>> num_branches(unet)  # conv_in, down resnet 0, downsampler 0, down resnet 1
     4
-    >>> cached = CachedUNet(unet, CacheSettings(interval=3, branch=0))
     >>> macs = cache_macs(unet, branch=0)
     >>> macs.cached < macs.full, macs.trajectory(num_steps=10, interval=3) == 4 * macs.full + 6 * macs.cached
     (True, True)

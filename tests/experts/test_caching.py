@@ -28,7 +28,8 @@ def _sample_kwargs(unet, num_steps: int = 5) -> dict:
     kw = dict(num_images=3, num_steps=num_steps, batch_size=3, seed=0, progress=False,
               sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size))
     if getattr(cfg, "cross_attention_dim", None):
-        kw["encoder_hidden_states"] = torch.randn(1, 5, cfg.cross_attention_dim, generator=torch.Generator().manual_seed(3))
+        g = torch.Generator().manual_seed(3)
+        kw["encoder_hidden_states"] = torch.randn(1, 5, cfg.cross_attention_dim, generator=g)
     return kw
 
 
