@@ -20,7 +20,7 @@ contributes zero, so dropping it changes only the order of float sums.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from search_spaces._importance import ff_in, ff_out
 from search_spaces.materialize import ShortcutResnet, remove_layers
 from search_spaces.unet_space import UNetSpace
 
-__all__ = ["SlicedConv2d", "SlicedGroupNorm", "SlicedLinear", "build_sliced", "clone_modules"]
+__all__ = ["SlicedCache", "SlicedConv2d", "SlicedGroupNorm", "SlicedLinear", "build_sliced", "clone_modules"]
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -204,3 +204,34 @@ def build_sliced(unet: nn.Module, space: UNetSpace, arch: Mapping[str, Any]) -> 
             _slice_ffn(m, int(v))
     remove_layers(model, space, arch)
     return model
+
+
+class SlicedCache:
+    """Sliced sub-networks of one supernet UNet, built on first use, least recently used
+    dropped first. Holds module structure only (the weights are the UNet's, read live)."""
+
+    def __init__(self, unet: nn.Module, space: UNetSpace) -> None:
+        self.unet = unet
+        self.space = space
+        self._subs: OrderedDict[Arch, nn.Module] = OrderedDict()
+
+    def get(self, arch: Arch, max_size: int) -> nn.Module:
+        """The sub-network of ``arch`` (validated when built), keeping at most ``max_size``."""
+        sub = self._subs.get(arch)
+        if sub is None:
+            sub = self._subs[arch] = build_sliced(self.unet, self.space, arch)
+            while len(self._subs) > max(1, max_size):
+                self._subs.popitem(last=False)
+        else:
+            self._subs.move_to_end(arch)
+        return sub
+
+    def clear(self) -> None:
+        """Drop every sub-network."""
+        self._subs.clear()
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def __iter__(self) -> Iterator[Arch]:
+        return iter(self._subs)

@@ -48,7 +48,6 @@ import copy
 import json
 import logging
 import types
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -59,7 +58,7 @@ from torch import nn
 
 from search_spaces._arch import Arch, Choice
 from search_spaces._importance import ff_out, reorder_by_importance
-from search_spaces._sliced import build_sliced
+from search_spaces._sliced import SlicedCache
 from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class ElasticUNet(nn.Module):
         self._controllers: dict[str, list[str]] = {}
         self._install()
         self.active: Arch = self.space.full()
-        self._sliced_cache: OrderedDict[Arch, nn.Module] = OrderedDict()
+        self._sliced_cache = SlicedCache(self.unet, self.space)
         self._sliced_active: nn.Module | None = None  # set in "sliced" mode: forward runs it
 
     def __deepcopy__(self, memo: dict) -> "ElasticUNet":
@@ -279,15 +278,7 @@ class ElasticUNet(nn.Module):
         :meth:`clear_sliced_cache` after replacing modules or attention processors of
         ``self.unet``.
         """
-        arch = Arch(arch)
-        sub = self._sliced_cache.get(arch)
-        if sub is None:
-            sub = build_sliced(self.unet, self.space, arch)
-            self._sliced_cache[arch] = sub
-            while len(self._sliced_cache) > self.sliced_cache_size:
-                self._sliced_cache.popitem(last=False)
-        else:
-            self._sliced_cache.move_to_end(arch)
+        sub = self._sliced_cache.get(Arch(arch), self.sliced_cache_size)
         if sub.training != self.training:
             sub.train(self.training)
         return sub
