@@ -20,6 +20,15 @@ Two fidelities (:class:`MixtureObjective`):
   allocation with the run's sampler and steps, seed ``evaluation.seeds[0]``; KID and the number
   of sampled images are recorded.
 
+With ``schedule.joint`` the space is the joint steps x experts space
+(:meth:`experts.MixtureSpace.joint`; budgets stay fractions of the base model's trajectory MACs
+at ``sampling.num_steps``): ``proxy`` is the trajectory proxy (:meth:`nas.run.RunContext.trajectory_proxy`:
+``quality`` = the small-sample FID of ``schedule.proxy_images`` samples along the allocation's
+schedule, or the paired distance with ``schedule.proxy: distance``; both recorded) and ``fid``
+samples along the allocation's schedule. The steps-only search (:func:`steps_problem`, the
+``steps`` baseline) is the same with every expert pinned at the base model's full arch, sampling
+the base model itself.
+
 The objective object is small (the resolved config); each worker process loads the base model,
 the experts and the held-out set once, on first use, and keeps them (Ray Tune reuses its trial
 actors). On a multi-node cluster the run folder must be on a filesystem every node sees.
@@ -37,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +61,12 @@ from search_spaces import Arch, ProductSpace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixtureObjective", "MixtureProblem", "absolute_config", "mixture_problem"]
+__all__ = ["MODES", "MixtureObjective", "MixtureProblem", "absolute_config", "joint_known_points", "mixture_problem",
+           "steps_problem"]
 
 _LOCK = threading.Lock()
-_STATE: dict[tuple[str, str], Any] = {}  # (run folder, device) -> loaded models, per process
+# (run folder, device[, mode, schedule section]) -> loaded models, per process
+_STATE: dict[tuple[Any, ...], Any] = {}
 
 
 def absolute_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -83,6 +94,12 @@ class _Loaded:
     teacher_out: dict[tuple[int, int], Any]
     mixture: MixtureSpace
     fid: Any = None  # (extractor, reference features) once needed
+    ctx: Any = None  # the worker's RunContext (joint modes: its trajectory proxy)
+
+
+#: What a :class:`MixtureObjective` searches: expert widths at the run's steps, the joint steps x
+#: experts space, or the steps alone (the base model at full width).
+MODES = ("widths", "joint", "steps")
 
 
 @dataclass(frozen=True)
@@ -93,17 +110,35 @@ class MixtureObjective:
         cfg: the resolved config, paths absolute (:func:`absolute_config`).
         steps_per_expert: sampling steps each interval serves (the proxy's weights).
         batch_size: held-out samples per expert call.
+        mode: one of :data:`MODES`.
+        reference_macs: joint modes: the base model's trajectory MACs (budget ratio 1).
+        known: joint modes: ``(budget or None, source, arch)`` points evaluated first
+            (:meth:`known_points`).
+        allocation_method: the method name of the allocation files the search writes.
     """
 
     cfg: ExperimentConfig
     steps_per_expert: tuple[int, ...]
     batch_size: int = 256
     fidelities: tuple[str, ...] = ("proxy", "fid")
+    mode: str = "widths"
+    reference_macs: int | None = None
+    known: tuple[tuple[float | None, str, Arch], ...] = ()
+    allocation_method: str = "search"
+
+    def known_points(self, budget_ratio: float | None) -> list[tuple[str, Arch]] | None:
+        """Joint modes: the points of :attr:`known` for this budget; ``None`` (the search's
+        default points) otherwise."""
+        if self.mode == "widths":
+            return None
+        return [(src, arch) for b, src, arch in self.known if b == budget_ratio]
 
     # --------------------------------------------------------------------------- loading
     def _load(self, device: str) -> _Loaded:
         run = RunDir.from_config(self.cfg)
-        key = (str(run.path), str(device))
+        key: tuple[Any, ...] = (str(run.path), str(device))
+        if self.mode != "widths":  # another space over the same experts
+            key += (self.mode, self.cfg.schedule)
         with _LOCK:
             state = _STATE.get(key)
             if state is not None:
@@ -115,12 +150,15 @@ class MixtureObjective:
             base = ctx.base
             base.unet.eval()
             intervals, experts = ctx.experts()
-            heldout = ctx.heldout()
+            heldout = ctx.heldout() if self.mode == "widths" else None  # joint modes score trajectories
             steps = [float(s) for s in self.steps_per_expert]
             total = sum(steps) or 1.0
+            if self.mode == "widths":
+                mixture = MixtureSpace([e.space for e in experts], self.steps_per_expert, intervals)
+            else:
+                mixture = ctx.steps_space() if self.mode == "steps" else ctx.mixture_space(joint=True)
             state = _Loaded(base, experts, intervals, heldout, training_scheduler(base.scheduler_config),
-                            tuple(s / total for s in steps), {},
-                            MixtureSpace([e.space for e in experts], self.steps_per_expert, intervals))
+                            tuple(s / total for s in steps), {}, mixture, ctx=ctx)
             _STATE[key] = state
             log.info("search objective: loaded the base model, %d experts and the held-out set on %s in %.1f s "
                      "(pid %d)", len(experts), device, time.perf_counter() - t0, os.getpid())
@@ -129,13 +167,35 @@ class MixtureObjective:
     # -------------------------------------------------------------------------- evaluate
     def evaluate(self, arch: Arch, fidelity: str, context: EvalContext) -> Mapping[str, Any]:
         device = context.device or "cpu"
+        if fidelity not in self.fidelities:
+            raise ValueError(f"unknown fidelity {fidelity!r}; this objective has {list(self.fidelities)}")
         state = self._load(device)
         archs = state.mixture.split(Arch(arch))
+        schedule = state.mixture.schedule(Arch(arch))  # None: the run's own steps
         if fidelity == "proxy":
+            if schedule is not None:
+                return self._trajectory(state, archs, schedule)
             return self._proxy(state, archs, device)
-        if fidelity == "fid":
-            return self._fid(state, archs, device)
-        raise ValueError(f"unknown fidelity {fidelity!r}; this objective has {list(self.fidelities)}")
+        return self._fid(state, archs, device, schedule)
+
+    def _model(self, state: _Loaded, archs: list[Arch]) -> Any:
+        """What samples: the base model (steps-only search) or the mixture at ``archs``."""
+        if self.mode == "steps":
+            return state.base.unet
+        from experts.mixture import MixtureOfExperts
+
+        return MixtureOfExperts(state.intervals, state.experts, archs)
+
+    def _trajectory(self, state: _Loaded, archs: list[Arch], schedule: Any) -> dict[str, Any]:
+        from nas.run import proxy_quality
+
+        proxy = state.ctx.trajectory_proxy()
+        score = proxy.score(self._model(state, archs), schedule)
+        return {"quality": proxy_quality(score, self.cfg.schedule.proxy), "proxy": self.cfg.schedule.proxy,
+                "small_fid": score.fid, "distance": score.distance, "raw_distance": score.raw_distance,
+                "unet_calls": score.unet_calls, "sampled_images": score.num_images, "seed": self.cfg.schedule.proxy_seed,
+                "num_steps": score.num_steps, "steps_per_interval": list(schedule.steps_per_interval),
+                "reference_steps": len(proxy.reference_timesteps)}
 
     def _proxy(self, state: _Loaded, archs: list[Arch], device: str) -> dict[str, Any]:
         import torch
@@ -176,8 +236,7 @@ class MixtureObjective:
                 "denoise_per_interval": denoise, "distill_per_interval": distill,
                 "heldout_per_interval": int(h.n_per_interval), "sampled_images": 0}
 
-    def _fid(self, state: _Loaded, archs: list[Arch], device: str) -> dict[str, Any]:
-        from experts.mixture import MixtureOfExperts
+    def _fid(self, state: _Loaded, archs: list[Arch], device: str, schedule: Any = None) -> dict[str, Any]:
         from nas.data import dataset_id, load_dataset
         from nas.metrics import build_extractor, compute_quality, reference_features, resolve_extractor_kind
         from nas.sampling import generate, make_scheduler
@@ -192,18 +251,24 @@ class MixtureObjective:
             ref = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
             state.fid = (extractor, ref)
         extractor, ref = state.fid
-        mixture = MixtureOfExperts(state.intervals, state.experts, archs)
+        model = self._model(state, archs)
         b = state.base
         n = int(ev.num_samples)
         seed = int(ev.seeds[0])
-        images = generate(mixture, make_scheduler(cfg.sampling.sampler, b.scheduler_config), num_images=n,
-                          num_steps=cfg.sampling.num_steps, batch_size=cfg.sampling.batch_size, seed=seed,
+        # the run's evenly spaced steps, or the allocation's own schedule (joint modes)
+        steps = ({"num_steps": cfg.sampling.num_steps} if schedule is None
+                 else {"timesteps": schedule.timesteps()})
+        images = generate(model, make_scheduler(cfg.sampling.sampler, b.scheduler_config), num_images=n,
+                          **steps, batch_size=cfg.sampling.batch_size, seed=seed,
                           device=device, sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
                           encoder_hidden_states=b.encoder_hidden_states, progress=False)  # (N,C,H,W)
         q = compute_quality(images, ref, extractor)
-        return {"quality": float(q.fid), "fid": float(q.fid), "kid": float(q.kid), "extractor": q.extractor,
-                "sampled_images": n, "seed": seed, "num_reference": int(q.num_reference),
-                "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps}
+        out = {"quality": float(q.fid), "fid": float(q.fid), "kid": float(q.kid), "extractor": q.extractor,
+               "sampled_images": n, "seed": seed, "num_reference": int(q.num_reference),
+               "sampler": cfg.sampling.sampler, "num_steps": cfg.sampling.num_steps}
+        if schedule is not None:
+            out.update(num_steps=schedule.num_steps, steps_per_interval=list(schedule.steps_per_interval))
+        return out
 
 
 def _expand(kw: Mapping[str, Any] | None, batch: int) -> dict[str, Any]:
@@ -224,19 +289,98 @@ class MixtureProblem:
     steps_per_expert: tuple[int, ...]
 
 
-def mixture_problem(ctx: RunContext) -> MixtureProblem:
-    """Build the mixture space and objective of a run whose experts are trained.
-
-    Raises:
-        UserError: no trained experts, or no held-out set, with the command that makes them.
-    """
+def _check_experts(ctx: RunContext, heldout: bool) -> None:
     run = ctx.run
     if not ctx.has_experts():
         raise UserError(f"{run.experts_dir} has no trained experts; run `diffnas train-experts` first "
                         "(or `diffnas search --synthetic` for a dry run of the search machinery)")
-    if not heldout_path(run).is_file():
+    if heldout and not heldout_path(run).is_file():
         raise UserError(f"{heldout_path(run)} does not exist; run `diffnas train-experts`")
+
+
+def mixture_problem(ctx: RunContext) -> MixtureProblem:
+    """Build the mixture space and objective of a run whose experts are trained (the joint steps
+    x experts space when ``schedule.joint``).
+
+    Raises:
+        UserError: no trained experts, or no held-out set, with the command that makes them.
+    """
+    if ctx.cfg.schedule.joint:
+        return _joint_problem(ctx, "joint")
+    _check_experts(ctx, heldout=True)
     mixture = ctx.mixture_space()
     steps = ctx.steps_per_expert()
     objective = MixtureObjective(absolute_config(ctx.cfg), steps)
     return MixtureProblem(mixture.space, objective, mixture.intervals, steps)
+
+
+def steps_problem(ctx: RunContext) -> MixtureProblem:
+    """The steps-only search of the ``steps`` baseline: the base model at full width, only the
+    step schedule searched (same proxy as the joint search); it writes ``steps-<budget>.json``.
+
+    Raises:
+        UserError: no trained experts (their intervals are the schedule's).
+    """
+    return _joint_problem(ctx, "steps")
+
+
+def _joint_problem(ctx: RunContext, mode: str) -> MixtureProblem:
+    _check_experts(ctx, heldout=False)
+    mixture = ctx.steps_space() if mode == "steps" else ctx.mixture_space(joint=True)
+    steps = ctx.steps_per_expert()
+    known = tuple((b, src, arch) for b in (None, *ctx.cfg.search.budgets)
+                  for src, arch in joint_known_points(ctx, mixture, b, widths=mode == "joint"))
+    objective = MixtureObjective(absolute_config(ctx.cfg), steps, mode=mode, reference_macs=ctx.base_traj,
+                                 known=known, allocation_method="steps" if mode == "steps" else "search")
+    return MixtureProblem(mixture.space, objective, mixture.intervals, steps)
+
+
+def joint_known_points(ctx: RunContext, mixture: MixtureSpace, budget: float | None,
+                       widths: bool = True) -> list[tuple[str, Arch]]:
+    """Points of a joint space a search evaluates first: ``base`` (the run's own steps at full
+    width), and for a budget ``uniform`` (the run's steps, the widest uniform width within it;
+    ``widths`` only) and ``fewer_steps`` (full width, the most evenly spaced steps within it).
+    Points the space cannot express (steps it does not offer) are left out."""
+    from experts.schedule import StepSchedule
+    from nas.sampling import sampling_timesteps
+    from search_spaces.uniform import uniform_arch
+
+    intervals = mixture.intervals
+    full = [part.full() for part in mixture.parts]
+    run_steps = StepSchedule.from_timesteps(intervals, ctx.timesteps)
+    candidates: list[tuple[str, list[Any], Any]] = [("base", full, run_steps)]
+    if budget is not None:
+        if widths:
+            found = uniform_arch(ctx.mixture_space(joint=False).space, budget)
+            if found is not None:
+                candidates.append(("uniform", ctx.mixture_space(joint=False).split(found.arch), run_steps))
+        n = int(budget * ctx.cfg.sampling.num_steps + 1e-9)
+        if n >= 1:
+            candidates.append(("fewer_steps", full,
+                               StepSchedule.from_timesteps(intervals, sampling_timesteps(ctx.scheduler, n))))
+    out = []
+    for source, archs, schedule in candidates:
+        arch = _join_placed(mixture, archs, schedule, ctx.cfg.schedule.spacings)
+        if arch is None:
+            log.info("known point %s is not in the joint space; not enqueued", source)
+            continue
+        out.append((source, arch))
+    return out
+
+
+def _join_placed(mixture: MixtureSpace, archs: list[Any], schedule: Any, spacings: Sequence[str]) -> Arch | None:
+    """The joint arch of ``archs`` along ``schedule``; when the space does not place the
+    schedule's timesteps exactly (the sampler's grid is not the intervals'), the same step
+    counts with the first of ``spacings`` the space accepts; ``None`` when nothing fits."""
+    from experts.schedule import StepSchedule
+
+    tries = [schedule] + [StepSchedule.from_counts(mixture.intervals, schedule.steps_per_interval, sp)
+                          for sp in spacings]
+    for sched in tries:
+        try:
+            arch = mixture.join(archs, sched)
+            mixture.space.validate(arch)
+            return arch
+        except ValueError:
+            continue
+    return None

@@ -1,5 +1,7 @@
 """Running ``diffnas search`` on a run: the mixture space and objective of its experts (or a
 synthetic one, a dry run of the cluster set-up), optionally the router's training beside it.
+With ``schedule.joint`` the search is over steps x experts, and the steps-only search of the
+``steps`` baseline (:func:`steps_search`) runs after it.
 
 :func:`search_run` builds the problem and calls :func:`nas.search.run_search`;
 :func:`format_search_summary` is what ``diffnas search`` prints.
@@ -7,21 +9,24 @@ synthetic one, a dry run of the cluster set-up), optionally the router's trainin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.config import ExperimentConfig
 from nas.errors import UserError
-from nas.run import RunContext
+from nas.run import RunContext, RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from nas.search import SearchResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchRunOptions", "check_router_job", "format_search_summary", "search_run"]
+__all__ = ["SearchRunOptions", "StepsSearchDir", "check_router_job", "format_search_summary", "search_run",
+           "steps_search"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,39 @@ def search_run(ctx: RunContext, options: SearchRunOptions) -> SearchResult:
     device = "cpu"
     if cfg.search.backend == "local":
         device = str(ctx.device)
+    joint = cfg.schedule.joint and not options.synthetic
+    if joint:  # sampled once here, so the trials (other processes) read it from proxy/
+        ctx.trajectory_proxy().reference_samples
     side_jobs = {"router": _router_job(cfg)} if options.with_router else None
-    return run_search(space, objective, cfg.search, ctx.run, intervals=intervals, seed=cfg.seed, device=device,
-                      side_jobs=side_jobs)
+    result = run_search(space, objective, cfg.search, ctx.run, intervals=intervals, seed=cfg.seed, device=device,
+                        side_jobs=side_jobs)
+    if joint:
+        steps_search(ctx, device)
+    return result
+
+
+class StepsSearchDir(RunDir):
+    """The run folder as the steps-only search sees it: its studies, trials and summary in
+    ``search-steps/`` (its ledger lines in ``results.jsonl``, study names ``steps-b<budget>``)."""
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / "search-steps"
+
+
+def steps_search(ctx: RunContext, device: str = "cpu") -> SearchResult:
+    """The steps-only search (the ``steps`` baseline): the base model at full width, its step
+    schedule searched with the joint search's proxy under ``search.budgets``; writes
+    ``allocations/steps-<budget>.json`` (resumable, like the search)."""
+    from nas.search import run_search
+    from nas.search_objective import steps_problem
+
+    cfg = ctx.cfg
+    problem = steps_problem(ctx)
+    log.info("steps-only search (the 'steps' baseline) in %s", ctx.run.path / "search-steps")
+    return run_search(problem.space, problem.objective, dataclasses.replace(cfg.search, study_prefix="steps"),
+                      StepsSearchDir(ctx.run.root, ctx.run.name), intervals=problem.intervals, seed=cfg.seed,
+                      device=device)
 
 
 def format_search_summary(result: SearchResult) -> str:

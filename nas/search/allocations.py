@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
+from experts.mixture_space import MixtureSpace
+from experts.steps_space import JointSpace
 from nas.errors import UserError
 from search_spaces import Arch, ProductSpace, SearchSpace
 from search_spaces.uniform import uniform_arch
@@ -81,7 +83,10 @@ def uniform_width_arch(space: SearchSpace, budget_ratio: float) -> Arch | None:
 
 def allocation_to_arch(space: SearchSpace, allocation: Allocation) -> Arch:
     """The arch of ``space`` that an allocation describes (experts in interval order = parts in
-    the space's order); ValueError when it does not fit the space."""
+    the space's order; for a joint steps x experts space, its schedule too); ValueError when it
+    does not fit the space."""
+    if isinstance(space, JointSpace):
+        return MixtureSpace.from_product(space, allocation.intervals).from_allocation(allocation)
     if isinstance(space, ProductSpace):
         parts = list(space.parts)
         if len(parts) != len(allocation.archs):
@@ -102,13 +107,21 @@ def arch_to_allocation(
     budget_ratio: float,
     method: str = "search",
     info: Mapping[str, Any] | None = None,
+    reference_macs: int | None = None,
 ) -> Allocation:
     """An :class:`~experts.allocation.Allocation` from an arch of a (product) space.
 
     For a :class:`ProductSpace` the parts are the experts in interval order and the part weights
-    are the sampling steps each expert serves; a plain space is one expert serving one step.
+    are the sampling steps each expert serves; a plain space is one expert serving one step. A
+    joint steps x experts space (:class:`~experts.steps_space.JointSpace`) gives an allocation
+    with its step schedule, whose ``base_trajectory_macs`` is ``reference_macs`` (required).
     """
     arch = Arch(arch)
+    if isinstance(space, JointSpace):
+        if not reference_macs:
+            raise ValueError("an allocation of a joint space needs the reference (base) trajectory MACs")
+        return MixtureSpace.from_product(space, intervals).to_allocation(
+            arch, method=method, budget_ratio=budget_ratio, base_trajectory_macs=reference_macs, info=info)
     if isinstance(space, ProductSpace):
         parts = list(space.parts)
         if len(parts) != intervals.num_intervals:

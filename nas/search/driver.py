@@ -36,6 +36,9 @@ class StudyDriver:
     ``OptunaSearch`` passes its own ``ask``), evaluate, :meth:`commit` (the commit point),
     then tell Optuna (:meth:`tell`); after the search phase, :meth:`promotion_candidates` and
     :meth:`commit_promotion`.
+
+    Budgets are fractions of ``reference_macs`` when given (the objective's, e.g. the base
+    model's trajectory on a joint steps x experts space), else of the full arch's MACs.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class StudyDriver:
         fidelities: Sequence[str],
         seed: int = 0,
         known: Sequence[tuple[str, Arch]] = (),
+        reference_macs: int | None = None,
     ) -> None:
         if not fidelities:
             raise ValueError("the objective must declare at least one fidelity")
@@ -61,7 +65,9 @@ class StudyDriver:
         self.search_fidelity = self.fidelities[0]
         self.full_fidelity = self.fidelities[-1] if len(self.fidelities) > 1 and config.promote_top_k > 0 else None
         self.known = list(known)
-        self.full_macs = int(space.macs(space.full()))
+        # what budget ratio 1 means: the full arch, unless the objective names a reference (a joint
+        # space's full arch takes the most steps everywhere, more than the base trajectory)
+        self.full_macs = int(reference_macs) if reference_macs else int(space.macs(space.full()))
         if self.full_macs <= 0:
             raise UserError("the full architecture has no MACs; budgets are fractions of it")
         self.free = tuple(d for d in space.free_dimensions() if len(d.choices) > 1)

@@ -58,6 +58,13 @@ class Objective(Protocol):
     ``"sampled_images"`` (counted in the search cost) and anything else worth recording.
     Objectives are shipped to Ray workers with cloudpickle: keep them small and load models
     lazily on first use.
+
+    Optionally (read with ``getattr`` by the search session): ``reference_macs`` (int: the MACs
+    budget ratio 1 stands for; default the full arch's) and ``known_points(budget_ratio)``
+    (``[(source, arch), ...]`` evaluated first instead of the full and widest-uniform archs,
+    the full-size point first; the router's allocation is added after them; ``None``: the
+    defaults) and ``allocation_method`` (the ``<method>`` of the allocation files written,
+    default ``search``).
     """
 
     fidelities: tuple[str, ...]

@@ -26,7 +26,7 @@ from nas.search.ledger import study_specs
 from nas.search.objective import Objective
 from nas.search.outputs import atomic_json, front_point, sessions_wall_s, trial_rows, write_trial_table
 from nas.search.storage import append_line, lock_folder, open_storage
-from search_spaces import SearchSpace
+from search_spaces import Arch, SearchSpace
 
 __all__ = ["SearchResult", "SearchSession", "StudyResult"]
 
@@ -123,12 +123,12 @@ class SearchSession:
         try:
             self.storage, self.storage_desc = open_storage(self.config.storage, self.search_dir)
             for spec in study_specs(self.config):
-                known = known_points(self.space, spec.budget_ratio, self.run.allocations_dir)
+                known = self._known_points(spec.budget_ratio)
                 if not spec.constrained:
                     for b in spec.budgets:
-                        known += [(f"{n}@{b:g}", a) for n, a in known_points(self.space, b, self.run.allocations_dir)[1:]]
+                        known += [(f"{n}@{b:g}", a) for n, a in self._known_points(b)[1:]]
                 drv = StudyDriver(self.space, spec, self.config, self.storage, self.run, fidelities,
-                                  seed=self.seed, known=known)
+                                  seed=self.seed, known=known, reference_macs=self.reference_macs)
                 drv.open()
                 self.drivers.append(drv)
             append_line(self.search_dir / "sessions.jsonl",
@@ -141,6 +141,26 @@ class SearchSession:
 
     def __exit__(self, *exc: Any) -> None:
         self._release_lock()
+
+    @property
+    def reference_macs(self) -> int | None:
+        """The objective's ``reference_macs`` (what budget ratio 1 means), if it names one."""
+        ref = getattr(self.objective, "reference_macs", None)
+        return int(ref) if ref else None
+
+    def _known_points(self, budget_ratio: float | None) -> list[tuple[str, Arch]]:
+        """:func:`known_points`, or the objective's own ``known_points(budget_ratio)`` when it gives
+        a list (points of a joint space, e.g. the base schedule at uniform width), followed by the
+        router's allocation."""
+        own = getattr(self.objective, "known_points", None)
+        points = own(budget_ratio) if callable(own) else None
+        if points is None:
+            return known_points(self.space, budget_ratio, self.run.allocations_dir)
+        found = [(n, Arch(a)) for n, a in points]
+        if budget_ratio is not None:
+            found += [(n, a) for n, a in known_points(self.space, budget_ratio, self.run.allocations_dir)
+                      if n == "router"]
+        return found
 
     def _acquire_lock(self) -> None:
         self._lock_fd = lock_folder(self.search_dir)
@@ -160,7 +180,7 @@ class SearchSession:
             budgets = [drv.spec.budget_ratio] if drv.spec.constrained else list(drv.spec.budgets)
             known = []
             for b in budgets:
-                known += [(n, a) for n, a in known_points(self.space, b, self.run.allocations_dir) if n == "router"]
+                known += [(n, a) for n, a in self._known_points(b) if n == "router"]
             drv.enqueue_known(known)
 
     def finish(self, side_jobs: Mapping[str, Any] | None = None) -> SearchResult:
@@ -223,7 +243,8 @@ class SearchSession:
 
     def _write_allocations(self, best_by_budget: Mapping[float, tuple[dict[str, Any], StudyDriver]],
                            total_wall_s: float) -> dict[float, Path]:
-        """Write ``allocations/search-<budget>.json`` of each budget's best (none without intervals)."""
+        """Write ``allocations/<method>-<budget>.json`` of each budget's best (none without intervals;
+        the method is the objective's ``allocation_method``, default ``search``)."""
         allocations: dict[float, Path] = {}
         for b, (rec, drv) in sorted(best_by_budget.items()):
             if self.intervals is None:
@@ -239,8 +260,10 @@ class SearchSession:
                 # (``router``: the routing agent's own allocation, so searched == routed)
                 "source": drv.completed.get(rec["key"], rec).get("source"),
             }
-            alloc = arch_to_allocation(self.space, rec["arch"], self.intervals, b, "search", info)
-            path = allocation_path(self.run.allocations_dir, "search", b)
+            method = getattr(self.objective, "allocation_method", None) or "search"
+            alloc = arch_to_allocation(self.space, rec["arch"], self.intervals, b, method, info,
+                                       reference_macs=self.reference_macs)
+            path = allocation_path(self.run.allocations_dir, method, b)
             alloc.save(path)
             allocations[b] = path
         if self.intervals is None:

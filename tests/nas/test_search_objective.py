@@ -132,3 +132,45 @@ def test_embedded_model_constrained_search_beats_uniform_width_and_mo_front_is_w
     points = _json.loads(front.read_text())["points"]
     assert len(points) >= 2 and all(p["quality"] is not None for p in points)
     capsys.readouterr()
+
+
+def test_joint_search_writes_allocations_with_schedules_within_budget_and_the_steps_baseline(tiny_run, capsys):
+    import json
+
+    from nas.search_run import StepsSearchDir
+
+    cfg, run, args = tiny_run
+    code = main(["search", *args, "--backend", "local", "--set", "search.n_trials=4",
+                 "--set", "search.budgets=[0.6]", "--set", "search.promote_top_k=1", "--set", "schedule.joint=true",
+                 "--set", "schedule.proxy_images=8", "--set", "schedule.reference_steps=6",
+                 "--set", "search.study_prefix=joint", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    ctx = RunContext(load_config(None, [*cfg_overrides(cfg), "schedule.joint=true"]), device="cpu", progress=False)
+    recs = [r for r in run.read_results() if r.get("kind") == RECORD_KIND and r["study"] == "joint-b0.6"]
+    proxy = [r for r in recs if r["fidelity"] == "proxy"]
+    assert len(proxy) == 4 and all(r["metrics"]["proxy"] == "small_fid" for r in proxy)
+    assert all(r["quality"] == r["metrics"]["small_fid"] and r["metrics"]["distance"] >= 0 for r in proxy)
+    # known points first (the base's steps at full width is over the budget: skipped, not evaluated)
+    assert [r["source"] for r in proxy[:2]] == ["uniform", "fewer_steps"]
+    assert proxy[1]["macs_ratio"] == pytest.approx(0.5) and proxy[1]["metrics"]["num_steps"] == 2
+    fid = [r for r in recs if r["fidelity"] == "fid"]
+    assert len(fid) == 1 and fid[0]["metrics"]["num_steps"] == sum(fid[0]["metrics"]["steps_per_interval"])
+    for method in ("search", "steps"):
+        alloc = Allocation.load(run.allocations_dir / f"{method}-0.6.json")
+        assert alloc.schedule is not None and alloc.method == method
+        assert alloc.base_trajectory_macs == ctx.base_traj and alloc.trajectory_macs <= 0.6 * ctx.base_traj
+        assert alloc.steps_per_expert == alloc.schedule.steps_per_interval
+        assert alloc.trajectory_macs == sum(m * s for m, s in zip(alloc.macs_per_expert, alloc.steps_per_expert))
+        assert json.loads((run.allocations_dir / f"{method}-0.6.json").read_text())["schedule"]
+    steps = Allocation.load(run.allocations_dir / "steps-0.6.json")
+    full = [e.space.full() for e in ctx.experts()[1]]
+    assert list(steps.archs) == full  # the base model's shape: only the steps were searched
+    assert (StepsSearchDir(run.root, run.name).search_dir / "summary.json").is_file()
+    assert ctx.run.proxy_dir.is_dir() and len(list(ctx.run.proxy_dir.glob("reference-*.pt"))) == 1
+
+
+def cfg_overrides(cfg):
+    return [f"run_root={cfg.run_root}", f"name={cfg.name}", "device=cpu", f"model.base={cfg.model.base}",
+            "data.limit=64", "sampling.num_steps=4", "sampling.batch_size=8", "experts.train_steps=0",
+            "experts.batch_size=4", "experts.heldout_per_interval=8", "evaluation.num_samples=8"]
