@@ -6,7 +6,8 @@ diffusers UNet), train it on interval ``k``'s timesteps with the loss of the ela
 (denoising + ``distill_weight`` x MSE to the frozen pretrained model) for exactly
 ``settings.steps`` AdamW steps of ``settings.batch_size`` images, and save the mixture of the
 fine-tuned experts as a :class:`~experts.pipeline.MixturePipeline` folder
-(``runs/<name>/mixtures/<method>-<budget>/``). The budget (steps x batch per expert) is the
+(``runs/<name>/mixtures/<method>-<budget>/``); an allocation's step schedule goes with it, so
+the pipeline samples along it by default. The budget (steps x batch per expert) is the
 same for every allocation method, so methods are compared at equal fine-tuning cost; it is
 recorded in ``finetune.json`` and in the mixture's info.
 
@@ -145,6 +146,8 @@ def finetune_allocation(
     identity = {"settings": jsonable(settings.identity()), "steps": settings.steps,
                 "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
                 "experts": source, "distill": teacher is not None}
+    if allocation.schedule is not None:  # the saved mixture samples along it: another schedule is another mixture
+        identity["schedule"] = allocation.schedule.to_dict()
     marker = out / FINETUNE_FILE
     if marker.is_file():
         return _reuse_finished(marker, identity, out)

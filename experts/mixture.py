@@ -5,7 +5,9 @@ interval. An expert is either an :class:`~search_spaces.ElasticUNet` run at an a
 supernet is switched with ``set_active`` before each call that needs another arch, so several
 intervals may share one supernet at different archs) or a plain diffusers UNet (a materialised,
 physically pruned sub-network, or an unpruned model). Timesteps are in *training* units, so
-the mixture works with any scheduler and any number of sampling steps. A batch whose samples
+the mixture works with any scheduler and any number of sampling steps; it may carry a
+:class:`~experts.schedule.StepSchedule` (its allocation's), which it saves and which a
+:class:`~experts.pipeline.MixturePipeline` samples along by default. A batch whose samples
 sit in different intervals (e.g. a training batch) is split per expert and reassembled in the
 original order.
 
@@ -44,6 +46,7 @@ from torch import nn
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
+from experts.schedule import StepSchedule
 
 # experts/pipeline.py imports is_mixture_folder from here; it lives in experts.mixture_folder
 from experts.mixture_folder import is_mixture_folder  # noqa: F401
@@ -90,6 +93,19 @@ def _timestep_vector(timestep: Any, batch: int) -> torch.Tensor | None:
     return timestep.detach().to("cpu", torch.float64)
 
 
+def _resolve_schedule(intervals: Intervals, allocation: Allocation | None,
+                      schedule: StepSchedule | None) -> StepSchedule | None:
+    """The schedule given, else the allocation's; checked against the intervals and the allocation."""
+    if allocation is not None and allocation.schedule is not None:
+        if schedule is not None and schedule != allocation.schedule:
+            raise ValueError("the schedule differs from the allocation's")
+        schedule = allocation.schedule
+    if schedule is not None and schedule.intervals != intervals:
+        raise ValueError(f"the schedule's intervals {list(schedule.intervals.boundaries)} differ from the "
+                         f"mixture's {list(intervals.boundaries)}")
+    return schedule
+
+
 class MixtureOfExperts(ModelMixin, ConfigMixin):
     """One expert per timestep interval; ``forward`` routes each sample to its expert.
 
@@ -103,6 +119,13 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
             (materialised) experts.
         allocation: the allocation the mixture was built from (kept and saved), optional.
         info: free-form provenance saved in ``mixture.json``.
+        schedule: the step schedule the mixture samples along by default (saved; a
+            :class:`~experts.pipeline.MixturePipeline` runs it when called without steps);
+            default: the allocation's, if it has one.
+
+    Raises:
+        ValueError: counts that differ from the intervals, an arch for a plain expert, or an
+            allocation or schedule for other intervals (or a schedule other than the allocation's).
     """
 
     config_name = "config.json"
@@ -114,6 +137,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         archs: Sequence[Mapping[str, Any] | None] | None = None,
         allocation: Allocation | None = None,
         info: Mapping[str, Any] | None = None,
+        schedule: StepSchedule | None = None,
     ) -> None:
         super().__init__()
         n = intervals.num_intervals
@@ -149,6 +173,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         self.expert_of_interval: tuple[int, ...] = tuple(owner)
         self.archs: list[Arch | None] = checked
         self.allocation = allocation
+        self.schedule: StepSchedule | None = _resolve_schedule(intervals, allocation, schedule)
         self.info: dict[str, Any] = dict(info or {})
         self._boundaries = torch.tensor([float(b) for b in intervals.boundaries], dtype=torch.float64)
         self._macs_cache: dict[int, int] = {}
@@ -250,8 +275,21 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
                 out.append(self._macs_cache[j])
         return out
 
-    def trajectory_macs(self, timesteps: Sequence[int | float]) -> int:
-        """Sum over ``timesteps`` (a sampler's, training units) of the serving expert's MACs."""
+    def timesteps(self) -> list[int] | None:
+        """The timesteps of the mixture's step schedule (descending), or None without one."""
+        return None if self.schedule is None else self.schedule.timesteps()
+
+    def trajectory_macs(self, timesteps: Sequence[int | float] | None = None) -> int:
+        """Sum over ``timesteps`` (a sampler's, training units; default: the mixture's schedule)
+        of the serving expert's MACs.
+
+        Raises:
+            ValueError: no timesteps and no schedule.
+        """
+        if timesteps is None:
+            timesteps = self.timesteps()
+            if timesteps is None:
+                raise ValueError("the mixture has no step schedule: pass the sampler's timesteps")
         per = self.macs_per_expert()
         return int(sum(per[self.intervals.index(float(t))] for t in timesteps))
 
@@ -317,9 +355,11 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         meta = MixtureMeta(self.intervals, save_experts(self.experts, tmp), self.expert_of_interval,
-                           self._archs_to_save(), self.allocation, self.macs_per_expert(), self.info)
+                           self._archs_to_save(), self.allocation, self.macs_per_expert(), self.info, self.schedule)
         (tmp / MIXTURE_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True))
         self.intervals.save(tmp / "intervals.json")
+        if self.schedule is not None:
+            self.schedule.save(tmp / "schedule.json")
         if self.allocation is not None:
             self.allocation.save(tmp / "allocation.json")
         self.save_config(str(tmp))
@@ -344,4 +384,4 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         """Load a folder written by :meth:`save_pretrained` (extra diffusers loading options are
         accepted and ignored, so ``MixturePipeline.from_pretrained`` can call this)."""
         f = read_mixture_folder(Path(pretrained_model_name_or_path), device=device, torch_dtype=torch_dtype)
-        return cls(f.intervals, f.experts, f.archs, f.allocation, f.info)
+        return cls(f.intervals, f.experts, f.archs, f.allocation, f.info, f.schedule)

@@ -6,6 +6,8 @@ Saved layout (one folder, :meth:`MixtureOfExperts.save_pretrained`)::
                         expert shared by each interval, allocation (or null), info
     intervals.json      the intervals (same as in mixture.json; for people and other tools)
     allocation.json     the allocation it was built from, when there is one
+    schedule.json       the step schedule it samples along by default, when there is one
+                        (also in mixture.json under "schedule"; absent without one)
     config.json         diffusers config of the mixture module (shape info)
     expert_<j>/         one folder per distinct expert: ElasticUNet.save_pretrained (supernet),
                         search_spaces.save_materialized (materialised) or the UNet's own
@@ -28,6 +30,7 @@ from torch import nn
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
+from experts.schedule import StepSchedule
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -70,9 +73,11 @@ class MixtureMeta:
     allocation: Allocation | None
     macs_per_expert: list[int]
     info: Mapping[str, Any]
+    schedule: StepSchedule | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready fields; the key ``schedule`` only when there is one."""
+        out: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "intervals": self.intervals.to_dict(),
@@ -83,6 +88,9 @@ class MixtureMeta:
             "macs_per_expert": self.macs_per_expert,
             "info": self.info,
         }
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.to_dict()
+        return out
 
 
 def save_experts(experts: Sequence[nn.Module], folder: Path) -> list[dict[str, str]]:
@@ -129,6 +137,7 @@ class MixtureFolder:
     archs: list[Arch | None]
     allocation: Allocation | None
     info: dict[str, Any]
+    schedule: StepSchedule | None = None
 
 
 def read_mixture_folder(path: Path, *, device: str | torch.device = "cpu",
@@ -149,7 +158,8 @@ def read_mixture_folder(path: Path, *, device: str | torch.device = "cpu",
     experts = [models[j] for j in meta["expert_of_interval"]]
     archs = [Arch(a) if a is not None else None for a in meta["archs"]]
     allocation = Allocation.from_dict(meta["allocation"]) if meta.get("allocation") else None
-    return MixtureFolder(intervals, experts, archs, allocation, meta.get("info") or {})
+    schedule = StepSchedule.from_dict(meta["schedule"]) if meta.get("schedule") else None
+    return MixtureFolder(intervals, experts, archs, allocation, meta.get("info") or {}, schedule)
 
 
 def _load_expert(path: Path, entry: Mapping[str, str], meta_file: Path, device: str | torch.device,

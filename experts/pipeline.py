@@ -1,9 +1,13 @@
 """A diffusers ``DiffusionPipeline`` over a :class:`~experts.mixture.MixtureOfExperts`.
 
 :class:`MixturePipeline` samples with any diffusers scheduler (DDIM, DDPM, DPM-Solver++, Euler,
-...) and any number of steps: the mixture routes each step by its timestep (training units).
-Latent models pass their ``vae``: latents are divided by ``vae.config.scaling_factor`` and
-decoded, as diffusers' LDM pipelines do.
+...) and any number of steps, or along any explicit (non-uniform) timestep list: the mixture
+routes each step by its timestep (training units). Called without steps, it samples along the
+mixture's :class:`~experts.schedule.StepSchedule` when it has one (saved in the mixture's
+folder), else 50 evenly spaced steps. With ``seed=`` it draws the noise per image exactly as
+``nas.sampling.generate`` does (:mod:`experts.sampling_loop`), so a reloaded pipeline gives
+the very tensors a benchmark scored. Latent models pass their ``vae``: latents are divided by
+``vae.config.scaling_factor`` and decoded, as diffusers' LDM pipelines do.
 
 Save/load round trip with the usual diffusers calls: ``pipe.save_pretrained(folder)`` writes
 ``model_index.json`` (the mixture recorded as ``["experts.mixture", "MixtureOfExperts"]``),
@@ -39,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ from torch import nn
 
 from experts.mixture import MixtureOfExperts, is_mixture_folder
 from experts.pruned import is_pruned_folder, load_pruned
+from experts.sampling_loop import TimestepPlan, accepts, denoise_batch
 from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,50 +86,98 @@ class MixturePipeline(DiffusionPipeline):
         hw = (size, size) if isinstance(size, int) else tuple(size)
         return (batch_size, int(cfg.in_channels), *hw)
 
+    def _plan(self, num_inference_steps: int | None, timesteps: Any) -> TimestepPlan:
+        """Explicit ``timesteps``, else ``num_inference_steps`` evenly spaced steps, else the
+        mixture's schedule, else 50 evenly spaced steps."""
+        if timesteps is None and num_inference_steps is None:
+            schedule = getattr(self.mixture, "schedule", None)
+            if schedule is None:
+                num_inference_steps = self.DEFAULT_STEPS
+            else:
+                timesteps = schedule
+        return TimestepPlan(self.scheduler, num_inference_steps, timesteps)
+
+    #: evenly spaced steps when neither steps nor timesteps are given and the mixture has no schedule
+    DEFAULT_STEPS = 50
+
     @torch.no_grad()
     def __call__(
         self,
         batch_size: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        timesteps: Any = None,
+        seed: int | None = None,
+        first_image: int = 0,
     ) -> ImagePipelineOutput | tuple:
-        """Generate ``batch_size`` images in ``num_inference_steps`` steps.
+        """Generate ``batch_size`` images.
 
         Args:
+            num_inference_steps: evenly spaced steps, as the scheduler places them; default
+                (with no ``timesteps``): the mixture's step schedule if it has one, else 50.
+            timesteps: an explicit, strictly descending list of training timesteps, or a
+                :class:`~experts.schedule.StepSchedule` (DDIM, DDPM, DPM-Solver++ and Euler run any).
             generator: a generator or one per image (initial noise and stochastic steps).
             eta: passed to schedulers that take it (DDIM); ignored by the others.
             latents: (B, C, H, W) initial noise instead of drawing it.
             encoder_hidden_states: (1, L, D) or (B, L, D) context for conditional UNet experts.
             output_type: ``pil``, ``np`` (B, H, W, C) in [0, 1], or ``pt`` (B, C, H, W) in [0, 1].
+            seed: draw the noise as ``nas.sampling.generate(..., seed=seed)`` does: these are its
+                images ``first_image .. first_image + batch_size - 1`` (bit for bit when its
+                batch is the same); excludes ``generator``, ``latents`` and ``eta``.
+            first_image: index of the first image of the batch in the seeded run.
+
+        Raises:
+            ValueError: both steps and timesteps, bad timesteps, or ``seed`` with ``generator``,
+                ``latents`` or a non-zero ``eta``.
         """
-        shape = self._sample_shape(batch_size)
+        plan = self._plan(num_inference_steps, timesteps)
         device = self._execution_device
         dtype = self.mixture.dtype
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B,C,H,W)
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        x = latents * self.scheduler.init_noise_sigma  # (B,C,H,W)
-        kw: dict[str, Any] = {}
+        ehs = None
         if encoder_hidden_states is not None:
             ehs = encoder_hidden_states.to(device=device, dtype=dtype)
+        if seed is not None:
+            if generator is not None or latents is not None or eta:
+                raise ValueError("seed= draws the noise itself: pass no generator, latents or eta")
+            with self.progress_bar(total=plan.num_steps) as bar:
+                x = denoise_batch(self.mixture, plan, int(seed), int(first_image), int(first_image) + int(batch_size),
+                                  self._sample_shape(1)[1:], device, ehs, bar)
+        else:
+            x = self._denoise(plan, batch_size, generator, eta, latents, ehs, device, dtype)
+        return self._finish(x, output_type, return_dict)
+
+    def _denoise(self, plan: TimestepPlan, batch_size: int, generator: Any, eta: float, latents: torch.Tensor | None,
+                 ehs: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The diffusers-style loop: noise from ``generator`` (or ``latents``), (B, C, H, W)."""
+        if latents is None:
+            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device,
+                                   dtype=dtype)  # (B,C,H,W)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        scheduler = plan.reset(device)
+        x = latents * scheduler.init_noise_sigma  # (B,C,H,W)
+        kw: dict[str, Any] = {}
+        if ehs is not None:
             kw["encoder_hidden_states"] = ehs.expand(batch_size, *ehs.shape[1:]) if ehs.shape[0] == 1 else ehs
-        params = inspect.signature(self.scheduler.step).parameters
         step_kw: dict[str, Any] = {}
-        if "eta" in params:
+        if accepts(scheduler.step, "eta"):
             step_kw["eta"] = eta
-        if "generator" in params:
+        if accepts(scheduler.step, "generator"):
             step_kw["generator"] = generator
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = self.scheduler.scale_model_input(x, t)
+        for t in self.progress_bar(scheduler.timesteps):
+            x_in = scheduler.scale_model_input(x, t)
             out = self.mixture(x_in, t, **kw).sample  # (B,C,H,W)
-            x = self.scheduler.step(out, t, x, **step_kw).prev_sample
+            x = scheduler.step(out, t, x, **step_kw).prev_sample
+        return x
+
+    def _finish(self, x: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+        """Decode (latent models), map to [0, 1] and convert to ``output_type``."""
         vae = getattr(self, "vae", None)
         if vae is not None:
             scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
@@ -169,6 +221,11 @@ class LoadedModel:
         from search_spaces.macs import count_unet_macs
 
         return int(count_unet_macs(self.model, batch_size=1))
+
+    @property
+    def schedule(self) -> Any:
+        """The mixture's :class:`~experts.schedule.StepSchedule`, or None (also for single models)."""
+        return getattr(self.model, "schedule", None) if isinstance(self.model, MixtureOfExperts) else None
 
     def trajectory_macs(self, timesteps: list[int]) -> int:
         """Sum of the MACs of the model serving each of ``timesteps``."""
