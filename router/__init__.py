@@ -10,6 +10,10 @@
   :func:`~router.loop.train_agent`, the repair, fill and exchange
   :func:`~router.feasibility.make_feasible`, the records :class:`~router.result.BudgetOutcome`
   and :class:`~router.result.RouterResult`.
+- :func:`~router.joint.route_joint`: routing on the joint step-and-expert space (the agent decoded
+  per candidate step schedule of :mod:`router.schedules`, each candidate scored once by a
+  caller's trajectory proxy); :func:`~router.train.fit_agents` is the training half of
+  :func:`~router.train.train_router`.
 - :class:`~router.mixture.MixtureRoutingLoss`: the task loss on a real mixture of elastic experts
   (its space is an :class:`experts.MixtureSpace`).
 - :class:`~router.synthetic.SyntheticMixture`: a benchmark with an exactly known optimum.
@@ -17,7 +21,8 @@
 """
 
 from router.agent import ExpertRoutingAgent, gumbel_softmax_st, one_hot_weights, token_layout
-from router.feasibility import ArchLoss, calibrate_budget, make_feasible
+from router.feasibility import ArchLoss, calibrate_budget, logit_scorer, make_feasible
+from router.joint import CandidateScore, JointCandidate, JointOutcome, joint_allocation, route_joint
 from router.loop import train_agent
 from router.mixture import MixtureRoutingLoss
 from router.objective import (
@@ -30,17 +35,23 @@ from router.objective import (
     relaxed_macs,
     resource_loss,
 )
-from router.output import allocation_filename, plot_allocations, write_outputs
+from router.output import allocation_filename, plot_allocations, write_allocation_files, write_outputs
 from router.result import BudgetOutcome, RouterResult
+from router.schedules import JointSettings, candidate_counts, candidate_schedules, interval_step_counts
 from router.settings import RouterSettings
 from router.synthetic import KnapsackSolution, SyntheticMixture
-from router.train import train_router
+from router.train import FittedAgents, fit_agents, train_router
 
 __all__ = [
     "ArchLoss",
     "BatchedTaskLoss",
     "BudgetOutcome",
+    "CandidateScore",
     "ExpertRoutingAgent",
+    "FittedAgents",
+    "JointCandidate",
+    "JointOutcome",
+    "JointSettings",
     "KnapsackSolution",
     "MixtureRoutingLoss",
     "ObjectiveTerms",
@@ -52,15 +63,23 @@ __all__ = [
     "TaskLoss",
     "allocation_filename",
     "calibrate_budget",
+    "candidate_counts",
+    "candidate_schedules",
     "choice_macs_deltas",
+    "fit_agents",
     "gumbel_softmax_st",
+    "interval_step_counts",
+    "joint_allocation",
+    "logit_scorer",
     "make_feasible",
     "one_hot_weights",
     "plot_allocations",
     "relaxed_macs",
     "resource_loss",
+    "route_joint",
     "token_layout",
     "train_agent",
     "train_router",
+    "write_allocation_files",
     "write_outputs",
 ]

@@ -14,7 +14,7 @@ is trained on cannot see steps. So the step schedule is not a token of the agent
    the budget they leave cannot be spent).
 2. For each schedule ``S``: the budget-conditioned agent decodes the expert widths at the input
    budget whose decode makes ``sum_k S_k x MACs_k(arch_k) <= b x base`` as tight as possible
-   (bisection on the decode's exact MACs, :func:`router.feasibility.calibrate_budget`; no loss
+   (a log-spaced grid of inputs, then bisection, on the decode's exact MACs; no loss
    evaluation). A decode still over the budget is repaired down greedily by the agent's own
    log-probabilities (bounded, no loss evaluation).
 3. Each ``(S, archs)`` candidate is scored once by the caller's ``scorer`` (lower is better);
@@ -24,10 +24,20 @@ The router never imports ``nas``: the scorer arrives as a callable
 (``scorer(schedule, archs) -> CandidateScore | float``). The cost (decodes, proxy evaluations
 and seconds per budget) is recorded in :class:`JointOutcome` and each allocation's ``info``.
 
+The candidate schedules and the settings live in :mod:`router.schedules`.
+
 Example:
-    >>> from experts.intervals import Intervals
-    >>> interval_step_counts(Intervals(1000, (300,)), 4)
-    [(1, 2, 3, 4), (0, 1, 2, 3, 4)]
+    >>> from router.synthetic import SyntheticMixture
+    >>> from router.train import fit_agents
+    >>> from router.settings import RouterSettings
+    >>> bench = SyntheticMixture.default(seed=0, num_experts=2, num_blocks=2, num_skips=1)
+    >>> fit = fit_agents(bench.space, bench.task_loss, [0.2, 1.0],
+    ...                  RouterSettings(steps=5, budget_conditioned=True))
+    >>> score = lambda schedule, archs: 1.0 / schedule.num_steps  # more steps: better
+    >>> [out] = route_joint(fit.agents[1.0], bench.mixture, [0.5], score, JointSettings(max_steps=20),
+    ...                     base_trajectory_macs=fit.ref_macs, budget_range=fit.budget_range)
+    >>> out.best.macs <= 0.5 * fit.ref_macs, out.evaluations <= 24
+    (True, True)
 """
 
 from __future__ import annotations
@@ -41,12 +51,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experts.allocation import Allocation
-from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
 from experts.schedule import StepSchedule
-from experts.steps_space import DEFAULT_SPACINGS
 from router.agent import ExpertRoutingAgent
-from router.feasibility import calibrate_budget, logit_scorer, make_feasible
+from router.feasibility import logit_scorer, make_feasible
+from router.schedules import JointSettings, candidate_counts, candidate_schedules, interval_step_counts
 from search_spaces import Arch
 from search_spaces.errors import UserError
 
@@ -56,9 +65,6 @@ __all__ = [
     "JointOutcome",
     "JointSettings",
     "Scorer",
-    "candidate_counts",
-    "candidate_schedules",
-    "interval_step_counts",
     "joint_allocation",
     "route_joint",
     "smallest_trajectory_macs",
@@ -82,44 +88,6 @@ class CandidateScore:
 
 #: ``scorer(schedule, archs) -> CandidateScore | float``: one exact evaluation of a candidate.
 Scorer = Callable[[StepSchedule, Sequence[Arch]], "CandidateScore | float"]
-
-
-@dataclass(frozen=True)
-class JointSettings:
-    """How :func:`route_joint` builds and searches its candidate schedules.
-
-    Attributes:
-        max_steps: the most sampling steps a trajectory may use.
-        counts: per-interval step-count choices (None: ``0 .. max_steps``), clipped by each
-            interval's span; the lowest-noise interval keeps at least one step.
-        spacings: step placements (names of :data:`experts.schedule.SPACINGS`). ``leading``
-            (DDIM's default, so the base with fewer steps is a candidate) is tried first when
-            present, then the others in the given order.
-        max_schedules: the most candidates scored per budget (exact evaluations).
-        calibrate_iterations: bisection steps of the agent's input budget per schedule.
-
-    Raises:
-        UserError: a count or cap out of range, no spacing.
-    """
-
-    max_steps: int
-    counts: tuple[int, ...] | None = None
-    spacings: tuple[str, ...] = DEFAULT_SPACINGS
-    max_schedules: int = 24
-    calibrate_iterations: int = 24
-
-    def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.max_schedules < 1 or self.calibrate_iterations < 0:
-            raise UserError("max_steps and max_schedules must be >= 1 and calibrate_iterations >= 0, got "
-                            f"{self.max_steps}, {self.max_schedules}, {self.calibrate_iterations}")
-        if not self.spacings:
-            raise UserError("joint routing needs at least one spacing")
-        if self.counts is not None and any(int(c) < 0 for c in self.counts):
-            raise UserError(f"step counts must be >= 0, got {list(self.counts)}")
-
-    def ordered_spacings(self) -> tuple[str, ...]:
-        """The spacings in the order candidates are taken (``leading`` first)."""
-        return tuple(sorted(self.spacings, key=lambda s: s != "leading"))
 
 
 @dataclass(frozen=True)
@@ -177,109 +145,6 @@ class JointOutcome:
     proxy_seconds: float
 
 
-def interval_step_counts(intervals: Intervals, max_steps: int, counts: Sequence[int] | None = None
-                         ) -> list[tuple[int, ...]]:
-    """Allowed step counts per interval: ``counts`` (default ``0 .. max_steps``), at most
-    ``max_steps`` and the interval's span; at least 1 in the lowest-noise interval.
-
-    Raises:
-        UserError: an interval left with no allowed count.
-    """
-    pool = sorted({int(c) for c in (range(int(max_steps) + 1) if counts is None else counts)})
-    out = []
-    for k, (lo, hi) in enumerate(intervals.spans()):
-        allowed = tuple(c for c in pool if c <= min(int(max_steps), hi - lo) and (k > 0 or c >= 1))
-        if not allowed:
-            raise UserError(f"interval {k} [{lo}, {hi}) has no allowed step count among {pool} "
-                            f"(at most {max_steps}, at least 1 in the lowest-noise interval)")
-        out.append(allowed)
-    return out
-
-
-def _nearest(allowed: Sequence[Sequence[int]], target: Sequence[float], n: int) -> tuple[int, ...]:
-    """Counts from ``allowed`` close to ``target`` with a total as close to ``n`` as the choices allow."""
-    c = [max([a for a in ch if a <= t] or [ch[0]]) for ch, t in zip(allowed, target)]
-    for _ in range(sum(len(ch) for ch in allowed)):  # bounded: each pass moves one choice
-        total = sum(c)
-        ups = [(target[k] - c[k], -k) for k, ch in enumerate(allowed)
-               if (nxt := [a for a in ch if a > c[k]]) and total - c[k] + nxt[0] <= n]
-        if total >= n or not ups:
-            break
-        k = -max(ups)[1]
-        c[k] = min(a for a in allowed[k] if a > c[k])
-    return tuple(c)
-
-
-def candidate_counts(intervals: Intervals, allowed: Sequence[Sequence[int]], max_steps: int
-                     ) -> dict[int, list[tuple[int, ...]]]:
-    """Per total step count, per-interval count vectors, best first.
-
-    For each total ``n``: the counts proportional to the intervals' spans (what evenly spaced
-    steps give), snapped to the allowed choices, then its neighbours (one interval one choice
-    down, another one choice up). Within a total, ordered by L1 distance to the proportional
-    counts, then lexicographically. At most ``max_steps x (1 + K (K - 1))`` vectors.
-    """
-    spans = intervals.spans()
-    T = float(sum(hi - lo for lo, hi in spans))
-    vectors: set[tuple[int, ...]] = set()
-    for n in range(1, int(max_steps) + 1):
-        base = _nearest(allowed, [n * (hi - lo) / T for lo, hi in spans], n)
-        vectors.add(base)
-        for i, j in ((i, j) for i in range(len(base)) for j in range(len(base)) if i != j):
-            down = [a for a in allowed[i] if a < base[i]]
-            up = [a for a in allowed[j] if a > base[j]]
-            if down and up:
-                v = list(base)
-                v[i], v[j] = down[-1], up[0]
-                vectors.add(tuple(v))
-    by_total: dict[int, list[tuple[int, ...]]] = {}
-    for v in vectors:
-        if 1 <= sum(v) <= max_steps:
-            by_total.setdefault(sum(v), []).append(v)
-    for m, vs in by_total.items():
-        target = [m * (hi - lo) / T for lo, hi in spans]
-        vs.sort(key=lambda v: (sum(abs(a - t) for a, t in zip(v, target)), v))
-    return dict(sorted(by_total.items()))
-
-
-def candidate_schedules(intervals: Intervals, by_total: Mapping[int, Sequence[tuple[int, ...]]],
-                        settings: JointSettings, budget_macs: float, full_macs: Sequence[float],
-                        smallest_macs: Sequence[float]) -> tuple[list[StepSchedule], int]:
-    """The schedules scored for one budget, and how many fit it before the cap.
-
-    Kept: count vectors whose trajectory fits ``budget_macs`` with the smallest experts, except
-    those with fewer steps than the largest total that fits at full width. If more totals remain
-    than ``max_schedules``, totals evenly spread over them are kept. Then candidates are taken
-    round-robin over the totals (largest first), level by level: level ``r + s`` holds the
-    ``r``-th count vector of a total with the ``s``-th spacing.
-    """
-    def cost(v: Sequence[int], macs: Sequence[float]) -> float:
-        return sum(c * m for c, m in zip(v, macs))
-
-    fits = {n: [v for v in vs if cost(v, smallest_macs) <= budget_macs + 1e-9] for n, vs in by_total.items()}
-    fits = {n: vs for n, vs in fits.items() if vs}
-    at_full = [n for n, vs in fits.items() if any(cost(v, full_macs) <= budget_macs + 1e-9 for v in vs)]
-    if at_full:
-        fits = {n: vs for n, vs in fits.items() if n >= max(at_full)}
-    spacings = settings.ordered_spacings()
-    considered = sum(len(vs) for vs in fits.values()) * len(spacings)
-    totals = sorted(fits, reverse=True)
-    cap = settings.max_schedules
-    if len(totals) > cap:
-        totals = [totals[round(i * (len(totals) - 1) / (cap - 1))] for i in range(cap)] if cap > 1 else totals[:1]
-        totals = list(dict.fromkeys(totals))
-    levels = sorted(((r, s) for r in range(max((len(fits[n]) for n in totals), default=0))
-                     for s in range(len(spacings))), key=lambda x: (x[0] + x[1], x[1]))
-    out: list[StepSchedule] = []
-    for r, s in levels:
-        for n in totals:
-            if len(out) >= cap:
-                return out, considered
-            if r < len(fits[n]):
-                out.append(StepSchedule.from_counts(intervals, fits[n][r], spacings[s]))
-    return out, considered
-
-
 def _as_score(value: CandidateScore | float) -> CandidateScore:
     if isinstance(value, CandidateScore):
         return value
@@ -301,6 +166,40 @@ def _sort_value(c: JointCandidate) -> float:
     return math.inf if math.isnan(v) else v
 
 
+def _tightest_decode(space: Any, agent: ExpertRoutingAgent, budget_macs: float, budget_range: Sequence[float],
+                     grid: int, iterations: int) -> tuple[float, Arch, int]:
+    """The agent's decode with the most MACs within ``budget_macs``: a log-spaced grid of
+    ``grid`` inputs over ``budget_range`` (robust to a decode whose MACs are not monotone in the
+    input), then bisection between the best fitting input and the next grid input up.
+
+    Returns ``(input, arch, decodes)``; the smallest input's decode when none fits (the caller
+    repairs it).
+    """
+    lo, hi = math.log(budget_range[0]), math.log(budget_range[1])
+    xs = [math.exp(lo + (hi - lo) * i / max(grid - 1, 1)) for i in range(max(grid, 1))]
+    decoded = [(x, agent.decode(x)) for x in xs]
+    fits = [(float(space.macs(a)), i) for i, (x, a) in enumerate(decoded) if space.macs(a) <= budget_macs + 1e-9]
+    if not fits:
+        return xs[0], decoded[0][1], len(xs)
+    best_m, i = max(fits, key=lambda f: (f[0], -f[1]))
+    best = (decoded[i][0], decoded[i][1])
+    n = len(xs)
+    if i + 1 < len(xs):
+        a, b = math.log(xs[i]), math.log(xs[i + 1])
+        for _ in range(iterations):
+            mid = 0.5 * (a + b)
+            arch = agent.decode(math.exp(mid))
+            n += 1
+            m = float(space.macs(arch))
+            if m <= budget_macs + 1e-9:
+                a = mid
+                if m > best_m:
+                    best_m, best = m, (math.exp(mid), arch)
+            else:
+                b = mid
+    return best[0], best[1], n
+
+
 @dataclass(frozen=True)
 class _Decoder:
     """Decodes the agent's expert widths for one step schedule (see the module docstring)."""
@@ -308,6 +207,7 @@ class _Decoder:
     agent: ExpertRoutingAgent
     mixture: MixtureSpace
     budget_range: tuple[float, float]
+    grid: int
     iterations: int
 
     def __call__(self, schedule: StepSchedule, budget_macs: float) -> tuple[Arch, int, float, bool, int]:
@@ -317,10 +217,8 @@ class _Decoder:
         full_macs = space.macs(full)
         if full_macs <= budget_macs + 1e-9:  # every expert at full width fits: nothing to decode
             return full, full_macs, 1.0, False, 0
-        lo, hi = self.budget_range
-        start = min(max(budget_macs / full_macs, lo), hi)  # the width fraction the budget leaves
-        p, arch = calibrate_budget(space, self.agent, start, budget_macs, (lo, hi), self.iterations)
-        decodes = self.iterations + 2
+        p, arch, decodes = _tightest_decode(space, self.agent, budget_macs, self.budget_range, self.grid,
+                                            self.iterations)
         repaired = space.macs(arch) > budget_macs + 1e-9
         if repaired:  # bounded: one choice step per move, scored by the agent (no evaluation)
             arch = make_feasible(space, arch, budget_macs, logit_scorer(space, self.agent, p), fill=False,
@@ -359,7 +257,7 @@ def route_joint(
         UserError: a budget that no step schedule fits, even with the smallest experts.
     """
     lo, hi = (float(x) for x in budget_range)
-    decoder = _Decoder(agent, mixture, (lo, hi), int(settings.calibrate_iterations))
+    decoder = _Decoder(agent, mixture, (lo, hi), int(settings.decode_grid), int(settings.calibrate_iterations))
     allowed = (interval_step_counts(mixture.intervals, settings.max_steps, settings.counts)
                if allowed_counts is None else [tuple(int(c) for c in a) for a in allowed_counts])
     by_total = candidate_counts(mixture.intervals, allowed, settings.max_steps)

@@ -9,15 +9,8 @@ import pytest
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
-from router.joint import (
-    CandidateScore,
-    JointSettings,
-    candidate_counts,
-    candidate_schedules,
-    interval_step_counts,
-    joint_allocation,
-    route_joint,
-)
+from router.joint import CandidateScore, joint_allocation, route_joint
+from router.schedules import JointSettings, candidate_counts, candidate_schedules, interval_step_counts
 from router.settings import RouterSettings
 from router.synthetic import SyntheticMixture
 from router.train import fit_agents, train_router

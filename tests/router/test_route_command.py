@@ -66,3 +66,24 @@ def test_unreachable_budgets_are_skipped_and_all_unreachable_is_an_error(tiny_ru
     assert "up to date" in capsys.readouterr().out
     assert main(["route", "--set", f"run_root={tmp_path}", "--set", "name=empty", "--set", "device=cpu",
                  "--set", f"model.base={tmp_path / 'nope'}", "-q"]) == 2
+
+
+def test_joint_route_writes_allocations_with_schedules_within_budget_and_bounded_cost(tiny_run, capsys):
+    run, args = tiny_run
+    joint = [*args, "--set", "schedule.joint=true", "--set", "schedule.proxy_images=8",
+             "--set", "schedule.reference_steps=6"]
+    assert main(["route", *joint, "--budgets", "0.3", "0.8", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "joint steps x experts" in out and "proxy evaluations" in out
+    for b in (0.3, 0.8):
+        a = Allocation.load(run.allocations_dir / f"router-{b:g}.json")
+        assert a.method == "router" and a.feasible and a.schedule is not None
+        assert a.steps_per_expert == a.schedule.steps_per_interval and 1 <= a.schedule.num_steps <= 4
+        info = a.info
+        assert 1 <= info["proxy_evaluations"] <= info["schedules_scored"] <= 24
+        assert info["cost"]["evaluations"] == info["train_evaluations"] + info["proxy_evaluations"]
+        assert info["proxy"] == "small_fid" and info["proxy_value"] == min(c["value"] for c in info["candidates"])
+    summary = json.loads((run.router_dir / "summary.json").read_text())
+    assert summary["joint"] and len(summary["budgets"]) == 2
+    assert main(["route", *joint, "--budgets", "0.3", "0.8", "-q"]) == 0
+    assert "up to date" in capsys.readouterr().out
