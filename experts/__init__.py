@@ -5,7 +5,8 @@
   searches the sampling steps too);
 - sampling steps: :class:`StepSchedule` (steps per interval and their placement),
   :mod:`experts.steps_space` (steps as search-space dimensions), :class:`ExplicitDDIMScheduler`
-  (DDIM on any timestep list), :class:`TrajectoryProxy` (small-sample FID of a candidate);
+  (DDIM on any timestep list), :mod:`experts.sampling_loop` (the seeded denoising loop shared by
+  ``nas.sampling.generate`` and the pipeline), :class:`TrajectoryProxy` (small-sample FID of a candidate);
 - interval discovery: :mod:`experts.similarity` (timestep similarity), :mod:`experts.segmentation`
   (optimal contiguous segments), :mod:`experts.discovery` (:func:`discover_intervals`);
 - training: :mod:`experts.denoising` (the losses), :mod:`experts.train_loop` (the sandwich-rule
@@ -67,6 +68,7 @@ __all__ = [
     "Segmentation",
     "StepSchedule",
     "StepsSpace",
+    "TimestepPlan",
     "TrainLog",
     "TrajectoryProxy",
     "activation_similarity",
@@ -77,10 +79,12 @@ __all__ = [
     "check_timesteps",
     "choose_num_segments",
     "cosine_matrix",
+    "denoise_batch",
     "denoising_loss",
     "denoising_target",
     "discover_intervals",
     "distillation_loss",
+    "evenly_spaced_timesteps",
     "expand_model_kwargs",
     "expert_dir",
     "expert_loss",
@@ -89,6 +93,8 @@ __all__ = [
     "fixed_batches",
     "format_expert_table",
     "gradient_similarity",
+    "image_seed",
+    "initial_noise",
     "interval_counts",
     "interval_timesteps",
     "intervals_from_similarity",
@@ -174,6 +180,9 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
     ), "experts.steps_space"),
     **dict.fromkeys(("ExplicitDDIMScheduler", "check_timesteps", "set_explicit_timesteps"), "experts.explicit_timesteps"),
     **dict.fromkeys(("ProxyScore", "TrajectoryProxy"), "experts.trajectory_proxy"),
+    **dict.fromkeys((
+        "TimestepPlan", "denoise_batch", "evenly_spaced_timesteps", "image_seed", "initial_noise"
+    ), "experts.sampling_loop"),
 }
 
 
