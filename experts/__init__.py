@@ -178,7 +178,9 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "DEFAULT_SPACINGS", "IntervalSpace", "JointSpace", "PinnedSpace", "StepsSpace", "interval_counts",
         "joint_space", "split_joint"
     ), "experts.steps_space"),
-    **dict.fromkeys(("ExplicitDDIMScheduler", "check_timesteps", "set_explicit_timesteps"), "experts.explicit_timesteps"),
+    **dict.fromkeys((
+        "ExplicitDDIMScheduler", "check_timesteps", "set_explicit_timesteps"
+    ), "experts.explicit_timesteps"),
     **dict.fromkeys(("ProxyScore", "TrajectoryProxy"), "experts.trajectory_proxy"),
     **dict.fromkeys((
         "TimestepPlan", "denoise_batch", "evenly_spaced_timesteps", "image_seed", "initial_noise"
