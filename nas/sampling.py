@@ -9,9 +9,9 @@ Reproducibility guarantee of :func:`generate`: image ``i`` depends only on ``(se
 model, the sampler and its timesteps: its initial noise comes from its own CPU generator seeded
 from ``(seed, i)``, and for the stochastic DDPM sampler the noise added at every step comes from
 a second per-image CPU generator seeded from ``(seed, i, 1)`` (diffusers accepts one generator
-per batch element). The loop is :func:`experts.sampling_loop.denoise_batch`, which
-``experts.MixturePipeline(seed=...)`` runs too. The noise is drawn on the CPU whatever the device, so it is the same
-everywhere. Hence on one device, image ``i`` is the same for any ``batch_size`` and any
+per batch element). The noise is drawn on the CPU whatever the device, so it is the same
+everywhere. The loop is :func:`experts.sampling_loop.denoise_batch`, which a
+``experts.MixturePipeline`` called with ``seed=`` runs too (the same images, batch for batch). Hence on one device, image ``i`` is the same for any ``batch_size`` and any
 ``num_images > i`` up to the rounding of batched kernels (measured: max |diff| ~1e-5 on the CPU
 between batch sizes 2 and 6 after 8 steps, 0 on an H200); the same seed gives bitwise-equal
 images when called twice with the same arguments. Between CPU and CUDA the noise is identical
