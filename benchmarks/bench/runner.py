@@ -158,17 +158,22 @@ def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -
     b = ctx.cfg.bench
     bs = b.latency_batch_size
 
-    def trajectory(model: Any, steps: int) -> Callable[[], object]:
+    def trajectory(model: Any, steps: int, timesteps: Any = None) -> Callable[[], object]:
         def fn() -> object:
             with torch.no_grad():
-                return ctx.generate(model, bs, 0, steps, batch_size=bs, progress=False)
+                return ctx.generate(model, bs, 0, steps, batch_size=bs, progress=False, timesteps=timesteps)
         return fn
 
     fns = {"__base__": trajectory(base_model, ctx.cfg.sampling.num_steps)}
     for c in group:
         if c.method != "base":
-            fns[c.name] = trajectory(c.model, c.num_steps)
+            fns[c.name] = trajectory(c.model, c.num_steps, _timesteps(c))
     return compare_latency(fns, repeats=b.latency_repeats, warmup=1, device=ctx.device)
+
+
+def _timesteps(c: Candidate) -> list[int] | None:
+    """The candidate's own step schedule, or None (``num_steps`` evenly spaced steps)."""
+    return None if c.timesteps is None else list(c.timesteps)
 
 
 def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
@@ -184,7 +189,8 @@ def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, A
     grid_rel = None
     for seed in b.seeds:
         with torch.no_grad():
-            images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps)  # (N,C,H,W) in [-1,1]
+            images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps,
+                                  timesteps=_timesteps(c))  # (N,C,H,W) in [-1,1]
         results.append(compute_quality(images, env.ref_feats, env.extractor))
         if grid_rel is None:
             grid = ctx.run.samples_dir / "bench" / f"{c.method}-{budget_key(c.budget_ratio)}.png"
@@ -210,5 +216,11 @@ def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any
         "latency_group": group_id, "latency_batch_size": b.latency_batch_size, "latency_repeats": b.latency_repeats,
         "device": str(ctx.device), "allocation": c.allocation_path, "allocation_cost": c.allocation_cost,
         "finetune": None, "grid": grid_rel, "machine": env.machine, "versions": env.versions,
-        "dataset": dataset_id(cfg.data), **c.extra,
+        "dataset": dataset_id(cfg.data), **_schedule_fields(c), **c.extra,
     }
+
+
+def _schedule_fields(c: Candidate) -> dict[str, Any]:
+    """``timesteps`` of a candidate with its own step schedule (nothing otherwise, so rows of
+    evenly spaced steps keep their fields)."""
+    return {} if c.timesteps is None else {"timesteps": list(c.timesteps)}

@@ -7,6 +7,8 @@
 - ``static``: one model pruned with torch-pruning to the budget, no intervals, fine-tuned with
   the same total budget;
 - ``fewer_steps``: the base model with ``floor(b x num_steps)`` sampling steps;
+- ``steps``: the base model along a searched step schedule (``allocations/steps-<b>.json``, the
+  steps-only search of ``diffnas search`` with ``schedule.joint``);
 - ``base``: the unpruned base model (once, no budget).
 
 :func:`register_builtin_methods` registers them (in that order: the report's) from
@@ -17,7 +19,8 @@
 Modules: :mod:`~benchmarks.methods._mixture` (the shared fine-tuned-mixture method),
 :mod:`~benchmarks.methods._router`, :mod:`~benchmarks.methods._search`,
 :mod:`~benchmarks.methods._uniform`, :mod:`~benchmarks.methods._static`,
-:mod:`~benchmarks.methods._base` (``base`` and ``fewer_steps``), :mod:`~benchmarks.methods._common`
+:mod:`~benchmarks.methods._base` (``base`` and ``fewer_steps``), :mod:`~benchmarks.methods._steps`,
+:mod:`~benchmarks.methods._common`
 (input hashes, the fine-tuning budget).
 """
 
@@ -29,6 +32,7 @@ from benchmarks.methods._mixture import MixtureMethod
 from benchmarks.methods._router import RouterMethod
 from benchmarks.methods._search import SearchMethod
 from benchmarks.methods._static import STATIC_MARKER, StaticMethod
+from benchmarks.methods._steps import StepsMethod
 from benchmarks.methods._uniform import UniformMethod
 from nas.methods import register_method
 
@@ -40,6 +44,7 @@ __all__ = [
     "STATIC_MARKER",
     "SearchMethod",
     "StaticMethod",
+    "StepsMethod",
     "UniformMethod",
     "register_builtin_methods",
 ]
@@ -47,6 +52,7 @@ __all__ = [
 
 def register_builtin_methods() -> None:
     """Register the built-in methods with :mod:`nas.methods` (idempotent)."""
-    for method in (RouterMethod, SearchMethod, UniformMethod, StaticMethod, FewerStepsMethod, BaseMethod):
+    for method in (RouterMethod, SearchMethod, UniformMethod, StaticMethod, FewerStepsMethod, StepsMethod,
+                   BaseMethod):
         register_method(method)
     register_method(CacheMethod)

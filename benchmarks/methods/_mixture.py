@@ -65,8 +65,12 @@ class MixtureMethod(AllocationMethod):
         def build() -> tuple[Any, int, dict[str, Any]]:
             return _finetune_mixture(ctx, alloc, budget, settings)
 
-        return Candidate(self.name, budget, key, ctx.cfg.sampling.num_steps, build,
-                         allocation_path=str(path.relative_to(run.path)), allocation_cost=normalize_cost(alloc.info))
+        # an allocation with a step schedule (joint) samples along it; else the run's steps
+        timesteps = alloc.timesteps()
+        num_steps = ctx.cfg.sampling.num_steps if timesteps is None else len(timesteps)
+        return Candidate(self.name, budget, key, num_steps, build,
+                         allocation_path=str(path.relative_to(run.path)), allocation_cost=normalize_cost(alloc.info),
+                         timesteps=None if timesteps is None else tuple(int(t) for t in timesteps))
 
     def _load_allocation(self, ctx: Any, path: Path) -> Allocation | str:
         """The allocation stored at ``path``, or why it cannot be used (unreadable, other intervals)."""
@@ -101,7 +105,9 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
     )
     run.write_config(ctx.cfg, out)
     model = load_model_folder(out, device=ctx.device).model
-    traj = int(model.trajectory_macs(ctx.timesteps))
+    timesteps = alloc.timesteps()
+    timesteps = ctx.timesteps if timesteps is None else timesteps  # the allocation's schedule, if any
+    traj = int(model.trajectory_macs(timesteps))
     k = alloc.intervals.num_intervals
     extra = {
         "model_path": str(out.relative_to(run.path)),
@@ -109,7 +115,7 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
                      "steps_total": res.steps_per_expert * k, "images_total": res.steps_per_expert * res.batch_size * k,
                      "seconds": res.seconds, "loss_before": list(res.loss_before), "loss_after": list(res.loss_after)},
         "macs_per_expert": list(model.macs_per_expert()),
-        "steps_per_expert": alloc.intervals.steps_per_interval(ctx.timesteps),
+        "steps_per_expert": alloc.intervals.steps_per_interval(timesteps),
         "intervals": alloc.intervals.spans(),
         "allocation_achieved_ratio": alloc.achieved_ratio,
     }

@@ -57,10 +57,19 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         ("MACs/trajectory", fmt_macs(r.get("macs_per_trajectory")), r.get("macs_per_trajectory")),
         ("ms/image", fmt_num(r.get("latency_ms_per_image"), 2), r.get("latency_ms_per_image")),
         ("speed-up", fmt_num(r.get("speedup"), 2), r.get("speedup")),
-        ("steps", str(r.get("num_steps") if r.get("num_steps") is not None else "-"), r.get("num_steps")),
+        ("steps", _steps_text(r), r.get("num_steps")),
         ("fine-tune, all experts (steps x batch)", ft_text, None),
         ("search/routing cost", cost_text, None),
     ]
+
+
+def _steps_text(r: Mapping[str, Any]) -> str:
+    """``6`` (evenly spaced steps), or ``6 (2+3+1)``: the steps per interval of a row sampled
+    along its own schedule (highest-noise interval last, as the intervals are listed)."""
+    n = r.get("num_steps")
+    text = str(n) if n is not None else "-"
+    per = r.get("steps_per_interval")
+    return f"{text} ({'+'.join(str(int(s)) for s in per)})" if per else text
 
 
 def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -259,6 +259,14 @@ _ROW_KEYS = ("method", "budget_ratio", "fid_mean", "fid_ci_low", "fid_ci_high", 
              "num_steps")
 
 
+def _schedule_keys(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``steps_per_interval`` of a row sampled along its own step schedule (a joint allocation);
+    nothing for rows of evenly spaced steps (their summary keeps its fields)."""
+    if row.get("timesteps") is None or row.get("steps_per_expert") is None:
+        return {}
+    return {"steps_per_interval": [int(s) for s in row["steps_per_expert"]]}
+
+
 def _yaml(text: str | None) -> Any:
     if text is None:
         return None
@@ -270,11 +278,13 @@ def _yaml(text: str | None) -> Any:
         return None
 
 
-def _allocation_summary(name: str, a: Mapping[str, Any]) -> dict[str, Any]:
+def _allocation_summary(name: str, a: Mapping[str, Any], base_num_steps: int | None = None) -> dict[str, Any]:
     macs = [int(m) for m in a.get("macs_per_expert", [])]
     steps = [int(s) for s in a.get("steps_per_expert", [])]
     base_traj = float(a.get("base_trajectory_macs") or 0)
     total_steps = sum(steps)
+    if a.get("schedule") and base_num_steps:
+        total_steps = int(base_num_steps)  # a searched schedule: per call is the base's trajectory / its steps
     base_call = base_traj / total_steps if total_steps else 0.0
     info = a.get("info") or {}
     cost = info.get("search_cost") or info.get("cost") or info.get("training") or None
@@ -310,7 +320,7 @@ def search_summary(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any]
 def build_summary(data: RunData) -> dict[str, Any]:
     """The report's numbers (the ``summary.json`` content, see the module docstring); no files written."""
     rows, key, ignored = _select_rows(data.records)
-    shown = [{k: r.get(k) for k in _ROW_KEYS} for r in rows]
+    shown = [{**{k: r.get(k) for k in _ROW_KEYS}, **_schedule_keys(r)} for r in rows]
     ref = reference_point(r["fid_mean"] for r in shown if r.get("fid_mean") is not None)
     methods: dict[str, Any] = {}
     for m in dict.fromkeys(r["method"] for r in shown):
@@ -355,7 +365,8 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "budgets": budgets,
         "skipped": sorted(skipped.values(), key=lambda s: (str(s["method"]), budget_key(s["budget_ratio"]))),
         "search": search,
-        "allocations": {n: _allocation_summary(n, a) for n, a in sorted(data.allocations.items())},
+        "allocations": {n: _allocation_summary(n, a, setup.get("num_steps"))
+                        for n, a in sorted(data.allocations.items())},
         "intervals": data.intervals if isinstance(data.intervals, dict) else None,
         "machine": first.get("machine"),
         "versions": first.get("versions"),

@@ -35,6 +35,8 @@ class Candidate:
         allocation_path: the allocation file it was made from (relative to the run folder).
         allocation_cost: the cost of making that allocation (``benchmarks.bench.normalize_cost``).
         model, macs_per_trajectory, extra: filled in by the bench from ``build()``.
+        timesteps: the training timesteps it samples along (an allocation's step schedule;
+            ``num_steps`` is their number), or None: ``num_steps`` evenly spaced steps.
     """
 
     method: str
@@ -47,6 +49,7 @@ class Candidate:
     model: Any = None
     macs_per_trajectory: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    timesteps: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:

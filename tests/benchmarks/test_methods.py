@@ -21,7 +21,7 @@ from nas.methods import (
     unregister_method,
 )
 
-BUILTIN = ["router", "search", "uniform", "static", "fewer_steps", "base"]
+BUILTIN = ["router", "search", "uniform", "static", "fewer_steps", "steps", "base"]
 
 
 class HalfSteps(AllocationMethod):
@@ -53,7 +53,7 @@ def test_the_builtin_methods_come_from_the_plugin_entry_point():
     assert get_method("router").needs == ("experts", "router") and get_method("router").mixture
     assert get_method("base").budgeted is False and get_method("static").finetuned
     assert not get_method("fewer_steps").finetuned and get_method("fewer_steps").label == "base, fewer steps"
-    assert methods_needing(["search"]) == ["search"] and methods_needing(["base"]) == []
+    assert methods_needing(["search"]) == ["search", "steps"] and methods_needing(["base"]) == []
     with pytest.raises(KeyError, match="unknown allocation method 'routed'; registered: router, search"):
         get_method("routed")
 
