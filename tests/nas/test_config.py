@@ -220,3 +220,13 @@ def test_schedule_section_defaults_off_and_checks_its_keys():
         with pytest.raises(UserError) as err:
             load_config(None, [override])
         assert str(err.value).startswith(message), (override, str(err.value))
+
+
+def test_joint_demo_preset_is_the_demo_with_the_joint_space_on():
+    demo, joint = load_config(preset="demo"), load_config(preset="joint-demo")
+    assert joint.schedule.joint and joint.search.promote_top_k > 0 and "steps" in joint.bench.methods
+    assert joint.schedule.steps_limit(joint.sampling) == demo.sampling.num_steps
+    same = dataclasses.replace(joint, name=demo.name, schedule=demo.schedule,
+                               search=dataclasses.replace(joint.search, promote_top_k=demo.search.promote_top_k),
+                               bench=dataclasses.replace(joint.bench, methods=demo.bench.methods))
+    assert same == demo
