@@ -100,6 +100,10 @@ def test_route_joint_keeps_the_best_candidate_within_budget_and_reports_its_cost
         assert a.info["proxy_evaluations"] == o.evaluations and a.info["config_key"] == "k"
         assert a.info["cost"]["evaluations"] == fitted.evaluations + o.evaluations
         assert Allocation.from_json(a.to_json()) == a
+        # the base with fewer steps (every expert full, the most steps that fit) is a candidate
+        full = [c for c in o.candidates if c.arch == bench.space.full()]
+        assert len(full) >= 1 and full[0].schedule.parts[0].spacing == "leading"
+        assert full[0].macs <= o.budget_ratio * fitted.ref_macs
 
 
 def test_route_joint_scores_a_repeated_candidate_once_and_picks_the_first_of_ties(bench, fitted):
@@ -115,6 +119,14 @@ def test_route_joint_scores_a_repeated_candidate_once_and_picks_the_first_of_tie
     assert out[1].evaluations == 0 and all(c.cached for c in out[1].candidates)
     assert len(calls) == out[0].evaluations
     assert out[0].best is out[0].candidates[0]
+
+
+def test_joint_settings_reject_bad_values():
+    with pytest.raises(UserError, match="max_schedules"):
+        JointSettings(max_steps=4, max_schedules=0)
+    with pytest.raises(UserError, match="spacing"):
+        JointSettings(max_steps=4, spacings=())
+    assert JointSettings(max_steps=4, spacings=("uniform", "leading")).ordered_spacings() == ("leading", "uniform")
 
 
 def test_route_joint_rejects_a_budget_no_schedule_fits(bench, fitted):

@@ -72,6 +72,8 @@ def test_joint_route_writes_allocations_with_schedules_within_budget_and_bounded
     run, args = tiny_run
     joint = [*args, "--set", "schedule.joint=true", "--set", "schedule.proxy_images=8",
              "--set", "schedule.reference_steps=6"]
+    assert main(["route", *joint, "--set", "router.budget_conditioned=false", "-q"]) == 2
+    assert "budget-conditioned" in capsys.readouterr().err
     assert main(["route", *joint, "--budgets", "0.3", "0.8", "-q"]) == 0
     out = capsys.readouterr().out
     assert "joint steps x experts" in out and "proxy evaluations" in out
