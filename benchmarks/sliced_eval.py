@@ -170,6 +170,11 @@ def render(results: list[EvalTimes], header: dict[str, str]) -> str:
             f"{m['materialized']:.2f} | {m['masked'] / m['full']:.3f} | {m['sliced'] / m['full']:.3f} | "
             f"{m['materialized'] / m['full']:.3f} | {m['masked'] / m['sliced']:.2f}x | "
             f"{m['full'] / m['sliced'] * r.macs_ratio:.2f} | {r.build_s * 1e3:.2f} | {r.max_abs_diff:.1e} |")
+    lines += ["", "Reading it: `masked` already skips the removed layers (only widths run at full cost), so "
+              "masked/full is below 1 for archs that drop layers. The 1.0 row times the same full network "
+              "four ways: its spread around 1.000 is the noise of this run. `build ms` is the one-off cost "
+              "of the first sliced call of a new arch (median of 5 builds); later calls reuse the cached "
+              "sub-network."]
     return "\n".join(lines) + "\n"
 
 
@@ -191,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     kw = eval_batch(images, args.batch_size, args.seed)
     results = time_archs(net, archs, kw, args.repeats)
     header = {
-        "command": "`python -m benchmarks.sliced_eval " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        "command": "`" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ
+                          else "") + "python -m benchmarks.sliced_eval "
+                   + " ".join(sys.argv[1:] if argv is None else argv) + "`",
         "model": "demo preset's embedded UNet2DModel (block_out_channels (16, 32, 32), layers_per_block 1, "
                  "16x16, attention), random weights, the demo's space options",
         "batch": f"{args.batch_size} noised digits at random timesteps, torch.no_grad, eval mode",
         "machine": f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, "
                    f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
-        "load": "the CPU was shared with other processes during the run: absolute times are noisy, "
+        "load": "the 2 cores were shared with other agents' jobs during the run: absolute times are noisy, "
                 "the ratios come from side-by-side (round-robin) timing in one run",
         "repeats": f"{args.repeats} rounds (after 2 warm-up rounds), every model once per round in a rotated order",
     }
