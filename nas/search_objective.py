@@ -193,7 +193,8 @@ class MixtureObjective:
         score = proxy.score(self._model(state, archs), schedule)
         return {"quality": proxy_quality(score, self.cfg.schedule.proxy), "proxy": self.cfg.schedule.proxy,
                 "small_fid": score.fid, "distance": score.distance, "raw_distance": score.raw_distance,
-                "unet_calls": score.unet_calls, "sampled_images": score.num_images, "seed": self.cfg.schedule.proxy_seed,
+                "unet_calls": score.unet_calls, "sampled_images": score.num_images,
+                "seed": self.cfg.schedule.proxy_seed,
                 "num_steps": score.num_steps, "steps_per_interval": list(schedule.steps_per_interval),
                 "reference_steps": len(proxy.reference_timesteps)}
 

@@ -164,7 +164,8 @@ class ScheduleConfig:
             c = list(self.counts)
             require(len(c) >= 1 and all(x >= 0 for x in c) and len(set(c)) == len(c), "counts",
                     f"must list distinct step counts >= 0, got {c}")
-            require(any(x >= 1 for x in c), "counts", f"must hold a count >= 1 (the last interval needs a step), got {c}")
+            require(any(x >= 1 for x in c), "counts",
+                    f"must hold a count >= 1 (the last interval needs a step), got {c}")
         sp = list(self.spacings)
         require(len(sp) >= 1 and len(set(sp)) == len(sp), "spacings", f"must list spacings once each, got {sp}")
         for i, name in enumerate(sp):

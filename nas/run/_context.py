@@ -41,8 +41,8 @@ class RunContext:
     """One experiment's run folder ``runs/<name>/`` and what the stages load from it.
 
     Every artefact (base model, scheduler, intervals, experts, data, held-out set, mixture space,
-    evaluation features, trajectory proxy) is loaded on first use and kept; nothing is loaded by the constructor, so a command can check
-    its inputs before any slow work.
+    evaluation features, trajectory proxy) is loaded on first use and kept; nothing is loaded by
+    the constructor, so a command can check its inputs before any slow work.
 
     Args:
         cfg: the resolved experiment config.

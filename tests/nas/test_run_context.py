@@ -87,3 +87,21 @@ def test_trajectory_proxy_scores_on_the_evaluation_features_and_caches_its_refer
     assert len(files) == 1 and str(ctx.run.path) not in files[0].read_bytes().decode("latin-1")
     again = RunContext(cfg, device="cpu", progress=False).trajectory_proxy()
     assert again._load_cached() is not None and (again.reference_samples == proxy.reference_samples).all()
+
+
+def test_the_joint_space_searches_steps_with_the_experts_and_the_steps_space_pins_them(tiny):
+    import dataclasses
+
+    ctx = RunContext(tiny, device="cpu")
+    assert ctx.step_counts() == [(1, 2, 3, 4), (0, 1, 2, 3, 4)]  # at most sampling.num_steps; t=0 needs a step
+    joint = ctx.mixture_space(joint=True)
+    assert joint.is_joint and ctx.mixture_space(joint=True) is joint and not ctx.mixture_space().is_joint
+    assert joint.space.max_steps == 4
+    steps = ctx.steps_space()
+    assert steps.is_joint and steps.split(steps.space.smallest()) == [p.full() for p in ctx.mixture_space().parts]
+    on = RunContext(dataclasses.replace(tiny, schedule=dataclasses.replace(tiny.schedule, joint=True, counts=(0, 2))),
+                    device="cpu")
+    assert on.mixture_space().is_joint and on.step_counts() == [(2,), (0, 2)]
+    bad = RunContext(dataclasses.replace(tiny, schedule=dataclasses.replace(tiny.schedule, counts=(5,))), device="cpu")
+    with pytest.raises(UserError, match="schedule.counts: interval 0"):
+        bad.step_counts()
