@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.config import config_to_dict
@@ -32,8 +33,14 @@ def reference_cache_key(ctx: RunContext) -> str:
     hash, so no path is stored."""
     cfg = ctx.cfg
     d = config_to_dict(cfg)
+    model, data = dict(d["model"]), dict(d["data"])
+    # the same model and data wherever the path is written from (search workers get absolute ones)
+    if Path(str(model["base"])).exists():
+        model["base"] = str(Path(str(model["base"])).resolve())
+    if data.get("path"):
+        data["path"] = str(Path(str(data["path"])).resolve())
     s = cfg.schedule
-    blob = {"model": d["model"], "data": d["data"], "seed": cfg.seed, "sampler": cfg.sampling.sampler,
+    blob = {"model": model, "data": data, "seed": cfg.seed, "sampler": cfg.sampling.sampler,
             "batch_size": cfg.sampling.batch_size, "images": s.proxy_images, "proxy_seed": s.proxy_seed}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

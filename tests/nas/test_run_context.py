@@ -105,3 +105,15 @@ def test_the_joint_space_searches_steps_with_the_experts_and_the_steps_space_pin
     bad = RunContext(dataclasses.replace(tiny, schedule=dataclasses.replace(tiny.schedule, counts=(5,))), device="cpu")
     with pytest.raises(UserError, match="schedule.counts: interval 0"):
         bad.step_counts()
+
+
+def test_the_proxy_reference_key_does_not_depend_on_how_paths_are_written(tiny):
+    from nas.run._proxy import reference_cache_key
+    from nas.search_objective import absolute_config
+
+    import dataclasses
+    import os
+
+    relative = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, base=os.path.relpath(tiny.model.base)))
+    assert relative.model.base != tiny.model.base
+    assert reference_cache_key(RunContext(relative)) == reference_cache_key(RunContext(absolute_config(relative)))
