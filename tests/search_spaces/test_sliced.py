@@ -163,3 +163,22 @@ def test_deepcopy_keeps_the_mode_on_its_own_weights(tiny_unet):
         assert not torch.equal(twin(**kw).sample, net(**kw).sample)
     masked, sliced = _outputs(twin, arch, kw)
     torch.testing.assert_close(sliced, masked, rtol=ATOL, atol=ATOL)
+
+
+def test_scale_shift_time_embedding_is_sliced_in_halves():
+    """``resnet_time_scale_shift="scale_shift"``: the time projection emits (scale, shift)
+    halves; the sliced path keeps the first channels of each, as materialisation does."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                       layers_per_block=1, norm_num_groups=4, add_attention=False,
+                       resnet_time_scale_shift="scale_shift",
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    net = ElasticUNet(unet)
+    kw = unet_inputs(net.unet)
+    for arch in (_narrow(net), net.space.sample(np.random.default_rng(1))):
+        masked, sliced = _outputs(net, arch, kw)
+        torch.testing.assert_close(sliced, masked, rtol=ATOL, atol=ATOL)
+        with torch.no_grad():
+            torch.testing.assert_close(net.materialize(arch)(**kw).sample, sliced, rtol=1e-4, atol=1e-4)
