@@ -158,7 +158,8 @@ def smallest_trajectory_macs(mixture: MixtureSpace, allowed_counts: Sequence[Seq
 
 
 def _candidate_key(schedule: StepSchedule, arch: Arch) -> tuple[Any, ...]:
-    return (tuple((p.count, p.spacing, p.timesteps) for p in schedule.parts), arch)
+    """What a candidate samples with: its timesteps (they fix the steps per interval) and archs."""
+    return (tuple(schedule.timesteps()), arch)
 
 
 def _sort_value(c: JointCandidate) -> float:

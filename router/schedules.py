@@ -145,7 +145,8 @@ def candidate_schedules(intervals: Intervals, by_total: Mapping[int, Sequence[tu
     those with fewer steps than the largest total that fits at full width. If more totals remain
     than ``max_schedules``, totals evenly spread over them are kept. Then candidates are taken
     round-robin over the totals (largest first), level by level: level ``r + s`` holds the
-    ``r``-th count vector of a total with the ``s``-th spacing.
+    ``r``-th count vector of a total with the ``s``-th spacing. A schedule whose timesteps an
+    earlier one already has (spacings that agree, e.g. on one step) is skipped.
     """
     def cost(v: Sequence[int], macs: Sequence[float]) -> float:
         return sum(c * m for c, m in zip(v, macs))
@@ -165,10 +166,14 @@ def candidate_schedules(intervals: Intervals, by_total: Mapping[int, Sequence[tu
     levels = sorted(((r, s) for r in range(max((len(fits[n]) for n in totals), default=0))
                      for s in range(len(spacings))), key=lambda x: (x[0] + x[1], x[1]))
     out: list[StepSchedule] = []
+    seen: set[tuple[int, ...]] = set()  # spacings that place the steps alike (e.g. one step) count once
     for r, s in levels:
         for n in totals:
             if len(out) >= cap:
                 return out, considered
             if r < len(fits[n]):
-                out.append(StepSchedule.from_counts(intervals, fits[n][r], spacings[s]))
+                sched = StepSchedule.from_counts(intervals, fits[n][r], spacings[s])
+                if tuple(sched.timesteps()) not in seen:
+                    seen.add(tuple(sched.timesteps()))
+                    out.append(sched)
     return out, considered

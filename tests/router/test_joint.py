@@ -79,6 +79,7 @@ def test_candidate_schedules_fit_at_the_smallest_experts_are_capped_and_determin
     # at most one total that fits at full width: the largest (fewer steps there are dominated)
     assert sum(s.trajectory_macs(full) <= budget for s in scheds) <= 1
     assert scheds[0].parts[0].spacing == "leading"
+    assert len({tuple(s.timesteps()) for s in scheds}) == len(scheds)  # no two sample alike
 
 
 def test_route_joint_keeps_the_best_candidate_within_budget_and_reports_its_cost(bench, fitted):
