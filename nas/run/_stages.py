@@ -114,6 +114,8 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     """
     get_stage(stage)
     d = config_to_dict(cfg)
+    if not cfg.schedule.joint:  # its other keys change nothing then: keys stay those of a run before it
+        d.pop("schedule", None)
     sections: list[str] = []
     for s in all_stages():
         for sec in s.sections:

@@ -30,6 +30,15 @@ def test_stage_keys_follow_the_sections_each_stage_reads():
         stage_key(a, "nope")
 
 
+def test_the_schedule_section_counts_from_the_router_on_and_only_when_joint():
+    a = load_config(None, [])
+    off = load_config(None, ["schedule.proxy_images=8", "schedule.max_steps=5"])
+    assert all(stage_key(a, s) == stage_key(off, s) for s in STAGE_NAMES)  # joint off: nothing depends on it
+    on = load_config(None, ["schedule.joint=true"])
+    assert stage_key(a, "experts") == stage_key(on, "experts")
+    assert stage_key(a, "router") != stage_key(on, "router") and stage_key(a, "search") != stage_key(on, "search")
+
+
 def test_the_stages_are_the_methods_then_the_benchmarks():
     assert STAGE_NAMES == ("base", "intervals", "experts", "router", "search", "finetune", "bench", "report")
 
