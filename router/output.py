@@ -44,6 +44,16 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _interval_labels(allocations: Sequence[Allocation]) -> list[str]:
+    """Per interval: its span and steps (one count per budget, in budget order, when they differ)."""
+    spans = allocations[0].intervals.spans()
+    if len({a.steps_per_expert for a in allocations}) == 1:
+        return [f"[{a}, {b})\n{s} steps" for (a, b), s in zip(spans, allocations[0].steps_per_expert)]
+    ordered = sorted(allocations, key=lambda a: a.budget_ratio)  # joint: each budget its own steps
+    return [f"[{a}, {b})\nsteps " + "/".join(str(x.steps_per_expert[k]) for x in ordered)
+            for k, (a, b) in enumerate(spans)]
+
+
 def plot_allocations(
     allocations: Sequence[Allocation],
     path: str | Path,
@@ -71,13 +81,7 @@ def plot_allocations(
         raise ValueError("nothing to plot: no allocations")
     iv = allocations[0].intervals
     n = iv.num_intervals
-    steps = {a.steps_per_expert for a in allocations}
-    if len(steps) == 1:
-        labels = [f"[{a}, {b})\n{s} steps" for (a, b), s in zip(iv.spans(), allocations[0].steps_per_expert)]
-    else:  # joint allocations: each budget has its own steps (in budget order)
-        ordered = sorted(allocations, key=lambda a: a.budget_ratio)
-        labels = [f"[{a}, {b})\nsteps " + "/".join(str(x.steps_per_expert[k]) for x in ordered)
-                  for k, (a, b) in enumerate(iv.spans())]
+    labels = _interval_labels(allocations)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * n + 2.0), 3.8), dpi=110)
     width = 0.8 / len(allocations)
     for j, alloc in enumerate(sorted(allocations, key=lambda a: a.budget_ratio)):
