@@ -115,6 +115,8 @@ class MixtureObjective:
         known: joint modes: ``(budget or None, source, arch)`` points evaluated first
             (:meth:`known_points`).
         allocation_method: the method name of the allocation files the search writes.
+        enqueue_router: whether the router's allocation is evaluated first too (not for the
+            steps-only baseline, which must not depend on the router).
     """
 
     cfg: ExperimentConfig
@@ -125,6 +127,11 @@ class MixtureObjective:
     reference_macs: int | None = None
     known: tuple[tuple[float | None, str, Arch], ...] = ()
     allocation_method: str = "search"
+    enqueue_router: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
 
     def known_points(self, budget_ratio: float | None) -> list[tuple[str, Arch]] | None:
         """Joint modes: the points of :attr:`known` for this budget; ``None`` (the search's
@@ -332,7 +339,8 @@ def _joint_problem(ctx: RunContext, mode: str) -> MixtureProblem:
     known = tuple((b, src, arch) for b in (None, *ctx.cfg.search.budgets)
                   for src, arch in joint_known_points(ctx, mixture, b, widths=mode == "joint"))
     objective = MixtureObjective(absolute_config(ctx.cfg), steps, mode=mode, reference_macs=ctx.base_traj,
-                                 known=known, allocation_method="steps" if mode == "steps" else "search")
+                                 known=known, allocation_method="steps" if mode == "steps" else "search",
+                                 enqueue_router=mode != "steps")
     return MixtureProblem(mixture.space, objective, mixture.intervals, steps)
 
 

@@ -63,8 +63,9 @@ class Objective(Protocol):
     budget ratio 1 stands for; default the full arch's) and ``known_points(budget_ratio)``
     (``[(source, arch), ...]`` evaluated first instead of the full and widest-uniform archs,
     the full-size point first; the router's allocation is added after them; ``None``: the
-    defaults) and ``allocation_method`` (the ``<method>`` of the allocation files written,
-    default ``search``).
+    defaults), ``allocation_method`` (the ``<method>`` of the allocation files written,
+    default ``search``) and ``enqueue_router`` (false: the router's allocation is not
+    enqueued, for a search that must not depend on it; default true).
     """
 
     fidelities: tuple[str, ...]

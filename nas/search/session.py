@@ -151,13 +151,15 @@ class SearchSession:
     def _known_points(self, budget_ratio: float | None) -> list[tuple[str, Arch]]:
         """:func:`known_points`, or the objective's own ``known_points(budget_ratio)`` when it gives
         a list (points of a joint space, e.g. the base schedule at uniform width), followed by the
-        router's allocation."""
+        router's allocation unless the objective's ``enqueue_router`` is false."""
         own = getattr(self.objective, "known_points", None)
         points = own(budget_ratio) if callable(own) else None
+        router = bool(getattr(self.objective, "enqueue_router", True))
         if points is None:
-            return known_points(self.space, budget_ratio, self.run.allocations_dir)
+            found = known_points(self.space, budget_ratio, self.run.allocations_dir)
+            return found if router else [(n, a) for n, a in found if n != "router"]
         found = [(n, Arch(a)) for n, a in points]
-        if budget_ratio is not None:
+        if budget_ratio is not None and router:
             found += [(n, a) for n, a in known_points(self.space, budget_ratio, self.run.allocations_dir)
                       if n == "router"]
         return found

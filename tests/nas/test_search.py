@@ -496,3 +496,32 @@ def test_shrink_to_budget_keeps_the_pattern_and_meets_the_budget():
         for d in space.free_dimensions():
             assert d.index(small[d.name]) <= d.index(arch[d.name])
     assert shrink_to_budget(space, space.full(), 0.0, rng) is None
+
+
+def test_objective_hooks_choose_known_points_reference_and_router(tmp_path):
+    """An objective may name its own known points and budget reference, and keep the router's
+    allocation out (the steps-only baseline must not depend on it)."""
+    import dataclasses
+
+    from nas.search import SearchSession, SyntheticObjective, arch_to_allocation, synthetic_mixture_space
+
+    space = synthetic_mixture_space(num_experts=2, steps=(3, 1))
+    iv = Intervals(1000, (500,))
+    run = RunDir(tmp_path, "hooks")
+    router = space.smallest()
+    arch_to_allocation(space, router, iv, 0.5, "router").save(run.allocations_dir / "router-0.5.json")
+
+    @dataclasses.dataclass(frozen=True)
+    class Hooked(SyntheticObjective):
+        enqueue_router: bool = True
+        reference_macs: int = 0
+
+        def known_points(self, budget_ratio):
+            return [("mine", space.full())]
+
+    cfg = SearchConfig(budgets=(0.5,))
+    plain = SearchSession(space, SyntheticObjective(space), cfg, run, iv)
+    assert [n for n, _ in plain._known_points(0.5)] == ["full", "uniform", "router"] and plain.reference_macs is None
+    assert [n for n, _ in SearchSession(space, Hooked(space), cfg, run, iv)._known_points(0.5)] == ["mine", "router"]
+    no_router = SearchSession(space, Hooked(space, enqueue_router=False, reference_macs=7), cfg, run, iv)
+    assert [n for n, _ in no_router._known_points(0.5)] == ["mine"] and no_router.reference_macs == 7
