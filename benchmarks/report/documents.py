@@ -134,9 +134,11 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
             f"{s.get('seeds')}, {s.get('num_generated')} generated images per seed against "
             f"{s.get('num_reference')} reference images; KID is clean-fid's raw value (not x1000)."
         )
+        own = ("; rows with steps per interval, e.g. 4 (1+3), sample along their allocation's own step schedule"
+               if any(r.get("steps_per_interval") for r in summary["rows"]) else "")
         lines.append(
-            f"Sampler {s.get('sampler')} with {s.get('num_steps')} steps for every method (base, fewer steps: fewer); "
-            f"MACs counted with fvcore (attention included) per call at batch 1, summed over the trajectory."
+            f"Sampler {s.get('sampler')} with {s.get('num_steps')} steps for every method (base, fewer steps: fewer"
+            f"{own}); MACs counted with fvcore (attention included) per call at batch 1, summed over the trajectory."
         )
         lines.append(
             f"Latency: wall time of a whole trajectory at batch {s.get('latency_batch_size')} divided by the batch, "

@@ -54,3 +54,4 @@ def test_bench_rows_of_joint_allocations_use_their_schedules(tmp_path):
     assert per == {"search": [1, 3], "steps": [1, 1], "uniform": None, "base": None}
     report = (run.report_dir / "report.md").read_text()
     assert "| 4 (1+3) |" in report and "| 2 (1+1) |" in report
+    assert "sample along their allocation's own step schedule" in report
