@@ -81,7 +81,6 @@ __all__ = [
     "cosine_matrix",
     "denoise_batch",
     "denoising_loss",
-    "denoising_target",
     "discover_intervals",
     "distillation_loss",
     "evenly_spaced_timesteps",
@@ -142,7 +141,7 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "AUTO_EXACT_LIMIT_BYTES", "AUTO_SKETCH_DIM", "CountSketch", "ProjectionDim", "resolve_projection_dim"
     ), "experts.sketch"),
     **dict.fromkeys((
-        "cosine_matrix", "denoising_target", "fixed_batches", "make_training_scheduler"
+        "cosine_matrix", "fixed_batches", "make_training_scheduler"
     ), "experts.timestep_batches"),
     **dict.fromkeys((
         "AGGREGATES", "MEASURES", "activation_similarity", "gradient_similarity", "timestep_similarity"

@@ -61,11 +61,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from experts.denoising import model_target
 from experts.sketch import CountSketch, ProjectionDim, resolve_projection_dim
 from experts.timestep_batches import (
     check_timesteps,
     cosine_matrix,
-    denoising_target,
     fixed_batches,
     make_training_scheduler,
     progress_bar,
@@ -196,7 +196,7 @@ def _flat_gradient(unet: torch.nn.Module, scheduler: Any, params: Sequence[torch
     dev = x0.device
     tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
     xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
-    target = denoising_target(scheduler, x0, noise, tt)
+    target = model_target(scheduler, x0, noise, tt)
     pred = sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
     loss = torch.nn.functional.mse_loss(pred.float(), target.float())
     grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+
 __all__ = [
     "check_timesteps",
     "cosine_matrix",
-    "denoising_target",
     "fixed_batches",
     "make_training_scheduler",
     "progress_bar",
@@ -40,17 +40,6 @@ def make_training_scheduler(scheduler_config: Mapping[str, Any] | Any):
     known = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
     return DDPMScheduler(**{k: v for k, v in cfg.items() if k in known})
 
-
-def denoising_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict at ``t``: the noise, the velocity or the clean image."""
-    kind = getattr(scheduler.config, "prediction_type", "epsilon")
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    if kind == "sample":
-        return x0
-    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon, v_prediction or sample)")
 
 
 def fixed_batches(
