@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 __all__ = [
     "check_timesteps",
     "cosine_matrix",
