@@ -142,7 +142,7 @@ def methods_needing(stages: Iterable[str]) -> list[str]:
         >>> methods_needing(["router"])
         ['router']
         >>> methods_needing(["experts"])
-        ['router', 'search', 'uniform']
+        ['router', 'search', 'uniform', 'steps']
     """
     wanted = set(stages)
     return [name for name, m in all_methods().items() if wanted & set(m.needs)]
