@@ -16,6 +16,14 @@ Short timed runs of the project's own functions at one thread, for one base-mode
 - ``uniform<b>_call_ratio``: a call of the materialised uniform-width sub-network meeting
   MACs budget b (:func:`search_spaces.uniform.uniform_arch`, ``ElasticUNet.materialize``), as
   a share of the full call: what a pruned model's sampling and fine-tuning cost per step;
+- with ``--run``, on a :class:`nas.run.RunContext` of the ``standard`` preset (this shape, a
+  base trained for a few steps: costs do not depend on the weights): ``intervals_s`` (the
+  intervals stage, :func:`nas.intervals.run_intervals`), ``proxy_reference_s`` (the trajectory
+  proxy's reference: ``schedule.proxy_images`` x 50 base steps), ``proxy_base<k>_s`` (one
+  :meth:`~experts.trajectory_proxy.TrajectoryProxy.score` of the base model along k steps:
+  sampling, features and small-sample FID), ``proxy_smallest25_ratio`` (a mixture of three
+  supernets at the smallest arch, sliced, against the base, 25 steps each) and
+  ``cache<b>_time_ratio`` (DeepCache at budget b against the base, 50 steps);
 - ``fid_1000_s``: features and FID/KID of 1,000 images (:func:`nas.metrics.compute_quality`,
   the digits extractor), the reference features cached first.
 
@@ -107,6 +115,47 @@ def _pruned_costs(unet, scheduler_config: dict, steps: int, budgets: tuple[float
     return out
 
 
+def _run_costs(tmp: Path, channels: tuple[int, ...], layers: int) -> dict:
+    """Costs measured through a RunContext of the ``standard`` preset (see the module docstring)."""
+    from experts.caching import CachedUNet, branch_macs, choose_cache
+    from experts.intervals import Intervals
+    from experts.mixture import MixtureOfExperts
+    from nas.config import load_config
+    from nas.intervals import run_intervals
+    from nas.run import RunContext
+    from nas.sampling import sampling_timesteps
+    from search_spaces import ElasticUNet
+
+    widths = ",".join(str(c) for c in channels)
+    cfg = load_config(None, [f"run_root={tmp / 'runs'}", "device=cpu", "model.train_steps=4",
+                             f"model.block_out_channels=[{widths}]", f"model.layers_per_block={layers}"],
+                      preset="standard")
+    ctx = RunContext(cfg)
+    unet = ctx.base.unet
+    out = {}
+    out["intervals_s"], _ = _timed(run_intervals, ctx)
+    proxy = ctx.trajectory_proxy()
+    out["proxy_reference_s"], _ = _timed(lambda: proxy.reference_features)
+    for k in (5, 25):
+        out[f"proxy_base{k}_s"], _ = _timed(proxy.score, unet, sampling_timesteps(ctx.scheduler, k))
+    sup = ElasticUNet(unet).eval()
+    mix = MixtureOfExperts(Intervals.uniform(cfg.model.num_train_timesteps, 3), [sup, sup, sup],
+                           [sup.space.smallest()] * 3)
+    ts25 = sampling_timesteps(ctx.scheduler, 25)
+    mix_s, _ = _timed(proxy.score, mix, ts25)
+    out["proxy_smallest25_ratio"] = mix_s / out["proxy_base25_s"]
+    per_branch = branch_macs(unet, batch_size=1)
+    ts50 = sampling_timesteps(ctx.scheduler, 50)
+    base50_s, _ = _timed(proxy.score, unet, ts50)
+    for b in (0.15, 0.3, 0.5):
+        choice = choose_cache(per_branch, 50, b)
+        if choice is not None:
+            s, _ = _timed(proxy.score, CachedUNet(unet, choice.settings), ts50)
+            out[f"cache{b:g}_time_ratio"] = s / base50_s
+            out[f"cache{b:g}_macs_ratio"] = choice.ratio
+    return out
+
+
 def _expert_costs(tmp: Path, unet, images: torch.Tensor, scheduler_config: dict, steps: int,
                   random_archs: int) -> dict:
     """Seconds per sandwich step and per full-arch (fine-tuning-like) step of one expert."""
@@ -144,7 +193,7 @@ def _fid_cost(tmp: Path, images: torch.Tensor) -> dict:
 
 def measure(channels: tuple[int, ...], layers: int, *, train_steps: int = 20, sample_steps: int = 5,
             expert_steps: int = 6, random_archs: int = 1, with_fid: bool = False, batches: tuple[int, ...] = (),
-            pruned: bool = False) -> dict:
+            pruned: bool = False, with_run: bool = False) -> dict:
     """All per-unit costs of one base shape (see the module docstring); a JSON-able dict."""
     from diffusers import UNet2DModel
 
@@ -165,6 +214,8 @@ def measure(channels: tuple[int, ...], layers: int, *, train_steps: int = 20, sa
             out.update(_batch_costs(unet, sched_cfg, sample_steps, batches))
         if pruned:
             out.update(_pruned_costs(unet, sched_cfg, sample_steps, (0.1, 0.15, 0.3, 0.5)))
+        if with_run:
+            out.update(_run_costs(tmp, channels, layers))
         if expert_steps:
             out.update(_expert_costs(tmp, unet, images, sched_cfg, expert_steps, random_archs))
         if with_fid:
@@ -183,12 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fid", action="store_true", help="also time FID/KID of 1,000 images")
     p.add_argument("--batches", default="", help="also time sampling in these batch sizes (comma separated)")
     p.add_argument("--pruned", action="store_true", help="also time materialised uniform sub-networks")
+    p.add_argument("--run", action="store_true", help="also time the intervals stage, the proxy and DeepCache")
     p.add_argument("--out", type=Path, default=None, help="append the JSON line to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     res = measure(tuple(int(c) for c in a.channels.split(",")), a.layers, train_steps=a.train_steps,
                   expert_steps=a.expert_steps, random_archs=a.random_archs, with_fid=a.fid,
-                  batches=tuple(int(b) for b in a.batches.split(",") if b), pruned=a.pruned)
+                  batches=tuple(int(b) for b in a.batches.split(",") if b), pruned=a.pruned, with_run=a.run)
     line = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
     if a.out is not None:
         with open(a.out, "a") as f:
