@@ -24,6 +24,8 @@ Short timed runs of the project's own functions at one thread, for one base-mode
   sampling, features and small-sample FID), ``proxy_smallest25_ratio`` (a mixture of three
   supernets at the smallest arch, sliced, against the base, 25 steps each) and
   ``cache<b>_time_ratio`` (DeepCache at budget b against the base, 50 steps);
+- with ``--static``: ``static<b>_macs_ratio``, ``static<b>_call_ratio`` and ``static<b>_prune_s``
+  (:func:`benchmarks.static_pruning.prune_to_budget`, Taylor, 10 iterations, at b = 0.1 and 0.3);
 - ``fid_1000_s``: features and FID/KID of 1,000 images (:func:`nas.metrics.compute_quality`,
   the digits extractor), the reference features cached first.
 
@@ -156,6 +158,21 @@ def _run_costs(tmp: Path, channels: tuple[int, ...], layers: int) -> dict:
     return out
 
 
+def _static_costs(unet, images: torch.Tensor, scheduler_config: dict, steps: int) -> dict:
+    """MACs reached, per-call time ratio and pruning seconds of static pruning at 0.1 and 0.3."""
+    from benchmarks.static_pruning import prune_to_budget
+
+    full = _sampling_cost(unet, scheduler_config, steps)
+    out = {}
+    for b in (0.1, 0.3):
+        s, res = _timed(prune_to_budget, unet, b, images=images, scheduler_config=scheduler_config,
+                        max_iterations=10)
+        out[f"static{b:g}_prune_s"] = s
+        out[f"static{b:g}_macs_ratio"] = res.macs_ratio
+        out[f"static{b:g}_call_ratio"] = _sampling_cost(res.model.eval(), scheduler_config, steps) / full
+    return out
+
+
 def _expert_costs(tmp: Path, unet, images: torch.Tensor, scheduler_config: dict, steps: int,
                   random_archs: int) -> dict:
     """Seconds per sandwich step and per full-arch (fine-tuning-like) step of one expert."""
@@ -193,7 +210,7 @@ def _fid_cost(tmp: Path, images: torch.Tensor) -> dict:
 
 def measure(channels: tuple[int, ...], layers: int, *, train_steps: int = 20, sample_steps: int = 5,
             expert_steps: int = 6, random_archs: int = 1, with_fid: bool = False, batches: tuple[int, ...] = (),
-            pruned: bool = False, with_run: bool = False) -> dict:
+            pruned: bool = False, with_run: bool = False, static: bool = False) -> dict:
     """All per-unit costs of one base shape (see the module docstring); a JSON-able dict."""
     from diffusers import UNet2DModel
 
@@ -214,6 +231,8 @@ def measure(channels: tuple[int, ...], layers: int, *, train_steps: int = 20, sa
             out.update(_batch_costs(unet, sched_cfg, sample_steps, batches))
         if pruned:
             out.update(_pruned_costs(unet, sched_cfg, sample_steps, (0.1, 0.15, 0.3, 0.5)))
+        if static:
+            out.update(_static_costs(unet, images, sched_cfg, sample_steps))
         if with_run:
             out.update(_run_costs(tmp, channels, layers))
         if expert_steps:
@@ -235,12 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", default="", help="also time sampling in these batch sizes (comma separated)")
     p.add_argument("--pruned", action="store_true", help="also time materialised uniform sub-networks")
     p.add_argument("--run", action="store_true", help="also time the intervals stage, the proxy and DeepCache")
+    p.add_argument("--static", action="store_true", help="also time static pruning at budgets 0.1 and 0.3")
     p.add_argument("--out", type=Path, default=None, help="append the JSON line to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     res = measure(tuple(int(c) for c in a.channels.split(",")), a.layers, train_steps=a.train_steps,
                   expert_steps=a.expert_steps, random_archs=a.random_archs, with_fid=a.fid,
-                  batches=tuple(int(b) for b in a.batches.split(",") if b), pruned=a.pruned, with_run=a.run)
+                  batches=tuple(int(b) for b in a.batches.split(",") if b), pruned=a.pruned, with_run=a.run, static=a.static)
     line = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
     if a.out is not None:
         with open(a.out, "a") as f:
