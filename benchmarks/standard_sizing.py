@@ -41,6 +41,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,7 +49,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["measure"]
+__all__ = ["SizingOptions", "measure"]
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -208,36 +209,60 @@ def _fid_cost(tmp: Path, images: torch.Tensor) -> dict:
     return {"fid_1000_s": s, "fid_64_s": s64, "reference_features_s": ref_s}
 
 
-def measure(channels: tuple[int, ...], layers: int, *, train_steps: int = 20, sample_steps: int = 5,
-            expert_steps: int = 6, random_archs: int = 1, with_fid: bool = False, batches: tuple[int, ...] = (),
-            pruned: bool = False, with_run: bool = False, static: bool = False) -> dict:
+@dataclass(frozen=True)
+class SizingOptions:
+    """What :func:`measure` times besides the base step and the sampling call.
+
+    Attributes:
+        train_steps: base training steps timed (difference of a 2- and a 2 + n-step run).
+        sample_steps: sampling steps timed per measurement.
+        expert_steps: elastic and fine-tuning steps timed (0: skip them).
+        random_archs: random sub-networks per sandwich step.
+        fid, pruned, run, static: also time FID, materialised uniform sub-networks, the
+            RunContext costs (intervals, proxy, DeepCache) and static pruning.
+        batches: sampling batch sizes to time besides 64.
+    """
+
+    train_steps: int = 20
+    sample_steps: int = 5
+    expert_steps: int = 6
+    random_archs: int = 1
+    fid: bool = False
+    pruned: bool = False
+    run: bool = False
+    static: bool = False
+    batches: tuple[int, ...] = ()
+
+
+def measure(channels: tuple[int, ...], layers: int, options: SizingOptions = SizingOptions()) -> dict:
     """All per-unit costs of one base shape (see the module docstring); a JSON-able dict."""
     from diffusers import UNet2DModel
 
     from nas.embedded import build_training_scheduler, digits_16, embedded_settings
 
+    o = options
     torch.set_num_threads(1)
     images = digits_16()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         out = {"block_out_channels": list(channels), "layers_per_block": layers}
-        out.update(_base_cost(tmp, images, channels, layers, train_steps))
+        out.update(_base_cost(tmp, images, channels, layers, o.train_steps))
         unet = UNet2DModel.from_pretrained(Path(out.pop("base_folder")) / "unet").eval()
         out["parameters_m"] = sum(p.numel() for p in unet.parameters()) / 1e6
         settings = embedded_settings(SimpleNamespace(block_out_channels=channels, layers_per_block=layers))
         sched_cfg = dict(build_training_scheduler(settings).config)
-        out["call64_s"] = _sampling_cost(unet, sched_cfg, sample_steps)
-        if batches:
-            out.update(_batch_costs(unet, sched_cfg, sample_steps, batches))
-        if pruned:
-            out.update(_pruned_costs(unet, sched_cfg, sample_steps, (0.1, 0.15, 0.3, 0.5)))
-        if static:
-            out.update(_static_costs(unet, images, sched_cfg, sample_steps))
-        if with_run:
+        out["call64_s"] = _sampling_cost(unet, sched_cfg, o.sample_steps)
+        if o.batches:
+            out.update(_batch_costs(unet, sched_cfg, o.sample_steps, o.batches))
+        if o.pruned:
+            out.update(_pruned_costs(unet, sched_cfg, o.sample_steps, (0.1, 0.15, 0.3, 0.5)))
+        if o.static:
+            out.update(_static_costs(unet, images, sched_cfg, o.sample_steps))
+        if o.run:
             out.update(_run_costs(tmp, channels, layers))
-        if expert_steps:
-            out.update(_expert_costs(tmp, unet, images, sched_cfg, expert_steps, random_archs))
-        if with_fid:
+        if o.expert_steps:
+            out.update(_expert_costs(tmp, unet, images, sched_cfg, o.expert_steps, o.random_archs))
+        if o.fid:
             out.update(_fid_cost(tmp, images))
     return out
 
@@ -258,9 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="append the JSON line to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    res = measure(tuple(int(c) for c in a.channels.split(",")), a.layers, train_steps=a.train_steps,
-                  expert_steps=a.expert_steps, random_archs=a.random_archs, with_fid=a.fid,
-                  batches=tuple(int(b) for b in a.batches.split(",") if b), pruned=a.pruned, with_run=a.run, static=a.static)
+    options = SizingOptions(train_steps=a.train_steps, expert_steps=a.expert_steps, random_archs=a.random_archs,
+                            fid=a.fid, pruned=a.pruned, run=a.run, static=a.static,
+                            batches=tuple(int(b) for b in a.batches.split(",") if b))
+    res = measure(tuple(int(c) for c in a.channels.split(",")), a.layers, options)
     line = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
     if a.out is not None:
         with open(a.out, "a") as f:
