@@ -32,16 +32,29 @@ __all__ = ["EvalRow", "evaluate_base", "format_table", "load_model_arg", "sample
 
 def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int, device: Any,
               unet: Any = None, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """Sample with ``cfg.sampling`` from ``unet`` (default: the base UNet): (N, C, H, W) in [-1, 1]."""
+    """Sample with ``cfg.sampling`` from ``unet`` (default: the base UNet): (N, C, H, W) in [-1, 1].
+
+    A mixture with its own step schedule samples along it (as the bench scored it), other
+    models with ``sampling.num_steps`` evenly spaced steps.
+    """
     from nas.sampling import generate, make_scheduler
 
     scheduler = make_scheduler(cfg.sampling.sampler, base.scheduler_config)
+    own = _own_timesteps(unet)
     return generate(
-        base.unet if unet is None else unet, scheduler, num_images=num_images, num_steps=cfg.sampling.num_steps,
+        base.unet if unet is None else unet, scheduler, num_images=num_images,
+        num_steps=None if own is not None else cfg.sampling.num_steps, timesteps=own,
         batch_size=batch_size or cfg.sampling.batch_size, seed=seed, device=device,
         sample_shape=base.sample_shape, vae=base.vae, latent_scale=base.latent_scale,
         encoder_hidden_states=base.encoder_hidden_states, progress=progress,
     )
+
+
+def _own_timesteps(model: Any) -> list[int] | None:
+    """The timesteps of a mixture's own step schedule, or None (no schedule, or not a mixture)."""
+    from experts.mixture import MixtureOfExperts
+
+    return model.timesteps() if isinstance(model, MixtureOfExperts) else None
 
 
 def load_model_arg(path: str, device: Any) -> Any:
@@ -175,7 +188,8 @@ def evaluate_base(ctx: RunContext, model: str | None = None) -> list[EvalRow]:
             model=label, source=source, fid=float(statistics.fmean(fids)), kid=float(statistics.fmean(kids)),
             fid_std=_std(fids), kid_std=_std(kids), fid_per_seed=tuple(fids), kid_per_seed=tuple(kids),
             extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
-            sampler=cfg.sampling.sampler, num_steps=cfg.sampling.num_steps, macs_per_call=macs_per_call,
+            sampler=cfg.sampling.sampler, num_steps=len(_own_timesteps(unet) or range(cfg.sampling.num_steps)),
+            macs_per_call=macs_per_call,
             macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
             device=str(device), dataset=name,
         )
@@ -227,7 +241,8 @@ def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any,
         from nas.sampling import make_scheduler, sampling_timesteps
 
         loaded = load_model_arg(model, device)
-        steps = sampling_timesteps(make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
+        steps = _own_timesteps(loaded.model) or sampling_timesteps(
+            make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
         macs_per_traj = int(loaded.trajectory_macs(steps))
         macs_per_call = int(round(macs_per_traj / len(steps)))  # mean over the trajectory's steps
         models = [(Path(model).name, loaded.model)]
