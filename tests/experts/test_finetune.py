@@ -107,7 +107,7 @@ def test_finetune_with_a_shared_supernet_and_no_teacher(tmp_path):
 def test_cli_train_experts_finetune_sample_evaluate(capsys, tmp_path):
     """train-experts (needs intervals.json) -> finetune --allocation -> sample/evaluate --model."""
     from nas.cli import main
-    from nas.rundir import RunDir
+    from nas.run import RunDir
 
     folder = tmp_path / "tiny-unet"
     build_tiny_unet().save_pretrained(folder, safe_serialization=True)

@@ -332,7 +332,7 @@ def test_v_prediction_target_and_bad_inputs():
 
 def test_cli_intervals_writes_json_and_png_and_reuses(capsys, tmp_path):
     from nas.cli import main
-    from nas.rundir import RunDir
+    from nas.run import RunDir
 
     folder = tmp_path / "tiny-unet"
     build_tiny_unet().save_pretrained(folder, safe_serialization=True)

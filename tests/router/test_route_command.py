@@ -9,7 +9,7 @@ import pytest
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from nas.cli import main
-from nas.rundir import RunDir
+from nas.run import RunDir
 from tests.conftest import build_tiny_unet
 
 IV = Intervals(1000, (400,))
