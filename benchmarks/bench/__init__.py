@@ -20,7 +20,7 @@ by :func:`experts.finetune.finetune_allocation` with ``experts.finetune_steps`` 
 same folder ``diffnas finetune`` writes, reused when already there); the static model, one
 network for all ``K`` intervals, gets ``K x experts.finetune_steps`` steps of the same batch
 with the same loss and optimiser (:func:`experts.training.run_training` over the whole
-schedule), saved to ``mixtures/static-<b>/`` (:func:`benchmarks.static_pruning.save_pruned`).
+schedule), saved to ``mixtures/static-<b>/`` (:func:`experts.pruned.save_pruned`).
 
 Each row: FID and KID through :mod:`nas.metrics` (clean-fid; the extractor of
 ``evaluation.extractor``), ``bench.num_samples`` images per seed for each of ``bench.seeds``

@@ -28,7 +28,7 @@ class StaticMethod(AllocationMethod):
     """One network for all ``K`` intervals, pruned to the budget (Taylor importance by default)
     and fine-tuned for ``K x experts.finetune_steps`` steps of the same batch, loss and optimiser
     (:func:`experts.training.run_training` over the whole schedule); saved to
-    ``mixtures/static-<b>/`` (:func:`benchmarks.static_pruning.save_pruned`) and reused while
+    ``mixtures/static-<b>/`` (:func:`experts.pruned.save_pruned`) and reused while
     its inputs are the same. Its context is a :class:`benchmarks.bench.BenchContext` (Taylor
     importance reads ``ctx.taylor_gradients()``)."""
 
@@ -77,7 +77,7 @@ def _identity(ctx: Any, budget: float, settings: ExpertTrainSettings, k: int, co
 
 def _reusable(ctx: Any, out: Path, identity: dict[str, Any], budget: float) -> tuple[Any, dict[str, Any]] | None:
     """(model, stored result) of the model saved in ``out`` for the same ``identity``, else None."""
-    from benchmarks.static_pruning import load_pruned
+    from experts.pruned import load_pruned
 
     marker = out / STATIC_MARKER
     done = json.loads(marker.read_text()) if marker.is_file() else None
@@ -128,7 +128,7 @@ def _save(ctx: Any, model: Any, out: Path, budget: float, identity: dict[str, An
     folder without it is never reused), and drop the training checkpoints."""
     import shutil
 
-    from benchmarks.static_pruning import save_pruned
+    from experts.pruned import save_pruned
     from experts.training import CHECKPOINTS_DIR
 
     save_pruned(model, out / "model", info={"budget_ratio": budget, **meta["prune"]})

@@ -20,8 +20,8 @@ are pruned per head (``num_heads``), so the head count stays and each head loses
 copied from the pruned shapes; the output convolution is never pruned (nor the input
 convolution's input, which the graph does not own).
 
-The pruned model is saved in the folder format of :mod:`experts.pruned` (:func:`save_pruned`,
-:func:`load_pruned`, :func:`is_pruned_folder`, :data:`PRUNED_KEY`, exported here too): the
+The pruned model is saved in the folder format of :mod:`experts.pruned` (``save_pruned``,
+``load_pruned``, ``is_pruned_folder``, ``PRUNED_KEY``): the
 experts layer owns model folders, so a pruned baseline loads without the benchmarks.
 
 Also here: :func:`fewer_steps_for_budget` (the base model with fewer sampling steps at the same
@@ -49,17 +49,12 @@ the bounded ratio search, and its record :class:`StaticPruneResult`), ``_baselin
 from benchmarks.static_pruning._baselines import fewer_steps_for_budget, uniform_fraction_arch
 from benchmarks.static_pruning._budget import StaticPruneResult, prune_to_budget
 from benchmarks.static_pruning._surgery import prune_once, taylor_gradients
-from experts.pruned import PRUNED_KEY, is_pruned_folder, load_pruned, save_pruned
 
 __all__ = [
-    "PRUNED_KEY",
     "StaticPruneResult",
     "fewer_steps_for_budget",
-    "is_pruned_folder",
-    "load_pruned",
     "prune_once",
     "prune_to_budget",
-    "save_pruned",
     "taylor_gradients",
     "uniform_fraction_arch",
 ]

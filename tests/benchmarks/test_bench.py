@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.bench import RECORD_KIND, SKIP_KIND, bench_config_key, normalize_cost, run_bench
-from benchmarks.static_pruning import load_pruned
+from experts.pruned import load_pruned
 from nas.config import load_config
 from nas.run import RunDir, prepare_run
 from search_spaces.macs import count_unet_macs
