@@ -27,7 +27,7 @@ steps visits 999, 666, 332: its last step jumps from 332 to the clean sample), s
 at least one step.
 
 Example:
-    >>> from experts.intervals import Intervals
+    >>> from experts.intervals import Intervals, atomic_write_text
     >>> s = StepSchedule(Intervals(1000, (300, 700)),
     ...                  (IntervalSteps(3), IntervalSteps(0), IntervalSteps(2, "trailing")))
     >>> s.timesteps()
@@ -311,11 +311,7 @@ class StepSchedule:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically: a kill mid-write leaves the old file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write_text(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "StepSchedule":
