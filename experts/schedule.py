@@ -27,7 +27,7 @@ steps visits 999, 666, 332: its last step jumps from 332 to the clean sample), s
 at least one step.
 
 Example:
-    >>> from experts.intervals import Intervals, atomic_write_text
+    >>> from experts.intervals import Intervals
     >>> s = StepSchedule(Intervals(1000, (300, 700)),
     ...                  (IntervalSteps(3), IntervalSteps(0), IntervalSteps(2, "trailing")))
     >>> s.timesteps()
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experts.intervals import Intervals
+from experts.intervals import Intervals, atomic_write_text
 
 __all__ = ["EXPLICIT", "SPACINGS", "IntervalSteps", "StepSchedule", "place_steps", "uniform_timesteps"]
 
