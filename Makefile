@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-slow bench clean-venv
+.PHONY: venv demo demo-joint test test-slow bench clean-venv
 
 $(STAMP): setup.cfg constraints.txt requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(STAMP)
 # oversubscribe the CPU, and a contended 2-thread step was measured ~10x slower than 1 thread
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m nas run --preset demo
+
+# the demo with sampling steps as a dimension of the allocation (joint steps x experts)
+demo-joint: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m nas run --preset joint-demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
