@@ -157,13 +157,8 @@ def _fit_width_agent(ctx: RunContext, loss: Any, settings: Any) -> tuple[Any, An
     space = loss.space
     width_min = space.macs(space.smallest()) / space.macs(space.full())
     settings = dataclasses.replace(settings, budget_range=(width_min, 1.0))
-    try:
-        fitted = fit_agents(space, loss, [width_min, 1.0], settings, device=ctx.device, arch_loss_fn=loss.arch_loss,
-                            progress=True)
-        sensitivity = loss.sensitivity()
-    finally:
-        loss.reset()
-    return fitted, sensitivity
+    return _then_reset(loss, lambda: fit_agents(space, loss, [width_min, 1.0], settings, device=ctx.device,
+                                                arch_loss_fn=loss.arch_loss, progress=True))
 
 
 def _proxy_scorer(ctx: RunContext, loss: Any) -> Any:
@@ -278,9 +273,14 @@ def _train(cfg: ExperimentConfig, space: Any, loss: Any, budgets: list[float], s
     from router.train import train_router
 
     settings = _settings(cfg, seed)
+    return _then_reset(loss, lambda: train_router(space, loss, budgets, settings, device=device,
+                                                  arch_loss_fn=loss.arch_loss, progress=True))
+
+
+def _then_reset(loss: Any, train: Any) -> tuple[Any, Any]:
+    """``(train(), loss.sensitivity())``, the experts reset afterwards, also on failure."""
     try:
-        result = train_router(space, loss, budgets, settings, device=device, arch_loss_fn=loss.arch_loss,
-                              progress=True)
+        result = train()
         sensitivity = loss.sensitivity()
     finally:
         loss.reset()
