@@ -20,7 +20,7 @@ class StepsMethod(AllocationMethod):
 
     name = "steps"
     label = "base, searched steps"
-    color = "#8c564b"
+    color = "#e377c2"
     marker = "P"
     needs: ClassVar[tuple[str, ...]] = ("experts", "search")
     cost = "steps-only search: wall time of every session and trials evaluated"
