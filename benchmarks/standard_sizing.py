@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.out is not None:
         with open(a.out, "a") as f:
             f.write(line + "\n")
-    print(line)
+    sys.stdout.write(line + "\n")  # the result itself (a JSON line), not a log message
 
 
 if __name__ == "__main__":

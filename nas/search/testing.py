@@ -100,6 +100,8 @@ class ObjectiveContract:
             import cloudpickle as shipper  # what Ray uses
         except ImportError:  # pragma: no cover - cloudpickle comes with ray
             shipper = pickle
+        # round trip of bytes this test just made from the user's own object (what Ray ships to a
+        # worker); no file is read
         copy = pickle.loads(shipper.dumps(objective))
         arch, fidelity = space.full(), objective.fidelities[0]
         ctx = self.context(arch, fidelity)

@@ -2,12 +2,15 @@
 
 Usage: python experts_vs_base.py [RUN_ROOT] [RUN_NAME]   (default /tmp/jd/runs joint)
 """
+import logging
 import sys
 
 from experts.allocation import Allocation
 from experts.mixture import MixtureOfExperts
 from nas.config import load_config
 from nas.run import RunContext
+
+log = logging.getLogger("experts_vs_base")
 
 
 def main(root: str, name: str) -> None:
@@ -23,10 +26,12 @@ def main(root: str, name: str) -> None:
             a = Allocation(r.method, r.budget_ratio, r.intervals, r.archs, r.macs_per_expert, sched.steps_per_interval,
                            r.base_trajectory_macs, schedule=sched)
             s = proxy.score(MixtureOfExperts.from_allocation(a, experts), sched.timesteps())
-            print(b, label, sched.steps_per_interval, [p.spacing for p in sched.parts], "small_fid %.3f" % s.fid)
+            log.info("%s %s %s %s small_fid %.3f", b, label, sched.steps_per_interval,
+                     [p.spacing for p in sched.parts], s.fid)
         for label, sched in (("base, router schedule", r.schedule), ("base, steps schedule", st.schedule)):
-            print(b, label, "small_fid %.3f" % proxy.score(ctx.base.unet, sched.timesteps()).fid)
+            log.info("%s %s small_fid %.3f", b, label, proxy.score(ctx.base.unet, sched.timesteps()).fid)
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main(*(sys.argv[1:3] or ["/tmp/jd/runs", "joint"]))
