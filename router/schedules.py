@@ -79,15 +79,12 @@ def interval_step_counts(intervals: Intervals, max_steps: int, counts: Sequence[
     Raises:
         UserError: an interval left with no allowed count.
     """
-    pool = sorted({int(c) for c in (range(int(max_steps) + 1) if counts is None else counts)})
-    out = []
-    for k, (lo, hi) in enumerate(intervals.spans()):
-        allowed = tuple(c for c in pool if c <= min(int(max_steps), hi - lo) and (k > 0 or c >= 1))
-        if not allowed:
-            raise UserError(f"interval {k} [{lo}, {hi}) has no allowed step count among {pool} "
-                            f"(at most {max_steps}, at least 1 in the lowest-noise interval)")
-        out.append(allowed)
-    return out
+    from experts.steps_space import interval_counts
+
+    try:
+        return interval_counts(intervals, None if counts is None else tuple(counts), max_steps=int(max_steps))
+    except ValueError as exc:  # the rule is experts'; the router reports it as a user error
+        raise UserError(str(exc)) from None
 
 
 def _nearest(allowed: Sequence[Sequence[int]], target: Sequence[float], n: int) -> tuple[int, ...]:
