@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from experts.intervals import Intervals
 from experts.schedule import StepSchedule
-from experts.steps_space import DEFAULT_SPACINGS
+from experts.steps_space import DEFAULT_SPACINGS, interval_counts
 from search_spaces.errors import UserError
 
 __all__ = ["JointSettings", "candidate_counts", "candidate_schedules", "interval_step_counts"]
@@ -79,8 +79,6 @@ def interval_step_counts(intervals: Intervals, max_steps: int, counts: Sequence[
     Raises:
         UserError: an interval left with no allowed count.
     """
-    from experts.steps_space import interval_counts
-
     try:
         return interval_counts(intervals, None if counts is None else tuple(counts), max_steps=int(max_steps))
     except ValueError as exc:  # the rule is experts'; the router reports it as a user error
