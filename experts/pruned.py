@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from search_spaces.errors import UserError
+from search_spaces.materialize import empty_model
 
 __all__ = ["PRUNED_KEY", "is_pruned_folder", "load_pruned", "save_pruned"]
 
@@ -68,13 +69,6 @@ def _shape_record(model: nn.Module, skeleton: nn.Module) -> dict[str, Any]:
     return {"format": _FORMAT, "shapes": shapes, "attributes": attrs}
 
 
-def _skeleton(cls: type, config: Mapping[str, Any]) -> nn.Module:
-    """The unpruned architecture with uninitialised storage (built on the meta device)."""
-    with torch.device("meta"):
-        model = cls.from_config(dict(config))
-    return model.to_empty(device="cpu")
-
-
 def _unet_class(name: str) -> type:
     from diffusers import UNet2DConditionModel, UNet2DModel
 
@@ -98,7 +92,7 @@ def save_pruned(model: nn.Module, path: str | Path, info: Mapping[str, Any] | No
     path = Path(path)
     config = {k: v for k, v in dict(model.config).items() if k not in (PRUNED_KEY, "_name_or_path")}
     cls = _unet_class(str(config.get("_class_name", type(model).__name__)))
-    record = _shape_record(model, _skeleton(cls, config))
+    record = _shape_record(model, empty_model(cls, config))
     record["info"] = dict(info or {})
     config = {**config, "_class_name": cls.__name__, PRUNED_KEY: record}
     tmp = path.with_name(path.name + ".saving")
@@ -167,7 +161,7 @@ def load_pruned(path: str | Path, *, device: str | torch.device = "cpu") -> nn.M
     if not weights.is_file():
         raise UserError(f"{path}: missing {_WEIGHTS}")
     cls = _unet_class(str(config.get("_class_name", "UNet2DModel")))
-    model = _skeleton(cls, config)
+    model = empty_model(cls, config)
     for name, shape in record.get("shapes", {}).items():
         _set_tensor(model, name, shape)
     for mod_name, attrs in record.get("attributes", {}).items():

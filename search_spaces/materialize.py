@@ -52,7 +52,7 @@ from search_spaces.unet_space import SpaceOptions, UNetSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "arch_of", "load_materialized", "remove_layers",
+__all__ = ["SkippedLayer", "ShortcutResnet", "apply_arch", "arch_of", "empty_model", "load_materialized", "remove_layers",
            "save_materialized", "stored_dtype"]
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -282,7 +282,7 @@ def _load_pruned(cls: type, config: dict, opts: SpaceOptions, arch: Arch, weight
     """The pruned model of ``arch`` with the weights of ``weights`` (strict), in ``dtype``."""
     from safetensors.torch import load_file
 
-    model = _skeleton(cls, config)
+    model = empty_model(cls, config)
     apply_arch(model, UNetSpace.structure(model, opts), arch)
     if dtype is not None and dtype != next(model.parameters()).dtype:
         nn.Module.to(model, dtype)  # diffusers' own .to() warns about casting; the weights come next
@@ -308,11 +308,11 @@ def stored_dtype(weights: str | Path) -> torch.dtype | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _skeleton(cls: type, config: dict) -> nn.Module:
+def empty_model(cls: type, config: Mapping[str, Any]) -> nn.Module:
     """The unpruned model with uninitialised storage (built on the meta device: no init cost)."""
     try:
         with torch.device("meta"):
-            model = cls.from_config(config)
+            model = cls.from_config(dict(config))
         return model.to_empty(device="cpu")
     except (RuntimeError, NotImplementedError):  # pragma: no cover - a model that can't go to meta
-        return cls.from_config(config)
+        return cls.from_config(dict(config))
