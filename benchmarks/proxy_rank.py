@@ -173,7 +173,8 @@ def _sampler(ctx: Any, num_images: int, seed: int):
 
 
 def _score_all(ctx: Any, candidates: list[_Candidate], settings: RankSettings) -> None:
-    from experts.losses import proxy_loss, training_scheduler
+    from experts.denoising import training_scheduler
+    from experts.losses import proxy_loss
     from experts.mixture import MixtureOfExperts
     from experts.trajectory_proxy import TrajectoryProxy
     from nas.data import dataset_id, load_dataset

@@ -27,24 +27,10 @@ from typing import Any
 
 import torch
 
-# only denoising_loss and interval_timesteps are used here; the other names are imported from
-# this module by nas/ and benchmarks/ callers until they import experts.denoising
-from experts.denoising import (  # noqa: F401
-    ExpertLoss,
-    LossBatch,
-    as_tensor,
-    denoising_loss,
-    distillation_loss,
-    expert_loss,
-    interval_timesteps,
-    make_batch,
-    model_target,
-    training_scheduler,
-)
+from experts.denoising import denoising_loss, interval_timesteps
 from experts.intervals import Intervals
 
 __all__ = ["HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"]
-
 
 
 @dataclass(frozen=True)

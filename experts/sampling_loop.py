@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from experts.explicit_timesteps import check_timesteps, set_explicit_timesteps
-from experts.losses import as_tensor
+from experts.denoising import as_tensor
 from search_spaces.errors import UserError
 
 __all__ = ["TimestepPlan", "accepts", "denoise_batch", "evenly_spaced_timesteps", "image_seed", "initial_noise"]

@@ -228,7 +228,7 @@ def _up_to_date(cfg: ExperimentConfig, run: Any, key: str) -> bool:
 def _mixture_loss(ctx: RunContext, seed: int) -> tuple[Any, Any, Any]:
     """Load the base model (teacher), the trained experts and the run's data; returns the
     :class:`router.mixture.MixtureRoutingLoss`, the intervals and the sampling steps per interval."""
-    from experts.losses import training_scheduler
+    from experts.denoising import training_scheduler
     from router.mixture import MixtureRoutingLoss
 
     cfg, run, device = ctx.cfg, ctx.run, ctx.device

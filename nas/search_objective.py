@@ -12,7 +12,7 @@ Two fidelities (:class:`MixtureObjective`):
   the experts' table and the fine-tuning report use), each interval's expert at its arch
   (supernet, ``set_active``; not fine-tuned) is scored with the experts' own training loss:
   denoising MSE + ``experts.distill_weight`` x MSE to the frozen base model
-  (:func:`experts.losses.expert_loss`); ``quality`` is the step-weighted sum over intervals
+  (:func:`experts.denoising.expert_loss`); ``quality`` is the step-weighted sum over intervals
   (weights = share of sampling steps). ``denoise`` and ``distill`` are recorded apart, per
   interval too.
 - ``fid`` (promoted trials): FID through :mod:`nas.metrics` (``evaluation.extractor``, reference
@@ -150,7 +150,7 @@ class MixtureObjective:
             state = _STATE.get(key)
             if state is not None:
                 return state
-            from experts.losses import training_scheduler
+            from experts.denoising import training_scheduler
 
             t0 = time.perf_counter()
             ctx = RunContext(self.cfg, device=device, progress=False)
@@ -208,7 +208,7 @@ class MixtureObjective:
     def _proxy(self, state: _Loaded, archs: list[Arch], device: str) -> dict[str, Any]:
         import torch
 
-        from experts.losses import LossBatch, expert_loss
+        from experts.denoising import LossBatch, expert_loss
 
         w_distill = float(self.cfg.experts.distill_weight)
         kw = ({"encoder_hidden_states": state.base.encoder_hidden_states}
@@ -226,7 +226,7 @@ class MixtureObjective:
                     batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl]).to(device)
                     t_out = state.teacher_out.get((k, c))
                     if t_out is None and w_distill > 0:
-                        from experts.losses import as_tensor
+                        from experts.denoising import as_tensor
 
                         x_t = state.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (b,C,H,W)
                         t_out = as_tensor(teacher(x_t, batch.t, **(_expand(kw, len(batch))))).detach()

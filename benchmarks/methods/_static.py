@@ -92,7 +92,7 @@ def _prune_and_finetune(ctx: Any, budget: float, settings: ExpertTrainSettings, 
     """Prune the base model to ``budget``, fine-tune it over the whole schedule (resumable
     checkpoints in ``out``), save it with its marker; returns (model, result)."""
     from experts.intervals import Intervals
-    from experts.losses import training_scheduler
+    from experts.denoising import training_scheduler
     from experts.training import CHECKPOINTS_DIR, run_training
 
     base = ctx.base

@@ -151,7 +151,7 @@ def taylor_gradients(
         unet_kwargs: ``batch_size -> extra kwargs`` (context of conditional UNets), or None.
     """
     from experts.intervals import Intervals
-    from experts.losses import denoising_loss, make_batch, training_scheduler
+    from experts.denoising import denoising_loss, make_batch, training_scheduler
 
     sched = training_scheduler(scheduler_config)
     whole = Intervals(int(sched.config.num_train_timesteps), ())

@@ -56,7 +56,8 @@ def test_mixture_space_is_one_part_per_expert_weighted_by_sampling_steps(tiny_ru
 def test_proxy_is_the_step_weighted_heldout_denoising_plus_distillation_loss(tiny_run):
     import torch
 
-    from experts.losses import HeldOutSet, proxy_loss, training_scheduler
+    from experts.denoising import training_scheduler
+    from experts.losses import HeldOutSet, proxy_loss
     from experts.training import load_experts
     cfg, run, _ = tiny_run
     problem = mixture_problem(RunContext(cfg, device="cpu"))
