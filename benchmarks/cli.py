@@ -66,6 +66,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
                         help="run directory (default: <run_root>/<name> of the config)")
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default RUN_DIR/report)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that holds files the report did not write (they are kept)")
 
 
 def report_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
@@ -74,12 +76,14 @@ def report_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     path = Path(args.run_dir) if args.run_dir else RunDir.from_config(cfg).path
     if not path.is_dir():
         raise UserError(f"run directory {str(path)!r} does not exist")
-    rep = build_report(path, out_dir=args.out)
+    rep = build_report(path, out_dir=args.out, force=bool(getattr(args, "force", False)))
     s = rep.summary
     sys.stdout.write(f"{len(s['rows'])} benchmark rows, {len(s['methods'])} methods, "
                      f"{len(s['budgets'])} budgets, {len(rep.pngs)} figures\n")
     for m, v in s["methods"].items():
         sys.stdout.write(f"  {m:<11} hypervolume {v['hypervolume']:.4f} ({len(v['pareto'])} Pareto points)\n")
+    for v in s.get("verdicts") or []:
+        sys.stdout.write(f"{v['text']}\n" + (f"  {v['export_command']}\n" if v["export_command"] else ""))
     sys.stdout.write(f"report: {rep.index_html}\n")
     return 0
 

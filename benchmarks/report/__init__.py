@@ -6,9 +6,18 @@ Inputs (all optional except ``results.jsonl``; a missing one leaves its section 
 ``similarity.png``, the sample grids the bench rows point to, ``config.yaml``. Nothing is
 re-run: no model is loaded, no image generated. The same inputs give byte-identical outputs.
 
+Before anything is written every input is checked (:mod:`~benchmarks.report.checks`): a
+damaged one (a wrong-typed field in ``results.jsonl``, a truncated or overlapping
+``intervals.json``, an unreadable allocation) is one line naming the file, and the previous
+report stays byte-identical. The report is built in a temporary sibling and renamed into place
+(:mod:`~benchmarks.report.output`); an output folder holding files the report did not write is
+refused unless ``force``, and nothing the report did not write is ever deleted.
+
 Outputs in ``RUN_DIR/report/``:
 
-- ``index.html``: self-contained (CSS inline, every figure a base64 PNG ``<img>``; no network);
+- ``index.html``: self-contained (CSS inline, every figure a base64 PNG ``<img>``, the
+  interactive Pareto plot with plotly.js inline; no network); at the top, one verdict per
+  budget (:mod:`~benchmarks.report.verdict`: which model to ship and its export command);
   a small inline script marks ``<body data-images-loaded="k" data-images-total="n">`` once the
   images have decoded (what the headless-browser test reads);
 - ``report.md``: the same tables and figures (linked PNG files);
@@ -43,7 +52,8 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                          fid_values, kid_mean, kid_ci_low, kid_ci_high, kid_values,
                          macs_per_trajectory, macs_ratio, latency_ms_per_image,
                          base_latency_ms_per_image, speedup, latency_group, finetune,
-                         allocation_cost, grid, num_steps} ]  (registry order of methods, then budget)
+                         allocation_cost, grid, num_steps, model_path} ]  (registry order of methods,
+                         then budget)
     methods           {method: {points: [[macs_ratio, fid_mean], ...], pareto: [[...], ...],
                                 hypervolume}}
     budgets           {"<budget>": [method, ...]}  rows reported at each budget
@@ -56,6 +66,9 @@ reported row)``, the same for every method of one report (stated in ``summary.js
     machine, versions what the bench rows recorded
     config            the run's config.yaml, parsed (null if absent)
     files             report files written (relative to report/), sorted
+    verdicts          [ {budget, ship, base, best_own, best_baseline (each {method, budget_ratio, fid_mean,
+                         fid_ci_low, fid_ci_high, macs_ratio, latency_ms_per_image, speedup, num_steps} or
+                         null), baseline_wins, overlaps_runner_up, export_command (or null), text} ]
 
 Example:
     >>> hypervolume_2d([(0.2, 3.0), (0.5, 2.0), (0.8, 1.0)], (1.0, 4.0))
@@ -80,6 +93,8 @@ from typing import Any
 
 from benchmarks.report.documents import render_html, render_markdown
 from benchmarks.report.figures import plot_allocations, plot_pareto, plot_search, plot_similarity
+from benchmarks.report.interactive import pareto_html
+from benchmarks.report.output import check_out_dir, publish, temp_dir
 from benchmarks.report.summary import (
     REF_FID_FACTOR,
     REF_MACS_RATIO,
@@ -95,6 +110,7 @@ from benchmarks.report.summary import (
     reference_point,
     search_summary,
 )
+from benchmarks.report.verdict import OWN_METHODS, budget_verdicts
 from nas.methods import budget_key
 
 log = logging.getLogger(__name__)
@@ -102,9 +118,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "REF_FID_FACTOR",
     "REF_MACS_RATIO",
+    "OWN_METHODS",
     "ReportResult",
     "SCHEMA",
     "build_report",
+    "budget_verdicts",
     "build_summary",
     "fmt_ci",
     "fmt_num",
@@ -128,15 +146,54 @@ class ReportResult:
     summary: dict[str, Any]
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> ReportResult:
+def _run_text(path: Path) -> str:
+    """How the run folder is written in the verdicts' export commands: as given when relative,
+    else ``runs/<name>`` for a folder under a ``runs`` root, else ``RUN_DIR`` (no absolute path
+    is stored in a run folder)."""
+    if not path.is_absolute():
+        return path.as_posix()
+    return f"runs/{path.name}" if path.parent.name == "runs" else "RUN_DIR"
+
+
+def _exportable(run: Path) -> Any:
+    def check(row: Mapping[str, Any]) -> bool:
+        mp = row.get("model_path")
+        return bool(mp) and (run / str(mp) / "model_index.json").is_file()
+
+    return check
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, force: bool = False) -> ReportResult:
     """Write the report of ``run_dir`` (``report/`` inside it unless ``out_dir``); see the module
-    docstring. Only stored files are read."""
+    docstring. Only stored files are read.
+
+    Every input is read and checked before anything is written (a damaged one is a one-line
+    :class:`~search_spaces.errors.UserError` naming it, and the previous report stays as it
+    was); the report is built in a temporary sibling and moved into place. An output folder
+    holding files the report did not write is refused unless ``force`` (then the report is
+    written beside them; nothing of theirs is deleted).
+    """
     data = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else data.path / "report"
-    _prepare_out_dir(out)
+    target = check_out_dir(out, force)
     summary = build_summary(data)
-    pngs: list[Path] = []
+    summary["verdicts"] = budget_verdicts(summary, _run_text(Path(run_dir)), _exportable(data.path))
+    interactive = pareto_html(summary)
+    tmp = temp_dir(out)
+    try:
+        _write_report(data, summary, tmp, interactive)
+        publish(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    pngs = tuple(out / f for f in summary["files"] if f.endswith(".png"))
+    log.info("report written to %s (%d figures)", out / "index.html", len(pngs))
+    return ReportResult(out, out / "index.html", out / "report.md", out / "summary.json", pngs, summary)
 
+
+def _write_report(data: RunData, summary: dict[str, Any], out: Path, interactive: str | None) -> None:
+    """Every file of the report into ``out`` (an empty folder); sets ``summary["files"]``."""
+    pngs: list[Path] = []
     pareto = plot_pareto(summary, out / "pareto.png")
     pngs.append(pareto)
 
@@ -159,26 +216,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
 
     files = sorted({str(p.relative_to(out)) for p in pngs} | {"index.html", "report.md", "summary.json"})
     summary["files"] = files
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
-    md_path = out / "report.md"
-    md_path.write_text(md)
-    page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
-    html_path = out / "index.html"
-    html_path.write_text(page)
-    log.info("report written to %s (%d figures)", html_path, len(pngs))
-    return ReportResult(out, html_path, md_path, summary_path, tuple(pngs), summary)
-
-
-def _prepare_out_dir(out: Path) -> None:
-    """Create ``out``, first removing folders a previous report filled (stale grids)."""
-    if out.exists():
-        for stale in ("grids",):
-            if (out / stale).is_dir():
-                shutil.rmtree(out / stale)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md)
+    page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
+                       interactive=interactive)
+    (out / "index.html").write_text(page)
 
 
 def _similarity_png(data: RunData, summary: Mapping[str, Any], out: Path) -> Path | None:
@@ -188,11 +231,9 @@ def _similarity_png(data: RunData, summary: Mapping[str, Any], out: Path) -> Pat
         sim_png = out / "similarity.png"
         shutil.copyfile(data.similarity_png, sim_png)
         return sim_png
-    ipath = data.path / "intervals.json"
-    if ipath.is_file():
-        raw = json.loads(ipath.read_text())
-        if isinstance(raw, dict) and raw.get("similarity") and raw.get("timesteps") and summary["intervals"]:
-            return plot_similarity(summary["intervals"], raw["similarity"], raw["timesteps"], out / "similarity.png")
+    if data.similarity is not None and summary["intervals"]:
+        matrix, timesteps = data.similarity
+        return plot_similarity(summary["intervals"], matrix, timesteps, out / "similarity.png")
     return None
 
 

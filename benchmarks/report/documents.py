@@ -111,6 +111,9 @@ window.addEventListener('load', function () {
   imgs.forEach(function (i) { if (!(i.complete && i.naturalWidth > 0)) { i.setAttribute('data-broken', '1'); } });
   document.body.setAttribute('data-images-total', String(imgs.length));
   document.body.setAttribute('data-images-loaded', String(ok.length));
+  var res = (window.performance && performance.getEntriesByType) ? performance.getEntriesByType('resource') : [];
+  var ext = res.filter(function (e) { return e.name.indexOf('data:') !== 0; });
+  document.body.setAttribute('data-external-requests', String(ext.length));
 });
 </script>"""
 
@@ -165,9 +168,12 @@ def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, searc
               config_text: str | None) -> str:
     """``report.md``: the setup, hypervolumes, one table per budget, skips, search trials,
     intervals, allocations, sample grids, machine and config; figures linked as PNG files."""
-    out = [f"# Benchmark report: run `{summary['run']}`", ""]
+    out = [f"# Benchmark report: run `{summary['run']}`", "", "## Which one to ship", ""]
+    out += _verdict_md(summary)
+    out += ["", "## Setup", ""]
     out += [f"- {line}" for line in _setup_lines(summary)]
     out += ["", "## Quality vs MACs (Pareto fronts)", "", "![pareto](pareto.png)", "",
+            "_Interactive version (hover a point for its allocation): `index.html` beside this file._", "",
             "| method | points | Pareto points | hypervolume |", "|---|---|---|---|"]
     for m, v in summary["methods"].items():
         out.append(f"| {method_label(m)} | {len(v['points'])} | {len(v['pareto'])} | "
@@ -214,14 +220,39 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{_b64(path)}">'
 
 
+def _verdict_md(summary: Mapping[str, Any]) -> list[str]:
+    out = []
+    for v in summary.get("verdicts") or []:
+        out.append(f"- **{v['text']}**" if not v["baseline_wins"] else f"- **{v['text']}** (a baseline wins here)")
+        if v["export_command"]:
+            out.append(f"  `{v['export_command']}`")
+    return out or ["_no budgeted rows to decide from_"]
+
+
+def _verdict_html(summary: Mapping[str, Any]) -> str:
+    items = []
+    for v in summary.get("verdicts") or []:
+        cmd = f"<br><code>{_esc(v['export_command'])}</code>" if v["export_command"] else ""
+        items.append(f'<li data-budget="{_esc(v["budget"])}" data-ship="{_esc(v["ship"]["method"])}" '
+                     f'data-baseline-wins="{str(v["baseline_wins"]).lower()}"><strong>{_esc(v["text"])}</strong>{cmd}</li>')
+    body = "".join(items) or "<li><em>no budgeted rows to decide from</em></li>"
+    return f'<h2 id="verdict">Which one to ship</h2><ul class="verdicts">{body}</ul>'
+
+
 def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
-          alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None) -> str:
+          alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None,
+          interactive: str | None = None) -> str:
     """``index.html``: what :func:`render_markdown` writes, self-contained (figures inline as base64
-    PNGs), with machine-readable ``data-value`` cells."""
+    PNGs, the interactive Pareto plot's plotly.js inline), with machine-readable ``data-value``
+    cells."""
     p = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>diffnas report: {_esc(summary['run'])}"
          f"</title><style>{_CSS}</style></head><body>", f"<h1>Benchmark report: run <code>{_esc(summary['run'])}</code></h1>",
+         _verdict_html(summary), "<h2 id=\"setup\">Setup</h2>",
          "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in _setup_lines(summary)) + "</ul>",
-         "<h2 id=\"pareto\">Quality vs MACs (Pareto fronts)</h2>", _img(pareto, "Pareto fronts"),
+         "<h2 id=\"pareto\">Quality vs MACs (Pareto fronts)</h2>",
+         interactive if interactive is not None else
+         "<p class=\"note\">plotly is not installed: no interactive plot (pip install plotly)</p>",
+         _img(pareto, "Pareto fronts"),
          "<table class=\"hypervolume\"><tr><th>method</th><th>points</th><th>Pareto points</th><th>hypervolume</th></tr>"]
     for m, v in summary["methods"].items():
         p.append(f'<tr data-method="{_esc(m)}"><td>{_esc(method_label(m))}</td><td>{len(v["points"])}</td>'

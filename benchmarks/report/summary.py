@@ -181,28 +181,45 @@ class RunData:
     intervals: dict[str, Any] | None
     config_text: str | None
     similarity_png: Path | None
+    #: ``(matrix, grid timesteps)`` stored in ``intervals.json``, or None
+    similarity: tuple[list[list[float]], list[int]] | None = None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of ``results.jsonl``, each checked (:func:`~benchmarks.report.checks.check_record`).
+
+    A line that is not JSON is what a crashed append leaves (``RunDir.append_result`` starts the
+    next record on a fresh line): skipped with a warning, as ``RunDir.read_results`` does.
+    """
+    from benchmarks.report.checks import check_record
+    from search_spaces.errors import UserError
+
     out = []
     if not path.is_file():
         return out
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text_all = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); restore it from a copy or rerun `diffnas bench`") from None
+    for lineno, line in enumerate(text_all.splitlines(), start=1):
         text = line.strip()
         if not text:
             continue
         try:
             rec = json.loads(text)
         except json.JSONDecodeError:
-            log.warning("%s line %d is not valid JSON; skipped", path, lineno)
+            log.warning("%s line %d is not valid JSON (a crashed write?); skipped", path, lineno)
             continue
-        if isinstance(rec, dict):
-            out.append(rec)
+        check_record(rec, path, lineno)
+        out.append(rec)
     return out
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read the stored results of ``run_dir`` (``results.jsonl``, allocations, intervals, ...)."""
+    """Read and check the stored results of ``run_dir`` (``results.jsonl``, allocations,
+    intervals, ...); a damaged input is a one-line :class:`~search_spaces.errors.UserError`
+    naming the file (:mod:`benchmarks.report.checks`)."""
+    from benchmarks.report.checks import check_allocation, check_intervals, read_json_file
     from search_spaces.errors import UserError
 
     path = Path(run_dir)
@@ -216,23 +233,29 @@ def load_run(run_dir: str | Path) -> RunData:
     adir = path / "allocations"
     if adir.is_dir():
         for f in sorted(adir.glob("*.json")):
-            try:
-                allocations[f.stem] = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                log.warning("cannot read %s (%s); left out of the report", f, exc)
+            data = read_json_file(f, "rerun the stage that wrote it (`diffnas route` / `diffnas search`), "
+                                     "or move the file out of allocations/")
+            check_allocation(data, f)
+            allocations[f.stem] = data
     intervals = None
+    similarity = None
     ipath = path / "intervals.json"
     if ipath.is_file():
+        data = read_json_file(ipath, "rerun `diffnas intervals` (or `diffnas run`) to rewrite it")
+        check_intervals(data, ipath)
+        intervals = {k: data[k] for k in ("num_train_timesteps", "boundaries", "spans", "num_intervals",
+                                          "measure", "criterion") if k in data}
+        if data.get("similarity") and data.get("timesteps"):
+            similarity = (data["similarity"], data["timesteps"])
+    config_text = None
+    if (path / "config.yaml").is_file():
         try:
-            data = json.loads(ipath.read_text())
-            if isinstance(data, dict) and "num_train_timesteps" in data:
-                intervals = {k: data[k] for k in ("num_train_timesteps", "boundaries", "spans", "num_intervals",
-                                                  "measure", "criterion") if k in data}
-        except json.JSONDecodeError as exc:
-            log.warning("cannot read %s (%s)", ipath, exc)
-    config_text = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else None
+            config_text = (path / "config.yaml").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path / 'config.yaml'} cannot be read ({exc}); rerun the run's first stage") from None
     sim = path / "similarity.png"
-    return RunData(path, tuple(records), allocations, intervals, config_text, sim if sim.is_file() else None)
+    return RunData(path, tuple(records), allocations, intervals, config_text, sim if sim.is_file() else None,
+                   similarity)
 
 
 def _select_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str | None, int]:
@@ -256,7 +279,7 @@ def _select_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
 _ROW_KEYS = ("method", "budget_ratio", "fid_mean", "fid_ci_low", "fid_ci_high", "fid_values", "kid_mean",
              "kid_ci_low", "kid_ci_high", "kid_values", "macs_per_trajectory", "macs_ratio", "latency_ms_per_image",
              "base_latency_ms_per_image", "speedup", "latency_group", "finetune", "allocation_cost", "grid",
-             "num_steps")
+             "num_steps", "model_path")
 
 
 def _schedule_keys(row: Mapping[str, Any]) -> dict[str, Any]:
