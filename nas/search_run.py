@@ -3,6 +3,12 @@ synthetic one, a dry run of the cluster set-up), optionally the router's trainin
 With ``schedule.joint`` the search is over steps x experts, and the steps-only search of the
 ``steps`` baseline (:func:`steps_search`) runs after it.
 
+The search is independent of the router: it evaluates the full and uniform points first, never
+the router's allocation, so ``allocations/search-<b>.json`` is an answer found on its own. With
+``search.seed_with_router`` a second search seeded with the router's allocation
+(:func:`seeded_search`, in ``search-seeded/``) writes ``allocations/search_seeded-<b>.json``, the
+bench method ``search_seeded``.
+
 :func:`search_run` builds the problem and calls :func:`nas.search.run_search`;
 :func:`format_search_summary` is what ``diffnas search`` prints.
 """
@@ -25,8 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchRunOptions", "StepsSearchDir", "check_router_job", "format_search_summary", "search_run",
-           "steps_search"]
+__all__ = ["SearchRunOptions", "SeededSearchDir", "StepsSearchDir", "check_router_job", "format_search_summary",
+           "search_run", "seeded_search", "steps_search"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,9 @@ class SearchRunOptions:
     """How :func:`search_run` runs beside the config's ``search.*`` keys.
 
     Attributes:
-        with_router: train the routing agent as a Ray task beside the studies; its allocations
-            are enqueued in the studies still searching when it finishes (Ray backend only).
+        with_router: train the routing agent as a Ray task beside the studies (Ray backend
+            only); the independent search never sees its allocations, the seeded one
+            (``search.seed_with_router``) starts from them.
         synthetic: search a synthetic 3-expert space with a synthetic objective (no model).
         synthetic_sleep: seconds each synthetic evaluation takes.
         synthetic_fail: architecture keys whose synthetic evaluation raises.
@@ -99,12 +106,63 @@ def search_run(ctx: RunContext, options: SearchRunOptions) -> SearchResult:
     joint = cfg.schedule.joint and not options.synthetic
     if joint:  # sampled once here, so the trials (other processes) read it from proxy/
         ctx.trajectory_proxy().reference_samples
+    if cfg.search.seed_with_router and not options.with_router:
+        _check_router_allocations(ctx)  # before any work
     side_jobs = {"router": _router_job(cfg)} if options.with_router else None
-    result = run_search(space, objective, cfg.search, ctx.run, intervals=intervals, seed=cfg.seed, device=device,
+    independent = dataclasses.replace(cfg.search, seed_with_router=False)
+    result = run_search(space, objective, independent, ctx.run, intervals=intervals, seed=cfg.seed, device=device,
                         side_jobs=side_jobs)
+    if cfg.search.seed_with_router:
+        seeded_search(ctx, space, objective, intervals, device)
     if joint:
         steps_search(ctx, device)
     return result
+
+
+def _check_router_allocations(ctx: RunContext) -> list[float]:
+    """The budgets without ``allocations/router-<b>.json``; :class:`UserError` when none has one."""
+    from nas.search import allocation_path
+
+    budgets = ctx.cfg.search.budgets
+    missing = [b for b in budgets if not allocation_path(ctx.run.allocations_dir, "router", b).is_file()]
+    if len(missing) == len(budgets):
+        raise UserError("search.seed_with_router is true but allocations/ holds no router-<budget>.json for "
+                        f"the budgets {[f'{b:g}' for b in budgets]}; run `diffnas route` first "
+                        "or set search.seed_with_router=false")
+    return missing
+
+
+class SeededSearchDir(RunDir):
+    """The run folder as the search seeded with the router's allocation sees it: its studies,
+    trials and summary in ``search-seeded/`` (its ledger lines in ``results.jsonl``, study names
+    ``<study_prefix>-seeded-b<budget>``); it writes ``allocations/search_seeded-<budget>.json``."""
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / "search-seeded"
+
+
+def seeded_search(ctx: RunContext, space: Any, objective: Any, intervals: Any, device: str = "cpu") -> SearchResult:
+    """The search seeded with the router's allocation (``search.seed_with_router``; the bench
+    method ``search_seeded``): the same space, objective and budget of trials as the independent
+    search, with ``allocations/router-<b>.json`` evaluated first (resumable, like the search).
+
+    Raises:
+        UserError: no router allocation for any budget (run ``diffnas route`` first).
+    """
+    from nas.search import run_search
+
+    cfg = ctx.cfg
+    missing = _check_router_allocations(ctx)
+    if missing:
+        log.warning("seeded search: no router allocation for budgets %s; those studies start unseeded",
+                    ", ".join(f"{b:g}" for b in missing))
+    seeded_cfg = dataclasses.replace(cfg.search, seed_with_router=True,
+                                     study_prefix=f"{cfg.search.study_prefix}-seeded")
+    log.info("search seeded with the router's allocation (the 'search_seeded' method) in %s",
+             ctx.run.path / "search-seeded")
+    return run_search(space, objective, seeded_cfg, SeededSearchDir(ctx.run.root, ctx.run.name),
+                      intervals=intervals, seed=cfg.seed, device=device)
 
 
 class StepsSearchDir(RunDir):

@@ -2,6 +2,8 @@
 
 - ``router``: the routing agent's allocation ``allocations/router-<b>.json``, as a fine-tuned mixture;
 - ``search``: the Optuna/Ray allocation ``allocations/search-<b>.json``, as a fine-tuned mixture;
+- ``search_seeded``: the search seeded with the router's allocation
+  (``allocations/search_seeded-<b>.json``, ``search.seed_with_router``), as a fine-tuned mixture;
 - ``uniform``: every expert at the largest uniform width meeting the budget (written to
   ``allocations/uniform-<b>.json``), as a fine-tuned mixture;
 - ``static``: one model pruned with torch-pruning to the budget, no intervals, fine-tuned with
@@ -31,6 +33,7 @@ from benchmarks.methods._cache import CacheMethod
 from benchmarks.methods._mixture import MixtureMethod
 from benchmarks.methods._router import RouterMethod
 from benchmarks.methods._search import SearchMethod
+from benchmarks.methods._search_seeded import SearchSeededMethod
 from benchmarks.methods._static import STATIC_MARKER, StaticMethod
 from benchmarks.methods._steps import StepsMethod
 from benchmarks.methods._uniform import UniformMethod
@@ -43,6 +46,7 @@ __all__ = [
     "RouterMethod",
     "STATIC_MARKER",
     "SearchMethod",
+    "SearchSeededMethod",
     "StaticMethod",
     "StepsMethod",
     "UniformMethod",
@@ -56,3 +60,4 @@ def register_builtin_methods() -> None:
                    BaseMethod):
         register_method(method)
     register_method(CacheMethod)
+    register_method(SearchSeededMethod)

@@ -10,7 +10,8 @@ __all__ = ["SearchMethod"]
 
 
 class SearchMethod(MixtureMethod):
-    """The search's allocation ``allocations/search-<b>.json``, fine-tuned."""
+    """The search's allocation ``allocations/search-<b>.json``, fine-tuned: found without the
+    router's answer (the full and uniform points are its only seeds)."""
 
     name = "search"
     label = "search (Optuna)"

@@ -33,8 +33,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--with-router", action="store_true",
-        help="train the routing agent (the `route` command) as a Ray task beside the studies; when it "
-        "finishes, its allocations are enqueued in the studies still searching (Ray backend only)",
+        help="train the routing agent (the `route` command) as a Ray task beside the studies (Ray backend "
+        "only); the search does not see its allocations unless search.seed_with_router=true, which runs a "
+        "second search seeded with them (allocations/search_seeded-<budget>.json)",
     )
     dry = parser.add_argument_group("dry run (no model)")
     dry.add_argument(

@@ -31,8 +31,15 @@ class SearchConfig:
         promote_top_k: per budget, the best feasible trials (by proxy) that are re-evaluated at
             the expensive fidelity (FID); 0 turns multi-fidelity off.
         seed: sampler seed; ``null`` uses the experiment seed.
-        enqueue_known: evaluate known points first (full arch, uniform width at the budget, the
-            router's allocation when ``allocations/router-<budget>.json`` exists).
+        enqueue_known: evaluate known points first: the full arch and the widest uniform arch
+            within the budget (in constrained mode only those within the budget).
+        seed_with_router: also run a second search seeded with the router's allocation
+            (``allocations/router-<budget>.json`` evaluated first, and enqueued when ``--with-router``
+            writes it during the search), in ``search-seeded/`` with studies
+            ``<study_prefix>-seeded-b<budget>``; it writes ``allocations/search_seeded-<budget>.json``
+            (the bench method ``search_seeded``). The default search (``allocations/search-*.json``)
+            never sees the router's answer, so routed and searched allocations are compared
+            independently.
         skip_infeasible: constrained mode: do not evaluate archs over the budget (their MACs are
             known beforehand; they are told to Optuna as pruned, with their constraint value).
             ``null`` (auto): skip with ``tpe`` and ``random`` (TPE learns feasibility from pruned
@@ -64,6 +71,7 @@ class SearchConfig:
     promote_top_k: int = 2
     seed: Optional[int] = None
     enqueue_known: bool = True
+    seed_with_router: bool = False
     skip_infeasible: Optional[bool] = None
     shrink_infeasible: bool = True
     storage: str = "sqlite"

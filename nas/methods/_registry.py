@@ -140,9 +140,9 @@ def methods_needing(stages: Iterable[str]) -> list[str]:
 
     Example:
         >>> methods_needing(["router"])
-        ['router']
+        ['router', 'search_seeded']
         >>> methods_needing(["experts"])
-        ['router', 'search', 'uniform', 'steps']
+        ['router', 'search', 'uniform', 'steps', 'search_seeded']
     """
     wanted = set(stages)
     return [name for name, m in all_methods().items() if wanted & set(m.needs)]

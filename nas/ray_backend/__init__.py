@@ -7,7 +7,8 @@ modes, the persistent Optuna storage passed through), so all studies share the c
 one ``max_concurrent_trials``. Each trial gets the resources of ``search.cpus_per_trial`` /
 ``search.gpus_per_trial`` (fractions share a GPU) and picks its torch device from what Ray
 assigned it. Jobs such as the router's training run beside the studies as Ray tasks
-(:class:`SideJob`); when one finishes, newly written router allocations are enqueued.
+(:class:`SideJob`); when one finishes, newly written router allocations are enqueued in a
+search seeded with them (``search.seed_with_router``); the default search never sees them.
 
 Cluster: a local Ray is started by default (``ray.init(num_cpus=..., include_dashboard=False)``,
 usage stats off); ``search.address`` ``auto`` or ``host:port`` joins a running cluster. Before

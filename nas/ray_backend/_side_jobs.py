@@ -26,7 +26,8 @@ class SideJob:
         fn: called with no arguments on a worker; its return value (JSON-able) is recorded.
         num_cpus, num_gpus: resources of the task (``num_gpus=None``: as many as a trial gets).
         refresh_known: when it finishes, re-scan ``allocations/router-<budget>.json`` and
-            enqueue the router's allocation in studies still searching.
+            enqueue the router's allocation in studies still searching (a seeded search only:
+            :attr:`nas.search.SearchSession.seeded`).
     """
 
     fn: Callable[[], Any]

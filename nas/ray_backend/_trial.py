@@ -32,8 +32,10 @@ def trainable(config: dict[str, Any], objective: Objective | None = None) -> Non
         device=device, seed=int(job["seed"]), budget_ratio=job["budget_ratio"], node_id=node_id, gpu_ids=gpu_ids,
     )
     start = time.time()
+    cpu0 = time.process_time()
     metrics = dict(objective.evaluate(Arch(job["arch"]), job["fidelity"], ctx))
     end = time.time()
+    cpu_s = time.process_time() - cpu0  # the worker process, all its threads
     try:
         quality = float(metrics.get("quality"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -41,7 +43,8 @@ def trainable(config: dict[str, Any], objective: Objective | None = None) -> Non
     payload = {
         "metrics": metrics,
         "placement": {"node_id": node_id, "gpu_ids": list(gpu_ids), "pid": os.getpid(),
-                      "host": socket.gethostname(), "device": device, "start": start, "end": end},
+                      "host": socket.gethostname(), "device": device, "start": start, "end": end,
+                      "cpu_s": cpu_s},
         "eval_s": end - start,
     }
     tune.report({"quality": quality, "macs_ratio": float(job["macs_ratio"]),

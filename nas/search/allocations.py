@@ -1,7 +1,8 @@
 """Architectures and allocations of a search: the key of an architecture (:func:`arch_key`),
 ``allocations/<method>-<budget>.json`` paths, the conversions between an arch of a (product)
 space and an :class:`~experts.allocation.Allocation`, and the known points a study evaluates
-first (:func:`known_points`: full, widest uniform, the router's allocation)."""
+first (:func:`known_points`: full, widest uniform, and the router's allocation, which only a search
+seeded with it evaluates: see ``search.seed_with_router``)."""
 
 from __future__ import annotations
 

@@ -89,6 +89,7 @@ def evaluate_with_retries(
     error = None
     for attempt in range(1, max_failures + 2):
         start = time.time()
+        cpu0 = time.process_time()
         try:
             metrics = dict(objective.evaluate(arch, context.fidelity, context))
         except Exception as err:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
@@ -98,7 +99,7 @@ def evaluate_with_retries(
             continue
         end = time.time()
         placement = {"node_id": "", "gpu_ids": [], "pid": os.getpid(), "host": socket.gethostname(),
-                     "device": context.device, "start": start, "end": end}
+                     "device": context.device, "start": start, "end": end, "cpu_s": time.process_time() - cpu0}
         return TrialOutcome(metrics, None, placement, end - start, attempt)
     return TrialOutcome(None, error, {"pid": os.getpid(), "host": socket.gethostname()}, 0.0, max_failures + 1)
 

@@ -101,6 +101,14 @@ class TrialOutcome:
     attempts: int = 1
 
 
+def _placement_float(rec: Mapping[str, Any], key: str) -> float:
+    """A number recorded in a record's ``placement`` (0 when absent, e.g. an older record)."""
+    try:
+        return float((rec.get("placement") or {}).get(key) or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _quality(metrics: Mapping[str, Any] | None) -> float | None:
     if metrics is None:
         return None
@@ -313,5 +321,10 @@ class StudyLedger:
             "evaluations": {self.search_fidelity: len(self.completed),
                             **({self.full_fidelity: len(self.promoted)} if self.full_fidelity else {})},
             "eval_s": float(sum(float(r.get("eval_s") or 0.0) for r in recs)),
+            # CPU seconds of the evaluating processes (all their threads) and GPU-holding seconds
+            # (the wall time of evaluations that ran on a CUDA device)
+            "cpu_s": float(sum(_placement_float(r, "cpu_s") for r in recs)),
+            "gpu_s": float(sum(float(r.get("eval_s") or 0.0) for r in recs
+                               if str((r.get("placement") or {}).get("device") or "").startswith("cuda"))),
             "sampled_images": int(images),
         }

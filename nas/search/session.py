@@ -28,7 +28,7 @@ from nas.search.outputs import atomic_json, front_point, sessions_wall_s, trial_
 from nas.search.storage import append_line, lock_folder, open_storage
 from search_spaces import Arch, SearchSpace
 
-__all__ = ["SearchResult", "SearchSession", "StudyResult"]
+__all__ = ["SearchResult", "SearchSession", "StudyResult", "relative_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +148,31 @@ class SearchSession:
         ref = getattr(self.objective, "reference_macs", None)
         return int(ref) if ref else None
 
+    @property
+    def seeded(self) -> bool:
+        """Whether this search is seeded with the router's allocation (``search.seed_with_router``
+        and an objective that allows it: the steps-only baseline never is)."""
+        return bool(self.config.seed_with_router) and bool(getattr(self.objective, "enqueue_router", True))
+
+    @property
+    def allocation_method(self) -> str:
+        """The ``<method>`` of the allocation files written: the objective's ``allocation_method``
+        (default ``search``); a seeded search writes ``search_seeded`` instead of ``search``."""
+        method = getattr(self.objective, "allocation_method", None) or "search"
+        return "search_seeded" if self.seeded and method == "search" else method
+
     def _known_points(self, budget_ratio: float | None) -> list[tuple[str, Arch]]:
-        """:func:`known_points`, or the objective's own ``known_points(budget_ratio)`` when it gives
-        a list (points of a joint space, e.g. the base schedule at uniform width), followed by the
-        router's allocation unless the objective's ``enqueue_router`` is false."""
+        """:func:`known_points` (``full`` and ``uniform``), or the objective's own
+        ``known_points(budget_ratio)`` when it gives a list (points of a joint space, e.g. the base
+        schedule at uniform width), followed by the router's allocation only in a seeded search
+        (:attr:`seeded`). The default search never sees the router's answer."""
         own = getattr(self.objective, "known_points", None)
         points = own(budget_ratio) if callable(own) else None
-        router = bool(getattr(self.objective, "enqueue_router", True))
         if points is None:
-            found = known_points(self.space, budget_ratio, self.run.allocations_dir)
-            return found if router else [(n, a) for n, a in found if n != "router"]
-        found = [(n, Arch(a)) for n, a in points]
-        if budget_ratio is not None and router:
+            found = known_points(self.space, budget_ratio)
+        else:
+            found = [(n, Arch(a)) for n, a in points]
+        if budget_ratio is not None and self.seeded:
             found += [(n, a) for n, a in known_points(self.space, budget_ratio, self.run.allocations_dir)
                       if n == "router"]
         return found
@@ -173,8 +186,9 @@ class SearchSession:
             self._lock_fd = None
 
     def refresh_known(self) -> None:
-        """Re-scan known points (a router allocation may have appeared) and enqueue new ones."""
-        if not self.config.enqueue_known:
+        """Re-scan known points (a router allocation may have appeared) and enqueue new ones
+        (a seeded search only)."""
+        if not self.config.enqueue_known or not self.seeded:
             return
         for drv in self.drivers:
             if drv.search_done():
@@ -203,14 +217,15 @@ class SearchSession:
         table = self.search_dir / "trials.csv"
         write_trial_table(rows, table, self.search_dir / "trials.jsonl")
         summary = {
-            "storage": self.storage_desc,
-            "dashboard": f"optuna-dashboard {self.storage_desc}",
+            "storage": self.storage_in_run(),
+            "dashboard": f"optuna-dashboard {self.storage_in_run()}  (from the run folder)",
+            "seeded_with_router": self.seeded,
             "config": to_jsonable(self.config),
             "seed": self.seed,
             "wall_s_session": wall_s,
             "wall_s_all_sessions": total_wall_s,
             "side_jobs": to_jsonable(dict(side_jobs or {})),
-            "allocations": {f"{b:g}": str(p) for b, p in allocations.items()},
+            "allocations": {f"{b:g}": _relative(p, self.run.path) for b, p in allocations.items()},
             "studies": [_study_summary(s) for s in studies],
         }
         summary_path = self.search_dir / "summary.json"
@@ -243,34 +258,108 @@ class SearchSession:
         )
         return study, study_rows
 
+    def storage_in_run(self) -> str:
+        """The storage as stored in the run folder's files: a path relative to the run folder when
+        the storage lies inside it (``sqlite:///search/study.db``, ``search/journal.log``), else as
+        given (an RDB URL or a file elsewhere), so a moved or copied run stays valid."""
+        return relative_storage(self.storage_desc, self.run.path)
+
     def _write_allocations(self, best_by_budget: Mapping[float, tuple[dict[str, Any], StudyDriver]],
                            total_wall_s: float) -> dict[float, Path]:
         """Write ``allocations/<method>-<budget>.json`` of each budget's best (none without intervals;
-        the method is the objective's ``allocation_method``, default ``search``)."""
+        the method is :attr:`allocation_method`). A file whose allocation and evaluations are
+        unchanged (a no-op re-run) is left byte-identical: only the session wall time would differ."""
         allocations: dict[float, Path] = {}
         for b, (rec, drv) in sorted(best_by_budget.items()):
             if self.intervals is None:
                 continue
+            cost = drv.cost()
             info = {
                 "study": drv.spec.name, "trial_number": rec["number"], "key": rec["key"],
                 "selected_by": rec["selected_by"], "quality": rec["quality"],
                 "quality_full": rec.get("quality_full"), "metrics": rec.get("metrics"),
                 "metrics_full": rec.get("metrics_full"), "sampler": self.config.sampler, "seed": self.seed,
-                "mode": self.config.mode, "storage": self.storage_desc,
-                "search_cost": {**drv.cost(), "trials": len(drv.completed), "wall_s_all_sessions": total_wall_s},
+                "mode": self.config.mode, "storage": self.storage_in_run(),
+                "seeded_with_router": self.seeded,
+                "search_cost": {**cost, "trials": len(drv.completed), "wall_s_all_sessions": total_wall_s},
+                # the same cost in the shape the router writes (evaluations per fidelity, seconds)
+                "cost": {"evaluations": dict(cost["evaluations"]), "wall_s": total_wall_s,
+                         "eval_s": cost["eval_s"], "cpu_s": cost["cpu_s"], "gpu_s": cost["gpu_s"]},
                 # where the best arch came from: the sampler, or a point enqueued before the search
-                # (``router``: the routing agent's own allocation, so searched == routed)
+                # (``router``: only in a seeded search, the routing agent's own allocation)
                 "source": drv.completed.get(rec["key"], rec).get("source"),
             }
-            method = getattr(self.objective, "allocation_method", None) or "search"
+            method = self.allocation_method
             alloc = arch_to_allocation(self.space, rec["arch"], self.intervals, b, method, info,
                                        reference_macs=self.reference_macs)
             path = allocation_path(self.run.allocations_dir, method, b)
-            alloc.save(path)
+            if _same_allocation(path, alloc.to_json()):
+                log.info("%s is up to date (same allocation and evaluations); left as it is", path.name)
+            else:
+                alloc.save(path)
             allocations[b] = path
         if self.intervals is None:
             log.info("no intervals given: best archs are in search/summary.json, no allocation files written")
         return allocations
+
+
+#: Fields of an allocation's ``info`` that change with every session even when nothing was
+#: evaluated (the sessions' wall time): ignored when deciding whether to rewrite the file.
+_VOLATILE_INFO = (("search_cost", "wall_s_all_sessions"), ("cost", "wall_s"))
+
+
+def _stable(data: Any) -> Any:
+    """An allocation's JSON without its :data:`_VOLATILE_INFO` fields."""
+    if not isinstance(data, dict):
+        return data
+    out = json.loads(json.dumps(data))
+    info = out.get("info")
+    if isinstance(info, dict):
+        for section, key in _VOLATILE_INFO:
+            if isinstance(info.get(section), dict):
+                info[section].pop(key, None)
+    return out
+
+
+def _same_allocation(path: Path, new_text: str) -> bool:
+    """Whether ``path`` already holds ``new_text`` up to the volatile fields."""
+    if not path.is_file():
+        return False
+    try:
+        return _stable(json.loads(path.read_text())) == _stable(json.loads(new_text))
+    except (OSError, ValueError):
+        return False  # unreadable: rewritten
+
+
+def relative_storage(storage: str, run_path: Path) -> str:
+    """``storage`` (an Optuna URL or journal path) with a path inside ``run_path`` made relative
+    to it.
+
+    Example:
+        >>> relative_storage("sqlite:////data/runs/r/search/study.db", Path("/data/runs/r"))
+        'sqlite:///search/study.db'
+        >>> relative_storage("postgresql://host/db", Path("/data/runs/r"))
+        'postgresql://host/db'
+    """
+    prefix = "sqlite:///" if storage.startswith("sqlite:///") else ""
+    if not prefix and "://" in storage:
+        return storage
+    target = Path(storage[len(prefix):])
+    if not target.is_absolute():
+        return storage
+    try:
+        rel = target.resolve().relative_to(Path(run_path).resolve())
+    except ValueError:
+        return storage
+    return prefix + rel.as_posix()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else as it is."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _keep_best(best_by_budget: dict[float, tuple[dict[str, Any], StudyDriver]],

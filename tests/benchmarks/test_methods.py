@@ -53,7 +53,7 @@ def test_the_builtin_methods_come_from_the_plugin_entry_point():
     assert get_method("router").needs == ("experts", "router") and get_method("router").mixture
     assert get_method("base").budgeted is False and get_method("static").finetuned
     assert not get_method("fewer_steps").finetuned and get_method("fewer_steps").label == "base, fewer steps"
-    assert methods_needing(["search"]) == ["search", "steps"] and methods_needing(["base"]) == []
+    assert methods_needing(["search"]) == ["search", "steps", "search_seeded"] and methods_needing(["base"]) == []
     with pytest.raises(KeyError, match="unknown allocation method 'routed'; registered: router, search"):
         get_method("routed")
 

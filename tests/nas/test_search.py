@@ -207,8 +207,17 @@ def test_known_points_are_evaluated_first(tmp_path):
         allocation_path(run.allocations_dir, "router", 0.5))
     run_search(space, SyntheticObjective(space), _cfg(n_trials=5, skip_infeasible=False), run)
     recs = sorted(_records(run), key=lambda r: r["number"])
-    assert [r["source"] for r in recs[:3]] == ["full", "uniform", "router"]
-    assert Arch(recs[0]["arch"]) == space.full() and Arch(recs[2]["arch"]) == router_arch
+    # independent by default: the full and uniform points first; the router's allocation is not the
+    # search's to see
+    assert [r["source"] for r in recs[:2]] == ["full", "uniform"]
+    assert {r["source"] for r in recs[2:]} <= {"sampler", "shrunk"}
+    seeded = RunDir(tmp_path, "s")
+    arch_to_allocation(space, router_arch, INTERVALS, 0.5, method="router").save(
+        allocation_path(seeded.allocations_dir, "router", 0.5))
+    run_search(space, SyntheticObjective(space), _cfg(n_trials=5, skip_infeasible=False, seed_with_router=True),
+               seeded)
+    recs = sorted(_records(seeded), key=lambda r: r["number"])
+    assert [r["source"] for r in recs[:3]] == ["full", "uniform", "router"] and Arch(recs[2]["arch"]) == router_arch
 
 
 def test_the_allocation_records_where_its_best_arch_came_from(tmp_path):
@@ -217,10 +226,10 @@ def test_the_allocation_records_where_its_best_arch_came_from(tmp_path):
     router_arch = space.complete({**space.smallest(), "e1/b2.width": 32})
     arch_to_allocation(space, router_arch, INTERVALS, 0.5, method="router").save(
         allocation_path(run.allocations_dir, "router", 0.5))
-    run_search(space, SyntheticObjective(space), _cfg(n_trials=6), run, intervals=INTERVALS)
-    alloc = Allocation.load(run.allocations_dir / "search-0.5.json")
+    run_search(space, SyntheticObjective(space), _cfg(n_trials=6, seed_with_router=True), run, intervals=INTERVALS)
+    alloc = Allocation.load(run.allocations_dir / "search_seeded-0.5.json")
     rec = next(r for r in _records(run) if r["key"] == alloc.info["key"])
-    assert alloc.info["source"] == rec["source"]
+    assert alloc.info["source"] == rec["source"] and alloc.method == "search_seeded"
     assert {r["source"] for r in _records(run)} >= {"router"}
 
 
@@ -519,7 +528,9 @@ def test_objective_hooks_choose_known_points_reference_and_router(tmp_path):
         def known_points(self, budget_ratio):
             return [("mine", space.full())]
 
-    cfg = SearchConfig(budgets=(0.5,))
+    cfg = SearchConfig(budgets=(0.5,), seed_with_router=True)
+    independent = SearchSession(space, SyntheticObjective(space), SearchConfig(budgets=(0.5,)), run, iv)
+    assert [n for n, _ in independent._known_points(0.5)] == ["full", "uniform"]
     plain = SearchSession(space, SyntheticObjective(space), cfg, run, iv)
     assert [n for n, _ in plain._known_points(0.5)] == ["full", "uniform", "router"] and plain.reference_macs is None
     assert [n for n, _ in SearchSession(space, Hooked(space), cfg, run, iv)._known_points(0.5)] == ["mine", "router"]
