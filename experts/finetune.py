@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -46,7 +47,7 @@ from experts.losses import HeldOutSet, proxy_loss
 from experts.mixture import MixtureOfExperts
 from experts.checkpoint import jsonable
 from experts.train_loop import ExpertTrainSettings, run_training
-from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet
+from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet, reading_artefact
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -141,7 +142,7 @@ def finetune_allocation(
     t0 = time.perf_counter()
     out = Path(out_dir)
     n = allocation.intervals.num_intervals
-    source = str(Path(experts).resolve()) if isinstance(experts, (str, Path)) else "in-memory"
+    source = _experts_source(experts, out)
     supernets, teacher = _resolve_experts(experts, allocation, teacher, device)
     identity = {"settings": jsonable(settings.identity()), "steps": settings.steps,
                 "archs": [a.to_dict() for a in allocation.archs], "intervals": allocation.intervals.to_dict(),
@@ -203,10 +204,53 @@ def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allo
     return supernets, teacher
 
 
+def _experts_source(experts: Any, out: Path) -> str:
+    """Where the experts are, as stored in ``finetune.json``: relative to the mixture folder (so a
+    copied, moved or differently mounted run still matches), "in-memory" for modules.
+
+    Example:
+        >>> _experts_source("runs/x/experts", Path("runs/x/mixtures/router-0.5"))
+        '../../experts'
+    """
+    if not isinstance(experts, (str, Path)):
+        return "in-memory"
+    return Path(os.path.relpath(Path(experts).resolve(), Path(out).resolve())).as_posix()
+
+
+def _same_source(stored: Any, source: str, out: Path) -> bool:
+    """Whether a stored experts source names ``source``; an absolute path (files written before
+    sources were relative) matches when its tail is the same relative location.
+
+    Example:
+        >>> _same_source("/old/root/runs/x/experts", "../../experts", Path("/new/runs/x/mixtures/m"))
+        True
+        >>> _same_source("/old/root/runs/x/other", "../../experts", Path("/new/runs/x/mixtures/m"))
+        False
+    """
+    if not isinstance(stored, str) or stored == source:
+        return stored == source
+    if not os.path.isabs(stored) or source == "in-memory":
+        return False
+    rel = Path(source).parts
+    ups = sum(1 for part in rel if part == "..")
+    tail = rel[ups:]
+    old = Path(stored).parts
+    if not tail or len(old) < len(tail):
+        return False
+    return old[-len(tail):] == tail
+
+
 def _reuse_finished(marker: Path, identity: Mapping[str, Any], out: Path) -> FinetuneResult:
     """The stored result if ``marker`` records the same identity; UserError otherwise."""
-    done = json.loads(marker.read_text())
-    if done.get("identity") == jsonable(identity):
+    with reading_artefact(marker, f"delete {out} and run `diffnas finetune` again for it"):
+        done = json.loads(marker.read_text())
+        if not isinstance(done, dict):
+            raise ValueError(f"expected a JSON object, got {type(done).__name__}")
+    stored = done.get("identity")
+    wanted = jsonable(identity)
+    if isinstance(stored, dict) and _same_source(stored.get("experts"), wanted.get("experts"), out):
+        stored = {**stored, "experts": wanted.get("experts")}
+    if stored == wanted:
         log.info("%s: already fine-tuned with these settings, reused", out)
         r = done["result"]
         return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),
