@@ -32,11 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from experts.expert_folder import reading_artefact
+
 __all__ = [
     "flatten_optimizer",
     "is_supernet",
     "jsonable",
     "load_checkpoint",
+    "read_checkpoint_state",
     "recover_checkpoint",
     "remove_tree",
     "save_checkpoint",
@@ -97,40 +100,71 @@ def recover_checkpoint(ckpt: Path) -> None:
 
 def save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                      rng: np.random.Generator, state: dict[str, Any]) -> None:
-    """Write the checkpoint folder ``ckpt`` (weights, optimiser, RNGs, ``state``), atomically."""
+    """Write the checkpoint folder ``ckpt`` (weights, optimiser, RNGs, ``state``), atomically.
+
+    Interrupted (Ctrl-C, SIGTERM turned into ``KeyboardInterrupt`` by the CLI, a full disk),
+    it removes its ``.tmp`` folder and puts the previous checkpoint back, then re-raises.
+    """
     from safetensors.torch import save_file
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    remove_tree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights_module(model).state_dict().items()},
-              str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = flatten_optimizer(opt)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    full = dict(state)
-    full["optimizer"] = opt_meta
-    full["torch_rng"] = base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
-    full["numpy_rng"] = rng.bit_generator.state
-    (tmp / "state.json").write_text(json.dumps(full, indent=1))
     old = ckpt.with_name(ckpt.name + ".old")
+    remove_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights_module(model).state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = flatten_optimizer(opt)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        full = dict(state)
+        full["optimizer"] = opt_meta
+        full["torch_rng"] = base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
+        full["numpy_rng"] = rng.bit_generator.state
+        (tmp / "state.json").write_text(json.dumps(full, indent=1))
+        remove_tree(old)
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+    except BaseException:
+        if not ckpt.exists() and old.exists():
+            old.rename(ckpt)
+        remove_tree(tmp)
+        raise
     remove_tree(old)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    remove_tree(old)
+
+
+_RESTART = "delete {ckpt} to restart that training from step 0 (the rest of the run is kept)"
+
+
+def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    """The ``state.json`` of checkpoint ``ckpt``; a one-line :class:`UserError` naming it if damaged."""
+    path = Path(ckpt) / "state.json"
+    with reading_artefact(path, _RESTART.format(ckpt=ckpt)):
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError(f"expected a JSON object, got {type(state).__name__}")
+        return state
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                      rng: np.random.Generator) -> dict[str, Any]:
-    """Load ``ckpt`` into the model, optimiser and RNGs; returns its ``state.json``."""
+    """Load ``ckpt`` into the model, optimiser and RNGs; returns its ``state.json``.
+
+    Raises:
+        UserError: a file of the checkpoint is truncated or damaged (named, with the remedy).
+    """
     from safetensors.torch import load_file
 
-    state = json.loads((ckpt / "state.json").read_text())
-    weights = load_file(str(ckpt / "model.safetensors"))
-    weights_module(model).load_state_dict(weights, strict=True)
-    opt.load_state_dict(unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
-    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
-    rng.bit_generator.state = state["numpy_rng"]
+    state = read_checkpoint_state(ckpt)
+    remedy = _RESTART.format(ckpt=ckpt)
+    with reading_artefact(ckpt / "model.safetensors", remedy):
+        weights = load_file(str(ckpt / "model.safetensors"))
+        weights_module(model).load_state_dict(weights, strict=True)
+    with reading_artefact(ckpt / "optimizer.safetensors", remedy):
+        opt.load_state_dict(unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
+    with reading_artefact(ckpt / "state.json", remedy):
+        gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
+        rng.bit_generator.state = state["numpy_rng"]
     return state
 
 

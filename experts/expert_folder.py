@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,100 @@ __all__ = [
     "SUPERNET_DIR",
     "base_fingerprint",
     "build_supernet",
+    "damaged_safetensors",
     "expert_dir",
     "load_experts",
     "load_supernet",
     "quiet_diffusers",
+    "reading_artefact",
 ]
 
 MANIFEST = "manifest.json"
 EXPERT_META = "diffnas_expert.json"
 SUPERNET_DIR = "supernet"
 CHECKPOINTS_DIR = "checkpoints"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, one-line description of why a file could not be read."""
+    text = " ".join(str(exc).split()) if str(exc) else ""
+    if type(exc).__name__ == "SafetensorError" or "deserializing header" in text:
+        return f"the safetensors file is truncated or damaged ({text})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON, probably truncated ({text})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not a text file"
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename or 'a file'} is missing"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, KeyError):
+        return f"missing key {text}"
+    if isinstance(exc, (ValueError, TypeError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reading_artefact(path: str | Path, remedy: str) -> Iterator[None]:
+    """Turn any failure to read the run artefact ``path`` into one :class:`UserError` line.
+
+    The line names the file, what is wrong with it and ``remedy`` (which stage to rerun, or
+    which ``--force``). A :class:`UserError` raised inside passes through unchanged.
+
+    Example:
+        >>> import json, tempfile
+        >>> bad = Path(tempfile.mkdtemp()) / "x.json"
+        >>> _ = bad.write_text('{"a": ')
+        >>> try:
+        ...     with reading_artefact(bad, "run `diffnas intervals --force`"):
+        ...         json.loads(bad.read_text())
+        ... except UserError as err:
+        ...     print(str(err).split(": ", 1)[1][:40])
+        not valid JSON, probably truncated (Expe
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a stored file is the file's fault
+        if not _is_read_failure(exc):
+            raise
+        where = Path(path)
+        if where.is_dir():  # name the damaged file inside the folder when one is
+            where = damaged_safetensors(where) or where
+        raise UserError(f"cannot read {where}: {_reason(exc)}; {remedy}") from exc
+
+
+def damaged_safetensors(folder: str | Path) -> Path | None:
+    """The first ``*.safetensors`` file under ``folder`` that does not open (truncated, not
+    safetensors), or None when they all do.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); _ = (d / "w.safetensors").write_bytes(b"12345678")
+        >>> damaged_safetensors(d).name
+        'w.safetensors'
+    """
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError: the file is what is wrong
+            return f
+    return None
+
+
+def _is_read_failure(exc: BaseException) -> bool:
+    """Exceptions that mean "this stored file is damaged/unreadable" (not a bug in diffnas)."""
+    if isinstance(exc, (OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError)):
+        return True
+    if type(exc).__name__ == "SafetensorError":
+        return True
+    # torch's load_state_dict: missing/unexpected keys or a shape mismatch between the files
+    return isinstance(exc, RuntimeError) and ("state_dict" in str(exc) or "size mismatch" in str(exc))
 
 
 def expert_dir(out_dir: str | Path, k: int) -> Path:
@@ -88,7 +173,8 @@ def load_supernet(out_dir: str | Path, device: str | torch.device = "cpu") -> nn
     path = Path(out_dir) / SUPERNET_DIR
     if not path.is_dir():
         raise UserError(f"{out_dir} has no {SUPERNET_DIR}/ folder; run `diffnas train-experts` first")
-    with quiet_diffusers():
+    with quiet_diffusers(), reading_artefact(_weights_file(path), f"delete {path} and run `diffnas train-experts` "
+                                             "again (it rebuilds the supernet from the base model)"):
         return ElasticUNet.from_pretrained(path, device=device).eval()
 
 
@@ -100,12 +186,22 @@ def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
     iv_path = out / "intervals.json"
     if not iv_path.is_file():
         raise UserError(f"{out} has no intervals.json: not an experts folder; run `diffnas train-experts` first")
-    intervals = Intervals.load(iv_path)
+    with reading_artefact(iv_path, "run `diffnas train-experts` again (it rewrites this file from the run's "
+                                   "intervals.json)"):
+        intervals = Intervals.load(iv_path)
     experts = []
     for k in range(intervals.num_intervals):
         d = expert_dir(out, k)
         if not (d / EXPERT_META).is_file():
             raise UserError(f"expert {k} is not trained yet ({d} is missing); run `diffnas train-experts`")
-        with quiet_diffusers():
+        remedy = (f"delete {d} and run `diffnas train-experts --expert {k}` (it resumes from the expert's "
+                  "checkpoint when there is one)")
+        with quiet_diffusers(), reading_artefact(_weights_file(d), remedy):
             experts.append(ElasticUNet.from_pretrained(d, device=device).eval())
     return intervals, experts
+
+
+def _weights_file(folder: Path) -> Path:
+    """The weights file of a saved model folder (what an error should name), else the folder."""
+    found = sorted(folder.glob("*.safetensors"))
+    return found[0] if len(found) == 1 else folder

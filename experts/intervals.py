@@ -94,10 +94,39 @@ class Intervals:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Intervals":
+        """From :meth:`to_dict`'s form; a ``ValueError`` saying what is wrong for anything else.
+
+        Stored ``spans`` (when present) must be the ones the boundaries give: overlapping, gapped
+        or reordered spans are refused rather than silently replaced.
+
+        Example:
+            >>> Intervals.from_dict({"num_train_timesteps": 10, "boundaries": [4], "spans": [[0, 6], [4, 10]]})
+            Traceback (most recent call last):
+            ...
+            ValueError: intervals JSON: spans [[0, 6], [4, 10]] overlap or disagree with boundaries [4] (expected [[0, 4], [4, 10]])
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"intervals JSON must be an object, got {type(data).__name__}")
         try:
-            return cls(int(data["num_train_timesteps"]), tuple(data.get("boundaries", ())))
+            raw = data.get("boundaries", ())
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError(f"intervals JSON: boundaries must be a list, got {raw!r}")
+            out = cls(int(data["num_train_timesteps"]), tuple(_as_int(x) for x in raw))
         except KeyError as e:
             raise ValueError(f"intervals JSON is missing key {e.args[0]!r}") from None
+        except TypeError as e:
+            raise ValueError(f"intervals JSON: {e}") from None
+        spans = data.get("spans")
+        if spans is not None:
+            expected = [list(s) for s in out.spans()]
+            try:
+                given = [[int(a), int(b)] for a, b in spans]
+            except (TypeError, ValueError):
+                raise ValueError(f"intervals JSON: spans must be [start, end] pairs, got {spans!r}") from None
+            if given != expected:
+                raise ValueError(f"intervals JSON: spans {given} overlap or disagree with boundaries "
+                                 f"{list(out.boundaries)} (expected {expected})")
+        return out
 
     @classmethod
     def from_json(cls, text: str) -> "Intervals":
@@ -110,6 +139,13 @@ class Intervals:
     @classmethod
     def load(cls, path: str | Path) -> "Intervals":
         return cls.from_json(Path(path).read_text())
+
+
+def _as_int(x: object) -> int:
+    """An integer boundary; ``ValueError`` for fractions, booleans and non-numbers."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or int(x) != x:
+        raise ValueError(f"intervals JSON: boundary {x!r} is not an integer timestep")
+    return int(x)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -29,7 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from experts.checkpoint import is_supernet, jsonable, load_checkpoint, recover_checkpoint, save_checkpoint
+from experts.checkpoint import (
+    is_supernet,
+    jsonable,
+    load_checkpoint,
+    read_checkpoint_state,
+    recover_checkpoint,
+    save_checkpoint,
+)
 from experts.intervals import Intervals
 from experts.denoising import expert_loss, make_batch
 from search_spaces.base import Arch
@@ -207,7 +213,7 @@ def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Opt
     and RNGs), or a fresh start without one; UserError if it was made with another identity."""
     if not (ckpt_dir / "state.json").is_file():
         return 0, [], 0.0
-    stored = json.loads((ckpt_dir / "state.json").read_text()).get("identity")
+    stored = read_checkpoint_state(ckpt_dir).get("identity")
     if stored != ident:
         diff = sorted(key for key in set(stored or {}) | set(ident) if (stored or {}).get(key) != ident.get(key))
         raise UserError(

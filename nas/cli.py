@@ -4,7 +4,12 @@ Every subcommand comes from the registry in :mod:`nas.commands` and shares the o
 ``--config PATH``, ``--preset NAME``, ``--set key=value`` (repeatable), ``--name``, ``--device``,
 ``-v/--verbose`` and ``-q/--quiet``. A :class:`~nas.errors.UserError` prints one line
 ``diffnas: error: <message>`` on stderr and exits with status 2, without a traceback
-(``-v`` logs the traceback at DEBUG level). Logging is configured here and nowhere else.
+(``-v`` logs the traceback at DEBUG level); so does a file the command cannot write (a read-only
+run folder, a full disk), naming the file. Any other exception is a bug in diffnas: its traceback
+is printed, then ``diffnas: internal error: ...`` saying so, and the status is 1. Ctrl-C exits
+with 130 and SIGTERM, turned into the same ``KeyboardInterrupt`` so training loops clean up as
+they do for Ctrl-C (no ``*.tmp`` checkpoint left behind), with 143. Logging is configured here
+and nowhere else.
 
 Example:
     >>> main(["config", "--set", "sampling.num_steps=7"])  # doctest: +ELLIPSIS
@@ -16,9 +21,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import logging
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
 
 from nas.commands import Command, all_commands
@@ -120,11 +130,53 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C's ``KeyboardInterrupt``."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises :class:`Terminated` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_WRITE_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                 errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+                 errno.EDQUOT: "disk quota exceeded"}
+
+
+def _environment_error(err: OSError) -> str | None:
+    """One line for an OSError that is the machine's, not diffnas's (permissions, full disk), else None."""
+    what = _WRITE_ERRNOS.get(err.errno or -1)
+    if what is None:
+        return None
+    name = err.filename if err.filename is not None else "a file"
+    return (f"cannot write {name}: {what}; make the run folder writable (or free space), or write the "
+            f"run elsewhere with --set run_root=DIR / --name NAME")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted).
+    """Run the CLI; returns the exit status (0 ok, 1 internal error, 2 user error, 130 Ctrl-C,
+    143 SIGTERM).
 
     ``--help`` and ``--version`` return 0; argparse usage errors return 2.
     """
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     verbosity = 0
     try:
         parser = build_parser()
@@ -150,6 +202,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug("user error", exc_info=True)
         sys.stderr.write(f"{PROG}: error: {_one_line(err)}\n")
         return 2
+    except Terminated:
+        sys.stderr.write(f"{PROG}: terminated (SIGTERM); rerun the same command to continue\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
+    except OSError as err:
+        line = _environment_error(err)
+        if line is None:
+            return _internal_error(err)
+        if verbosity > 0:
+            log.debug("environment error", exc_info=True)
+        sys.stderr.write(f"{PROG}: error: {line}\n")
+        return 2
+    except Exception as err:  # noqa: BLE001 - anything else is a bug: show where
+        return _internal_error(err)
+
+
+def _internal_error(err: BaseException) -> int:
+    traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    sys.stderr.write(f"{PROG}: internal error (a bug in diffnas, not in your input; please report it with "
+                     f"the traceback above): {_one_line(err)}\n")
+    return 1

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from experts.checkpoint import flatten_optimizer, unflatten_optimizer  # one checkpoint format for optimizers
+from experts.checkpoint import flatten_optimizer, remove_tree, unflatten_optimizer  # one checkpoint format
+from experts.expert_folder import reading_artefact
 from nas.model_folders import MARKER_FILE, read_json
 from search_spaces.errors import UserError
 
@@ -114,14 +115,18 @@ def _save_checkpoint(ckpt: Path, step: int, unet, ema: dict, opt, gen: torch.Gen
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
-    opt_tensors, opt_meta = flatten_optimizer(opt)
-    opt_tensors["__rng_state__"] = gen.get_state()
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps(
-        {"step": step, "config_hash": digest, "settings": settings, "optimizer": opt_meta,
-         "seed": settings["seed"], "loss_ema": loss_ema}, indent=1))
+    try:  # interrupted (Ctrl-C, SIGTERM, full disk): no half-written checkpoint.tmp is left behind
+        save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
+        save_file({k: v.cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        opt_tensors, opt_meta = flatten_optimizer(opt)
+        opt_tensors["__rng_state__"] = gen.get_state()
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps(
+            {"step": step, "config_hash": digest, "settings": settings, "optimizer": opt_meta,
+             "seed": settings["seed"], "loss_ema": loss_ema}, indent=1))
+    except BaseException:
+        remove_tree(tmp)
+        raise
     # swap atomically-ish: a kill leaves either the old or the new checkpoint complete
     old = ckpt.with_name(ckpt.name + ".old")
     if ckpt.exists():
@@ -256,11 +261,17 @@ def _resume_training(run: _Training, ckpt: Path, total: int) -> tuple[int, float
         raise UserError(
             f"{ckpt} is a checkpoint of a different config; delete it or use another folder"
         )
-    run.unet.load_state_dict(load_file(ckpt / "model.safetensors", device=str(run.device)))
-    run.ema = load_file(ckpt / "ema.safetensors", device=str(run.device))
-    opt_tensors = load_file(ckpt / "optimizer.safetensors")
-    run.gen.set_state(opt_tensors.pop("__rng_state__"))
-    run.opt.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
+    remedy = f"delete {ckpt} to restart the base model's training from step 0"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        with reading_artefact(ckpt / name, remedy):
+            tensors = load_file(ckpt / name, device="cpu" if name == "optimizer.safetensors" else str(run.device))
+            if name == "model.safetensors":
+                run.unet.load_state_dict(tensors)
+            elif name == "ema.safetensors":
+                run.ema = tensors
+            else:
+                run.gen.set_state(tensors.pop("__rng_state__"))
+                run.opt.load_state_dict(unflatten_optimizer(tensors, state["optimizer"]))
     start, loss_ema = int(state["step"]), float(state.get("loss_ema", float("nan")))
     log.info("resuming base-model training from step %d/%d (%s)", start, total, ckpt)
     return start, loss_ema

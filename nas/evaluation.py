@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.config import ExperimentConfig
+from nas.errors import UserError
 from nas.run import RunContext, RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalRow", "evaluate_base", "format_table", "load_model_arg", "sample_base"]
+__all__ = ["EvalRow", "check_model_arg", "evaluate_base", "format_table", "load_model_arg", "sample_base"]
 
 
 def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int, device: Any,
@@ -57,11 +58,47 @@ def _own_timesteps(model: Any) -> list[int] | None:
     return model.timesteps() if isinstance(model, MixtureOfExperts) else None
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_model_arg(path: str) -> Path:
+    """The cheap checks of ``--model DIR``, before any work: it exists, is a folder and holds
+    safetensors weights (pickled weights are never loaded); a one-line :class:`UserError` otherwise.
+
+    Example:
+        >>> check_model_arg("no/such/folder")
+        Traceback (most recent call last):
+        ...
+        search_spaces.errors.UserError: --model 'no/such/folder' does not exist; pass a model folder (e.g. runs/<name>/mixtures/<method>-<budget>)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--model {path!r} does not exist; pass a model folder "
+                        "(e.g. runs/<name>/mixtures/<method>-<budget>)")
+    if not p.is_dir():
+        raise UserError(f"--model {path!r} is a file; pass the folder that holds it (config.json and weights)")
+    files = [f for f in p.rglob("*") if f.is_file()]
+    if not any(f.suffix == ".safetensors" for f in files):
+        pickles = sorted(f.name for f in files if f.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(
+                f"{p} holds only pickled weights ({', '.join(pickles[:3])}); diffnas loads safetensors only: "
+                "load it where you trust it and save it with `.save_pretrained(folder, safe_serialization=True)`")
+        raise UserError(f"{p} holds no model weights (*.safetensors); pass a folder written by "
+                        "`diffnas finetune` or `save_pretrained`")
+    return p
+
+
 def load_model_arg(path: str, device: Any) -> Any:
-    """``--model DIR``: a mixture pipeline / mixture / supernet / UNet folder (``experts.pipeline.load_model_folder``)."""
+    """``--model DIR``: a mixture pipeline / mixture / supernet / UNet folder
+    (``experts.pipeline.load_model_folder``); a damaged folder is a one-line :class:`UserError`."""
+    from experts.expert_folder import reading_artefact
     from experts.pipeline import load_model_folder
 
-    return load_model_folder(path, device=device)
+    p = check_model_arg(path)
+    with reading_artefact(p, "write the model folder again (e.g. delete it and rerun `diffnas finetune` for a "
+                          "mixture) or pass another one"):
+        return load_model_folder(p, device=device)
 
 
 def sample_base(ctx: RunContext, out: Path | None = None, nrow: int | None = None,
@@ -71,9 +108,9 @@ def sample_base(ctx: RunContext, out: Path | None = None, nrow: int | None = Non
     from nas.sampling import save_grid
 
     cfg, run, device = ctx.cfg, ctx.run, ctx.device
-    base = ctx.base
-    s = cfg.sampling
     unet, label = (None, "base") if model is None else (load_model_arg(model, device).model, Path(model).name)
+    base = ctx.base  # after --model is checked: a wrong folder fails before the base model is trained
+    s = cfg.sampling
     images = _generate(cfg, base, num_images=s.num_images, seed=s.seed, device=device, unet=unet)  # (N,C,H,W)
     path = out or run.samples_dir / f"{label}-{s.sampler}-{s.num_steps}steps-seed{s.seed}.png"
     save_grid(images, path, nrow=nrow)
@@ -173,9 +210,10 @@ def evaluate_base(ctx: RunContext, model: str | None = None) -> list[EvalRow]:
     """
     cfg, run, device, progress = ctx.cfg, ctx.run, ctx.device, ctx.progress
     ev = cfg.evaluation
+    loaded = None if model is None else load_model_arg(model, device)  # before any slow work
     extractor, ref_feats, name = _reference_features(cfg, run, device)
     base = ctx.base  # after the cheap checks of the reference features
-    models, source, macs_per_call, macs_per_traj = _models_to_score(cfg, base, device, model)
+    models, source, macs_per_call, macs_per_traj = _models_to_score(cfg, base, device, model, loaded)
 
     rows: list[EvalRow] = []
     for label, unet in models:
@@ -224,8 +262,8 @@ def _reference_features(cfg: ExperimentConfig, run: RunDir, device: Any) -> tupl
     return extractor, ref_feats, name
 
 
-def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any,
-                     model: str | None) -> tuple[list[tuple[str, Any]], str, int, int]:
+def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any, model: str | None,
+                     loaded: Any = None) -> tuple[list[tuple[str, Any]], str, int, int]:
     """(label, model) pairs to score (the base or ``--model DIR``, then the untrained copy if asked),
     their source, MACs per call and per trajectory."""
     import torch
@@ -240,7 +278,7 @@ def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any,
     else:  # --model DIR: a mixture (MACs of the expert serving each step) or a single model
         from nas.sampling import make_scheduler, sampling_timesteps
 
-        loaded = load_model_arg(model, device)
+        loaded = loaded if loaded is not None else load_model_arg(model, device)
         steps = _own_timesteps(loaded.model) or sampling_timesteps(
             make_scheduler(cfg.sampling.sampler, base.scheduler_config), cfg.sampling.num_steps)
         macs_per_traj = int(loaded.trajectory_macs(steps))

@@ -57,12 +57,14 @@ __all__ = [
     "BaseModel",
     "build_embedded_unet",
     "build_training_scheduler",
+    "check_base_config",
     "config_hash",
     "digits_16",
     "embedded_settings",
     "load_base",
     "load_base_model",
     "load_folder",
+    "require_trained_base",
     "train_embedded_digits",
 ]
 
@@ -116,14 +118,82 @@ def _load_embedded(spec: str, model_cfg: Any, images: torch.Tensor | None, cache
             f"unknown embedded model {spec!r}; choices: "
             + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
         )
+    settings = embedded_settings(model_cfg)
+    _check_train_steps(spec, settings)
     if images is None:
         images = digits_16()
-    settings = embedded_settings(model_cfg)
     out_dir = cache_dir / f"embedded-{name}-{config_hash(settings, images)[:10]}"
     train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress)
     base = load_folder(out_dir, device=device)
     base.source = spec
     return base
+
+
+def _check_train_steps(spec: str, settings: dict) -> None:
+    if int(settings["train_steps"]) < 1:
+        raise UserError(
+            f"model.train_steps={settings['train_steps']} would save an untrained {spec} base model; "
+            "set model.train_steps to 1 or more (or point model.base at a trained model folder)"
+        )
+
+
+def check_base_config(cfg: ExperimentConfig) -> None:
+    """The checks of ``model.*`` that need no model and no data: run before anything is written.
+
+    Example:
+        >>> from nas.config import load_config
+        >>> check_base_config(load_config(None, ["model.train_steps=0"]))
+        Traceback (most recent call last):
+        ...
+        search_spaces.errors.UserError: model.train_steps=0 would save an untrained embedded:digits base model; set model.train_steps to 1 or more (or point model.base at a trained model folder)
+    """
+    spec = cfg.model.base.strip()
+    if spec.startswith(EMBEDDED_PREFIX):
+        name = spec[len(EMBEDDED_PREFIX):]
+        if name not in EMBEDDED_DATASETS:
+            raise UserError(f"unknown embedded model {spec!r}; choices: "
+                            + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS))
+        _check_train_steps(spec, embedded_settings(cfg.model))
+
+
+def _check_embedded_data(cfg: ExperimentConfig) -> None:
+    if cfg.model.base.strip() == "embedded:digits" and cfg.data.dataset != "digits":
+        raise UserError(
+            "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
+            f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
+        )
+
+
+def require_trained_base(cfg: ExperimentConfig, run_dir: Path, command: str) -> None:
+    """For a command that works on a run's stages (``bench``): refuse before any work when the run
+    has no trained base model yet, instead of training one as a side effect.
+
+    A base model given as a folder or hub id needs no training and always passes.
+    """
+    run_dir = Path(run_dir)
+    spec = cfg.model.base.strip()
+    if not spec.startswith(EMBEDDED_PREFIX):
+        return
+    check_base_config(cfg)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist: `diffnas {command}` works on a run's finished "
+                        f"stages; run `diffnas run` (or `diffnas train-base` and the later stages) first, "
+                        "or pass the --name/--config of an existing run")
+    from nas.data import load_dataset
+
+    _check_embedded_data(cfg)
+    name = spec[len(EMBEDDED_PREFIX):]
+    expected = run_dir / "base" / f"embedded-{name}-{config_hash(embedded_settings(cfg.model), load_dataset(cfg.data))[:10]}"
+    if (expected / MARKER_FILE).is_file():
+        return
+    others = sorted(d.name for d in (run_dir / "base").glob("embedded-*") if (d / MARKER_FILE).is_file())
+    if others:
+        raise UserError(f"{run_dir} has a base model of another model.* config ({others[0]}), not {expected.name}: "
+                        f"use the config the run was made with (its config.yaml: --config {run_dir / 'config.yaml'}), "
+                        "or run `diffnas train-base` and the later stages with this one first")
+    raise UserError(f"{run_dir} has no trained base model (stage `train-base` has not run): `diffnas {command}` "
+                    "works on a run's finished stages; run `diffnas run` (or `diffnas train-base` and the "
+                    "later stages) first")
 
 
 def _load_folder_or_hub(spec: str, device: str | torch.device) -> BaseModel:
@@ -155,13 +225,10 @@ def load_base(cfg: ExperimentConfig, cache_dir: Path, device: str | torch.device
     """
     from nas.data import load_dataset
 
+    check_base_config(cfg)
     images = None
     if cfg.model.base.startswith(EMBEDDED_PREFIX):
-        if cfg.model.base == "embedded:digits" and cfg.data.dataset != "digits":
-            raise UserError(
-                "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
-                f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
-            )
+        _check_embedded_data(cfg)
         images = load_dataset(cfg.data)
     return load_base_model(
         cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=cache_dir, device=device,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from nas.commands import register
 from nas.config import ExperimentConfig, config_to_yaml
-from nas.evaluation import evaluate_base, format_table, sample_base
+from nas.evaluation import check_model_arg, evaluate_base, format_table, sample_base
+from nas.models import check_base_config
 from nas.run import RunContext
 
 __all__ = ["config_command", "evaluate", "sample", "train_base"]
@@ -34,6 +35,7 @@ def config_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     "Writes runs/<name>/config.yaml and runs/<name>/base/.",
 )
 def train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    check_base_config(cfg)  # before anything is written
     ctx = RunContext(cfg)
     ctx.prepare()
     base = ctx.base
@@ -68,6 +70,9 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     "(seeded by sampling.seed) and write a PNG grid to runs/<name>/samples/.",
 )
 def sample(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    check_base_config(cfg)  # before anything is written
+    if getattr(args, "model", None) is not None:
+        check_model_arg(args.model)
     ctx = RunContext(cfg)
     ctx.prepare()
     path = sample_base(ctx, out=Path(args.out) if args.out else None, nrow=args.nrow,
@@ -98,6 +103,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     if args.compare_untrained:
         cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, compare_untrained=True))
+    check_base_config(cfg)  # before anything is written
+    if getattr(args, "model", None) is not None:
+        check_model_arg(args.model)
     ctx = RunContext(cfg)
     run = ctx.prepare()
     rows = evaluate_base(ctx, model=getattr(args, "model", None))
