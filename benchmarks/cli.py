@@ -50,7 +50,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from benchmarks.bench import format_bench, run_bench
     from benchmarks.report import build_report
+    from nas.models import require_trained_base
 
+    require_trained_base(cfg, RunDir.from_config(cfg).path, "bench")  # never trains a base model as a side effect
     ctx = RunContext(cfg)
     run = ctx.prepare()
     result = run_bench(cfg, run, ctx.device)
