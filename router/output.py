@@ -27,7 +27,7 @@ from experts.allocation import Allocation
 from experts.mixture_space import MixtureSpace
 from router.result import RouterResult
 
-__all__ = ["allocation_filename", "plot_allocations", "write_allocation_files", "write_outputs"]
+__all__ = ["allocation_filename", "plot_allocations", "routing_cost", "write_allocation_files", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,44 @@ log = logging.getLogger(__name__)
 def allocation_filename(budget_ratio: float, method: str = "router") -> str:
     """``<method>-<budget:g>.json`` (the name the search and the benchmark look for)."""
     return f"{method}-{float(budget_ratio):g}.json"
+
+
+def routing_cost(info: dict[str, Any]) -> dict[str, Any]:
+    """An allocation's ``info["cost"]`` with the fields the search writes too:
+    ``evaluations_per_fidelity`` (the router's are all proxy evaluations, held-out loss or
+    trajectory proxy: training plus this budget's decode/repair; no FID), ``wall_s``, and
+    ``cpu_s`` / ``gpu_s`` (``cpu_s`` from ``info["cpu_s"]`` when the caller measured it, else
+    None; ``gpu_s`` is the wall time when the router ran on a CUDA device). ``evaluations``
+    stays the total count.
+
+    Example:
+        >>> c = routing_cost({"train_evaluations": 40, "repair_evaluations": 3,
+        ...                   "cost": {"wall_s": 2.0, "evaluations": 43}, "device": "cpu"})
+        >>> c["evaluations"], c["evaluations_per_fidelity"], c["gpu_s"]
+        (43, {'proxy': 43, 'fid': 0}, 0.0)
+    """
+    cost = dict(info.get("cost") or {})
+    total = cost.get("evaluations")
+    if isinstance(total, dict):  # already per fidelity
+        return {**cost, "evaluations_per_fidelity": dict(total)}
+    if total is None:
+        total = int(info.get("train_evaluations") or 0) + int(info.get("repair_evaluations") or 0)
+    wall = cost.get("wall_s")
+    if wall is None and info.get("train_seconds") is not None:
+        wall = float(info["train_seconds"]) + float(info.get("decode_seconds") or 0.0)
+    cuda = str(info.get("device") or "").startswith("cuda")
+    return {**cost, "evaluations": int(total), "evaluations_per_fidelity": {"proxy": int(total), "fid": 0},
+            "wall_s": wall, "cpu_s": info.get("cpu_s"),
+            "gpu_s": (float(wall) if cuda and wall is not None else 0.0)}
+
+
+def _with_cost(alloc: Allocation, extra_info: dict[str, Any] | None = None) -> Allocation:
+    """``alloc`` with ``extra_info`` merged into its info and the cost in :func:`routing_cost`'s shape."""
+    import dataclasses
+
+    info = {**alloc.info, **(extra_info or {})}
+    info["cost"] = routing_cost(info)
+    return dataclasses.replace(alloc, info=info)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -142,11 +180,7 @@ def write_outputs(
     paths = []
     allocations = []
     for o in result.outcomes:
-        alloc = result.allocation(mixture, o.budget_ratio)
-        if extra_info:
-            alloc = Allocation(alloc.method, alloc.budget_ratio, alloc.intervals, alloc.archs,
-                               alloc.macs_per_expert, alloc.steps_per_expert, alloc.base_trajectory_macs,
-                               {**alloc.info, **extra_info})
+        alloc = _with_cost(result.allocation(mixture, o.budget_ratio), extra_info)
         if not alloc.feasible:  # pragma: no cover - train_router guarantees it
             raise RuntimeError(f"router allocation for budget {o.budget_ratio} exceeds it")
         p = alloc_dir / allocation_filename(o.budget_ratio)
@@ -194,6 +228,7 @@ def write_allocation_files(
     for alloc in allocations:
         if not alloc.feasible:
             raise RuntimeError(f"{alloc.method} allocation for budget {alloc.budget_ratio} exceeds it")
+        alloc = _with_cost(alloc)
         p = alloc_dir / allocation_filename(alloc.budget_ratio, alloc.method)
         alloc.save(p)
         paths.append(p)

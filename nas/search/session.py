@@ -283,7 +283,8 @@ class SearchSession:
                 "seeded_with_router": self.seeded,
                 "search_cost": {**cost, "trials": len(drv.completed), "wall_s_all_sessions": total_wall_s},
                 # the same cost in the shape the router writes (evaluations per fidelity, seconds)
-                "cost": {"evaluations": dict(cost["evaluations"]), "wall_s": total_wall_s,
+                "cost": {"evaluations": dict(cost["evaluations"]),
+                         "evaluations_per_fidelity": dict(cost["evaluations"]), "wall_s": total_wall_s,
                          "eval_s": cost["eval_s"], "cpu_s": cost["cpu_s"], "gpu_s": cost["gpu_s"]},
                 # where the best arch came from: the sampler, or a point enqueued before the search
                 # (``router``: only in a seeded search, the routing agent's own allocation)

@@ -127,3 +127,20 @@ def test_relative_storage_keeps_urls_and_outside_paths():
     assert relative_storage("/data/runs/r/search/journal.log", root) == "search/journal.log"
     assert relative_storage("sqlite:////elsewhere/study.db", root) == "sqlite:////elsewhere/study.db"
     assert relative_storage("postgresql://u@host/db", root) == "postgresql://u@host/db"
+
+
+def test_router_and_search_write_their_cost_in_the_same_fields(tmp_path):
+    from router.output import routing_cost
+
+    space = synthetic_mixture_space()
+    run = RunDir(tmp_path, "r")
+    run_search(space, SyntheticObjective(space), SearchConfig(backend="local", n_trials=4, budgets=(0.5,),
+                                                              promote_top_k=1), run, intervals=INTERVALS)
+    searched = Allocation.load(run.allocations_dir / "search-0.5.json").info["cost"]
+    routed = routing_cost({"train_evaluations": 40, "repair_evaluations": 3, "train_seconds": 2.0,
+                           "decode_seconds": 0.5, "cpu_s": 4.0, "device": "cuda:0"})
+    for key in ("evaluations_per_fidelity", "wall_s", "cpu_s", "gpu_s"):
+        assert key in searched and key in routed
+    assert searched["evaluations_per_fidelity"] == {"proxy": 4, "full": 1}
+    assert routed["evaluations_per_fidelity"] == {"proxy": 43, "fid": 0} and routed["evaluations"] == 43
+    assert routed["wall_s"] == 2.5 and routed["gpu_s"] == 2.5 and routed["cpu_s"] == 4.0
