@@ -5,6 +5,8 @@
   (:func:`benchmarks.bench.run_bench`), then the report;
 - ``diffnas report``: the report of a run from its stored results
   (:func:`benchmarks.report.build_report`);
+- ``diffnas export``: one benchmarked model as a diffusers pipeline folder with a model card
+  (:func:`benchmarks.export.export_pipeline`);
 - the stages ``finetune`` (make every pruned model the benchmark evaluates), ``bench`` and
   ``report`` of ``diffnas run``, after the method's own stages.
 """
@@ -23,7 +25,7 @@ from nas.run import RunContext, RunDir, Stage, register_stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BENCH_STAGES", "bench_command", "register_cli", "report_command"]
+__all__ = ["BENCH_STAGES", "bench_command", "export_command", "register_cli", "report_command"]
 
 BENCH_HELP = "compare the router, search, uniform, static and fewer_steps allocations with the base model at each MACs budget"
 BENCH_DESCRIPTION = (
@@ -90,6 +92,60 @@ def report_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_HELP = "write one benchmarked model as a diffusers pipeline folder with a model card (README.md)"
+EXPORT_DESCRIPTION = (
+    "Pick a benchmarked model of RUN_DIR (--method and --budget, or the lowest FID under --max-macs-ratio and/or "
+    "--max-latency-ms, from results.jsonl) and write it to --out (default RUN_DIR/export/<method>-<budget>) as a "
+    "folder that loads with MixturePipeline.from_pretrained(folder), with a Hugging Face model card: intervals, "
+    "steps and expert size per interval, MACs vs the base, FID/KID with intervals, latency and speed-up, the "
+    "config. Only mixtures (router, search, uniform) are pipeline folders. An existing non-empty --out is refused "
+    "unless --force."
+)
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                        help="run directory (default: <run_root>/<name> of the config)")
+    parser.add_argument("--method", help="the method to export (router, search, uniform)")
+    parser.add_argument("--budget", type=float, help="its budget (fraction of the base model's trajectory MACs)")
+    parser.add_argument("--max-macs-ratio", type=float, metavar="R",
+                        help="export the lowest-FID model whose MACs ratio is at most R")
+    parser.add_argument("--max-latency-ms", type=float, metavar="MS",
+                        help="export the lowest-FID model whose benchmarked latency per image is at most MS")
+    parser.add_argument("--out", metavar="DIR", help="folder to write (default RUN_DIR/export/<method>-<budget>)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing non-empty --out (a previous export's files are replaced, "
+                             "nothing else is deleted)")
+
+
+def export_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from benchmarks.export import export_pipeline
+
+    path = Path(args.run_dir) if args.run_dir else RunDir.from_config(cfg).path
+    if not path.is_dir():
+        raise UserError(f"run directory {str(path)!r} does not exist")
+    if (args.method is None) != (args.budget is None):
+        raise UserError("--method and --budget go together (e.g. --method router --budget 0.5)")
+    if args.method is not None and (args.max_macs_ratio is not None or args.max_latency_ms is not None):
+        raise UserError("give either --method/--budget or --max-macs-ratio/--max-latency-ms, not both")
+    # the command as the model card records it: no absolute path (the card may live in the run folder)
+    parts = ["diffnas export", "RUN_DIR" if path.is_absolute() else path.as_posix()]
+    out_text = None if args.out is None else ("OUT" if Path(args.out).is_absolute() else args.out)
+    for flag, value in (("--method", args.method), ("--budget", args.budget), ("--max-macs-ratio", args.max_macs_ratio),
+                        ("--max-latency-ms", args.max_latency_ms), ("--out", out_text)):
+        if value is not None:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    res = export_pipeline(path, args.out, method=args.method, budget=args.budget, max_macs_ratio=args.max_macs_ratio,
+                          max_latency_ms=args.max_latency_ms, force=bool(args.force), command=" ".join(parts))
+    f = res.facts
+    fid = f.get("fid") or {}
+    sys.stdout.write(f"exported {res.method} at budget {res.budget_ratio:g}: FID {fid.get('mean', float('nan')):.2f}, "
+                     f"MACs ratio {f.get('macs_ratio') or float('nan'):.3f}, speed-up {f.get('speedup') or float('nan'):.2f}x\n")
+    sys.stdout.write(f"folder: {res.folder}\n")
+    sys.stdout.write(f"load it: MixturePipeline.from_pretrained({str(res.folder)!r})  (from experts.pipeline)\n")
+    return 0
+
+
 def _finetune_stage(ctx: RunContext) -> str:
     from benchmarks.bench import prepare_models
 
@@ -123,8 +179,9 @@ BENCH_STAGES: tuple[Stage, ...] = (
 
 
 def register_cli() -> None:
-    """Register the ``bench`` and ``report`` commands and the :data:`BENCH_STAGES`."""
+    """Register the ``bench``, ``report`` and ``export`` commands and the :data:`BENCH_STAGES`."""
     register("bench", BENCH_HELP, arguments=_bench_arguments, description=BENCH_DESCRIPTION)(bench_command)
     register("report", REPORT_HELP, arguments=_report_arguments, description=REPORT_DESCRIPTION)(report_command)
+    register("export", EXPORT_HELP, arguments=_export_arguments, description=EXPORT_DESCRIPTION)(export_command)
     for stage in BENCH_STAGES:
         register_stage(stage)

@@ -72,7 +72,7 @@ def check_record(record: Any, path: Path, lineno: int) -> None:
         >>> check_record({"kind": "bench", "method": "router", "fid_mean": "3.5"}, Path("r.jsonl"), 7)
         Traceback (most recent call last):
         ...
-        search_spaces.errors.UserError: r.jsonl line 7: 'fid_mean' is '3.5', expected a number; fix or remove that line, or rerun `diffnas bench` in a fresh run
+        search_spaces.errors.UserError: r.jsonl line 7: 'fid_mean' is "3.5", expected a number; fix or remove that line, or rerun `diffnas bench` in a fresh run
     """
     if not isinstance(record, dict):
         raise UserError(f"{path} line {lineno} is not a JSON object; {_RERUN_BENCH}")

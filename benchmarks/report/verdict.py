@@ -20,7 +20,7 @@ Example:
     >>> v["ship"]["method"], v["baseline_wins"], v["export_command"]
     ('router', False, 'diffnas export runs/demo --method router --budget 0.3')
     >>> print(v["text"])
-    at 0.3 of the base model's MACs: ship router-0.3, FID 3.10 [2.90, 3.30] vs base 2.90 [2.70, 3.10], 2.80x faster than the base model on cpu; the best baseline, fewer steps (fewer_steps), gives 4.90 [4.50, 5.30]
+    at 0.3 of the base model's MACs: ship router-0.3, FID 3.10 [2.90, 3.30] vs base 2.90 [2.70, 3.10], 2.80x faster than the base model on cpu; the best baseline, fewer_steps (base, fewer steps), gives 4.90 [4.50, 5.30]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def budget_verdicts(summary: Mapping[str, Any], run_text: str,
         rival = own[0] if baseline_wins else (baselines[0] if baselines else None)
         if rival is not None:
             what = ("diffnas's best" if baseline_wins else "the best baseline")
-            text += f"; {what}, {method_label(rival['method'])} ({rival['method']}), gives {_fid(rival)}"
+            text += f"; {what}, {rival['method']} ({method_label(rival['method'])}), gives {_fid(rival)}"
         runner_up = here[1] if len(here) > 1 else None
         if runner_up is not None and _overlap(best, runner_up):
             text += (f" (its interval overlaps {runner_up['method']}'s: the difference is not resolved at this "
