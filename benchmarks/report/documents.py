@@ -111,9 +111,6 @@ window.addEventListener('load', function () {
   imgs.forEach(function (i) { if (!(i.complete && i.naturalWidth > 0)) { i.setAttribute('data-broken', '1'); } });
   document.body.setAttribute('data-images-total', String(imgs.length));
   document.body.setAttribute('data-images-loaded', String(ok.length));
-  var res = (window.performance && performance.getEntriesByType) ? performance.getEntriesByType('resource') : [];
-  var ext = res.filter(function (e) { return e.name.indexOf('data:') !== 0; });
-  document.body.setAttribute('data-external-requests', String(ext.length));
 });
 </script>"""
 

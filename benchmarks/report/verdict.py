@@ -82,7 +82,7 @@ def _instead(r: Mapping[str, Any], run_text: str) -> str:
                 f"num_inference_steps={r.get('num_steps')}")
     if r.get("model_path"):
         return f"its model is {run_text}/{r['model_path']} (not a MixturePipeline folder, so not exportable)"
-    return "it has no saved model to export"
+    return "no saved model of it in this run to export (for a mixture: rerun `diffnas finetune`)"
 
 
 def budget_verdicts(summary: Mapping[str, Any], run_text: str,
