@@ -37,6 +37,7 @@ __all__ = [
     "build_supernet",
     "damaged_safetensors",
     "expert_dir",
+    "load_expert_intervals",
     "load_experts",
     "load_supernet",
     "quiet_diffusers",
@@ -178,6 +179,16 @@ def load_supernet(out_dir: str | Path, device: str | torch.device = "cpu") -> nn
         return ElasticUNet.from_pretrained(path, device=device).eval()
 
 
+def load_expert_intervals(out_dir: str | Path) -> Intervals:
+    """``<out>/intervals.json`` of an experts folder; one :class:`UserError` line if missing or damaged."""
+    iv_path = Path(out_dir) / "intervals.json"
+    if not iv_path.is_file():
+        raise UserError(f"{out_dir} has no intervals.json: not an experts folder; run `diffnas train-experts` first")
+    with reading_artefact(iv_path, "run `diffnas train-experts` again (it rewrites this file from the run's "
+                                   "intervals.json)"):
+        return Intervals.load(iv_path)
+
+
 def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Intervals, list[nn.Module]]:
     """The intervals and the trained supernet experts (full arch) of an experts folder."""
     from search_spaces.elastic_unet import ElasticUNet
@@ -186,9 +197,7 @@ def load_experts(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
     iv_path = out / "intervals.json"
     if not iv_path.is_file():
         raise UserError(f"{out} has no intervals.json: not an experts folder; run `diffnas train-experts` first")
-    with reading_artefact(iv_path, "run `diffnas train-experts` again (it rewrites this file from the run's "
-                                   "intervals.json)"):
-        intervals = Intervals.load(iv_path)
+    intervals = load_expert_intervals(out)
     experts = []
     for k in range(intervals.num_intervals):
         d = expert_dir(out, k)
