@@ -64,6 +64,11 @@ class Allocation:
             allocation); ``None``: the sampler's own evenly spaced steps. When set,
             ``steps_per_expert`` equals its ``steps_per_interval`` and its intervals are
             ``intervals``. Written to JSON only when set.
+        base_intervals: the intervals served by the base model itself, unpruned and not
+            fine-tuned, instead of their expert (joint spaces with the base as a choice: then
+            "the base with fewer steps" is an allocation like any other). Their archs are the
+            expert's full arch, which has the base model's MACs. Written to JSON only when
+            not empty.
 
     Raises:
         ValueError: naming the field: entries per interval, budget ratio, or a schedule that
@@ -79,6 +84,7 @@ class Allocation:
     base_trajectory_macs: int
     info: dict[str, Any] = field(default_factory=dict, compare=False)
     schedule: StepSchedule | None = None
+    base_intervals: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.intervals.num_intervals
@@ -92,6 +98,10 @@ class Allocation:
         object.__setattr__(self, "steps_per_expert", tuple(int(s) for s in self.steps_per_expert))
         if self.schedule is not None:
             self._check_schedule()
+        base = tuple(sorted({int(k) for k in self.base_intervals}))
+        if any(not 0 <= k < n for k in base):
+            raise ValueError(f"allocation base_intervals {list(base)} must be interval indices 0..{n - 1}")
+        object.__setattr__(self, "base_intervals", base)
 
     def _check_schedule(self) -> None:
         sched = self.schedule
@@ -124,7 +134,7 @@ class Allocation:
         return self.trajectory_macs <= self.budget_ratio * self.base_trajectory_macs + 1e-6
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields; the key ``schedule`` only when there is one."""
+        """JSON-ready fields; the keys ``schedule`` and ``base_intervals`` only when set."""
         out: dict[str, Any] = {
             "method": self.method,
             "budget_ratio": self.budget_ratio,
@@ -140,6 +150,8 @@ class Allocation:
         }
         if self.schedule is not None:
             out["schedule"] = self.schedule.to_dict()
+        if self.base_intervals:
+            out["base_intervals"] = list(self.base_intervals)
         return out
 
     def to_json(self) -> str:
@@ -158,6 +170,7 @@ class Allocation:
                 base_trajectory_macs=int(data["base_trajectory_macs"]),
                 info=dict(data.get("info", {})),
                 schedule=StepSchedule.from_dict(data["schedule"]) if data.get("schedule") is not None else None,
+                base_intervals=tuple(int(k) for k in data.get("base_intervals", ())),
             )
         except KeyError as e:
             raise ValueError(f"allocation JSON is missing key {e.args[0]!r}") from None

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -149,6 +150,11 @@ def finetune_allocation(
                 "experts": source, "distill": teacher is not None}
     if allocation.schedule is not None:  # the saved mixture samples along it: another schedule is another mixture
         identity["schedule"] = allocation.schedule.to_dict()
+    if allocation.base_intervals:
+        identity["base_intervals"] = list(allocation.base_intervals)
+        if teacher is None:
+            raise UserError(f"the allocation serves intervals {list(allocation.base_intervals)} by the base model: "
+                            "give the experts folder (whose pretrained model is the base) or teacher=")
     marker = out / FINETUNE_FILE
     if marker.is_file():
         return _reuse_finished(marker, identity, out)
@@ -273,6 +279,13 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
     seconds = 0.0
     finished = True
     for k in range(allocation.intervals.num_intervals):
+        if k in allocation.base_intervals:  # the base model itself: nothing pruned, nothing to fine-tune
+            model = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
+            if heldout is not None:
+                before.append(_heldout_loss(model, heldout, k, sched, kw))
+                after.append(before[-1])
+            tuned.append(model)
+            continue
         arch = Arch(allocation.archs[k])
         model = supernets[k].materialize(arch).to(device)
         if heldout is not None:

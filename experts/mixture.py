@@ -302,6 +302,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         *,
         materialize: bool = False,
         device: str | torch.device = "cpu",
+        base: nn.Module | None = None,
     ) -> "MixtureOfExperts":
         """The mixture an allocation describes.
 
@@ -312,8 +313,16 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
                 the base model's supernet for a static or searched allocation without experts).
             materialize: replace each supernet by a physically pruned copy at its arch
                 (plain diffusers UNets: smaller and faster; what ``diffnas finetune`` tunes).
+            base: the base model (a plain UNet), serving the allocation's ``base_intervals``;
+                needed when it has any.
+
+        Raises:
+            ValueError: the allocation has base intervals and no ``base`` is given.
         """
         n = allocation.intervals.num_intervals
+        if allocation.base_intervals and base is None:
+            raise ValueError(f"the allocation serves intervals {list(allocation.base_intervals)} by the base model: "
+                             "pass base=")
         if isinstance(experts, (str, Path)):
             from experts.expert_folder import load_experts
 
@@ -329,16 +338,22 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
             models = list(experts)
         if len(models) != n:
             raise ValueError(f"got {len(models)} experts for {n} intervals")
+        on_base = set(allocation.base_intervals)
         if materialize:
             cache: dict[tuple[int, Arch], nn.Module] = {}
             mats = []
-            for m, a in zip(models, allocation.archs):
+            for k, (m, a) in enumerate(zip(models, allocation.archs)):
+                if k in on_base:
+                    mats.append(base)
+                    continue
                 key = (id(m), Arch(a))
                 if key not in cache:
                     cache[key] = m.materialize(a).to(device).eval()
                 mats.append(cache[key])
             return cls(allocation.intervals, mats, None, allocation)
-        return cls(allocation.intervals, models, allocation.archs, allocation)
+        models = [base if k in on_base else m for k, m in enumerate(models)]
+        archs = [None if k in on_base else a for k, a in enumerate(allocation.archs)]
+        return cls(allocation.intervals, models, archs, allocation)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: str | Path, safe_serialization: bool = True, **kwargs: Any) -> None:

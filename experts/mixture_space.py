@@ -107,9 +107,10 @@ class MixtureSpace:
         counts: Sequence[int] | Sequence[Sequence[int]] | None = None,
         max_steps: int | None = None,
         spacings: Sequence[str] = DEFAULT_SPACINGS,
+        base_choice: bool = False,
     ) -> "MixtureSpace":
         """The joint steps x experts space: per interval, its step count, their spacing and the
-        expert's arch.
+        expert's arch (and, with ``base_choice``, whether the base model serves it instead).
 
         Args:
             intervals: the experts' intervals.
@@ -120,10 +121,14 @@ class MixtureSpace:
             max_steps: at most this many steps in all (a rule of the space; counts above it dropped).
             spacings: allowed placements (names of :data:`experts.schedule.SPACINGS`); the last
                 is the full arch's.
+            base_choice: each interval may be served by the base model itself, unpruned (key
+                ``e<k>/model/base``): "the base with fewer steps" and "the base with a searched
+                schedule" are then points of the space. The experts must be copies of the base
+                model's architecture (their full arch has its MACs).
         """
         per = interval_counts(intervals, counts, max_steps)
-        return cls._of_joint(joint_space(intervals, list(expert_spaces), per, spacings, max_steps=max_steps),
-                             intervals)
+        return cls._of_joint(joint_space(intervals, list(expert_spaces), per, spacings, max_steps=max_steps,
+                                         base_choice=base_choice), intervals)
 
     @classmethod
     def steps_only(
@@ -244,28 +249,47 @@ class MixtureSpace:
             return per
         return [part.parts_of(a)[1] for part, a in zip(self._interval_parts(), per)]
 
+    @property
+    def base_choice(self) -> bool:
+        """True when the base model is a choice of every interval (:meth:`joint` ``base_choice``)."""
+        return self.is_joint and all(p.base_choice for p in self._interval_parts())
+
+    def base_intervals(self, arch: Mapping[str, Any]) -> tuple[int, ...]:
+        """The intervals the base model serves in ``arch`` (empty without the base as a choice)."""
+        if not self.is_joint:
+            return ()
+        per = [Arch(a) for a in self.split_values(arch)]
+        return tuple(k for k, (part, a) in enumerate(zip(self._interval_parts(), per)) if part.uses_base(a))
+
     def schedule(self, arch: Mapping[str, Any]) -> StepSchedule | None:
         """The step schedule of a joint arch (``None`` for a space without steps)."""
         if not self.is_joint:
             return None
         return split_joint(self.space, arch, self.intervals)[0]  # type: ignore[arg-type]
 
-    def join(self, archs: Sequence[Mapping[str, Any]], schedule: StepSchedule | None = None) -> Arch:
-        """Inverse of :meth:`split` (and :meth:`schedule`): the mixture arch of one arch per expert.
+    def join(self, archs: Sequence[Mapping[str, Any]], schedule: StepSchedule | None = None,
+             base_intervals: Sequence[int] = ()) -> Arch:
+        """Inverse of :meth:`split` (and :meth:`schedule`, :meth:`base_intervals`): the mixture
+        arch of one arch per expert.
 
         Args:
             archs: one arch per expert.
             schedule: a joint space's steps (needed there, refused otherwise); explicit
                 timesteps are matched to the first spacing that places them.
+            base_intervals: the intervals the base model serves (their archs must be full).
 
         Raises:
-            ValueError: wrong counts, a missing or unneeded schedule, or steps not in the space.
+            ValueError: wrong counts, a missing or unneeded schedule, steps not in the space, or
+                base intervals in a space without the base as a choice.
         """
+        base = {int(k) for k in base_intervals}
         if len(archs) != self.num_experts:
             raise ValueError(f"{len(archs)} archs for {self.num_experts} experts")
         if not self.is_joint:
             if schedule is not None:
                 raise ValueError("this mixture space has fixed steps: it takes no schedule (MixtureSpace.joint does)")
+            if base:
+                raise ValueError("this mixture space has fixed steps and experts only: the base model is not a choice")
             return self.space.join({self.part_name(k): a for k, a in enumerate(archs)})
         if schedule is None:
             raise ValueError("a joint mixture space needs the step schedule to join expert archs")
@@ -278,7 +302,12 @@ class MixtureSpace:
                 steps_arch = part.steps_space.arch_of(steps)
             except ValueError as e:
                 raise ValueError(f"interval {k}: {e}") from None
-            parts[self.part_name(k)] = part.join({IntervalSpace.STEPS: steps_arch, IntervalSpace.EXPERT: a})
+            values = {IntervalSpace.STEPS: steps_arch, IntervalSpace.EXPERT: a}
+            if part.base_choice:
+                values[IntervalSpace.MODEL] = {"base": int(k in base)}
+            elif k in base:
+                raise ValueError(f"interval {k}: the base model is not a choice of this space (base_choice=False)")
+            parts[self.part_name(k)] = part.join(values)
         return self.space.join(parts)
 
     # ----------------------------------------------------------------- costs and allocations
@@ -347,6 +376,7 @@ class MixtureSpace:
             base_trajectory_macs=int(round(base_trajectory_macs)),
             info=dict(info or {}),
             schedule=schedule,
+            base_intervals=self.base_intervals(arch),
         )
 
     def from_allocation(self, alloc: Allocation, *, schedule: StepSchedule | None = None) -> Arch:
@@ -374,13 +404,13 @@ class MixtureSpace:
                                  "(pass schedule=)")
         else:
             schedule = None
-        arch = self.join(alloc.archs, schedule)
+        arch = self.join(alloc.archs, schedule, alloc.base_intervals)
         self.space.validate(arch)
         return arch
 
     def __repr__(self) -> str:
         if self.is_joint:
             return (f"MixtureSpace.joint(experts={self.num_experts}, counts={[s.counts for s in self.steps_spaces]}, "
-                    f"intervals={self.intervals})")
+                    f"intervals={self.intervals}{', base_choice=True' if self.base_choice else ''})")
         return (f"MixtureSpace(experts={self.num_experts}, steps_per_expert={list(self.steps_per_expert or ())}, "
                 f"intervals={self.intervals})")

@@ -42,8 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
-    "DEFAULT_SPACINGS", "IntervalSpace", "JointSpace", "PinnedSpace", "StepsSpace", "interval_counts", "joint_space",
-    "part_name", "split_joint",
+    "DEFAULT_SPACINGS", "IntervalSpace", "JointSpace", "ModelSpace", "PinnedSpace", "StepsSpace", "interval_counts",
+    "joint_space", "part_name", "split_joint",
 ]
 
 #: Spacings a :class:`StepsSpace` offers by default; the last (DDIM's default ``leading``) is the
@@ -191,24 +191,100 @@ class StepsSpace(SearchSpace):
                          f"in [{self.span[0]}, {self.span[1]})")
 
 
-class IntervalSpace(ProductSpace):
-    """One interval of a mixture: parts ``steps`` and ``expert``; MACs = count x expert MACs.
+class ModelSpace(SearchSpace):
+    """Which network serves an interval: its expert (``base`` = 0) or the base model itself,
+    unpruned (``base`` = 1, the full choice). Not a cost by itself (MACs 0): the
+    :class:`IntervalSpace` holding it pins the expert at its full arch when the base serves,
+    whose MACs are the base model's.
 
-    Keys are ``steps/count``, ``steps/spacing`` and ``expert/<expert dimension>``.
+    Example:
+        >>> ModelSpace().full().to_dict()
+        {'base': 1}
+    """
+
+    BASE = "base"
+
+    def __init__(self) -> None:
+        self._dims = (Dimension(self.BASE, (0, 1), kind="model"),)
+
+    def dimensions(self) -> tuple[Dimension, ...]:
+        return self._dims
+
+    def macs(self, arch: Mapping[str, int]) -> int:
+        return 0
+
+
+class IntervalSpace(ProductSpace):
+    """One interval of a mixture: parts ``steps`` and ``expert`` (and ``model`` when the base
+    model is a choice); MACs = count x expert MACs.
+
+    Keys are ``steps/count``, ``steps/spacing``, ``expert/<expert dimension>`` and, with
+    ``base_choice``, ``model/base`` (1: the base model serves the interval; the rule then pins
+    the expert part at its full arch, the base model's architecture and MACs, and
+    :meth:`repair` sets it there).
+
+    Example:
+        >>> from search_spaces import Dimension, SimpleSpace
+        >>> expert = SimpleSpace([Dimension("w", (4, 8))], macs_fn=lambda a: 10 * a["w"])
+        >>> iv = IntervalSpace(StepsSpace((1, 2)), expert, base_choice=True)
+        >>> arch = iv.repair(iv.join({"steps": {"count": 2, "spacing": 0}, "expert": {"w": 4},
+        ...                          "model": {"base": 1}}))
+        >>> arch["expert/w"], iv.macs(arch), iv.uses_base(arch)
+        (8, 160, True)
     """
 
     STEPS = "steps"
     EXPERT = "expert"
+    MODEL = "model"
 
-    def __init__(self, steps: StepsSpace, expert: SearchSpace) -> None:
-        super().__init__({self.STEPS: steps, self.EXPERT: expert})
+    def __init__(self, steps: StepsSpace, expert: SearchSpace, *, base_choice: bool = False) -> None:
+        parts: dict[str, SearchSpace] = {self.STEPS: steps, self.EXPERT: expert}
+        if base_choice:
+            parts[self.MODEL] = ModelSpace()
+        super().__init__(parts)
         self.steps_space = steps
         self.expert_space = expert
+        self.base_choice = bool(base_choice)
 
     def parts_of(self, arch: Mapping[str, int]) -> tuple[Arch, Arch]:
         """``(steps arch, expert arch)`` of ``arch``."""
         parts = self.split(arch)
         return parts[self.STEPS], parts[self.EXPERT]
+
+    def uses_base(self, arch: Mapping[str, int]) -> bool:
+        """True when the base model serves the interval (``model/base`` = 1)."""
+        return self.base_choice and bool(int(arch[f"{self.MODEL}{self.SEP}{ModelSpace.BASE}"]))
+
+    def with_base(self, arch: Mapping[str, int], base: bool) -> Arch:
+        """``arch`` with the base model serving (``base``) or not; the expert at its full arch
+        when it does.
+
+        Raises:
+            ValueError: ``base`` asked of a space without the base as a choice.
+        """
+        if not self.base_choice:
+            if base:
+                raise ValueError("this interval space does not offer the base model (base_choice=False)")
+            return Arch(arch)
+        values = dict(arch)
+        values[f"{self.MODEL}{self.SEP}{ModelSpace.BASE}"] = int(bool(base))
+        return self.repair(Arch(values))
+
+    def check_rules(self, arch: Arch) -> None:
+        super().check_rules(arch)
+        if self.uses_base(arch):
+            expert = self.parts_of(arch)[1]
+            if expert != self.expert_space.full():
+                raise ValueError(f"{self.MODEL}{self.SEP}{ModelSpace.BASE}=1 (the base model serves the interval) "
+                                 "needs the expert part at its full arch")
+
+    def repair(self, arch: Arch) -> Arch:
+        arch = super().repair(arch)
+        if not self.uses_base(arch):
+            return arch
+        parts = dict(self.split(arch))
+        parts[self.EXPERT] = self.expert_space.full()
+        return self.join(parts)
 
     def macs_per_call(self, arch: Mapping[str, int]) -> int:
         """MACs of one call of the expert at its arch."""
@@ -219,15 +295,21 @@ class IntervalSpace(ProductSpace):
         return int(self.steps_space.macs(steps)) * int(self.expert_space.macs(expert))
 
     def macs_relaxed(self, weights: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
-        """Expected steps x expected expert MACs (each part's own relaxation; missing: full)."""
+        """Expected steps x expected MACs per call (each part's own relaxation; missing: full).
+        With the base as a choice of probability ``p``: ``p x full MACs + (1 - p) x expected
+        expert MACs``."""
         import torch
 
         parts = self.split_values(weights)
         steps = self.steps_space.macs_relaxed(parts[self.STEPS])
         expert_w = parts[self.EXPERT]
-        expert = (self.expert_space.macs_relaxed(expert_w) if expert_w
-                  else torch.tensor(float(self.expert_space.macs(self.expert_space.full())), dtype=torch.float64))
-        return steps.to(torch.float64) * expert.to(torch.float64)
+        full = torch.tensor(float(self.expert_space.macs(self.expert_space.full())), dtype=torch.float64)
+        expert = self.expert_space.macs_relaxed(expert_w).to(torch.float64) if expert_w else full
+        model_w = parts.get(self.MODEL) or {}
+        if ModelSpace.BASE in model_w:
+            p = model_w[ModelSpace.BASE].to(torch.float64)[1]
+            expert = p * full + (1 - p) * expert
+        return steps.to(torch.float64) * expert
 
 
 class PinnedSpace(SearchSpace):
@@ -311,7 +393,8 @@ class JointSpace(ProductSpace):
 
 
 def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], counts: Sequence[Sequence[int]],
-                spacings: Sequence[str] = DEFAULT_SPACINGS, *, max_steps: int | None = None) -> JointSpace:
+                spacings: Sequence[str] = DEFAULT_SPACINGS, *, max_steps: int | None = None,
+                base_choice: bool = False) -> JointSpace:
     """The mixture's joint space: part ``e<k>`` = steps of interval ``k`` x its expert's space.
 
     Args:
@@ -321,6 +404,7 @@ def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], coun
             :func:`interval_counts`).
         spacings: allowed placements, shared by every interval.
         max_steps: at most this many steps in all (a rule of the space), if given.
+        base_choice: offer the base model itself as each interval's network (``model/base``).
     """
     n = intervals.num_intervals
     if len(expert_spaces) != n or len(counts) != n:
@@ -331,7 +415,7 @@ def joint_space(intervals: Intervals, expert_spaces: Sequence[SearchSpace], coun
             steps = StepsSpace.for_interval(intervals, k, counts[k], spacings)
         except ValueError as e:
             raise ValueError(f"interval {k}: {e}") from None
-        parts[part_name(k)] = IntervalSpace(steps, expert_spaces[k])
+        parts[part_name(k)] = IntervalSpace(steps, expert_spaces[k], base_choice=base_choice)
     return JointSpace(parts, max_steps)
 
 

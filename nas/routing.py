@@ -117,7 +117,8 @@ def _route_joint(ctx: RunContext, loss: Any, key: str, seed: int) -> RouteOutcom
         cfg.router.budgets, smallest_trajectory_macs(mixture, allowed) / base,
         "below the cheapest joint trajectory (fewest steps, smallest experts)")
     fitted, sensitivity = _fit_width_agent(ctx, loss, settings)
-    joint = JointSettings(max_steps=sc.steps_limit(cfg.sampling), spacings=tuple(sc.spacings))
+    joint = JointSettings(max_steps=sc.steps_limit(cfg.sampling), spacings=tuple(sc.spacings),
+                          base_choice=sc.base_choice)
     log.info("joint routing: %d experts, steps per interval from %s, up to %d schedules per budget, budgets %s",
              mixture.num_experts, [list(a) for a in allowed], joint.max_schedules, budgets)
     try:
@@ -171,7 +172,9 @@ def _proxy_scorer(ctx: RunContext, loss: Any) -> Any:
     proxy, kind = ctx.trajectory_proxy(), ctx.cfg.schedule.proxy
 
     def score(schedule: Any, archs: Any) -> CandidateScore:
-        p = proxy.score(MixtureOfExperts(loss.intervals, loss.experts, archs), schedule)
+        # an interval whose arch is None is served by the base model (JointSettings.base_choice)
+        models = [ctx.base.unet if a is None else e for a, e in zip(archs, loss.experts)]
+        p = proxy.score(MixtureOfExperts(loss.intervals, models, archs), schedule)
         return CandidateScore(proxy_quality(p, kind), p.to_dict())
 
     return score

@@ -178,6 +178,8 @@ class MixtureObjective:
             raise ValueError(f"unknown fidelity {fidelity!r}; this objective has {list(self.fidelities)}")
         state = self._load(device)
         archs = state.mixture.split(Arch(arch))
+        on_base = set(state.mixture.base_intervals(Arch(arch)))  # served by the base model: arch None
+        archs = [None if k in on_base else a for k, a in enumerate(archs)]
         schedule = state.mixture.schedule(Arch(arch))  # None: the run's own steps
         if fidelity == "proxy":
             if schedule is not None:
@@ -185,13 +187,15 @@ class MixtureObjective:
             return self._proxy(state, archs, device)
         return self._fid(state, archs, device, schedule)
 
-    def _model(self, state: _Loaded, archs: list[Arch]) -> Any:
-        """What samples: the base model (steps-only search) or the mixture at ``archs``."""
+    def _model(self, state: _Loaded, archs: list[Arch | None]) -> Any:
+        """What samples: the base model (steps-only search) or the mixture at ``archs`` (an
+        interval whose arch is ``None`` is served by the base model)."""
         if self.mode == "steps":
             return state.base.unet
         from experts.mixture import MixtureOfExperts
 
-        return MixtureOfExperts(state.intervals, state.experts, archs)
+        models = [state.base.unet if a is None else e for a, e in zip(archs, state.experts)]
+        return MixtureOfExperts(state.intervals, models, archs)
 
     def _trajectory(self, state: _Loaded, archs: list[Arch], schedule: Any) -> dict[str, Any]:
         from nas.run import proxy_quality
@@ -369,7 +373,9 @@ def joint_known_points(ctx: RunContext, mixture: MixtureSpace, budget: float | N
                                StepSchedule.from_timesteps(intervals, sampling_timesteps(ctx.scheduler, n))))
     out = []
     for source, archs, schedule in candidates:
-        arch = _join_placed(mixture, archs, schedule, ctx.cfg.schedule.spacings)
+        # with the base model as a choice, "base" and "fewer_steps" are the base model itself
+        on_base = range(intervals.num_intervals) if mixture.base_choice and source != "uniform" else ()
+        arch = _join_placed(mixture, archs, schedule, ctx.cfg.schedule.spacings, on_base)
         if arch is None:
             log.info("known point %s is not in the joint space; not enqueued", source)
             continue
@@ -377,7 +383,8 @@ def joint_known_points(ctx: RunContext, mixture: MixtureSpace, budget: float | N
     return out
 
 
-def _join_placed(mixture: MixtureSpace, archs: list[Any], schedule: Any, spacings: Sequence[str]) -> Arch | None:
+def _join_placed(mixture: MixtureSpace, archs: list[Any], schedule: Any, spacings: Sequence[str],
+                 base_intervals: Sequence[int] = ()) -> Arch | None:
     """The joint arch of ``archs`` along ``schedule``; when the space does not place the
     schedule's timesteps exactly (the sampler's grid is not the intervals'), the same step
     counts with the first of ``spacings`` the space accepts; ``None`` when nothing fits."""
@@ -387,7 +394,7 @@ def _join_placed(mixture: MixtureSpace, archs: list[Any], schedule: Any, spacing
                           for sp in spacings]
     for sched in tries:
         try:
-            arch = mixture.join(archs, sched)
+            arch = mixture.join(archs, sched, base_intervals)
             mixture.space.validate(arch)
             return arch
         except ValueError:

@@ -18,7 +18,10 @@ is trained on cannot see steps. So the step schedule is not a token of the agent
    evaluation). A decode still over the budget is repaired down greedily by the agent's own
    log-probabilities (bounded, no loss evaluation).
 3. Each ``(S, archs)`` candidate is scored once by the caller's ``scorer`` (lower is better);
-   identical candidates of different budgets are scored once. The best is kept.
+   identical candidates of different budgets are scored once. The best is kept. With
+   ``base_choice``, a decode that leaves experts at their full arch is scored a second time with
+   the base model serving those intervals (an arch ``None`` for the scorer): the same MACs, and
+   "the base with fewer steps" among the candidates.
 
 The router never imports ``nas``: the scorer arrives as a callable
 (``scorer(schedule, archs) -> CandidateScore | float``). The cost (decodes, proxy evaluations
@@ -86,8 +89,9 @@ class CandidateScore:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: ``scorer(schedule, archs) -> CandidateScore | float``: one exact evaluation of a candidate.
-Scorer = Callable[[StepSchedule, Sequence[Arch]], "CandidateScore | float"]
+#: ``scorer(schedule, archs) -> CandidateScore | float``: one exact evaluation of a candidate;
+#: an arch ``None`` means the base model serves that interval.
+Scorer = Callable[[StepSchedule, Sequence["Arch | None"]], "CandidateScore | float"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class JointCandidate:
         repaired: the decode was over the budget and was repaired down.
         score: the scorer's verdict.
         cached: the same candidate was scored for another budget (no new evaluation).
+        base_intervals: intervals served by the base model instead of their (full-arch) expert.
     """
 
     schedule: StepSchedule
@@ -111,13 +116,17 @@ class JointCandidate:
     repaired: bool
     score: CandidateScore
     cached: bool = False
+    base_intervals: tuple[int, ...] = ()
 
     def record(self, base_macs: float) -> dict[str, Any]:
         """Compact JSON-ready record (for an allocation's ``info``)."""
-        return {"steps_per_interval": list(self.schedule.steps_per_interval),
-                "spacings": [p.spacing for p in self.schedule.parts], "macs_ratio": self.macs / base_macs,
-                "agent_budget_ratio": self.agent_budget_ratio, "repaired": self.repaired,
-                "value": self.score.value}
+        out = {"steps_per_interval": list(self.schedule.steps_per_interval),
+               "spacings": [p.spacing for p in self.schedule.parts], "macs_ratio": self.macs / base_macs,
+               "agent_budget_ratio": self.agent_budget_ratio, "repaired": self.repaired,
+               "value": self.score.value}
+        if self.base_intervals:
+            out["base_intervals"] = list(self.base_intervals)
+        return out
 
 
 @dataclass(frozen=True)
@@ -157,9 +166,10 @@ def smallest_trajectory_macs(mixture: MixtureSpace, allowed_counts: Sequence[Seq
     return float(sum(min(a) * p.macs(p.smallest()) for a, p in zip(allowed_counts, mixture.parts)))
 
 
-def _candidate_key(schedule: StepSchedule, arch: Arch) -> tuple[Any, ...]:
-    """What a candidate samples with: its timesteps (they fix the steps per interval) and archs."""
-    return (tuple(schedule.timesteps()), arch)
+def _candidate_key(schedule: StepSchedule, arch: Arch, base_intervals: tuple[int, ...] = ()) -> tuple[Any, ...]:
+    """What a candidate samples with: its timesteps (they fix the steps per interval), archs and
+    the intervals the base model serves."""
+    return (tuple(schedule.timesteps()), arch, tuple(base_intervals))
 
 
 def _sort_value(c: JointCandidate) -> float:
@@ -272,7 +282,8 @@ def route_joint(
         if not schedules:
             raise UserError(f"budget {b:g}: no step schedule of at most {settings.max_steps} steps fits it, even "
                             "with every expert at its smallest arch")
-        outcomes.append(_route_budget(float(b), schedules, considered, decoder, scorer, budget_macs, cache))
+        outcomes.append(_route_budget(float(b), schedules, considered, decoder, scorer, budget_macs, cache,
+                                      settings.base_choice))
         o = outcomes[-1]
         log.info("joint router budget %g: %d schedules scored (%d new evaluations, %.1f s) of %d that fit; best "
                  "steps %s (%s) at MACs ratio %.4f, proxy %.4g", b, len(o.candidates), o.evaluations,
@@ -283,8 +294,10 @@ def route_joint(
 
 
 def _route_budget(b: float, schedules: Sequence[StepSchedule], considered: int, decoder: _Decoder,
-                  scorer: Scorer, budget_macs: float, cache: dict[tuple[Any, ...], CandidateScore]) -> JointOutcome:
-    """Decode and score each schedule of one budget; the best (first on ties) wins."""
+                  scorer: Scorer, budget_macs: float, cache: dict[tuple[Any, ...], CandidateScore],
+                  base_choice: bool = False) -> JointOutcome:
+    """Decode and score each schedule of one budget (and, with ``base_choice``, its variant with
+    the base model serving the full-arch intervals); the best (first on ties) wins."""
     decode_s = proxy_s = 0.0
     decodes = evaluations = 0
     candidates = []
@@ -293,14 +306,23 @@ def _route_budget(b: float, schedules: Sequence[StepSchedule], considered: int, 
         arch, macs, p, repaired, n = decoder(schedule, budget_macs)
         decode_s += time.perf_counter() - t0
         decodes += n
-        key = _candidate_key(schedule, arch)
-        cached = key in cache
-        if not cached:
-            t1 = time.perf_counter()
-            cache[key] = _as_score(scorer(schedule, decoder.mixture.split(arch)))
-            proxy_s += time.perf_counter() - t1
-            evaluations += 1
-        candidates.append(JointCandidate(schedule, arch, int(macs), float(p), repaired, cache[key], cached))
+        archs = decoder.mixture.split(arch)
+        variants: list[tuple[int, ...]] = [()]
+        if base_choice:
+            full = tuple(k for k, (part, a) in enumerate(zip(decoder.mixture.parts, archs)) if a == part.full())
+            if full:
+                variants.append(full)
+        for on_base in variants:
+            key = _candidate_key(schedule, arch, on_base)
+            cached = key in cache
+            if not cached:
+                t1 = time.perf_counter()
+                served = [None if k in on_base else a for k, a in enumerate(archs)]
+                cache[key] = _as_score(scorer(schedule, served))
+                proxy_s += time.perf_counter() - t1
+                evaluations += 1
+            candidates.append(JointCandidate(schedule, arch, int(macs), float(p), repaired, cache[key], cached,
+                                             on_base))
     best = min(candidates, key=_sort_value)
     return JointOutcome(b, best, tuple(candidates), considered, decodes, evaluations, decode_s, proxy_s)
 
@@ -325,7 +347,8 @@ def joint_allocation(outcome: JointOutcome, mixture: MixtureSpace, *, base_traje
         "proxy_evaluations": outcome.evaluations,
         "proxy_seconds": outcome.proxy_seconds,
         "schedules_considered": outcome.schedules_considered,
-        "schedules_scored": len(outcome.candidates),
+        "schedules_scored": len({tuple(c.schedule.timesteps()) for c in outcome.candidates}),
+        "candidates_scored": len(outcome.candidates),
         "agent_budget_ratio": best.agent_budget_ratio,
         "repaired": best.repaired,
         "proxy_value": best.score.value,
@@ -339,4 +362,4 @@ def joint_allocation(outcome: JointOutcome, mixture: MixtureSpace, *, base_traje
     per_schedule = MixtureSpace(mixture.parts, sched.steps_per_interval, mixture.intervals)
     alloc = per_schedule.to_allocation(best.arch, method=method, budget_ratio=outcome.budget_ratio,
                                        base_trajectory_macs=base_trajectory_macs, info=record)
-    return dataclasses.replace(alloc, schedule=sched)
+    return dataclasses.replace(alloc, schedule=sched, base_intervals=best.base_intervals)

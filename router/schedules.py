@@ -44,6 +44,10 @@ class JointSettings:
         max_schedules: the most candidates scored per budget (exact evaluations).
         decode_grid: agent inputs tried per schedule, log-spaced over the agent's budget range.
         calibrate_iterations: bisection steps of the agent's input after the grid, per schedule.
+        base_choice: the base model may serve an interval instead of its expert: for each
+            schedule whose decode leaves some experts at their full arch, the candidate with
+            the base model serving those intervals is scored too (at most one more exact
+            evaluation per schedule; same MACs).
 
     Raises:
         UserError: a count or cap out of range, no spacing.
@@ -55,6 +59,7 @@ class JointSettings:
     max_schedules: int = 24
     decode_grid: int = 16
     calibrate_iterations: int = 12
+    base_choice: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.max_schedules < 1 or self.decode_grid < 1 or self.calibrate_iterations < 0:

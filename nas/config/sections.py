@@ -146,6 +146,9 @@ class ScheduleConfig:
         proxy_images: images the proxy generates per allocation.
         proxy_seed: seed of the proxy's fixed noise batch.
         reference_steps: steps of the base model's reference trajectory (the proxy's distance).
+        base_choice: each interval may be served by the base model itself, unpruned, instead of
+            its expert (so the base with fewer or searched steps is a point of the joint space,
+            and an expert is used only where it pays for itself).
     """
 
     joint: bool = False
@@ -156,6 +159,7 @@ class ScheduleConfig:
     proxy_images: int = 64
     proxy_seed: int = 12345
     reference_steps: int = 50
+    base_choice: bool = True
 
     def __post_init__(self) -> None:
         require(self.max_steps is None or self.max_steps >= 1, "max_steps",

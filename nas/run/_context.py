@@ -235,9 +235,9 @@ class RunContext:
         """The trained experts' intervals (without loading the experts if they are not loaded yet)."""
         if "experts" in self._cache:
             return self._cache["experts"][0]
-        from experts.intervals import Intervals
+        from experts.expert_folder import load_expert_intervals
 
-        return self._once("expert_intervals", lambda: Intervals.load(self.run.experts_dir / "intervals.json"))
+        return self._once("expert_intervals", lambda: load_expert_intervals(self.run.experts_dir))
 
     def steps_per_expert(self) -> tuple[int, ...]:
         """Sampling steps each expert's interval serves under ``sampling.sampler``/``num_steps``."""
@@ -299,7 +299,8 @@ class RunContext:
         intervals, supernets = self._expert_spaces()
         spaces = [PinnedSpace(e.space) if pinned else e.space for e in supernets]
         return MixtureSpace.joint(intervals, spaces, counts=self.step_counts(),
-                                  spacings=s.spacings, max_steps=s.steps_limit(self.cfg.sampling))
+                                  spacings=s.spacings, max_steps=s.steps_limit(self.cfg.sampling),
+                                  base_choice=s.base_choice and not pinned)
 
     # stored results ------------------------------------------------------------------------------
     def allocation(self, method: str, budget: float) -> Allocation | None:
