@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo demo-joint test test-slow bench clean-venv
+.PHONY: venv demo demo-widths test test-slow bench clean-venv
 
 $(STAMP): setup.cfg constraints.txt requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m nas run --preset demo
 
-# the demo with sampling steps as a dimension of the allocation (joint steps x experts)
-demo-joint: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m nas run --preset joint-demo
+# the demo with the sampling steps fixed: allocations choose the experts' widths only
+demo-widths: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m nas run --preset widths-demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -222,8 +222,8 @@ def test_schedule_section_defaults_off_and_checks_its_keys():
         assert str(err.value).startswith(message), (override, str(err.value))
 
 
-def test_joint_demo_preset_is_the_demo_with_the_joint_space_on():
-    demo, joint = load_config(preset="demo"), load_config(preset="joint-demo")
+def test_demo_preset_is_the_widths_demo_with_the_joint_space_on():
+    demo, joint = load_config(preset="widths-demo"), load_config(preset="demo")
     assert joint.schedule.joint and joint.search.promote_top_k > 0 and "steps" in joint.bench.methods
     assert joint.schedule.steps_limit(joint.sampling) == demo.sampling.num_steps
     same = dataclasses.replace(joint, name=demo.name, schedule=demo.schedule,

@@ -108,10 +108,10 @@ def test_diffnas_search_on_the_experts_writes_a_usable_allocation(tiny_run, caps
 
 @pytest.mark.slow
 def test_embedded_model_constrained_search_beats_uniform_width_and_mo_front_is_written(tmp_path, capsys):
-    """The issue's check on the embedded (demo) model, from scratch: base model, intervals,
+    """The issue's check on the embedded (widths-demo) model, from scratch: base model, intervals,
     experts, then a constrained search at budget 0.5 and a multi-objective search. ~15-25 min on
     2 CPU cores."""
-    common = ["--preset", "demo", "--name", "emb", "--set", f"run_root={tmp_path}", "--device", "cpu", "-q"]
+    common = ["--preset", "widths-demo", "--name", "emb", "--set", f"run_root={tmp_path}", "--device", "cpu", "-q"]
     for cmd in ("train-base", "intervals", "train-experts"):
         assert main([cmd, *common]) == 0, cmd
     run = RunDir(tmp_path, "emb")
