@@ -249,8 +249,6 @@ CASES: tuple[Case, ...] = (
          (_expert_weights(1), "train-experts --expert 1"), damage=_truncate(_expert_weights(1), 0)),
     Case("search: truncated expert weights", "run artefacts", ("search", "--config", C),
          (_expert_weights(0), "truncated"), damage=_truncate(_expert_weights(0))),
-    Case("bench: truncated expert weights", "run artefacts", ("bench", "--config", C, "--no-report"),
-         (_expert_weights(0), "truncated"), damage=_truncate(_expert_weights(0)), slow=True),
     Case("route: truncated experts/intervals.json", "run artefacts", ("route", "--config", C),
          ("experts/intervals.json", "not valid JSON", "train-experts"), damage=_truncate("experts/intervals.json", 20)),
     Case("route: overlapping spans in experts/intervals.json", "run artefacts", ("route", "--config", C),
