@@ -111,6 +111,9 @@ def export_pipeline(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
     def why_not(r: Mapping[str, Any]) -> str:
         if r["method"] == "fewer_steps":
             return f"it is the base model ({run / 'base'}) sampled with num_inference_steps={r.get('num_steps')}"
+        if r["method"] == "steps":
+            return (f"it is the base model ({run / 'base'}) sampled along the step schedule of "
+                    f"{run / 'allocations' / ('steps-' + budget_key(r.get('budget_ratio')) + '.json')}")
         if r.get("model_path"):
             return f"its model {run / str(r['model_path'])} is not a MixturePipeline folder (no model_index.json)"
         return "it has no saved model"

@@ -80,6 +80,9 @@ def _instead(r: Mapping[str, Any], run_text: str) -> str:
     if r["method"] == "fewer_steps":
         return (f"nothing to export: load the base model ({run_text}/base) and sample with "
                 f"num_inference_steps={r.get('num_steps')}")
+    if r["method"] == "steps":
+        return (f"nothing to export: it is the base model ({run_text}/base) sampled along the searched step schedule "
+                f"of {run_text}/allocations/steps-{budget_key(r.get('budget_ratio'))}.json (pass its timesteps)")
     if r.get("model_path"):
         return f"its model is {run_text}/{r['model_path']} (not a MixturePipeline folder, so not exportable)"
     return "no saved model of it in this run to export (for a mixture: rerun `diffnas finetune`)"
