@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,9 +22,12 @@ from nas.config import SearchConfig
 from nas.errors import UserError
 
 __all__ = [
+    "CONNECT_TIMEOUT_ENV",
     "alive_nodes",
     "auto_concurrency",
     "check_cluster_resources",
+    "check_address",
+    "cleanup_stale_ray",
     "node_resources",
     "ray_cluster",
     "trial_device",
@@ -28,39 +39,227 @@ log = logging.getLogger(__name__)
 _EPS = 1e-9
 
 
+#: Environment variable: seconds to wait for a Ray cluster given by ``search.address`` to answer
+#: (default :data:`DEFAULT_CONNECT_TIMEOUT_S`); an environment setting, not a config key, so that
+#: changing it does not change any stage's key.
+CONNECT_TIMEOUT_ENV = "DIFFNAS_RAY_CONNECT_TIMEOUT_S"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+#: The file in the search folder naming the local Ray this driver started (session folder, pids).
+RAY_STATE_FILE = "ray-local.json"
+
+_AUTH_REMEDY = (
+    "Ray's token authentication refused this driver: give it the cluster's token (the file "
+    "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH=<file> or RAY_AUTH_TOKEN=<token>, with RAY_AUTH_MODE=token), "
+    "or start the cluster and this driver both with RAY_AUTH_MODE=disabled on a private network"
+)
+
+
+def connect_timeout_s() -> float:
+    """Seconds to wait for a cluster to answer (:data:`CONNECT_TIMEOUT_ENV`, default 30)."""
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={text!r} must be > 0 seconds")
+    return value
+
+
+def _is_auth_error(text: str) -> bool:
+    low = text.lower()
+    return "authenticat" in low or "unauthenticated" in low or "auth_token" in low or "auth token" in low
+
+
+def check_address(address: str, timeout_s: float | None = None) -> None:
+    """Fail within ``timeout_s`` (default :func:`connect_timeout_s`) with one line when ``address``
+    does not answer as a Ray cluster: nothing listening (at once), no answer (after the bound), or a
+    token-authentication refusal (with the remedy). ``auto`` and ``ray://`` addresses are tried by
+    a probe process only.
+
+    The probe is a separate ``python -c "import ray; ray.init(address=...)"`` killed at the bound:
+    an ``ray.init`` that gets no answer otherwise retries for minutes.
+    """
+    bound = connect_timeout_s() if timeout_s is None else float(timeout_s)
+    hint = (f"(bounded by {CONNECT_TIMEOUT_ENV}={bound:g}); check that a head runs there (`ray start --head` "
+            "prints its address) and that this machine can reach it, or leave search.address unset for a local Ray")
+    if address != "auto" and "://" not in address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"search.address {address!r} is not 'auto' or host:port (e.g. 10.0.0.5:6379)")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(bound, 10.0)):
+                pass
+        except OSError as err:
+            raise UserError(f"nothing answers at the Ray address {address!r} ({err.strerror or err}) {hint}") from None
+    code = ("import logging, ray, sys\n"
+            "try:\n"
+            f"    ray.init(address={address!r}, logging_level=logging.ERROR, log_to_driver=False)\n"
+            "except BaseException as e:\n"
+            "    print('DIFFNAS_PROBE_ERROR', type(e).__name__, ' '.join(str(e).split())[:400]); sys.exit(3)\n"
+            "ray.shutdown()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=bound,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the Ray cluster at {address!r} did not answer within {bound:g} s {hint}") from None
+    if done.returncode == 0:
+        return
+    text = " ".join((done.stdout + " " + done.stderr).split())
+    if _is_auth_error(text):
+        raise UserError(f"cannot join the Ray cluster at {address!r}: {_AUTH_REMEDY}")
+    detail = text.split("DIFFNAS_PROBE_ERROR", 1)[-1].strip()[:300] or f"exit status {done.returncode}"
+    raise UserError(f"cannot join the Ray cluster at {address!r}: {detail} {hint}")
+
+
 @contextlib.contextmanager
-def ray_cluster(config: SearchConfig) -> Iterator[bool]:
+def ray_cluster(config: SearchConfig, state_dir: Path | None = None, check: bool = True) -> Iterator[bool]:
     """Connect to Ray for the duration of a search; yields True when this call started it.
 
     An already initialised Ray (a test's ``Cluster``, a user's session) is used as it is.
     ``config.address`` ``None`` starts a local instance (shut down afterwards); ``auto`` or an
     address joins a running cluster (``ray start --head`` on one node, ``ray start
-    --address=<head>:6379`` on the others).
+    --address=<head>:6379`` on the others), after :func:`check_address` (bounded, one line on
+    failure; ``check=False``: the caller checked). With ``state_dir`` (the search folder, whose lock the caller holds), a local Ray's
+    session folder and processes are recorded there, and those of a driver killed before it could
+    shut its Ray down are terminated first (:func:`cleanup_stale_ray`).
     """
     if ray.is_initialized():
         yield False
         return
     common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if config.address:
+        if check:
+            check_address(config.address)
         try:
             ray.init(address=config.address, **common)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - Ray raises many types here; each becomes one line
+            text = " ".join(str(err).split())
+            if type(err).__name__ == "AuthenticationError" or _is_auth_error(text):
+                raise UserError(f"cannot join the Ray cluster at {config.address!r}: {_AUTH_REMEDY}") from None
+            if not isinstance(err, (ConnectionError, RuntimeError, ValueError)):
+                raise
             raise UserError(
-                f"cannot join the Ray cluster at {config.address!r}: {' '.join(str(err).split())[:300]} "
+                f"cannot join the Ray cluster at {config.address!r}: {text[:300]} "
                 "(start one with 'ray start --head' and run from a node of it, or leave search.address unset "
                 "for a local Ray)"
             ) from None
+        state = None
     else:
         num_gpus = config.num_gpus
         if num_gpus is not None and float(num_gpus).is_integer():
             num_gpus = int(num_gpus)
+        if state_dir is not None:
+            cleanup_stale_ray(state_dir)
         # address="local": always a fresh instance; a bare ray.init() would silently join any Ray
         # already running on this machine (and then refuse num_cpus/num_gpus)
         ray.init(address="local", num_cpus=config.num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+        state = _record_local_ray(state_dir) if state_dir is not None else None
     try:
         yield True
     finally:
         ray.shutdown()
+        if state is not None:
+            with contextlib.suppress(OSError):
+                state.unlink()
+
+
+def _proc_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _proc_uid(pid: int) -> int | None:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return None
+
+
+def _session_processes(session_dir: str) -> list[int]:
+    """Pids of this user's processes whose command line names ``session_dir`` (a Ray session's
+    folder: its GCS, raylet, agents and workers all carry it)."""
+    if not session_dir or not Path("/proc").is_dir():
+        return []
+    me, out = os.getuid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            pid = int(entry.name)
+            if _proc_uid(pid) == me and session_dir in _proc_cmdline(pid):
+                out.append(pid)
+    return out
+
+
+def _record_local_ray(state_dir: Path) -> Path | None:
+    """Write ``<state_dir>/ray-local.json``: this driver, the local Ray's session folder and the
+    pids of its processes (what :func:`cleanup_stale_ray` needs after a ``kill -9``)."""
+    try:
+        node = ray._private.worker._global_node  # no public API names a local instance's processes
+        session_dir = str(node.get_session_dir_path())
+        pids = sorted({int(p.process.pid) for infos in node.all_processes.values() for p in infos
+                       if getattr(p, "process", None) is not None} | set(_session_processes(session_dir)))
+    except Exception as err:  # noqa: BLE001 - recording is best effort; the search goes on without it
+        log.debug("could not record the local Ray's processes: %s", err)
+        return None
+    path = Path(state_dir) / RAY_STATE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"driver_pid": os.getpid(), "host": socket.gethostname(),
+                               "session_dir": session_dir, "pids": pids}, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def cleanup_stale_ray(state_dir: Path, wait_s: float = 10.0) -> list[int]:
+    """Terminate what a local Ray started by a killed driver left running, as recorded in
+    ``<state_dir>/ray-local.json``; returns the pids signalled. Only processes of this user on this
+    host whose command line names that Ray's session folder are touched (a recycled pid is left
+    alone), and nothing while the recorded driver is still alive. The caller holds the search
+    folder's lock, so no live driver of this folder owns them."""
+    path = Path(state_dir) / RAY_STATE_FILE
+    if not path.is_file():
+        return []
+    try:
+        state = json.loads(path.read_text())
+        session_dir, driver = str(state["session_dir"]), int(state["driver_pid"])
+        recorded = [int(p) for p in state.get("pids", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable; not cleaning up after the previous driver", path)
+        return []
+    if state.get("host") != socket.gethostname():
+        return []  # another machine's Ray (a shared run folder): not ours to stop
+    if driver != os.getpid() and _proc_cmdline(driver) and _proc_uid(driver) == os.getuid() \
+            and session_dir in _proc_cmdline(driver):
+        return []  # pragma: no cover - the lock makes this impossible
+    pids = sorted({p for p in recorded if session_dir in _proc_cmdline(p) and _proc_uid(p) == os.getuid()}
+                  | set(_session_processes(session_dir)))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in pids if _proc_cmdline(p)]
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in alive if _proc_cmdline(p) and not _zombie(p)]
+        if not alive:
+            break
+    if pids:
+        log.warning("stopped %d Ray process(es) left by a killed search driver (pid %d): %s", len(pids), driver,
+                    " ".join(map(str, pids)))
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return pids
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def alive_nodes() -> list[dict[str, Any]]:

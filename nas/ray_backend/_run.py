@@ -19,6 +19,7 @@ from nas.config import SearchConfig
 from nas.ray_backend._cluster import (
     alive_nodes,
     auto_concurrency,
+    check_address,
     check_cluster_resources,
     node_resources,
     ray_cluster,
@@ -29,6 +30,7 @@ from nas.ray_backend._side_jobs import SideJob, SideJobRunner
 from nas.ray_backend._trial import trainable, trial_dirname
 from nas.run import RunDir
 from nas.search import Objective, SearchRequest, SearchResult, SearchSession
+from nas.search.storage import lock_folder
 from search_spaces import SearchSpace
 
 __all__ = ["RayBackend", "run_search_ray"]
@@ -56,13 +58,24 @@ def run_search_ray(
 ) -> SearchResult:
     """Run (or resume) a search with Ray Tune; see :func:`nas.search.run_search` for the
     arguments and outputs."""
-    with ray_cluster(config):
-        plan = _plan_resources(config, side_jobs or {})
-        with SearchSession(space, objective, config, run, intervals, seed) as session:
-            jobs = SideJobRunner(plan.side_jobs, session)
-            _tuner(session, objective, plan, jobs).fit()
-            outcomes = jobs.wait_all()
-            return _settle_and_finish(session, outcomes)
+    import ray
+
+    if config.address and not ray.is_initialized():
+        check_address(config.address)  # bounded, one line, before anything is created
+    # the search folder's lock before a local Ray starts: a second driver is refused at once,
+    # and the lock holder may clean up what a killed driver's Ray left running
+    run.search_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(run.search_dir)
+    try:
+        with ray_cluster(config, state_dir=run.search_dir, check=False):
+            plan = _plan_resources(config, side_jobs or {})
+            with SearchSession(space, objective, config, run, intervals, seed, lock_fd=lock) as session:
+                jobs = SideJobRunner(plan.side_jobs, session)
+                _tuner(session, objective, plan, jobs).fit()
+                outcomes = jobs.wait_all()
+                return _settle_and_finish(session, outcomes)
+    finally:
+        os.close(lock)  # releases the flock
 
 
 @dataclass(frozen=True)

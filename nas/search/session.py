@@ -100,7 +100,10 @@ class SearchSession:
         run: RunDir,
         intervals: Intervals | None = None,
         seed: int = 0,
+        lock_fd: int | None = None,
     ) -> None:
+        """``lock_fd``: the search folder's lock (:func:`~nas.search.storage.lock_folder`) when the
+        caller took it already (before starting a local Ray); it stays the caller's to release."""
         self.space = space
         self.objective = objective
         self.config = config
@@ -112,6 +115,7 @@ class SearchSession:
         self.storage: Any = None
         self.storage_desc = ""
         self._lock_fd: int | None = None
+        self._held_lock = lock_fd
         self._t0 = time.time()
 
     def __enter__(self) -> SearchSession:
@@ -178,7 +182,8 @@ class SearchSession:
         return found
 
     def _acquire_lock(self) -> None:
-        self._lock_fd = lock_folder(self.search_dir)
+        if self._held_lock is None:
+            self._lock_fd = lock_folder(self.search_dir)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
