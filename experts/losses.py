@@ -212,11 +212,21 @@ def _interval_weights(iv: Intervals, step_weights: Sequence[float] | None) -> li
 
 @contextlib.contextmanager
 def _at_arch(model: Any, arch: Any, k: int) -> Iterator[None]:
-    """``model`` in eval mode at ``arch`` (None: as it is); its mode and previous arch restored after."""
+    """``model`` in eval mode at ``arch`` (None: as it is); its mode and previous arch restored after.
+
+    A supernet runs the arch sliced (only its channels and layers: the arch's MACs; equal to
+    the masked pass up to float summation order) and is put back at its previous arch and
+    mode (masked or sliced) afterwards.
+    """
     restore = None
-    if arch is not None and hasattr(model, "set_active"):
+    supernet = arch is not None and hasattr(model, "set_active")
+    if supernet:
         restore = getattr(model, "active", None)
-        model.set_active(arch)
+        restore_mode = getattr(model, "mode", "masked")
+        if hasattr(model, "sliced"):
+            model.set_active(arch, mode="sliced")
+        else:
+            model.set_active(arch)
     elif arch is not None:
         raise ValueError(f"interval {k}: an arch was given but the expert ({type(model).__name__}) is not a supernet")
     was_training = model.training if isinstance(model, torch.nn.Module) else None
@@ -227,8 +237,11 @@ def _at_arch(model: Any, arch: Any, k: int) -> Iterator[None]:
     finally:
         if was_training:
             model.train()
-        if restore is not None:
-            model.set_active(restore)
+        if supernet:  # a relaxed supernet is left at ``arch``, masked (as before sliced evaluation)
+            if restore is not None and restore_mode == "sliced":
+                model.set_active(restore, mode="sliced")
+            else:
+                model.set_active(restore if restore is not None else arch)
 
 
 def _heldout_mean(model: Any, heldout: HeldOutSet, k: int, noise_scheduler: Any, batch_size: int,

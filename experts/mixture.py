@@ -1,10 +1,13 @@
 """The mixture of interval experts: each denoising step goes to the expert owning its timestep.
 
 :class:`MixtureOfExperts` holds the :class:`~experts.intervals.Intervals` and one expert per
-interval. An expert is either an :class:`~search_spaces.ElasticUNet` run at an arch (the
-supernet is switched with ``set_active`` before each call that needs another arch, so several
-intervals may share one supernet at different archs) or a plain diffusers UNet (a materialised,
-physically pruned sub-network, or an unpruned model). Timesteps are in *training* units, so
+interval. An expert is either an :class:`~search_spaces.ElasticUNet` run at an arch (several
+intervals may share one supernet at different archs) or a plain diffusers UNet (a
+materialised, physically pruned sub-network, or an unpruned model). To evaluate (no gradients,
+or eval mode) the mixture calls the supernet's cached *sliced* sub-network of the arch, which
+costs the arch's MACs and leaves the supernet's own state alone; while training it switches
+the supernet's masks with ``set_active`` before each call that needs another arch (see
+:attr:`MixtureOfExperts.sliced_eval`). Timesteps are in *training* units, so
 the mixture works with any scheduler and any number of sampling steps; it may carry a
 :class:`~experts.schedule.StepSchedule` (its allocation's), which it saves and which a
 :class:`~experts.pipeline.MixturePipeline` samples along by default. A batch whose samples
@@ -130,6 +133,13 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
 
     config_name = "config.json"
 
+    #: evaluate supernet experts sliced (only the arch's channels and layers run: a call costs
+    #: the arch's MACs, not the full model's) under ``torch.no_grad``/``inference_mode`` or when
+    #: the mixture is in eval mode; a training-mode mixture with gradients on switches masks.
+    #: Equal to the masked pass up to float summation order. False (on the class or on one
+    #: mixture): always switch masks, as before.
+    sliced_eval: bool = True
+
     def __init__(
         self,
         intervals: Intervals,
@@ -214,10 +224,21 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
             raise ValueError(f"timestep outside [0, {T}): {t.flatten()[:4].tolist()}")
         return torch.bucketize(t, self._boundaries, right=True)
 
+    def sliced_now(self) -> bool:
+        """Whether a supernet expert runs sliced on the next call (see :attr:`sliced_eval`)."""
+        return self.sliced_eval and not (torch.is_grad_enabled() and self.training)
+
     def _activate(self, k: int) -> nn.Module:
+        """The model to call for interval ``k``: a supernet expert's cached sliced sub-network
+        at the interval's arch when :meth:`sliced_now` (the supernet's own state is left as it
+        is), else the supernet switched (masked) to that arch, or the plain expert."""
         e = self.expert_for(k)
         a = self.archs[k]
-        if a is not None and getattr(e, "active", None) != a:
+        if a is None:
+            return e
+        if self.sliced_now() and hasattr(e, "sliced"):
+            return e.sliced(a)
+        if getattr(e, "active", None) != a or getattr(e, "mode", "masked") != "masked":
             e.set_active(a)
         return e
 
