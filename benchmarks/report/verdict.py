@@ -120,7 +120,7 @@ def budget_verdicts(summary: Mapping[str, Any], run_text: str,
             text += f" vs base {_fid(base)}"
         if best.get("speedup") is not None:
             text += f", {fmt_num(best['speedup'])}x faster than the base model on {where}"
-        rival = own[0] if baseline_wins else (baselines[0] if baselines else None)
+        rival = (own[0] if own else None) if baseline_wins else (baselines[0] if baselines else None)
         if rival is not None:
             what = ("diffnas's best" if baseline_wins else "the best baseline")
             text += f"; {what}, {rival['method']} ({method_label(rival['method'])}), gives {_fid(rival)}"
