@@ -17,10 +17,20 @@ All are timed side by side, round robin in a rotated order, and the medians over
 ratios measured in the same run are meaningful). It also reports the one-off cost of building
 a sliced sub-network (first call of a new arch) and ``max |sliced - masked|`` on that batch.
 
+``--trajectory`` times instead one *trajectory-proxy evaluation* of a mixture (what the
+joint search and the router's exact scoring pay per candidate: the demo's
+``schedule.proxy_images`` images sampled along a 10-step DDIM schedule from the proxy seed,
+their digits-classifier features and small-sample FID, :class:`experts.trajectory_proxy.TrajectoryProxy`)
+of three supernet experts at archs of about 0.3 of the MACs, with the mixture's masked path
+(``MixtureOfExperts.sliced_eval = False``), its sliced path (the default for evaluation) and
+the materialised experts, side by side with the full-width mixture, and *appends* a section
+to ``--out``.
+
 Usage::
 
     python -m benchmarks.sliced_eval                      # writes benchmarks/results/sliced-eval-cpu.md
     python -m benchmarks.sliced_eval --threads 2 --repeats 40 --out /tmp/sliced.md
+    python -m benchmarks.sliced_eval --trajectory --repeats 8   # appends the trajectory section
 """
 
 from __future__ import annotations
@@ -178,6 +188,86 @@ def render(results: list[EvalTimes], header: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def trajectory_mixtures(net: ElasticUNet, target: float, rng: np.random.Generator) -> dict:
+    """The mixtures a trajectory-proxy evaluation is timed on: three interval experts (copies of
+    ``net``) at archs near ``target`` (``masked``/``sliced``), their materialised sub-networks
+    (``materialized``) and the experts at full width (``full``)."""
+    import copy
+
+    from experts.intervals import Intervals
+    from experts.mixture import MixtureOfExperts
+
+    iv = Intervals.uniform(1000, 3)
+    experts = [copy.deepcopy(net).eval() for _ in range(iv.num_intervals)]
+    archs = [pick_arch(net.space, target, rng) for _ in experts]
+    masked = MixtureOfExperts(iv, experts, archs).eval()
+    masked.sliced_eval = False
+    sliced = MixtureOfExperts(iv, experts, archs).eval()
+    mats = MixtureOfExperts(iv, [e.materialize(a).eval() for e, a in zip(experts, archs)]).eval()
+    full = MixtureOfExperts(iv, experts, [net.space.full()] * iv.num_intervals).eval()
+    return {"full": full, "masked": masked, "sliced": sliced, "materialized": mats}
+
+
+def time_trajectory(net: ElasticUNet, images: torch.Tensor, target: float, repeats: int, seed: int,
+                    cache_dir: Path) -> dict:
+    """Round-robin timing of one trajectory-proxy score per mixture (module docstring)."""
+    from diffusers import DDPMScheduler
+
+    from experts.trajectory_proxy import TrajectoryProxy
+    from nas.config import load_config
+    from nas.metrics import build_extractor, frechet_distance_from_features
+    from nas.sampling import generate, make_scheduler, sampling_timesteps
+
+    cfg = load_config(preset="demo")
+    s = cfg.schedule
+    sched = make_scheduler(cfg.sampling.sampler, dict(DDPMScheduler(num_train_timesteps=1000).config))
+    extractor = build_extractor("digits", device="cpu", cache_dir=cache_dir)
+    ref_feats = np.asarray(extractor(images), dtype=np.float64)
+
+    def sample(model, timesteps):
+        return generate(model, sched, num_images=s.proxy_images, timesteps=list(timesteps),
+                        batch_size=cfg.sampling.batch_size, seed=s.proxy_seed,
+                        sample_shape=tuple(images.shape[1:]), progress=False)
+
+    net.set_active(net.space.full())
+    proxy = TrajectoryProxy(sample, net, sampling_timesteps(sched, s.reference_steps), extractor,
+                            fid=lambda f: frechet_distance_from_features(f, ref_feats))
+    proxy.reference_features  # noqa: B018  (sampled once, outside the timing)
+    steps = sampling_timesteps(sched, cfg.sampling.num_steps)
+    models = trajectory_mixtures(net, target, np.random.default_rng(seed))
+    ratio = models["masked"].trajectory_macs(steps) / models["full"].trajectory_macs(steps)
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    scores = {n: proxy.score(models[n], steps) for n in names}  # warm-up (and sub-network builds)
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            proxy.score(models[n], steps)
+            times[n].append(time.perf_counter() - t0)
+    return {"median_s": {n: statistics.median(v) for n, v in times.items()}, "macs_ratio": ratio,
+            "steps": len(steps), "images": s.proxy_images, "scores": scores}
+
+
+def render_trajectory(res: dict, header: dict[str, str]) -> str:
+    """The markdown section of ``--trajectory``."""
+    m = {k: v * 1e3 for k, v in res["median_s"].items()}
+    sc = res["scores"]
+    lines = ["", "## One trajectory-proxy evaluation of a mixture at ~0.3 of the MACs: masked vs sliced", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "Median ms per `TrajectoryProxy.score` (sampling, features, small-sample FID; the reference is "
+              "computed once before timing); ratios to the full-width mixture timed in the same rounds.", "",
+              "| mixture | MACs ratio | median ms | ratio to full | small FID | distance |", "|---|---|---|---|---|---|"]
+    for n in ("full", "masked", "sliced", "materialized"):
+        r = 1.0 if n == "full" else res["macs_ratio"]
+        lines.append(f"| {n} | {r:.3f} | {m[n]:.0f} | {m[n] / m['full']:.3f} | {sc[n].fid:.6f} | "
+                     f"{sc[n].distance:.6g} |")
+    eq = sc["masked"].fid == sc["sliced"].fid and sc["masked"].distance == sc["sliced"].distance
+    lines += ["", f"Sliced vs masked scores: {'bit-identical' if eq else 'differ'} "
+              f"(|small FID difference| {abs(sc['masked'].fid - sc['sliced'].fid):.1e}). Sliced speed-up over "
+              f"masked per evaluation: {m['masked'] / m['sliced']:.2f}x."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -186,24 +276,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sliced-eval-cpu.md"))
+    ap.add_argument("--trajectory", action="store_true",
+                    help="time one trajectory-proxy evaluation of a mixture instead; append a section to --out")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/diffnas-sliced-eval-cache"),
+                    help="(--trajectory) where the digits classifier is trained once and cached")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     net, images = demo_supernet()
+    command = ("`" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ
+                      else "") + "python -m benchmarks.sliced_eval " + " ".join(sys.argv[1:] if argv is None else argv)
+               + "`")
+    machine = (f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, "
+               f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
+    if args.trajectory:
+        res = time_trajectory(net, images, 0.3, args.repeats, args.seed, args.cache_dir)
+        header = {
+            "command": command,
+            "model": "three interval experts (copies of the demo supernet above, random weights), DDIM "
+                     f"{res['steps']} evenly spaced steps, {res['images']} images (the demo's proxy_images, "
+                     "proxy seed), digits-classifier features, batch 64",
+            "machine": machine,
+            "load": "2 cores shared with other agents' jobs (a long benchmark ran on one core): absolute times are "
+                    "noisy; the ratios come from round-robin timing in one run",
+            "repeats": f"{args.repeats} rounds after one warm-up score per mixture, rotated order",
+        }
+        text = render_trajectory(res, header)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:
+            f.write(text)
+        logger.info("%s", text)
+        return 0
     rng = np.random.default_rng(args.seed)
     archs = {t: pick_arch(net.space, t, rng) for t in TARGETS}
     kw = eval_batch(images, args.batch_size, args.seed)
     results = time_archs(net, archs, kw, args.repeats)
     header = {
-        "command": "`" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ
-                          else "") + "python -m benchmarks.sliced_eval "
-                   + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        "command": command,
         "model": "demo preset's embedded UNet2DModel (block_out_channels (16, 32, 32), layers_per_block 1, "
                  "16x16, attention), random weights, the demo's space options",
         "batch": f"{args.batch_size} noised digits at random timesteps, torch.no_grad, eval mode",
-        "machine": f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, "
-                   f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "machine": machine,
         "load": "the 2 cores were shared with other agents' jobs during the run: absolute times are noisy, "
                 "the ratios come from side-by-side (round-robin) timing in one run",
         "repeats": f"{args.repeats} rounds (after 2 warm-up rounds), every model once per round in a rotated order",
