@@ -25,7 +25,8 @@ uninterrupted run's weights exactly (the tests check this).
 
 Parallel experts (e.g. Ray tasks): :func:`prepare_expert_jobs` does step 1 and returns one
 picklable :class:`ExpertJob` per interval; :func:`run_expert_job` (= :func:`train_one_expert`)
-trains one of them anywhere the folder is visible, and
+trains one of them anywhere the folder is visible (``train_experts(..., run_jobs=...)`` hands
+the jobs to such a runner, e.g. :func:`nas.ray_backend.run_expert_jobs_ray`), and
 :func:`~experts.expert_folder.load_experts` reads the result (the folder layout is in
 :mod:`experts.expert_folder`).
 This module never imports ray; ``nas/ray_backend/`` submits the jobs.
@@ -49,7 +50,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,7 @@ def train_experts(
     progress: bool = True,
     only: Sequence[int] | None = None,
     max_steps_this_call: int | None = None,
+    run_jobs: Callable[[Sequence[ExpertJob]], Sequence[ExpertResult]] | None = None,
 ) -> ExpertsResult:
     """Train one elastic expert per interval, one after another (see the module docstring).
 
@@ -290,15 +292,21 @@ def train_experts(
         encoder_hidden_states: (1, L, D) fixed context for conditional UNets.
         only: train only these experts (the rest may be trained elsewhere).
         max_steps_this_call: see :func:`run_training`.
+        run_jobs: runs the experts' :class:`ExpertJob` s elsewhere and returns their results in
+            order, e.g. as Ray tasks (:func:`nas.ray_backend.run_expert_jobs_ray`), each calling
+            :func:`run_expert_job`; ``None``: one after another in this process on ``device``.
     """
     t0 = time.perf_counter()
     jobs = prepare_expert_jobs(base_unet, intervals, images, settings, out_dir, scheduler_config=scheduler_config,
                                options=options, importance=importance, encoder_hidden_states=encoder_hidden_states)
-    results = []
-    for job in jobs:
-        if only is not None and job.k not in only:
-            continue
-        results.append(run_expert_job(job, device=device, progress=progress, max_steps_this_call=max_steps_this_call))
+    jobs = [job for job in jobs if only is None or job.k in only]
+    if run_jobs is not None:
+        if max_steps_this_call is not None:
+            raise ValueError("max_steps_this_call applies to the sequential path only (run_jobs=None)")
+        results = list(run_jobs(jobs))
+    else:
+        results = [run_expert_job(job, device=device, progress=progress, max_steps_this_call=max_steps_this_call)
+                   for job in jobs]
     return ExpertsResult(Path(out_dir), intervals, tuple(results), time.perf_counter() - t0)
 
 

@@ -2,7 +2,8 @@
 ``diffnas train-experts`` and ``diffnas finetune`` run.
 
 - :func:`train_run_experts` reads ``runs/<name>/intervals.json``, trains one elastic expert per
-  interval (``experts.*`` keys, :class:`nas.config.ExpertsConfig`) into ``runs/<name>/experts/``,
+  interval (``experts.*`` keys, :class:`nas.config.ExpertsConfig`) into ``runs/<name>/experts/``
+  (one after another, or as one Ray task each with ``experts.parallel``: :func:`expert_runner`),
   then writes the held-out table ``experts/table.md`` (+ ``.json``): each expert at the smallest
   arch (and at width 0.5) against the base model pruned to the same arch without fine-tuning.
 - :func:`finetune_run` materialises each expert at an allocation's arch, fine-tunes it for
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nas.config import ExperimentConfig
 from nas.errors import UserError
 from nas.run import RunContext, experts_data, finetune_settings, read_intervals, space_options, train_settings
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from experts.allocation import Allocation
     from experts.intervals import Intervals
 
-__all__ = ["ExpertsOutcome", "FinetuneOutcome", "finetune_run", "train_run_experts"]
+__all__ = ["ExpertsOutcome", "FinetuneOutcome", "expert_runner", "finetune_run", "train_run_experts"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,30 @@ def _check_only(only: Sequence[int] | None, intervals: Intervals) -> None:
         raise UserError(f"--expert {bad[0]} is not an interval index (0..{intervals.num_intervals - 1})")
 
 
+def expert_runner(cfg: ExperimentConfig) -> Callable[[Sequence[Any]], Sequence[Any]] | None:
+    """The runner of the experts' jobs: ``None`` (one after another in this process) unless
+    ``experts.parallel``, then one Ray task per expert (:func:`nas.ray_backend.run_expert_jobs_ray`)
+    on the local Ray sized by ``search.num_cpus``/``search.num_gpus`` or the cluster of
+    ``search.address``, with ``experts.cpus_per_task``/``gpus_per_task``/``max_retries``.
+
+    Example:
+        >>> from nas.config import load_config
+        >>> expert_runner(load_config(None, [])) is None
+        True
+    """
+    if not cfg.experts.parallel:
+        return None
+    e = cfg.experts
+
+    def run(jobs: Sequence[Any]) -> Sequence[Any]:
+        from nas.ray_backend import ExpertTaskResources, run_expert_jobs_ray
+
+        return run_expert_jobs_ray(jobs, cfg.search, ExpertTaskResources(e.cpus_per_task, e.gpus_per_task,
+                                                                          e.max_retries))
+
+    return run
+
+
 def train_run_experts(ctx: RunContext, only: Sequence[int] | None = None) -> ExpertsOutcome:
     """Train the run's interval experts (resumable), then write the held-out table.
 
@@ -88,7 +114,7 @@ def train_run_experts(ctx: RunContext, only: Sequence[int] | None = None) -> Exp
     res = train_experts(base.unet, intervals, train, train_settings(cfg), run.experts_dir,
                         scheduler_config=base.scheduler_config, device=device, options=space_options(cfg),
                         importance=cfg.space.importance, encoder_hidden_states=base.encoder_hidden_states,
-                        only=None if only is None else list(only))
+                        only=None if only is None else list(only), run_jobs=expert_runner(cfg))
     run.write_config(cfg, run.experts_dir)
     if only is not None and any(not (run.experts_dir / f"expert_{k}").is_dir()
                                 for k in range(intervals.num_intervals)):

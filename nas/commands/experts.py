@@ -4,6 +4,7 @@ mixtures (see :mod:`nas.experts_stage`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,25 @@ __all__ = ["finetune_command", "train_experts_command"]
 def _arguments_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expert", type=int, action="append", metavar="K", default=None,
                         help="train only expert K (repeatable; e.g. to split the experts over machines)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the experts as one Ray task each (same as --set experts.parallel=true)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --parallel: join a running Ray cluster, 'auto' or host:port (same as "
+                        "--set search.address=...); default: start a local Ray")
+
+
+def _experts_config(cfg: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
+    """``--parallel`` and ``--address`` applied to the config."""
+    if args.address is not None and not (args.parallel or cfg.experts.parallel):
+        raise UserError("--address needs --parallel (or experts.parallel=true): the sequential path uses no Ray")
+    try:
+        if args.parallel:
+            cfg = dataclasses.replace(cfg, experts=dataclasses.replace(cfg.experts, parallel=True))
+        if args.address is not None:
+            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, address=args.address))
+    except UserError as err:
+        raise UserError(f"train-experts option: {err}") from None
+    return cfg
 
 
 @register(
@@ -31,9 +51,13 @@ def _arguments_train(parser: argparse.ArgumentParser) -> None:
     "interval on that interval's timesteps only: every step trains the full arch, the smallest arch and "
     "experts.random_archs random archs on the same batch (denoising loss + experts.distill_weight x MSE "
     "to the frozen base model). Checkpoints every experts.checkpoint_every steps; a rerun resumes. "
-    "Writes runs/<name>/experts/expert_<k>/ and the held-out table experts/table.md.",
+    "Writes runs/<name>/experts/expert_<k>/ and the held-out table experts/table.md. With --parallel "
+    "(experts.parallel) every expert is one Ray task (experts.cpus_per_task, experts.gpus_per_task, "
+    "experts.max_retries) on a local Ray or the cluster of --address; a task whose worker dies is retried "
+    "and resumes from its checkpoint; experts/ray_jobs.json records where each ran.",
 )
 def train_experts_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    cfg = _experts_config(cfg, args)
     ctx = RunContext(cfg)
     read_intervals(ctx.run)  # before anything is written
     ctx.prepare()

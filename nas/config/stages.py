@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from nas.config.checks import is_name, require
 from nas.methods import all_methods
@@ -349,7 +349,21 @@ class ExpertsConfig:
         heldout_fraction: share of the images kept out of training for the held-out
             per-interval loss (the experts' table, fine-tuning before/after, the search's proxy).
         heldout_per_interval: held-out (image, noise, timestep) draws per interval.
+        parallel: train the experts as one Ray task each (on the local Ray, sized by
+            ``search.num_cpus``/``search.num_gpus``, or the cluster of ``search.address``)
+            instead of one after another in this process; every task trains from and to the
+            run folder (shared storage on a cluster) with its own checkpoints, and gives the
+            same weights as the sequential path on the CPU with the same seeds.
+        cpus_per_task: CPUs per expert task (also its torch threads).
+        gpus_per_task: GPUs per expert task (a fraction shares a GPU); ``null``: 1 when the
+            cluster has GPUs, else 0.
+        max_retries: retries of an expert task whose worker or node dies; the retry resumes
+            from the expert's last checkpoint.
     """
+
+    #: Keys that say where and how fast the experts train, not what they compute: they leave
+    #: the weights unchanged, so they must not change a stage's key.
+    EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("parallel", "cpus_per_task", "gpus_per_task", "max_retries")
 
     train_steps: int = 400
     batch_size: int = 32
@@ -364,8 +378,17 @@ class ExpertsConfig:
     finetune_learning_rate: float = 2e-4
     heldout_fraction: float = 0.1
     heldout_per_interval: int = 256
+    parallel: bool = False
+    cpus_per_task: float = 1.0
+    gpus_per_task: Optional[float] = None
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
+        require(self.cpus_per_task > 0, "cpus_per_task", f"must be > 0, got {self.cpus_per_task}")
+        g = self.gpus_per_task
+        require(g is None or (g >= 0 and (g <= 1 or float(g).is_integer())), "gpus_per_task",
+                f"must be a fraction in [0, 1] or a whole number of GPUs, got {g}")
+        require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
         require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         for key in ("learning_rate", "finetune_learning_rate"):

@@ -57,15 +57,18 @@ from nas.ray_backend._cluster import (  # noqa: E402
     trial_device,
     trial_resources,
 )
+from nas.ray_backend._expert_tasks import ExpertTaskResources, run_expert_jobs_ray  # noqa: E402
 from nas.ray_backend._run import RayBackend, run_search_ray  # noqa: E402
 from nas.ray_backend._side_jobs import SideJob  # noqa: E402
 
 __all__ = [
+    "ExpertTaskResources",
     "RayBackend",
     "SideJob",
     "auto_concurrency",
     "check_cluster_resources",
     "ray_cluster",
+    "run_expert_jobs_ray",
     "run_search_ray",
     "trial_device",
     "trial_resources",
