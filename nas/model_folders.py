@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,15 +75,19 @@ class BaseModel:
 
 
 
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
+def _hub_offline() -> str | None:
+    """Why the hub is off (``HF_HUB_OFFLINE=1`` or ``DIFFNAS_OFFLINE=1``), or None."""
+    from nas._network import offline_reason
+
+    reason = offline_reason()
+    if reason is not None:
+        return reason
     try:
         from huggingface_hub import constants
 
-        return bool(constants.HF_HUB_OFFLINE)
+        return "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else None
     except Exception:  # pragma: no cover - old hub versions
-        return False
+        return None
 
 
 def _hub_help(repo_id: str) -> str:
@@ -110,10 +113,21 @@ def resolve_hub_id(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
     except Exception as exc:  # LocalEntryNotFoundError and friends
         cache_error = exc
-    if _hub_offline():
+    offline = _hub_offline()
+    if offline is not None:
         raise UserError(
             f"hub model {repo_id!r} is not in the local Hugging Face cache and the hub is offline "
-            f"(HF_HUB_OFFLINE=1); {_hub_help(repo_id)}"
+            f"({offline}); {_hub_help(repo_id)}"
+        ) from cache_error
+    from huggingface_hub import constants
+
+    from nas._network import connect_timeout_s, reachability_problem
+
+    problem = reachability_problem(constants.ENDPOINT, connect_timeout_s())  # the hub client may wait long
+    if problem is not None:
+        raise UserError(
+            f"hub model {repo_id!r} is not in the local Hugging Face cache and the hub at {constants.ENDPOINT} "
+            f"cannot be reached ({problem}); {_hub_help(repo_id)}"
         ) from cache_error
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))

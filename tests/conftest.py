@@ -8,7 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tests and CI never download: the hub and clean-fid's Inception weights are off for the whole
+# session (tests/nas/test_downloads.py lifts this per test, against local servers only)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DIFFNAS_OFFLINE"] = "1"
 # one thread: on the 2-core CI machine, several OpenMP threads per process contend badly
 torch.set_num_threads(1)
 

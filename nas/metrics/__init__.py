@@ -14,12 +14,14 @@ Two feature extractors (:func:`build_extractor`):
   penultimate features; trained once offline in seconds; for the embedded ``digits`` data.
   Its FID values are *not* comparable with Inception FIDs from papers.
 - ``"inception"``: clean-fid's InceptionV3 (2048-d pool features, mode "clean"). Its weights
-  are the TorchScript file ``inception-2015-12-05.pt`` that clean-fid downloads. Nothing is
-  downloaded here unless ``DIFFNAS_ALLOW_DOWNLOAD=1``: give the file with the
-  ``inception_weights`` argument (config ``evaluation.inception_weights``) or the environment
-  variable ``DIFFNAS_INCEPTION_WEIGHTS``. The file is loaded with ``torch.jit.load`` inside
-  clean-fid, exactly as clean-fid does; a TorchScript archive is code, so only point this at
-  the official file.
+  are the TorchScript file ``inception-2015-12-05.pt`` that clean-fid downloads. A local copy
+  comes first: the ``inception_weights`` argument (config ``evaluation.inception_weights``),
+  the environment variable ``DIFFNAS_INCEPTION_WEIGHTS``, ``<cache>/inception/``, clean-fid's
+  ``/tmp``; otherwise clean-fid downloads it, as clean-fid does, unless ``HF_HUB_OFFLINE=1``,
+  ``DIFFNAS_OFFLINE=1`` or ``DIFFNAS_ALLOW_DOWNLOAD=0``; an unreachable server fails within
+  ``DIFFNAS_CONNECT_TIMEOUT_S`` (10 s) with one line saying how to give a local copy. The file
+  is loaded with ``torch.jit.load`` inside clean-fid, exactly as clean-fid does; a TorchScript
+  archive is code, so only point this at the official file.
 
 Conventions, stated once: images are float tensors in [-1, 1], NCHW; before feature
 extraction they are quantised to 8 bits (``round((x + 1) * 127.5)``), exactly what saving them
@@ -33,7 +35,7 @@ Modules (every name is importable from ``nas.metrics``):
 - :mod:`nas.metrics.extractors`: :class:`FeatureExtractor` and its digits / Inception
   subclasses, :func:`build_extractor`, :func:`check_extractor_available`,
   :func:`resolve_extractor_kind`;
-- :mod:`nas.metrics.inception_weights`: :func:`resolve_inception_weights` (offline lookup);
+- :mod:`nas.metrics.inception_weights`: :func:`resolve_inception_weights` (local copies, then clean-fid's download);
 - :mod:`nas.metrics.reference`: the cached reference features (:func:`reference_features`);
 - :mod:`nas.metrics.fid_kid`: :class:`QualityResult`, :func:`compute_quality`,
   :func:`quality_from_features`, :func:`quality_with_ci`, :func:`fid_folders`;
