@@ -156,3 +156,12 @@ def test_the_runner_follows_the_config():
     assert callable(expert_runner(load_config(None, ["experts.parallel=true"])))
     with pytest.raises(UserError, match="gpus_per_task"):
         load_config(None, ["experts.gpus_per_task=1.5"])
+
+
+def test_the_cli_refuses_an_address_without_parallel(tmp_path, capsys):
+    from nas.cli import main
+
+    code = main(["train-experts", "--name", "r", "--set", f"run_root={tmp_path}", "--address", "auto"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--address needs --parallel" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
