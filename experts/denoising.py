@@ -41,6 +41,7 @@ __all__ = [
     "ExpertLoss",
     "LossBatch",
     "as_tensor",
+    "batch_model_kwargs",
     "denoising_loss",
     "distillation_loss",
     "expert_loss",
@@ -177,14 +178,18 @@ def _reduce(err: torch.Tensor, reduction: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossBatch:
-    """One training batch of one interval: clean samples, noise, timesteps (all (B, ...))."""
+    """One training batch of one interval: clean samples, noise, timesteps (all (B, ...)), and
+    ``cond``: per-sample model inputs that travel with the samples (``class_labels`` (B,) of a
+    class-conditional model), or None."""
 
     x0: torch.Tensor
     noise: torch.Tensor
     t: torch.Tensor
+    cond: Mapping[str, torch.Tensor] | None = None
 
     def to(self, device: str | torch.device) -> "LossBatch":
-        return LossBatch(self.x0.to(device), self.noise.to(device), self.t.to(device))
+        cond = None if self.cond is None else {k: v.to(device) for k, v in self.cond.items()}
+        return LossBatch(self.x0.to(device), self.noise.to(device), self.t.to(device), cond)
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -196,21 +201,45 @@ def make_batch(
     k: int,
     batch_size: int,
     generator: torch.Generator | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> LossBatch:
     """Random images (with replacement), timesteps in interval ``k`` and noise, from ``generator``.
 
     Everything is drawn on the CPU from one generator, so a run is reproducible on any device.
+    With ``labels`` ((N,) int64, one per image) the batch carries ``cond={"class_labels": ...}``
+    of the drawn images; ``condition_dropout`` replaces each by ``null_label`` with that
+    probability (drawn after the noise: the images, timesteps and noise are those of an
+    unlabelled call).
 
     Example:
         >>> b = make_batch(torch.zeros(10, 1, 4, 4), Intervals(100, (50,)), 0, 3, torch.Generator().manual_seed(0))
-        >>> tuple(b.x0.shape), bool((b.t < 50).all())
-        ((3, 1, 4, 4), True)
+        >>> tuple(b.x0.shape), bool((b.t < 50).all()), b.cond
+        ((3, 1, 4, 4), True, None)
+        >>> c = make_batch(torch.zeros(10, 1, 4, 4), Intervals(100, (50,)), 0, 3, torch.Generator().manual_seed(0),
+        ...                labels=torch.arange(10))
+        >>> bool(torch.equal(c.x0, b.x0)), tuple(c.cond["class_labels"].shape)
+        (True, (3,))
     """
     idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator)  # (B,)
     x0 = images[idx.to(images.device)]  # (B,C,H,W)
     t = interval_timesteps(intervals, k, batch_size, generator)  # (B,)
     noise = torch.randn(tuple(x0.shape), generator=generator, dtype=torch.float32)  # (B,C,H,W) on CPU
-    return LossBatch(x0, noise.to(dtype=x0.dtype), t)
+    cond = None
+    if labels is not None:
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have one entry per image: {labels.shape[0]} labels, {images.shape[0]} images")
+        y = labels[idx.to(labels.device)].long()  # (B,)
+        if condition_dropout:
+            if null_label is None:
+                raise ValueError("condition_dropout needs the null_label to drop to")
+            from experts.guidance import drop_labels
+
+            y = drop_labels(y, condition_dropout, generator, null_label)
+        cond = {"class_labels": y}
+    return LossBatch(x0, noise.to(dtype=x0.dtype), t, cond)
 
 
 @dataclass(frozen=True)
@@ -236,9 +265,12 @@ def expert_loss(
 
     ``teacher_out`` (the teacher's prediction on the same noisy batch) can be passed when it is
     shared by several students (the sandwich rule evaluates several sub-networks per batch);
+    the batch's own ``cond`` (per-sample class labels) is passed to both models, over
+    ``model_kwargs`` of the same name;
     otherwise it is computed here under ``no_grad``. With ``distill_weight == 0`` or no
     teacher, the distillation term is zero.
     """
+    model_kwargs = batch_model_kwargs(batch, model_kwargs)
     x_t = noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
     target = model_target(noise_scheduler, batch.x0, batch.noise, batch.t)
     pred = _call(student, x_t, batch.t, model_kwargs)  # (B,C,H,W)
@@ -251,3 +283,16 @@ def expert_loss(
     else:
         distill = torch.zeros((), device=pred.device)
     return ExpertLoss(denoise + float(distill_weight) * distill, denoise, distill)
+
+
+def batch_model_kwargs(batch: LossBatch, model_kwargs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``model_kwargs`` with the batch's per-sample ``cond`` on top (None when both are empty).
+
+    Example:
+        >>> b = LossBatch(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2), {"class_labels": torch.tensor([1, 2])})
+        >>> sorted(batch_model_kwargs(b, {"encoder_hidden_states": torch.zeros(1, 1, 4)}))
+        ['class_labels', 'encoder_hidden_states']
+    """
+    if not batch.cond:
+        return None if model_kwargs is None else dict(model_kwargs)
+    return {**dict(model_kwargs or {}), **dict(batch.cond)}

@@ -242,6 +242,7 @@ def discover_intervals(
     unet_kwargs: Any = None,
     settings: Mapping[str, Any] | None = None,
     progress: bool = True,
+    labels: Any = None,
 ) -> IntervalDiscovery:
     """Measure timestep similarity on an even grid and split it into contiguous intervals.
 
@@ -259,6 +260,8 @@ def discover_intervals(
             :func:`intervals_from_similarity` (``min_grid_points=2`` here: no interval rests on
             one grid timestep).
         settings: extra provenance stored in the record (model/data identity, ...).
+        labels: (N,) class labels of ``images`` for a class-conditional UNet (each batch is
+            measured with its images' labels).
 
     Example::
 
@@ -277,7 +280,7 @@ def discover_intervals(
         unet, images, scheduler, grid, measure=measure, aggregate=aggregate, num_batches=num_batches,
         batch_size=batch_size, seed=seed,
         projection_dim=projection_dim, activation_module=activation_module, device=device, unet_kwargs=unet_kwargs,
-        progress=progress,
+        labels=labels, progress=progress,
     )
     runtime_s = time.perf_counter() - t0
     info = _similarity_record(measure, aggregate, grid_size, num_batches, batch_size, seed, projection_dim,

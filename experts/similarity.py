@@ -114,6 +114,7 @@ def gradient_similarity(
     seed: int = 0,
     device: torch.device | str | None = None,
     unet_kwargs: UnetKwargs | None = None,
+    batch_kwargs: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Cosine similarity of the denoising-loss gradients at each pair of ``timesteps``.
@@ -136,11 +137,14 @@ def gradient_similarity(
         device: where to compute (default: the UNet's device).
         unet_kwargs: ``batch_size -> extra keyword arguments`` of the UNet call (e.g.
             ``encoder_hidden_states`` of a conditional UNet).
+        batch_kwargs: per batch, UNet inputs that belong to its images (``class_labels`` (B,)
+            of a class-conditional UNet; see :func:`fixed_batch_labels`), over ``unet_kwargs``.
         progress: tqdm bar.
 
     Returns:
         ``(G, G)`` float64 numpy array.
     """
+    _check_batch_kwargs(batch_kwargs, batches)
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
     if not batches:
@@ -156,10 +160,10 @@ def gradient_similarity(
     gram = torch.zeros(len(ts), len(ts), dtype=torch.float64)  # per_batch: sum over batches of cosines
     bar = progress_bar(len(ts) * len(batches), "gradient similarity", progress)
     with _grad_mode(unet, params):
-        for x0, noise in batches:
+        for bi, (x0, noise) in enumerate(batches):
             x0 = x0.to(dev)  # (B, C, H, W)
             noise = noise.to(dev)
-            kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
+            kw = _kwargs_of_batch(unet_kwargs, batch_kwargs, bi, x0.shape[0], dev)
             for gi, t in enumerate(ts):
                 flat = _flat_gradient(unet, scheduler, params, sketch, x0, noise, t, kw)  # (D,)
                 if aggregate == "mean":
@@ -228,6 +232,7 @@ def activation_similarity(
     module: str = "mid_block",
     device: torch.device | str | None = None,
     unet_kwargs: UnetKwargs | None = None,
+    batch_kwargs: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Per-image cosine similarity of one module's output at each pair of ``timesteps``, averaged.
@@ -242,6 +247,7 @@ def activation_similarity(
     Returns:
         ``(G, G)`` float64 numpy array.
     """
+    _check_batch_kwargs(batch_kwargs, batches)
     ts = check_timesteps(timesteps, scheduler)
     target_module = _find_module(unet, module)
     first = next(iter(unet.parameters()), None)
@@ -253,10 +259,11 @@ def activation_similarity(
     bar = progress_bar(len(ts) * len(batches), "activation similarity", progress)
     try:
         with _captured_output(target_module) as captured, torch.no_grad():
-            for x0, noise in batches:
+            for bi, (x0, noise) in enumerate(batches):
                 x0 = x0.to(dev)  # (B, C, H, W)
                 noise = noise.to(dev)
-                A = _unit_activations(unet, scheduler, x0, noise, ts, captured, module, unet_kwargs, bar)  # (G, B, F)
+                kw = _kwargs_of_batch(unet_kwargs, batch_kwargs, bi, x0.shape[0], dev)
+                A = _unit_activations(unet, scheduler, x0, noise, ts, captured, module, kw, bar)  # (G, B, F)
                 gram += torch.einsum("gbf,hbf->gh", A, A).double().cpu()
                 count += int(x0.shape[0])
     finally:
@@ -283,14 +290,13 @@ def _captured_output(target_module: torch.nn.Module) -> Iterator[list[torch.Tens
 
 def _unit_activations(unet: torch.nn.Module, scheduler: Any, x0: torch.Tensor, noise: torch.Tensor,
                       ts: Sequence[int], captured: list[torch.Tensor], module: str,
-                      unet_kwargs: UnetKwargs | None, bar: Any) -> torch.Tensor:
+                      kw: Mapping[str, Any], bar: Any) -> torch.Tensor:
     """``(G, B, F)``: the hooked module's output per timestep and image, each of unit norm."""
     feats = []
     for t in ts:
         captured.clear()
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)  # (B,)
         xt = scheduler.add_noise(x0, noise, tt)
-        kw = dict(unet_kwargs(x0.shape[0])) if unet_kwargs is not None else {}
         unet(xt, tt, **kw)
         if not captured:
             raise ValueError(f"module {module!r} did not run in the UNet's forward pass")
@@ -315,6 +321,7 @@ def timestep_similarity(
     activation_module: str = "mid_block",
     device: torch.device | str | None = None,
     unet_kwargs: UnetKwargs | None = None,
+    labels: torch.Tensor | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """The ``(G, G)`` similarity matrix of ``timesteps`` with ``measure`` (module docstring).
@@ -322,14 +329,58 @@ def timestep_similarity(
     ``images`` are what the UNet denoises (latents for a latent model), ``(N, C, H, W)``; the
     fixed batches are drawn from them with ``seed``. Cost: ``len(timesteps) * num_batches``
     passes of ``batch_size`` (forward+backward for ``gradient``, forward for ``activation``).
+    ``labels`` ((N,) class labels of ``images``, for a class-conditional UNet): every fixed batch
+    is measured with its own images' labels.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown similarity measure {measure!r}; choose one of {', '.join(MEASURES)}")
     scheduler = make_training_scheduler(scheduler_config)
     batches = fixed_batches(images, num_batches, batch_size, seed)
+    per_batch = None
+    if labels is not None:
+        per_batch = [{"class_labels": y} for y in fixed_batch_labels(labels, int(images.shape[0]), num_batches,
+                                                                      batch_size, seed)]
     if measure == "gradient":
         return gradient_similarity(unet, batches, scheduler, timesteps, aggregate=aggregate,
                                    projection_dim=projection_dim, seed=seed, device=device,
-                                   unet_kwargs=unet_kwargs, progress=progress)
+                                   unet_kwargs=unet_kwargs, batch_kwargs=per_batch, progress=progress)
     return activation_similarity(unet, batches, scheduler, timesteps, module=activation_module, device=device,
-                                 unet_kwargs=unet_kwargs, progress=progress)
+                                 unet_kwargs=unet_kwargs, batch_kwargs=per_batch, progress=progress)
+
+
+def fixed_batch_labels(labels: torch.Tensor, num_images: int, num_batches: int, batch_size: int,
+                       seed: int) -> list[torch.Tensor]:
+    """The labels of the images of ``fixed_batches(images, num_batches, batch_size, seed)``, batch by batch.
+
+    Replays the index draw of :func:`experts.timestep_batches.fixed_batches` (its first draw
+    from the same seeded generator), so label ``i`` of batch ``b`` belongs to image ``i`` of batch ``b``.
+
+    Example:
+        >>> images = torch.arange(6.0).view(6, 1, 1, 1)
+        >>> from experts.timestep_batches import fixed_batches
+        >>> x0 = fixed_batches(images, 2, 2, seed=3)[1][0].flatten().long()
+        >>> bool(torch.equal(fixed_batch_labels(torch.arange(6) * 10, 6, 2, 2, seed=3)[1], x0 * 10))
+        True
+    """
+    if labels.shape[0] != num_images:
+        raise ValueError(f"labels must have one entry per image: {labels.shape[0]} labels, {num_images} images")
+    total = num_batches * batch_size
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(num_images, generator=g)[:total] if num_images >= total else \
+        torch.randint(0, num_images, (total,), generator=g)
+    y = labels[idx.to(labels.device)].long()
+    return [y[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
+
+
+def _check_batch_kwargs(batch_kwargs: Sequence[Mapping[str, Any]] | None, batches: Sequence[Any]) -> None:
+    if batch_kwargs is not None and len(batch_kwargs) != len(batches):
+        raise ValueError(f"batch_kwargs must have one entry per batch: {len(batch_kwargs)} for {len(batches)} batches")
+
+
+def _kwargs_of_batch(unet_kwargs: UnetKwargs | None, batch_kwargs: Sequence[Mapping[str, Any]] | None, index: int,
+                     batch_size: int, device: torch.device) -> dict[str, Any]:
+    """The UNet inputs of batch ``index``: the shared ones, then the batch's own (moved to ``device``)."""
+    kw = dict(unet_kwargs(batch_size)) if unet_kwargs is not None else {}
+    if batch_kwargs is not None:
+        kw.update({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_kwargs[index].items()})
+    return kw

@@ -37,7 +37,7 @@ from experts.checkpoint import (
     save_checkpoint,
 )
 from experts.intervals import Intervals
-from experts.denoising import expert_loss, make_batch
+from experts.denoising import batch_model_kwargs, expert_loss, make_batch
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -140,6 +140,9 @@ def run_training(
     progress: bool = True,
     desc: str = "expert",
     max_steps_this_call: int | None = None,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> TrainLog:
     """Train ``student`` on interval ``k`` up to ``settings.steps``, resuming from ``ckpt_dir``.
 
@@ -152,6 +155,10 @@ def run_training(
         choose_archs: per step, the archs to evaluate (``None`` entries: leave as is).
         max_steps_this_call: stop after this many steps of this call (time slicing; how the
             tests simulate a kill); the state is checkpointed, and a later call continues.
+        labels: (N,) class labels of ``images`` for a class-conditional model: every batch
+            passes its images' labels as ``class_labels`` (to the student and the teacher).
+        condition_dropout: probability that a label is replaced by ``null_label`` (so the
+            expert keeps the unconditional prediction classifier-free guidance needs).
 
     Returns:
         the log of all steps so far (from the checkpoint and this call).
@@ -160,7 +167,7 @@ def run_training(
 
     ident = jsonable(identity)
     inputs = _prepare(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
-                      torch.device(device), model_kwargs)
+                      torch.device(device), model_kwargs, _Labels(labels, float(condition_dropout), null_label))
     recover_checkpoint(ckpt_dir)
     step, losses, seconds = _resume(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
@@ -194,7 +201,8 @@ def run_training(
 def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor, intervals: Intervals, k: int,
              settings: ExpertTrainSettings, noise_scheduler: Any,
              choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None,
-             device: torch.device, model_kwargs: Mapping[str, Any] | None) -> _StepInputs:
+             device: torch.device, model_kwargs: Mapping[str, Any] | None,
+             labels: "_Labels | None" = None) -> _StepInputs:
     """Models on ``device`` (the teacher frozen), AdamW on the trainable parameters, the seeded RNGs."""
     student.to(device)
     if teacher is not None:
@@ -203,8 +211,11 @@ def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(k))
     rng = np.random.default_rng([int(settings.seed), int(k)])
+    if labels is not None and labels.labels is not None and labels.labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have one entry per image: {labels.labels.shape[0]} labels, "
+                         f"{images.shape[0]} images")
     return _StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
-                       choose_archs, device, model_kwargs)
+                       choose_archs, device, model_kwargs, labels or _Labels())
 
 
 def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
@@ -231,6 +242,15 @@ def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Opt
 
 
 @dataclass(frozen=True)
+class _Labels:
+    """Per-image class labels of the training images and their condition dropout (none: unconditional)."""
+
+    labels: torch.Tensor | None = None
+    dropout: float = 0.0
+    null_label: int | None = None
+
+
+@dataclass(frozen=True)
 class _StepInputs:
     """What every step of one :func:`run_training` call works on."""
 
@@ -248,11 +268,13 @@ class _StepInputs:
     choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None
     device: torch.device
     model_kwargs: Mapping[str, Any] | None
+    labels: _Labels = _Labels()
 
 
 def _train_step(s: _StepInputs) -> dict[str, float]:
     """One optimiser step (draws: the batch from ``gen``, then the archs from ``rng``); returns its losses."""
-    batch = make_batch(s.images, s.intervals, s.k, s.settings.batch_size, s.gen).to(s.device)
+    batch = make_batch(s.images, s.intervals, s.k, s.settings.batch_size, s.gen, labels=s.labels.labels,
+                       condition_dropout=s.labels.dropout, null_label=s.labels.null_label).to(s.device)
     archs = list(s.choose_archs(s.rng)) if s.choose_archs is not None else [None]
     teacher_out = _teacher_output(s, batch)
     s.opt.zero_grad(set_to_none=True)
@@ -271,7 +293,7 @@ def _teacher_output(s: _StepInputs, batch: Any) -> torch.Tensor | None:
         return None
     x_t = s.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
     with torch.no_grad():
-        out = s.teacher(x_t, batch.t, **expand_model_kwargs(s.model_kwargs, x_t.shape[0]))
+        out = s.teacher(x_t, batch.t, **expand_model_kwargs(batch_model_kwargs(batch, s.model_kwargs), x_t.shape[0]))
         return out.sample if hasattr(out, "sample") else out
 
 
