@@ -36,7 +36,10 @@ __all__ = [
     "infinite_batches",
     "load_dataset",
     "load_digits_images",
+    "load_digits_labels",
     "load_folder_images",
+    "load_folder_labels",
+    "load_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,75 @@ def load_dataset(cfg: DataConfig) -> torch.Tensor:
             raise UserError("data.path is required when data.dataset is 'folder' (set it to a folder of images)")
         return load_folder_images(cfg.path, cfg.image_size, center_crop=cfg.center_crop, limit=cfg.limit)
     raise UserError(f"unknown dataset {cfg.dataset!r} (use 'digits' or 'folder')")
+
+
+def load_labels(cfg: DataConfig) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Class labels of the images :func:`load_dataset` returns, in the same order: ``(N,)`` int64,
+    and the class names (label ``i`` is ``names[i]``).
+
+    ``digits``: the digit shown (names ``"0"`` .. ``"9"``); ``folder``: one sub-folder per class
+    (the image's first folder under ``data.path``; names sorted, label = position).
+
+    Raises:
+        UserError: a folder without class sub-folders, or images outside them.
+
+    Example:
+        >>> labels, names = load_labels(DataConfig(dataset="digits", limit=5))
+        >>> labels.tolist(), names[:3]
+        ([0, 1, 2, 3, 4], ('0', '1', '2'))
+    """
+    if cfg.dataset == "digits":
+        return load_digits_labels(limit=cfg.limit), tuple(str(d) for d in range(10))
+    if cfg.dataset == "folder":
+        if not cfg.path:
+            raise UserError("data.path is required when data.dataset is 'folder' (set it to a folder of images)")
+        return load_folder_labels(cfg.path, limit=cfg.limit)
+    raise UserError(f"unknown dataset {cfg.dataset!r} (use 'digits' or 'folder')")
+
+
+def load_digits_labels(limit: int | None = None) -> torch.Tensor:
+    """The digit (0-9) of each of scikit-learn's digits images, in :func:`load_digits_images` order.
+
+    Example:
+        >>> load_digits_labels(limit=3).tolist()
+        [0, 1, 2]
+    """
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    if limit is not None:
+        target = target[:limit]
+    return torch.from_numpy(np.asarray(target, dtype=np.int64)).contiguous()
+
+
+def load_folder_labels(folder: str | os.PathLike[str], limit: int | None = None
+                       ) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Labels from class sub-folders (``folder/<class>/.../image.png``), in :func:`find_images` order.
+
+    Raises:
+        UserError: images directly in ``folder`` (no class), or fewer than two classes.
+    """
+    root = Path(folder).expanduser()
+    paths = find_images(root)
+    if limit is not None:
+        paths = paths[:limit]
+    loose = [p for p in paths if len(p.relative_to(root).parts) < 2]
+    if loose:
+        listed = ", ".join(p.name for p in loose[:_MAX_LISTED]) + (
+            f" and {len(loose) - _MAX_LISTED} more" if len(loose) > _MAX_LISTED else "")
+        raise UserError(
+            f"{len(loose)} images in '{root}' have no class label ({listed}): a class-conditional model needs "
+            "one sub-folder per class (data.path/<class>/image.png); move them into their class folder"
+        )
+    names = tuple(sorted({p.relative_to(root).parts[0] for p in paths}))
+    if len(names) < 2:
+        raise UserError(
+            f"'{root}' holds one class folder ({names[0]!r}); a class-conditional model needs at least two "
+            "(data.path/<class>/image.png, one sub-folder per class)"
+        )
+    index = {n: i for i, n in enumerate(names)}
+    labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in paths], dtype=torch.long)
+    return labels, names
 
 
 def dataset_id(cfg: DataConfig) -> str:

@@ -297,6 +297,39 @@ def _try_load(folder: Path, expected: DigitClassifierConfig) -> DigitClassifier 
     return model.eval()
 
 
+@torch.no_grad()
+def label_accuracy(classifier: DigitClassifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    """How often the classifier recognises the requested digit: the fraction of ``images``
+    (N, 1|3, H, W) in [-1, 1] classified as ``labels`` (N,). The offline stand-in for a CLIP score
+    of class-conditional samples (colour is averaged to grey, other sizes are resized).
+
+    Example:
+        >>> import torch
+        >>> from nas.data import load_digits_images, load_digits_labels
+        >>> clf = train_digit_classifier()
+        >>> x, y = load_digits_images(16, limit=200), load_digits_labels(limit=200)
+        >>> label_accuracy(clf, x, y) > 0.9, label_accuracy(clf, x, (y + 1) % 10) < 0.1
+        (True, True)
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"one label per image: {labels.shape[0]} labels for {images.shape[0]} images")
+    if images.shape[0] == 0:
+        raise ValueError("no images to classify")
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    size = int(classifier.config.image_size)
+    correct = 0
+    for lo in range(0, images.shape[0], batch_size):
+        x = images[lo:lo + batch_size].float()
+        if x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        pred = classifier(x.clamp(-1, 1).to(device)).argmax(dim=1).cpu()
+        correct += int((pred == labels[lo:lo + batch_size].cpu().long()).sum())
+    return correct / int(images.shape[0])
+
+
 def load_or_train_digit_classifier(
     cache_dir: Path, device: torch.device | str = "cpu", config: DigitClassifierConfig | None = None
 ) -> DigitClassifier:

@@ -24,7 +24,7 @@ from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_DIR", "build_embedded_unet", "build_training_scheduler", "config_hash", "digits_16",
+__all__ = ["CHECKPOINT_DIR", "CLASS_CONDITION_DROPOUT", "build_embedded_unet", "build_training_scheduler", "config_hash", "digits_16",
            "embedded_settings", "train_embedded_digits"]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -54,25 +54,43 @@ def digits_16() -> torch.Tensor:
     return load_digits_images(16)
 
 
-def embedded_settings(model_cfg: Any) -> dict:
-    """The training settings that determine the weights, from a config object (missing -> default)."""
+#: Condition dropout of the class-conditional embedded model (``embedded:digits-class``): the
+#: fraction of training labels replaced by the null class, for classifier-free guidance.
+CLASS_CONDITION_DROPOUT = 0.1
+
+
+def embedded_settings(model_cfg: Any, num_classes: int = 0) -> dict:
+    """The training settings that determine the weights, from a config object (missing -> default).
+
+    ``num_classes > 0``: a class-conditional model (``num_classes`` + 1 null class embeddings,
+    trained with condition dropout); its settings carry ``num_classes`` and
+    ``condition_dropout``, an unconditional model's settings are unchanged by them.
+    """
     out = {}
     for key, default in _TRAIN_FIELDS.items():
         value = getattr(model_cfg, key, default) if model_cfg is not None else default
         out[key] = list(value) if isinstance(value, (tuple, list)) else value
+    if int(num_classes) > 0:
+        out["num_classes"] = int(num_classes)
+        out["condition_dropout"] = CLASS_CONDITION_DROPOUT
     return out
 
 
-def config_hash(settings: dict, images: torch.Tensor) -> str:
-    """sha256 of the training settings and the training data (shape and bytes)."""
+def config_hash(settings: dict, images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """sha256 of the training settings and the training data (shape and bytes; the labels too when given)."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(str(tuple(images.shape)).encode())
     h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(b"labels")
+        h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
 def build_embedded_unet(settings: dict, *, in_channels: int = 1, sample_size: int = 16):
-    """The embedded UNet2DModel: attention (if on) in every level but the top one, and in the mid block."""
+    """The embedded UNet2DModel: attention (if on) in every level but the top one, and in the mid block;
+    class-conditional (``num_class_embeds = num_classes + 1``, the last one the null class) when
+    ``settings`` has ``num_classes``."""
     from diffusers import UNet2DModel
 
     channels = tuple(int(c) for c in settings["block_out_channels"])
@@ -85,6 +103,7 @@ def build_embedded_unet(settings: dict, *, in_channels: int = 1, sample_size: in
         block_out_channels=channels, layers_per_block=int(settings["layers_per_block"]),
         norm_num_groups=int(settings["norm_num_groups"]), down_block_types=down, up_block_types=up,
         add_attention=attn, attention_head_dim=min(32, channels[-1]),
+        num_class_embeds=int(settings["num_classes"]) + 1 if settings.get("num_classes") else None,
     )
 
 
@@ -156,6 +175,8 @@ def train_embedded_digits(
     model_cfg: Any = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    labels: torch.Tensor | None = None,
+    num_classes: int | None = None,
 ) -> Path:
     """Train the embedded UNet2DModel on ``images`` into ``out_dir`` (resumable); reuse if done.
 
@@ -172,6 +193,10 @@ def train_embedded_digits(
         model_cfg: attribute access for the fields in ``_TRAIN_FIELDS`` plus ``checkpoint_every``.
         device: "cpu", "cuda", ...
         progress: tqdm bar.
+        labels: (N,) class labels of ``images``: a class-conditional model (``num_classes``
+            classes + the null class; labels replaced by it with probability
+            :data:`CLASS_CONDITION_DROPOUT`). None: unconditional.
+        num_classes: the number of classes (default: the largest label + 1).
 
     Raises:
         UserError: ``out_dir`` holds a model or checkpoint trained with a different config.
@@ -181,8 +206,11 @@ def train_embedded_digits(
         >>> path = train_embedded_digits(Path("runs/x/base/d"), digits_16(), cfg.model)  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
-    settings = embedded_settings(model_cfg)
-    digest = config_hash(settings, images)
+    if labels is not None:
+        labels = _check_labels(labels, images, num_classes)
+        num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    settings = embedded_settings(model_cfg, num_classes=num_classes or 0)
+    digest = config_hash(settings, images, labels)
     marker = out_dir / MARKER_FILE
     if _is_trained(marker, digest, out_dir):
         return out_dir
@@ -194,6 +222,7 @@ def train_embedded_digits(
         raise UserError(f"training images must be (N, C, H, W) with H == W, got {tuple(images.shape)}")
 
     run = _start_training(settings, digest, images, device)
+    run.labels = labels
     start, loss_ema = 0, float("nan")
     if (ckpt / "state.json").is_file():
         start, loss_ema = _resume_training(run, ckpt, total)
@@ -224,6 +253,19 @@ class _Training:
     settings: dict
     digest: str
     device: str | torch.device
+    labels: torch.Tensor | None = None  # (N,) class labels of a class-conditional model
+
+
+def _check_labels(labels: torch.Tensor, images: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """(N,) int64 labels in [0, num_classes), one per image; UserError otherwise."""
+    labels = torch.as_tensor(labels).long().cpu()
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise UserError(f"class labels must be one per training image: got {tuple(labels.shape)} for "
+                        f"{images.shape[0]} images")
+    top = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    if int(labels.min()) < 0 or int(labels.max()) >= top:
+        raise UserError(f"class labels must lie in [0, {top}), got {int(labels.min())}..{int(labels.max())}")
+    return labels
 
 
 def _is_trained(marker: Path, digest: str, out_dir: Path) -> bool:
@@ -314,11 +356,18 @@ def _train_step(run: _Training, step: int, data: torch.Tensor, alphas: torch.Ten
     x0 = data[idx].to(device)  # (B,C,H,W)
     noise = torch.randn(x0.shape, generator=run.gen).to(device)  # (B,C,H,W)
     t = torch.randint(0, run.scheduler.config.num_train_timesteps, (batch,), generator=run.gen).to(device)  # (B,)
+    kw = {}
+    if run.labels is not None:  # class-conditional: the images' labels, the null class 10% of the time
+        from experts.guidance import drop_labels
+
+        null = int(run.settings["num_classes"])
+        y = drop_labels(run.labels[idx], float(run.settings["condition_dropout"]), run.gen, null)  # (B,)
+        kw["class_labels"] = y.to(device)
     a = alphas[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     for g in run.opt.param_groups:
         g["lr"] = _lr_at(step, run.settings)
-    loss = torch.nn.functional.mse_loss(run.unet(xt, t).sample, noise)
+    loss = torch.nn.functional.mse_loss(run.unet(xt, t, **kw).sample, noise)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.unet.parameters(), 1.0)

@@ -36,8 +36,11 @@ def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int
     """Sample with ``cfg.sampling`` from ``unet`` (default: the base UNet): (N, C, H, W) in [-1, 1].
 
     A mixture with its own step schedule samples along it (as the bench scored it), other
-    models with ``sampling.num_steps`` evenly spaced steps.
+    models with ``sampling.num_steps`` evenly spaced steps. A class-conditional base model
+    asks for every class equally often (image ``i``: class ``i % C``) with
+    ``condition.guidance_scale`` (:func:`nas.conditions.sampling_kwargs`).
     """
+    from nas.conditions import sampling_kwargs
     from nas.sampling import generate, make_scheduler
 
     scheduler = make_scheduler(cfg.sampling.sampler, base.scheduler_config)
@@ -48,6 +51,7 @@ def _generate(cfg: ExperimentConfig, base: BaseModel, num_images: int, seed: int
         batch_size=batch_size or cfg.sampling.batch_size, seed=seed, device=device,
         sample_shape=base.sample_shape, vae=base.vae, latent_scale=base.latent_scale,
         encoder_hidden_states=base.encoder_hidden_states, progress=progress,
+        **sampling_kwargs(cfg, base, num_images),
     )
 
 
@@ -124,6 +128,12 @@ class EvalRow:
     ``fid``/``kid`` are means over ``evaluation.seeds``; ``fid_std``/``kid_std`` their sample
     standard deviations (``None`` with one seed). ``latency_ms_per_image`` is the measured
     wall time of a whole sampling trajectory divided by the batch size.
+
+    Conditional models: ``macs_per_trajectory`` is what the UNet costs per image, both halves
+    of every guided step counted (``unet_calls`` per image); ``macs_vae_decode`` and
+    ``macs_text_encoder`` are the other parts, once per image / prompt; ``class_accuracy`` is how
+    often the digit classifier recognises the requested class (None: unconditional model), at
+    ``guidance_scale``.
     """
 
     model: str
@@ -146,6 +156,11 @@ class EvalRow:
     latency_batch_size: int
     device: str
     dataset: str
+    guidance_scale: float = 1.0
+    class_accuracy: float | None = None
+    unet_calls: int = 0
+    macs_vae_decode: int = 0
+    macs_text_encoder: int = 0
 
     def record(self, run_name: str) -> dict[str, Any]:
         out = {"kind": "evaluate", "run": run_name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -193,6 +208,10 @@ def format_table(rows: Sequence[EvalRow]) -> str:
         )
         for r in rows
     ]
+    if any(r.class_accuracy is not None for r in rows):  # conditional: guidance and the requested-class accuracy
+        header += ("guidance", "class acc")
+        body = [b + (f"{r.guidance_scale:g}", "-" if r.class_accuracy is None else f"{r.class_accuracy:.3f}")
+                for b, r in zip(body, rows)]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -214,11 +233,13 @@ def evaluate_base(ctx: RunContext, model: str | None = None) -> list[EvalRow]:
     extractor, ref_feats, name = _reference_features(cfg, run, device)
     base = ctx.base  # after the cheap checks of the reference features
     models, source, macs_per_call, macs_per_traj = _models_to_score(cfg, base, device, model, loaded)
+    parts = _macs_parts(cfg, base, round(macs_per_traj / macs_per_call) if macs_per_call else 0, macs_per_traj)
 
     rows: list[EvalRow] = []
     for label, unet in models:
-        fids, kids, (extractor_name, num_gen, num_ref) = _quality_per_seed(cfg, base, label, unet, ref_feats,
-                                                                           extractor, device, progress)
+        fids, kids, (extractor_name, num_gen, num_ref), acc = _quality_per_seed(cfg, base, label, unet, ref_feats,
+                                                                                extractor, device, progress,
+                                                                                run.cache_dir)
         latency = None
         if label != "untrained":  # the untrained copy has the base's shape: same MACs and latency
             latency = _latency_ms_per_image(cfg, base, unet, device)
@@ -228,14 +249,29 @@ def evaluate_base(ctx: RunContext, model: str | None = None) -> list[EvalRow]:
             extractor=extractor_name, num_generated=num_gen, num_reference=num_ref, seeds=tuple(ev.seeds),
             sampler=cfg.sampling.sampler, num_steps=len(_own_timesteps(unet) or range(cfg.sampling.num_steps)),
             macs_per_call=macs_per_call,
-            macs_per_trajectory=macs_per_traj, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
-            device=str(device), dataset=name,
+            macs_per_trajectory=parts.unet, latency_ms_per_image=latency, latency_batch_size=ev.latency_batch_size,
+            device=str(device), dataset=name, guidance_scale=parts.guidance_scale, class_accuracy=acc,
+            unet_calls=parts.unet_calls, macs_vae_decode=parts.vae_decode, macs_text_encoder=parts.text_encoder,
         )
         if not all(math.isfinite(v) for v in (row.fid, row.kid)):
             log.warning("%s: non-finite FID/KID (%s, %s)", label, row.fid, row.kid)
         run.append_result(row.record(cfg.name))
         rows.append(row)
     return rows
+
+
+def _macs_parts(cfg: ExperimentConfig, base: BaseModel, num_steps: int, macs_per_traj: int) -> Any:
+    """The trajectory's MACs by part (:class:`experts.guidance.TrajectoryMacs`): the UNet
+    trajectory ``macs_per_traj`` (one call per step), doubled at guidance > 1 for a
+    class-conditional model; the VAE decode (latent models); no text encoder."""
+    from experts.guidance import TrajectoryMacs
+    from nas.conditions import base_condition, vae_decode_macs
+
+    guidance = float(cfg.condition.guidance_scale) if base_condition(cfg, base) is not None else 1.0
+    factor = 2 if guidance != 1.0 else 1
+    vae = vae_decode_macs(base) if base.vae is not None else 0
+    return TrajectoryMacs(unet=int(macs_per_traj) * factor, text_encoder=0, vae_decode=vae,
+                          unet_calls=int(num_steps) * factor, guidance_scale=guidance)
 
 
 def _reference_features(cfg: ExperimentConfig, run: RunDir, device: Any) -> tuple[Any, Any, str]:
@@ -293,13 +329,18 @@ def _models_to_score(cfg: ExperimentConfig, base: BaseModel, device: Any, model:
 
 
 def _quality_per_seed(cfg: ExperimentConfig, base: BaseModel, label: str, unet: Any, ref_feats: Any,
-                      extractor: Any, device: Any, progress: bool
-                      ) -> tuple[list[float], list[float], tuple[str, int, int]]:
-    """FID and KID of ``unet``'s samples for each of ``evaluation.seeds``, and (extractor name,
-    images generated, reference images) of the last seed."""
+                      extractor: Any, device: Any, progress: bool, cache_dir: Path | None = None
+                      ) -> tuple[list[float], list[float], tuple[str, int, int], float | None]:
+    """FID and KID of ``unet``'s samples for each of ``evaluation.seeds``, (extractor name,
+    images generated, reference images) of the last seed, and for a class-conditional base the
+    digit classifier's accuracy on the requested classes over all seeds (else None)."""
     import torch
 
+    from nas.conditions import sampling_kwargs
     from nas.metrics import compute_quality
+
+    classifier = _label_classifier(cfg, base, device, cache_dir)
+    hits = total = 0
 
     ev = cfg.evaluation
     fids: list[float] = []
@@ -310,12 +351,33 @@ def _quality_per_seed(cfg: ExperimentConfig, base: BaseModel, label: str, unet: 
             images = _generate(cfg, base, num_images=ev.num_samples, seed=seed, device=device, unet=unet,
                                progress=progress)  # (N,C,H,W) in [-1,1]
         q = compute_quality(images, ref_feats, extractor)
+        if classifier is not None:
+            from nas.digit_classifier import label_accuracy
+
+            wanted = sampling_kwargs(cfg, base, ev.num_samples)["class_labels"]
+            hits += round(label_accuracy(classifier, images, wanted) * len(wanted))
+            total += len(wanted)
         fids.append(float(q.fid))
         kids.append(float(q.kid))
         extractor_name, num_gen, num_ref = str(q.extractor), int(q.num_generated), int(q.num_reference)
         log.info("%s seed %d: FID %.3f KID %.5f (%s, %d vs %d images)", label, seed, q.fid, q.kid,
                  extractor_name, num_gen, num_ref)
-    return fids, kids, (extractor_name, num_gen, num_ref)
+    acc = hits / total if total else None
+    if acc is not None:
+        log.info("%s: the digit classifier recognises the requested class in %.1f%% of the samples (guidance %g)",
+                 label, 100 * acc, cfg.condition.guidance_scale)
+    return fids, kids, (extractor_name, num_gen, num_ref), acc
+
+
+def _label_classifier(cfg: ExperimentConfig, base: BaseModel, device: Any, cache_dir: Path | None) -> Any:
+    """The digit classifier for a class-conditional base on the digits data, else None."""
+    from nas.conditions import base_condition
+
+    if base_condition(cfg, base) is None or cfg.data.dataset != "digits" or cache_dir is None:
+        return None
+    from nas.digit_classifier import load_or_train_digit_classifier
+
+    return load_or_train_digit_classifier(cache_dir, device)
 
 
 def _latency_ms_per_image(cfg: ExperimentConfig, base: BaseModel, unet: Any, device: Any) -> float:

@@ -4,6 +4,8 @@ One entry point, :func:`load_base_model`, returns a :class:`BaseModel` whatever 
 
 - ``embedded:digits``: a small ``UNet2DModel`` trained here on scikit-learn's digits (16x16),
   once; later calls reuse it (a hash of the training config is stored beside the weights).
+  ``embedded:digits-class`` is the same model conditioned on the digit (``num_class_embeds`` =
+  10 digits + 1 null class, trained with 10% condition dropout for classifier-free guidance).
   Training shows a progress bar, checkpoints every N steps (safetensors + JSON, no pickles) and
   resumes from the last checkpoint after a kill.
 - a local folder: a full pipeline (``model_index.json``; LDM layout with ``unet`` + ``vqvae`` or
@@ -53,6 +55,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "EMBEDDED_DATASETS",
     "EMBEDDED_PREFIX",
+    "CLASS_CONDITIONAL",
     "MARKER_FILE",
     "BaseModel",
     "build_embedded_unet",
@@ -69,7 +72,9 @@ __all__ = [
 ]
 
 EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_DATASETS = ("digits",)
+EMBEDDED_DATASETS = ("digits", "digits-class")
+#: Embedded models conditioned on class labels (the data's labels: the digit shown).
+CLASS_CONDITIONAL = ("digits-class",)
 
 
 def load_base_model(
@@ -80,6 +85,7 @@ def load_base_model(
     cache_dir: Path,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    labels: torch.Tensor | None = None,
 ) -> BaseModel:
     """Load (or, for ``embedded:digits``, train once and reuse) a base diffusion model.
 
@@ -93,6 +99,8 @@ def load_base_model(
             ``cache_dir/embedded-digits-<hash>/`` so a different config never clobbers another.
         device: where the returned model lives (and where training runs).
         progress: show a tqdm bar while training.
+        labels: the class labels of ``images`` for ``embedded:digits-class`` (if None: the digits'
+            labels; then ``images`` must be None too).
 
     Raises:
         UserError: unknown embedded name, missing folder, hub id not available offline,
@@ -105,12 +113,12 @@ def load_base_model(
     """
     spec = str(spec).strip()
     if spec.startswith(EMBEDDED_PREFIX):
-        return _load_embedded(spec, model_cfg, images, Path(cache_dir), device, progress)
+        return _load_embedded(spec, model_cfg, images, Path(cache_dir), device, progress, labels)
     return _load_folder_or_hub(spec, device)
 
 
 def _load_embedded(spec: str, model_cfg: Any, images: torch.Tensor | None, cache_dir: Path,
-                   device: str | torch.device, progress: bool) -> BaseModel:
+                   device: str | torch.device, progress: bool, labels: torch.Tensor | None = None) -> BaseModel:
     """``embedded:<name>``: trained once into ``cache_dir/embedded-<name>-<hash>/``, then loaded."""
     name = spec[len(EMBEDDED_PREFIX):]
     if name not in EMBEDDED_DATASETS:
@@ -118,15 +126,28 @@ def _load_embedded(spec: str, model_cfg: Any, images: torch.Tensor | None, cache
             f"unknown embedded model {spec!r}; choices: "
             + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
         )
-    settings = embedded_settings(model_cfg)
-    _check_train_steps(spec, settings)
+    _check_train_steps(spec, embedded_settings(model_cfg))
+    if name in CLASS_CONDITIONAL and labels is None:
+        if images is not None:
+            raise UserError(f"{spec} is class-conditional: pass the labels of the training images")
+        from nas.data import load_digits_labels
+
+        labels = load_digits_labels()
+    if name not in CLASS_CONDITIONAL:
+        labels = None
     if images is None:
         images = digits_16()
-    out_dir = cache_dir / f"embedded-{name}-{config_hash(settings, images)[:10]}"
-    train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress)
+    num_classes = _DIGIT_CLASSES if labels is not None else 0
+    settings = embedded_settings(model_cfg, num_classes=num_classes)
+    out_dir = cache_dir / f"embedded-{name}-{config_hash(settings, images, labels)[:10]}"
+    train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress, labels=labels,
+                          num_classes=num_classes or None)
     base = load_folder(out_dir, device=device)
     base.source = spec
     return base
+
+
+_DIGIT_CLASSES = 10
 
 
 def _check_train_steps(spec: str, settings: dict) -> None:
@@ -157,11 +178,23 @@ def check_base_config(cfg: ExperimentConfig) -> None:
 
 
 def _check_embedded_data(cfg: ExperimentConfig) -> None:
-    if cfg.model.base.strip() == "embedded:digits" and cfg.data.dataset != "digits":
+    spec = cfg.model.base.strip()
+    if spec in ("embedded:digits", "embedded:digits-class") and cfg.data.dataset != "digits":
         raise UserError(
-            "model.base 'embedded:digits' is trained on the digits data, but data.dataset is "
+            f"model.base {spec!r} is trained on the digits data, but data.dataset is "
             f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
         )
+
+
+def _embedded_identity(cfg: ExperimentConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """(settings, images, labels) that name and train the embedded model of ``cfg``."""
+    from nas.data import load_dataset, load_labels
+
+    name = cfg.model.base.strip()[len(EMBEDDED_PREFIX):]
+    images = load_dataset(cfg.data)
+    labels = load_labels(cfg.data)[0] if name in CLASS_CONDITIONAL else None
+    settings = embedded_settings(cfg.model, num_classes=_DIGIT_CLASSES if labels is not None else 0)
+    return settings, images, labels
 
 
 def require_trained_base(cfg: ExperimentConfig, run_dir: Path, command: str) -> None:
@@ -179,11 +212,9 @@ def require_trained_base(cfg: ExperimentConfig, run_dir: Path, command: str) -> 
         raise UserError(f"run folder {run_dir} does not exist: `diffnas {command}` works on a run's finished "
                         f"stages; run `diffnas run` (or `diffnas train-base` and the later stages) first, "
                         "or pass the --name/--config of an existing run")
-    from nas.data import load_dataset
-
     _check_embedded_data(cfg)
     name = spec[len(EMBEDDED_PREFIX):]
-    expected = run_dir / "base" / f"embedded-{name}-{config_hash(embedded_settings(cfg.model), load_dataset(cfg.data))[:10]}"
+    expected = run_dir / "base" / f"embedded-{name}-{config_hash(*_embedded_identity(cfg))[:10]}"
     if (expected / MARKER_FILE).is_file():
         return
     others = sorted(d.name for d in (run_dir / "base").glob("embedded-*") if (d / MARKER_FILE).is_file())
@@ -223,14 +254,12 @@ def load_base(cfg: ExperimentConfig, cache_dir: Path, device: str | torch.device
         UserError: ``embedded:digits`` with data other than the digits, or what
             :func:`load_base_model` raises.
     """
-    from nas.data import load_dataset
-
     check_base_config(cfg)
-    images = None
+    images = labels = None
     if cfg.model.base.startswith(EMBEDDED_PREFIX):
         _check_embedded_data(cfg)
-        images = load_dataset(cfg.data)
+        _, images, labels = _embedded_identity(cfg)
     return load_base_model(
         cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=cache_dir, device=device,
-        progress=progress,
+        progress=progress, labels=labels,
     )

@@ -126,6 +126,9 @@ def generate(
     latent_scale: float = 1.0,
     encoder_hidden_states: torch.Tensor | None = None,
     progress: bool = True,
+    class_labels: Sequence[int] | torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
 ) -> torch.Tensor:
     """Sample ``num_images`` images: (N, C, H, W) float32 on the CPU, in [-1, 1].
 
@@ -150,6 +153,15 @@ def generate(
         encoder_hidden_states: (1, L, D) or (B, L, D) context for conditional UNets; a (1, L, D)
             context is expanded to each batch.
         progress: tqdm bar over batches x steps.
+        class_labels: for a class-conditional model (``class_labels=`` of its call): the class
+            of each image, (N,); image ``i`` is conditioned on ``class_labels[i]`` (the initial
+            noise is the same as without labels). None with a ``null_label``: unconditional
+            samples (every call on the null class).
+        guidance_scale: classifier-free guidance with ``class_labels`` (1: none; > 1: the null
+            class and the labels in one batched call of twice the batch per step, see
+            :mod:`experts.guidance`).
+        null_label: the null class of a class-conditional model (needed for guidance and for
+            unconditional samples; see ``experts.guidance.ClassCondition``).
 
     Example::
 
@@ -163,6 +175,7 @@ def generate(
     plan = TimestepPlan(scheduler, num_steps, timesteps)
     if int(num_images) < 1 or int(batch_size) < 1:
         raise UserError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
+    labels = _check_class_labels(class_labels, int(num_images), float(guidance_scale), null_label)
     device = torch.device(device)
     modules = [m for m in (model, vae) if isinstance(m, torch.nn.Module)]
     was_training = [m.training for m in modules]
@@ -174,7 +187,8 @@ def generate(
     try:
         for b in range(n_batches):
             lo, hi = b * int(batch_size), min(int(num_images), (b + 1) * int(batch_size))
-            x = denoise_batch(model, plan, seed, lo, hi, sample_shape, device, encoder_hidden_states, bar)
+            x = denoise_batch(_batch_model(model, labels, lo, hi, guidance_scale, null_label), plan, seed, lo, hi,
+                              sample_shape, device, encoder_hidden_states, bar)
             if vae is not None:
                 x = vae.decode(x / float(latent_scale)).sample  # (B,C',H',W')
             chunks.append(x.clamp(-1, 1).to("cpu", torch.float32))
@@ -183,6 +197,35 @@ def generate(
         for m, was in zip(modules, was_training):
             m.train(was)
     return torch.cat(chunks)  # (N,C,H,W)
+
+
+def _check_class_labels(class_labels: Sequence[int] | torch.Tensor | None, num_images: int, guidance_scale: float,
+                        null_label: int | None) -> torch.Tensor | None:
+    """The (N,) int64 labels, after the checks of :func:`generate`'s conditioning arguments."""
+    if guidance_scale < 1.0 or not math.isfinite(guidance_scale):
+        raise UserError(f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
+    if class_labels is None:
+        if guidance_scale != 1.0:
+            raise UserError("guidance_scale > 1 needs class_labels (the classes to guide towards)")
+        return None
+    labels = torch.as_tensor(class_labels, dtype=torch.long).flatten().cpu()
+    if labels.shape[0] != num_images:
+        raise UserError(f"class_labels must give one class per image: {labels.shape[0]} for {num_images} images")
+    if guidance_scale != 1.0 and null_label is None:
+        raise UserError("classifier-free guidance needs the model's null class (null_label)")
+    return labels
+
+
+def _batch_model(model: Callable, labels: torch.Tensor | None, lo: int, hi: int, guidance_scale: float,
+                 null_label: int | None) -> Callable:
+    """``model`` as the loop calls it for images ``lo .. hi-1``: with their labels (and guidance),
+    on the null class when only ``null_label`` is given, else as it is."""
+    if labels is None and null_label is None:
+        return model
+    from experts.guidance import ConditionedModel
+
+    return ConditionedModel(model, None if labels is None else labels[lo:hi], guidance_scale=guidance_scale,
+                            null_label=int(null_label) if null_label is not None else -1)
 
 
 def save_grid(images: torch.Tensor, path: Path | str, nrow: int | None = None, *, min_tile_px: int = 64,

@@ -33,12 +33,13 @@ from __future__ import annotations
 from nas.config.checks import ConfigValueError, is_name, require
 from nas.config.convert import build_dataclass, config_from_dict, config_to_dict, config_to_yaml, show_value
 from nas.config.loader import apply_overrides, dump_config, list_presets, load_config, load_preset_dict
-from nas.config.sections import (DataConfig, EvalConfig, ExperimentConfig, ModelConfig, SamplingConfig,
+from nas.config.sections import (ConditionConfig, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, SamplingConfig,
                                   ScheduleConfig, SpaceConfig)
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
 
 __all__ = [
     "BenchConfig",
+    "ConditionConfig",
     "ConfigValueError",
     "DataConfig",
     "EvalConfig",

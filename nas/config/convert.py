@@ -233,6 +233,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     out = _plain(cfg)
     if not isinstance(out, dict):
         raise TypeError(f"expected a config dataclass, got {type(cfg).__name__}")
+    condition = getattr(cfg, "condition", None)  # at its defaults: left out (config.yaml, stage keys as before it)
+    if condition is not None and dataclasses.is_dataclass(condition) and condition == type(condition)():
+        out.pop("condition", None)
     return out
 
 

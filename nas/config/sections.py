@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from nas.config.checks import is_name, require
 from nas.config.stages import BenchConfig, ExpertsConfig, IntervalsConfig, RouterConfig, SearchConfig
 
-__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "ScheduleConfig",
+__all__ = ["ConditionConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "SamplingConfig", "ScheduleConfig",
            "SpaceConfig"]
 
 # the placements of experts.schedule.SPACINGS; the config names them without importing the
@@ -123,6 +123,33 @@ class SamplingConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.num_images >= 1, "num_images", f"must be >= 1, got {self.num_images}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """Conditions of a class-conditional base model (``num_class_embeds``; e.g. ``embedded:digits-class``).
+
+    Ignored for unconditional models. Left at its defaults, the section is not written to
+    ``config.yaml`` (and so changes no stage key of an unconditional run).
+
+    Attributes:
+        guidance_scale: classifier-free guidance when sampling (1: none, one UNet pass per
+            step; > 1: two, as one batched pass of twice the batch).
+        dropout: condition dropout when training experts: the fraction of labels replaced by
+            the null class, so guidance keeps working after fine-tuning.
+        null_class: the class embedding used as "no condition"; ``null`` = the last one.
+    """
+
+    guidance_scale: float = 1.0
+    dropout: float = 0.1
+    null_class: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.guidance_scale >= 1.0 and math.isfinite(self.guidance_scale), "guidance_scale",
+                f"must be >= 1 (1: no guidance), got {self.guidance_scale}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.null_class is None or self.null_class >= 0, "null_class",
+                f"must be >= 0 or null (the last class embedding), got {self.null_class}")
 
 
 @dataclass(frozen=True)
@@ -280,6 +307,7 @@ class ExperimentConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
 
     def __post_init__(self) -> None:
         require(
