@@ -24,12 +24,37 @@ from benchmarks.bench.records import (
     record_skip,
 )
 from nas.config import ExperimentConfig
+from nas.errors import UserError
 from nas.methods import Candidate, budget_key, get_method
 from nas.run import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare_models", "run_bench"]
+__all__ = ["check_experts", "prepare_models", "run_bench"]
+
+
+def check_experts(run: RunDir) -> None:
+    """Every trained expert's weights open (a header check, no model is built): a truncated or
+    damaged file is one :class:`UserError` line naming it and the command that remakes it, before
+    any sampling, instead of the expert methods being recorded as skipped. A run without experts,
+    or an expert not trained yet, passes (those methods are skipped with the reason).
+
+    Example:
+        >>> import tempfile
+        >>> check_experts(RunDir(tempfile.mkdtemp(), "doc"))  # no experts/: nothing to check
+    """
+    from experts.expert_folder import damaged_safetensors, expert_dir, load_expert_intervals
+
+    if not (run.experts_dir / "intervals.json").is_file():
+        return
+    intervals = load_expert_intervals(run.experts_dir)
+    for k in range(intervals.num_intervals):
+        folder = expert_dir(run.experts_dir, k)
+        bad = damaged_safetensors(folder) if folder.is_dir() else None
+        if bad is not None:
+            raise UserError(f"cannot read {bad}: the safetensors file is truncated or damaged; delete {folder} and "
+                            f"run `diffnas train-experts --expert {k}` (it resumes from the expert's checkpoint "
+                            "when there is one), then bench again")
 
 
 def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> BenchResult:
@@ -37,6 +62,7 @@ def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bo
     benchmark will evaluate, without evaluating. Safe to rerun (finished models are reused)."""
     t0 = time.perf_counter()
     key = bench_config_key(cfg)
+    check_experts(run)
     ctx = BenchContext(cfg, device=device, progress=progress, run=run)
     cands, skipped = plan(ctx, key)
     done = finished_rows(run, key)
@@ -57,7 +83,8 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     """Benchmark every method at every budget of ``cfg.bench`` (see :mod:`benchmarks.bench`).
 
     Raises:
-        UserError: no base model, or a feature extractor that cannot be built (checked first).
+        UserError: no base model, a damaged expert, or a feature extractor that cannot be built
+            (checked first).
     """
     from nas.data import dataset_id, load_dataset
     from nas.metrics import build_extractor, check_extractor_available, reference_features, resolve_extractor_kind
@@ -66,6 +93,7 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     key = bench_config_key(cfg)
     kind = resolve_extractor_kind(cfg.evaluation.extractor, cfg.data.dataset)
     check_extractor_available(kind, cache_dir=run.cache_dir, inception_weights=cfg.evaluation.inception_weights)
+    check_experts(run)
     ctx = BenchContext(cfg, device=device, progress=progress, run=run)
     cands, skipped = plan(ctx, key)
     for m, bud, reason in skipped:
