@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nas.config import ExperimentConfig, config_to_dict
+from nas.config import ExperimentConfig, ExpertsConfig, config_to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from nas.run._context import RunContext
@@ -116,6 +116,8 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     d = config_to_dict(cfg)
     if not cfg.schedule.joint:  # its other keys change nothing then: keys stay those of a run before it
         d.pop("schedule", None)
+    for key in ExpertsConfig.EXECUTION_KEYS:  # where/how fast the experts train (Ray tasks), not what
+        d.get("experts", {}).pop(key, None)
     sections: list[str] = []
     for s in all_stages():
         for sec in s.sections:
