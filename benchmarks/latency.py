@@ -23,6 +23,16 @@ Usage::
     python benchmarks/latency.py --device cuda --batch-size 64 --repeats 20
 
 Results go to ``benchmarks/results/latency-<device>.json`` and ``.md`` with the machine stated.
+
+``--pipeline`` measures instead the *mixture pipeline's* overhead: a mixture of three
+materialised experts (the three fastest searched archs near 50% of the MACs, one per
+interval) sampled with :class:`experts.pipeline.MixturePipeline` (``--steps`` DDIM steps,
+``--batch-size`` images, seeded noise) side by side with the base model in the same seeded
+loop (:func:`experts.sampling_loop.denoise_batch`), plus the networks alone (the same calls
+without the scheduler) to separate the network from the per-step overhead. It *appends* a
+section to ``latency-<device>.md``::
+
+    python benchmarks/latency.py --pipeline --batch-size 64 --repeats 10
 """
 
 from __future__ import annotations
@@ -139,7 +149,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    return p.parse_args(argv)
+    p.add_argument("--pipeline", action="store_true",
+                   help="time the mixture pipeline against the base model instead (appends to latency-<device>.md)")
+    p.add_argument("--steps", type=int, default=10, help="(--pipeline) DDIM sampling steps")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def _models(net: ElasticUNet, rng: np.random.Generator, inputs: dict[str, torch.Tensor],
@@ -193,12 +208,143 @@ def _write(result: dict[str, Any], out: Path, tag: str, batch_size: int) -> None
     logger.info("wrote %s", out / f"latency-{tag}.json")
 
 
+def pipeline_models(net: ElasticUNet, rng: np.random.Generator, inputs: dict, device: torch.device,
+                    target: float = 0.5) -> tuple[torch.nn.Module, Any, list[Arch]]:
+    """(base UNet, mixture of three materialised experts near ``target`` MACs, their archs)."""
+    from experts.intervals import Intervals
+    from experts.mixture import MixtureOfExperts
+
+    picked = pick_archs(net.space, target, rng).get("searched") or [pick_archs(net.space, target, rng)["uniform"]]
+    subs = [net.materialize(a).eval().to(device) for a in picked]
+    pre = time_side_by_side({str(i): m for i, m in enumerate(subs)}, inputs, 3, 1, device)
+    order = sorted(range(len(subs)), key=lambda i: statistics.median(pre[str(i)]))
+    order = (order * 3)[:3]  # the three fastest (repeated when fewer candidates)
+    iv = Intervals.uniform(1000, 3)
+    mixture = MixtureOfExperts(iv, [subs[i] for i in order]).eval()
+    return net.plain_unet().eval().to(device), mixture, [picked[i] for i in order]
+
+
+def time_pipeline(base: torch.nn.Module, mixture: Any, batch_size: int, steps: int, repeats: int, warmup: int,
+                  device: torch.device, seed: int = 0) -> dict[str, list[float]]:
+    """Round-robin timing (ms) of: ``base``/``mixture`` in the seeded sampling loop, the mixture's
+    :class:`~experts.pipeline.MixturePipeline` call, and ``base``/``mixture`` networks alone
+    (one call per step timestep on a fixed batch, no scheduler)."""
+    from diffusers import DDIMScheduler
+
+    from experts.pipeline import MixturePipeline
+    from experts.sampling_loop import TimestepPlan, denoise_batch, evenly_spaced_timesteps
+
+    class _NoBar:
+        def update(self, n: int) -> None:
+            pass
+
+    shape = (int(base.config.in_channels), int(base.config.sample_size), int(base.config.sample_size))
+    pipe = MixturePipeline(mixture, DDIMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    plans = {n: TimestepPlan(DDIMScheduler(num_train_timesteps=1000), steps, None) for n in ("base", "mixture")}
+    ts = [torch.tensor(t) for t in evenly_spaced_timesteps(DDIMScheduler(num_train_timesteps=1000), steps)]
+    x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def network(model: Any):
+        def run() -> None:
+            for t in ts:
+                model(x, t.to(device))
+        return run
+
+    runs = {
+        "base: sampling loop": lambda: denoise_batch(base, plans["base"], seed, 0, batch_size, shape, device, None,
+                                                     _NoBar()),
+        "mixture: sampling loop": lambda: denoise_batch(mixture, plans["mixture"], seed, 0, batch_size, shape, device,
+                                                        None, _NoBar()),
+        "mixture: MixturePipeline": lambda: pipe(batch_size=batch_size, num_inference_steps=steps, seed=seed,
+                                                 output_type="pt"),
+        "base: network only": network(base),
+        "mixture: network only": network(mixture),
+    }
+    names = list(runs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for n in names:
+                runs[n]()
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                sync()
+                t0 = time.perf_counter()
+                runs[n]()
+                sync()
+                times[n].append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def pipeline_main(args: argparse.Namespace, device: torch.device) -> int:
+    """``--pipeline`` (module docstring): append the mixture pipeline's speed-up / MACs section."""
+    from experts.sampling_loop import evenly_spaced_timesteps
+    from search_spaces.macs import count_unet_macs
+
+    from diffusers import DDIMScheduler
+
+    net = ElasticUNet(embedded_unet())
+    rng = np.random.default_rng(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    inputs = {"sample": torch.randn(args.batch_size, 1, 16, 16, generator=g).to(device),
+              "timestep": torch.full((args.batch_size,), 500, dtype=torch.long).to(device)}
+    base, mixture, archs = pipeline_models(net, rng, inputs, device)
+    ts = evenly_spaced_timesteps(DDIMScheduler(num_train_timesteps=1000), args.steps)
+    ratio = mixture.trajectory_macs(ts) / (count_unet_macs(base, batch_size=1) * len(ts))
+    times = time_pipeline(base, mixture, args.batch_size, args.steps, args.repeats, args.warmup, device, args.seed)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    lines = ["", f"## Mixture pipeline overhead ({device.type}, batch {args.batch_size}, {args.steps} DDIM steps)", "",
+             f"- command: `{'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] + ' ' if 'OMP_NUM_THREADS' in os.environ else ''}"
+             f"python benchmarks/latency.py {' '.join(args.argv)}`",
+             f"- machine: {json.dumps(machine())}",
+             "- load: the 2 cores were shared with other jobs (a long benchmark on one core): absolute times are "
+             "noisy, the ratios come from round-robin timing in this one run",
+             f"- mixture: three materialised experts (the three fastest searched archs near 0.5 of the MACs, one per "
+             f"uniform interval), trajectory MACs ratio {ratio:.3f} of the base model over the {len(ts)} steps",
+             f"- repeats: {args.repeats} rounds after {args.warmup} warm-up rounds, rotated order; medians", "",
+             "efficiency = (base ms / mixture ms) x MACs ratio: the share of the MACs reduction the mixture turns "
+             "into speed (issue 13 target: >= 0.9 for the pipeline).", "",
+             "Medians, and in brackets the fastest of the rounds (least disturbed by the other jobs).", "",
+             "| what | base ms | mixture ms | speed-up | efficiency | efficiency (fastest rounds) |",
+             "|---|---|---|---|---|---|"]
+    pairs = [("sampling loop (seeded, scheduler included)", "base: sampling loop", "mixture: sampling loop"),
+             ("MixturePipeline call vs base sampling loop", "base: sampling loop", "mixture: MixturePipeline"),
+             ("networks alone (same calls, no scheduler)", "base: network only", "mixture: network only")]
+    for what, b, m in pairs:
+        sp = med[b] / med[m]
+        lo_b, lo_m = min(times[b]), min(times[m])
+        lines.append(f"| {what} | {med[b]:.1f} ({lo_b:.1f}) | {med[m]:.1f} ({lo_m:.1f}) | {sp:.2f}x | {sp * ratio:.3f} | "
+                     f"{lo_b / lo_m * ratio:.3f} |")
+    over_b = med["base: sampling loop"] - med["base: network only"]
+    over_m = med["mixture: MixturePipeline"] - med["mixture: network only"]
+    lines += ["", f"Per-run overhead outside the networks (loop minus networks alone): base {over_b:.1f} ms, "
+              f"mixture pipeline {over_m:.1f} ms ({over_m / args.steps:.2f} ms per step).",
+              "", "Experts' MACs ratios (intervals from t=0 up): "
+              + ", ".join(f"{net.space.macs(a) / net.space.total_macs:.3f}" for a in archs)
+              + f"; archs and every timing in `latency-{device.type}-pipeline.json`."]
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"latency-{device.type}.md").open("a") as f:
+        f.write(text)
+    result = {"device": str(device), "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+              "machine": machine(), "macs_ratio": ratio, "times_ms": times, "median_ms": med,
+              "archs": [a.to_dict() for a in archs]}
+    (out / f"latency-{device.type}-pipeline.json").write_text(json.dumps(result, indent=2))
+    logger.info("%s", text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.pipeline:
+        return pipeline_main(args, device)
     net = ElasticUNet(embedded_unet())
     rng = np.random.default_rng(args.seed)
     g = torch.Generator().manual_seed(args.seed)
