@@ -21,7 +21,7 @@ Outputs in ``RUN_DIR/report/``:
   a small inline script marks ``<body data-images-loaded="k" data-images-total="n">`` once the
   images have decoded (what the headless-browser test reads);
 - ``report.md``: the same tables and figures (linked PNG files);
-- ``pareto.png``, ``search_trials.png``, ``allocations.png``, ``similarity.png``, ``grids/*.png``;
+- ``pareto.png``, ``anytime.png`` (any-time curves, one row per budget, when available), ``search_trials.png``, ``allocations.png``, ``similarity.png``, ``grids/*.png``;
 - ``summary.json``: every number shown, with the schema below.
 
 Which rows are reported: per (method, budget) the latest ``bench`` row whose ``config_key`` is
@@ -66,6 +66,11 @@ reported row)``, the same for every method of one report (stated in ``summary.js
     machine, versions what the bench rows recorded
     config            the run's config.yaml, parsed (null if absent)
     files             report files written (relative to report/), sorted
+    anytime           {available, note, budgets: {"<budget>": {curves: {method: {method, budget_ratio,
+                        offset_evaluations, offset_seconds, evaluations, seconds, best, points:
+                        [[evaluations, seconds, best so far], ...], study (searches)}}, compared_with,
+                        verdict}}}  (:mod:`~benchmarks.report.anytime`; ``available`` false and a
+                        note when no budget has a router curve and a search curve)
     verdicts          [ {budget, ship, base, best_own, best_baseline (each {method, budget_ratio, fid_mean,
                          fid_ci_low, fid_ci_high, macs_ratio, latency_ms_per_image, speedup, num_steps} or
                          null), baseline_wins, overlaps_runner_up, export_command (or null), text} ]
@@ -91,8 +96,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report.anytime import (
+    ANYTIME_SEARCH_METHODS,
+    anytime_summary,
+    best_at,
+    router_curve,
+    search_curves,
+    verdict_text,
+)
 from benchmarks.report.documents import render_html, render_markdown
-from benchmarks.report.figures import plot_allocations, plot_pareto, plot_search, plot_similarity
+from benchmarks.report.figures import plot_allocations, plot_anytime, plot_pareto, plot_search, plot_similarity
 from benchmarks.report.interactive import pareto_html
 from benchmarks.report.output import check_out_dir, publish, temp_dir
 from benchmarks.report.summary import (
@@ -116,11 +129,14 @@ from nas.methods import budget_key
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ANYTIME_SEARCH_METHODS",
     "REF_FID_FACTOR",
     "REF_MACS_RATIO",
     "OWN_METHODS",
     "ReportResult",
     "SCHEMA",
+    "anytime_summary",
+    "best_at",
     "build_report",
     "budget_verdicts",
     "build_summary",
@@ -131,6 +147,9 @@ __all__ = [
     "method_label",
     "pareto_indices",
     "reference_point",
+    "router_curve",
+    "search_curves",
+    "verdict_text",
 ]
 
 
@@ -211,16 +230,22 @@ def _write_report(data: RunData, summary: dict[str, Any], out: Path, interactive
     if alloc_png is not None:
         pngs.append(alloc_png)
 
+    anytime_png = None
+    if (summary.get("anytime") or {}).get("available"):
+        anytime_png = plot_anytime(summary["anytime"], out / "anytime.png")
+        pngs.append(anytime_png)
+
     grids = _copy_grids(data, summary, out)
     pngs += [dst for _, dst in grids]
 
     files = sorted({str(p.relative_to(out)) for p in pngs} | {"index.html", "report.md", "summary.json"})
     summary["files"] = files
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text)
+    md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
+                         anytime_png=anytime_png)
     (out / "report.md").write_text(md)
     page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
-                       interactive=interactive)
+                       interactive=interactive, anytime_png=anytime_png)
     (out / "index.html").write_text(page)
 
 

@@ -162,7 +162,7 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
               sim_png: Path | None, alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]],
-              config_text: str | None) -> str:
+              config_text: str | None, anytime_png: Path | None = None) -> str:
     """``report.md``: the setup, hypervolumes, one table per budget, skips, search trials,
     intervals, allocations, sample grids, machine and config; figures linked as PNG files."""
     out = [f"# Benchmark report: run `{summary['run']}`", "", "## Which one to ship", ""]
@@ -177,6 +177,7 @@ def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, searc
                    f"{fmt_num(v['hypervolume'], 4)} |")
     for b in summary["budgets"]:
         out += ["", f"## Budget {b}", "", _md_table(_table_rows(summary, b))]
+    out += ["", "## Any-time: routed vs searched at equal cost", ""] + _anytime_md(summary, anytime_png)
     if summary["skipped"]:
         out += ["", "## Methods not run", ""]
         out += [f"- {s['method']} at {budget_key(s['budget_ratio'])}: {s['reason']}" for s in summary["skipped"]]
@@ -213,6 +214,34 @@ def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, searc
     return "\n".join(out)
 
 
+def _anytime_lines(summary: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """The section's note and ``(budget, verdict line)`` pairs (none when it is left out)."""
+    a = summary.get("anytime") or {}
+    if not a.get("available"):
+        return f"Left out: {a.get('note') or 'no any-time data'}.", []
+    return a["note"] + ".", [(b, v["verdict"]) for b, v in a["budgets"].items()]
+
+
+def _anytime_md(summary: Mapping[str, Any], png: Path | None) -> list[str]:
+    note, lines = _anytime_lines(summary)
+    if not lines:
+        return [f"_{note}_"]
+    out = [f"- budget {b}: **{text}**" for b, text in lines] + ["", note]
+    if png is not None:
+        out += ["", "![any-time](anytime.png)"]
+    return out
+
+
+def _anytime_html(summary: Mapping[str, Any], png: Path | None) -> str:
+    note, lines = _anytime_lines(summary)
+    head = '<h2 id="anytime">Any-time: routed vs searched at equal cost</h2>'
+    if not lines:
+        return head + f'<p class="note">{_esc(note)}</p>'
+    items = "".join(f'<li data-budget="{_esc(b)}"><strong>budget {_esc(b)}: {_esc(t)}</strong></li>' for b, t in lines)
+    return head + f'<ul class="anytime">{items}</ul><p class="note">{_esc(note)}</p>' + (
+        _img(png, "any-time curves") if png is not None else "")
+
+
 def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{_b64(path)}">'
 
@@ -238,7 +267,7 @@ def _verdict_html(summary: Mapping[str, Any]) -> str:
 
 def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
           alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None,
-          interactive: str | None = None) -> str:
+          interactive: str | None = None, anytime_png: Path | None = None) -> str:
     """``index.html``: what :func:`render_markdown` writes, self-contained (figures inline as base64
     PNGs, the interactive Pareto plot's plotly.js inline), with machine-readable ``data-value``
     cells."""
@@ -258,6 +287,7 @@ def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_pn
     p.append("</table>")
     for b in summary["budgets"]:
         p += [f'<h2 id="budget-{_esc(b)}">Budget {_esc(b)}</h2>', _html_table(_table_rows(summary, b), b)]
+    p.append(_anytime_html(summary, anytime_png))
     if summary["skipped"]:
         p += ["<h2>Methods not run</h2><ul>"] + [
             f"<li>{_esc(s['method'])} at {_esc(budget_key(s['budget_ratio']))}: {_esc(s['reason'])}</li>"

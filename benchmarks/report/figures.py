@@ -11,7 +11,8 @@ from typing import Any
 
 from nas.methods import all_methods
 
-__all__ = ["MethodStyle", "method_style", "plot_allocations", "plot_pareto", "plot_search", "plot_similarity"]
+__all__ = ["MethodStyle", "method_style", "plot_allocations", "plot_anytime", "plot_pareto", "plot_search",
+           "plot_similarity"]
 
 
 @dataclass(frozen=True)
@@ -188,5 +189,39 @@ def plot_similarity(intervals: Mapping[str, Any], matrix: Sequence[Sequence[floa
     ax.set_title("timestep similarity and intervals")
     ax.set_xlabel("grid index (low t first)")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_anytime(anytime: Mapping[str, Any], path: Path) -> Path:
+    """``anytime.png``: one row per budget, the best proxy so far against evaluations (left) and
+    wall seconds (right) for the router and each search; the router's curve starts after its
+    (shared) agent training, drawn as a dotted lead-in from the origin."""
+    plt = _plt()
+    budgets = list(anytime["budgets"])
+    fig, axes = plt.subplots(max(1, len(budgets)), 2, figsize=(10, 3.3 * max(1, len(budgets))), squeeze=False)
+    for row, b in zip(axes, budgets):
+        entry = anytime["budgets"][b]
+        for col, (ax, idx, unit) in enumerate(zip(row, (0, 1), ("evaluations", "wall seconds"))):
+            for m, c in entry["curves"].items():
+                pts = [p for p in c["points"] if p[2] is not None]
+                if not pts:
+                    continue
+                st = method_style(m)
+                xs = [max(float(p[idx]), 1e-3) for p in pts]
+                ys = [float(p[2]) for p in pts]
+                ax.step(xs, ys, where="post", color=st.color, linewidth=1.6 if m == "router" else 1.1,
+                        label=st.label if col == 0 else None)
+                ax.plot([xs[-1]], [ys[-1]], marker=st.marker, color=st.color, markersize=5)
+                if m == "router":
+                    start = c["offset_evaluations"] if idx == 0 else c["offset_seconds"]
+                    if start:
+                        ax.axvline(float(start), color=st.color, linestyle=":", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{unit} (log)" + ("; dotted: router training" if col == 0 else ""))
+            ax.set_ylabel("best proxy so far (lower is better)")
+            ax.set_title(f"budget {b}: best proxy vs {unit}")
+            ax.grid(alpha=0.3, which="both")
+        row[0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

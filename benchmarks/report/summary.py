@@ -394,4 +394,12 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "machine": first.get("machine"),
         "versions": first.get("versions"),
         "config": _yaml(data.config_text),
+        "anytime": _anytime(data),
     }
+
+
+def _anytime(data: RunData) -> dict[str, Any]:
+    """The any-time curves and verdict lines (:func:`benchmarks.report.anytime.anytime_summary`)."""
+    from benchmarks.report.anytime import anytime_summary
+
+    return anytime_summary(data.records, data.allocations)
