@@ -56,6 +56,7 @@ def bench_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
     require_trained_base(cfg, RunDir.from_config(cfg).path, "bench")  # never trains a base model as a side effect
     ctx = RunContext(cfg)
+    ctx.check_experts()  # before prepare() writes config.yaml
     run = ctx.prepare()
     result = run_bench(cfg, run, ctx.device)
     sys.stdout.write(format_bench(result))

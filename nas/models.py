@@ -175,6 +175,16 @@ def check_base_config(cfg: ExperimentConfig) -> None:
             raise UserError(f"unknown embedded model {spec!r}; choices: "
                             + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS))
         _check_train_steps(spec, embedded_settings(cfg.model))
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"base model {spec!r} is a file; pass a folder saved with save_pretrained")
+    elif not is_hub_id(spec):
+        raise UserError(
+            f"base model {spec!r} not found: not an existing folder, not a hub id (owner/name), "
+            f"and not one of: " + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
+        )
 
 
 def _check_embedded_data(cfg: ExperimentConfig) -> None:

@@ -222,7 +222,7 @@ class MixtureObjective:
         denoise, distill = [], []
         with torch.no_grad():
             for k, (model, arch) in enumerate(zip(state.experts, archs)):
-                model.set_active(arch)
+                model.set_active(arch, mode="sliced")  # no gradients: cost of the arch, not the full model
                 m = int(h.t[k].shape[0])
                 acc_dn = acc_ds = 0.0
                 for c, s in enumerate(range(0, m, self.batch_size)):

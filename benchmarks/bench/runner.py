@@ -26,35 +26,11 @@ from benchmarks.bench.records import (
 from nas.config import ExperimentConfig
 from nas.errors import UserError
 from nas.methods import Candidate, budget_key, get_method
-from nas.run import RunDir
+from nas.run import RunDir, check_experts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_experts", "prepare_models", "run_bench"]
-
-
-def check_experts(run: RunDir) -> None:
-    """Every trained expert's weights open (a header check, no model is built): a truncated or
-    damaged file is one :class:`UserError` line naming it and the command that remakes it, before
-    any sampling, instead of the expert methods being recorded as skipped. A run without experts,
-    or an expert not trained yet, passes (those methods are skipped with the reason).
-
-    Example:
-        >>> import tempfile
-        >>> check_experts(RunDir(tempfile.mkdtemp(), "doc"))  # no experts/: nothing to check
-    """
-    from experts.expert_folder import damaged_safetensors, expert_dir, load_expert_intervals
-
-    if not (run.experts_dir / "intervals.json").is_file():
-        return
-    intervals = load_expert_intervals(run.experts_dir)
-    for k in range(intervals.num_intervals):
-        folder = expert_dir(run.experts_dir, k)
-        bad = damaged_safetensors(folder) if folder.is_dir() else None
-        if bad is not None:
-            raise UserError(f"cannot read {bad}: the safetensors file is truncated or damaged; delete {folder} and "
-                            f"run `diffnas train-experts --expert {k}` (it resumes from the expert's checkpoint "
-                            "when there is one), then bench again")
+__all__ = ["prepare_models", "run_bench"]
 
 
 def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> BenchResult:

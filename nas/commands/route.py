@@ -56,6 +56,7 @@ def _route_config(cfg: ExperimentConfig, args: argparse.Namespace) -> Experiment
 def route_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     cfg = _route_config(cfg, args)
     ctx = RunContext(cfg)
+    ctx.check_experts()  # before prepare() writes config.yaml
     run = ctx.prepare()
     outcome = route(ctx, force=bool(getattr(args, "force", False)))
     if outcome.up_to_date:

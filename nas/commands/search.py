@@ -80,6 +80,8 @@ def search_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     if args.with_router:
         check_router_job(cfg)  # before any work
     ctx = RunContext(cfg)
+    if not args.synthetic:
+        ctx.check_experts()  # before prepare() writes config.yaml
     ctx.prepare(check_device=False)
     options = SearchRunOptions(with_router=args.with_router, synthetic=args.synthetic,
                                synthetic_sleep=args.synthetic_sleep, synthetic_fail=tuple(args.synthetic_fail))

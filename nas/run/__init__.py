@@ -29,7 +29,7 @@ from nas.run._artefacts import (
     space_options,
     train_settings,
 )
-from nas.run._context import RunContext, prepare_run
+from nas.run._context import RunContext, check_experts, prepare_run
 from nas.run._proxy import build_trajectory_proxy, proxy_quality
 from nas.run._rundir import RunDir, to_jsonable
 from nas.run._runner import LEDGER_FILE, PipelineResult, StageOutcome, run_pipeline
@@ -55,6 +55,7 @@ __all__ = [
     "StageOutcome",
     "all_stages",
     "build_trajectory_proxy",
+    "check_experts",
     "experts_data",
     "finetune_settings",
     "get_stage",

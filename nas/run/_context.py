@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunContext", "prepare_run"]
+__all__ = ["RunContext", "check_experts", "prepare_run"]
 
 
 def prepare_run(cfg: ExperimentConfig) -> RunDir:
@@ -35,6 +35,30 @@ def prepare_run(cfg: ExperimentConfig) -> RunDir:
     run.write_config(cfg)
     log.debug("run directory %s", run.path)
     return run
+
+
+def check_experts(run: RunDir) -> None:
+    """Every trained expert's weights open and ``experts/intervals.json`` is consistent (a header
+    check, no model is built): a truncated or damaged file is one :class:`UserError` line naming
+    it and the command that remakes it. A run without experts, or an expert not trained yet,
+    passes (the command then says what to run).
+
+    Example:
+        >>> import tempfile
+        >>> check_experts(RunDir(tempfile.mkdtemp(), "doc"))  # no experts/: nothing to check
+    """
+    from experts.expert_folder import damaged_safetensors, expert_dir, load_expert_intervals
+
+    if not (run.experts_dir / "intervals.json").is_file():
+        return
+    intervals = load_expert_intervals(run.experts_dir)
+    for k in range(intervals.num_intervals):
+        folder = expert_dir(run.experts_dir, k)
+        bad = damaged_safetensors(folder) if folder.is_dir() else None
+        if bad is not None:
+            raise UserError(f"cannot read {bad}: the safetensors file is truncated or damaged; delete {folder} and "
+                            f"run `diffnas train-experts --expert {k}` (it resumes from the expert's checkpoint "
+                            "when there is one), then run this command again")
 
 
 class RunContext:
@@ -70,6 +94,11 @@ class RunContext:
             self._cache[key] = load()
         return self._cache[key]
 
+    def check_experts(self) -> None:
+        """:func:`check_experts` of this run: commands that read the experts call it before
+        :meth:`prepare` writes anything."""
+        check_experts(self.run)
+
     def prepare(self, check_device: bool = True) -> RunDir:
         """Create the run folder and write the resolved config into it; returns the folder.
 
@@ -77,6 +106,9 @@ class RunContext:
             check_device: resolve :attr:`device` first, so an unavailable one fails before
                 anything is written.
         """
+        from nas.models import check_base_config
+
+        check_base_config(self.cfg)  # model.* refused before the run folder is touched
         if check_device:
             self._device = self.device
         self.run.ensure()

@@ -17,13 +17,7 @@ from tests.reliability.cases import C, Case, _expert_weights, _remove, _truncate
 # config.yaml written before the inputs are checked would differ afterwards
 OTHER = ("--set", "sampling.batch_size=7")
 
-_PREPARE_FIRST = {  # case name -> where config.yaml is written before the check
-    "bench: truncated expert weights, other options": "benchmarks/cli.py bench_command",
-    "route: truncated expert weights, other options": "nas/commands/route.py",
-    "search: truncated expert weights, other options": "nas/commands/search.py",
-    "intervals: bad model.base, other options": "nas/commands/intervals.py",
-    "route: overlapping experts/intervals.json, other options": "nas/commands/route.py",
-}
+_PREPARE_FIRST: dict[str, str] = {}  # case name -> where config.yaml is written before the check
 
 CASES = (
     Case("bench: truncated expert weights", "run artefacts", ("bench", "--config", C),
