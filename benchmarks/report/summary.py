@@ -290,6 +290,16 @@ def _schedule_keys(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"steps_per_interval": [int(s) for s in row["steps_per_expert"]]}
 
 
+def _base_keys(row: Mapping[str, Any], allocations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``base_intervals`` of a row whose allocation serves intervals by the base model itself
+    (a joint space with the base as a choice); nothing otherwise."""
+    if row.get("budget_ratio") is None:
+        return {}
+    alloc = allocations.get(f"{row.get('method')}-{budget_key(row['budget_ratio'])}") or {}
+    base = alloc.get("base_intervals") or []
+    return {"base_intervals": [int(k) for k in base]} if base else {}
+
+
 def _yaml(text: str | None) -> Any:
     if text is None:
         return None
@@ -343,7 +353,8 @@ def search_summary(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any]
 def build_summary(data: RunData) -> dict[str, Any]:
     """The report's numbers (the ``summary.json`` content, see the module docstring); no files written."""
     rows, key, ignored = _select_rows(data.records)
-    shown = [{**{k: r.get(k) for k in _ROW_KEYS}, **_schedule_keys(r)} for r in rows]
+    shown = [{**{k: r.get(k) for k in _ROW_KEYS}, **_schedule_keys(r), **_base_keys(r, data.allocations)}
+             for r in rows]
     ref = reference_point(r["fid_mean"] for r in shown if r.get("fid_mean") is not None)
     methods: dict[str, Any] = {}
     for m in dict.fromkeys(r["method"] for r in shown):

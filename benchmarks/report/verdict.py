@@ -68,6 +68,13 @@ def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return float(lo_a) <= float(hi_b) and float(lo_b) <= float(hi_a)
 
 
+def _all_base(r: Mapping[str, Any]) -> bool:
+    """True when a mixture row's allocation serves every interval by the base model (no expert)."""
+    per = r.get("steps_per_interval") or []
+    base = r.get("base_intervals") or []
+    return bool(per) and len(set(base)) == len(per)
+
+
 def _brief(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if r is None:
         return None
@@ -116,6 +123,8 @@ def budget_verdicts(summary: Mapping[str, Any], run_text: str,
         text += (f"a baseline wins: ship {best['method']}-{key} ({method_label(best['method'])})" if baseline_wins
                  else f"ship {best['method']}-{key}")
         text += f", FID {_fid(best)}"
+        if _all_base(best):
+            text += " (every interval is served by the base model itself: no pruned expert paid for itself here)"
         if base is not None:
             text += f" vs base {_fid(base)}"
         if best.get("speedup") is not None:
