@@ -239,14 +239,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def config_to_yaml(cfg: Any) -> str:
-    """The config as YAML text, keys in dataclass order.
+def config_to_yaml(cfg: Any, omit: tuple[str, ...] = ()) -> str:
+    """The config as YAML text, keys in dataclass order, without the top-level keys in ``omit``.
 
     Example:
         >>> "num_steps: 20" in config_to_yaml(ExperimentConfig())
         True
     """
-    return yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False)
+    d = {k: v for k, v in config_to_dict(cfg).items() if k not in omit}
+    return yaml.dump(d, Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False)
 
 
 class _ConfigDumper(yaml.SafeDumper):

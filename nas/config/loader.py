@@ -157,8 +157,9 @@ def load_config(
     return config_from_dict(data)
 
 
-def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
-    """Write the resolved config as YAML to ``path`` (atomically: temp file then rename).
+def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str], omit: tuple[str, ...] = ()) -> Path:
+    """Write the resolved config as YAML to ``path`` (atomically: temp file then rename),
+    without the top-level keys in ``omit``.
 
     Example:
         >>> import tempfile, os
@@ -168,7 +169,7 @@ def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = config_to_yaml(cfg)
+    text = config_to_yaml(cfg, omit=omit)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -176,9 +176,13 @@ class RunDir:
 
     def write_config(self, cfg: ExperimentConfig, directory: str | os.PathLike[str] | None = None) -> Path:
         """Write the resolved config as ``config.yaml`` in the run folder, or in ``directory``
-        (a stage's output folder, so the config sits beside what it produced)."""
+        (a stage's output folder, so the config sits beside what it produced).
+
+        ``run_root`` is left out: where the run folder lives is not part of the run (a copied or
+        moved run continues, and its config stays byte-identical); loading the file gives the
+        default ``run_root`` unless one is passed."""
         target = Path(directory) / "config.yaml" if directory is not None else self.config_path
-        return dump_config(cfg, target)
+        return dump_config(cfg, target, omit=("run_root",))
 
     def append_result(self, record: Mapping[str, Any]) -> None:
         """Append one JSON record as one line of ``results.jsonl`` (locked, flushed, fsynced).
