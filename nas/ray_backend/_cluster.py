@@ -194,6 +194,33 @@ def _session_processes(session_dir: str) -> list[int]:
     return out
 
 
+def _proc_env(pid: int, name: str) -> str | None:
+    """Environment variable ``name`` of process ``pid`` (None: unset or unreadable)."""
+    try:
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            key, _, value = item.partition(b"=")
+            if key.decode(errors="replace") == name:
+                return value.decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
+def _raylet_children(raylet_pids: set[int]) -> list[int]:
+    """This user's processes started by one of ``raylet_pids`` (Ray's agents and workers carry
+    ``RAY_RAYLET_PID``): they rename themselves (``ray::DashboardAgent``), so their command line
+    no longer names the session folder, and they outlive a killed driver."""
+    if not raylet_pids or not Path("/proc").is_dir():
+        return []
+    me, want, out = os.getuid(), {str(p) for p in raylet_pids}, []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            pid = int(entry.name)
+            if _proc_uid(pid) == me and _proc_env(pid, "RAY_RAYLET_PID") in want:
+                out.append(pid)
+    return out
+
+
 def _record_local_ray(state_dir: Path) -> Path | None:
     """Write ``<state_dir>/ray-local.json``: this driver, the local Ray's session folder and the
     pids of its processes (what :func:`cleanup_stale_ray` needs after a ``kill -9``)."""
@@ -234,8 +261,10 @@ def cleanup_stale_ray(state_dir: Path, wait_s: float = 10.0) -> list[int]:
     if driver != os.getpid() and _proc_cmdline(driver) and _proc_uid(driver) == os.getuid() \
             and session_dir in _proc_cmdline(driver):
         return []  # pragma: no cover - the lock makes this impossible
-    pids = sorted({p for p in recorded if session_dir in _proc_cmdline(p) and _proc_uid(p) == os.getuid()}
-                  | set(_session_processes(session_dir)))
+    ours = {p for p in recorded if session_dir in _proc_cmdline(p) and _proc_uid(p) == os.getuid()}
+    ours |= set(_session_processes(session_dir))
+    # the raylet dies with the driver; its agents do not, and their names no longer carry the session
+    pids = sorted(ours | set(_raylet_children(set(recorded))))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [p for p in pids if _proc_cmdline(p)]
         for pid in alive:

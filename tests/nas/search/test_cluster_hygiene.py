@@ -77,17 +77,24 @@ def test_the_ray_a_killed_driver_left_is_stopped_and_only_it(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "unrelated"])
     dead_driver = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_driver.wait()
+    # a stand-in for an agent of that Ray's raylet (recorded, now dead): renamed, only its
+    # environment says whose it is
+    dead_raylet = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_raylet.wait()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "ray::DashboardAgent"],
+                             env={**os.environ, "RAY_RAYLET_PID": str(dead_raylet.pid)})
     try:
         (tmp_path / RAY_STATE_FILE).write_text(json.dumps({
             "driver_pid": dead_driver.pid, "host": socket.gethostname(), "session_dir": str(session),
-            "pids": [ours.pid, other.pid]}))
+            "pids": [ours.pid, other.pid, dead_raylet.pid]}))
         stopped = cleanup_stale_ray(tmp_path, wait_s=10)
-        assert ours.pid in stopped and other.pid not in stopped
+        assert ours.pid in stopped and agent.pid in stopped and other.pid not in stopped
+        assert agent.wait(timeout=30) in (-signal.SIGTERM, -signal.SIGKILL)
         assert ours.wait(timeout=30) in (-signal.SIGTERM, -signal.SIGKILL)
         assert other.poll() is None  # a recorded pid whose process is not that Ray's is left alone
         assert not (tmp_path / RAY_STATE_FILE).exists()
     finally:
-        for p in (ours, other):
+        for p in (ours, other, agent):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
