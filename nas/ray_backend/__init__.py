@@ -22,7 +22,7 @@ failed and the study goes on. Tune's own experiment state is *not* what resumes 
 periodic snapshot can lag the trials that finished): the commit point is the line in
 ``results.jsonl`` written by the driver as each trial finishes, and the next run reconciles the
 Optuna storage with it (:class:`nas.search.StudyDriver`). Each session writes its Tune
-experiment to ``search/ray/tune-<time>/``.
+experiment to ``<run_root>/.cache/ray-tune/<run>/search/tune-<time>/`` (beside the run folder, not in it).
 
 Example (a local Ray, two CPUs, a synthetic objective):
     >>> import tempfile

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,9 +109,18 @@ def _plan_resources(config: SearchConfig, side_jobs: Mapping[str, SideJob]) -> _
     return _Plan(per_trial, concurrency, jobs_resolved)
 
 
+def _tune_storage(search_dir: Path) -> Path:
+    """Where Ray Tune writes its experiment state: ``<run_root>/.cache/ray-tune/<run>/<search
+    folder>/``, beside the run folder, not in it. Tune's files hold absolute paths and diffnas
+    never reads them back (the ledger and the Optuna storage are the search's state), so a run
+    folder stays free of absolute paths and a moved run continues."""
+    run = search_dir.resolve().parent
+    return run.parent / ".cache" / "ray-tune" / run.name / search_dir.name
+
+
 def _tuner(session: SearchSession, objective: Objective, plan: _Plan, jobs: SideJobRunner) -> tune.Tuner:
     """One ``tune.Tuner`` over every study of the session (round-robin searcher), writing its
-    experiment to ``search/ray/tune-<time>-<pid>/``."""
+    experiment to ``<run_root>/.cache/ray-tune/<run>/<search folder>/tune-<time>-<pid>/``."""
     config = session.config
     registry = TrialRegistry()
     searcher = MultiStudySearcher([StudySearcher(drv, session.seed) for drv in session.drivers], registry, jobs.poll)
@@ -129,7 +139,7 @@ def _tuner(session: SearchSession, objective: Objective, plan: _Plan, jobs: Side
         ),
         run_config=tune.RunConfig(
             name=f"tune-{stamp}",
-            storage_path=str((session.search_dir / "ray").resolve()),
+            storage_path=str(_tune_storage(session.search_dir)),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             callbacks=[registry],
             verbose=0,

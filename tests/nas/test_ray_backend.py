@@ -154,6 +154,9 @@ def test_one_gpu_trials_use_both_nodes_and_never_share_a_gpu(two_node_cluster, t
     assert (run.allocations_dir / "router-0.7.json").exists()
     study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{run.search_dir / 'study.db'}")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    # Tune's own state (absolute paths inside) lives beside the run folder, not in it
+    assert not (run.search_dir / "ray").exists()
+    assert list((run.path.parent / ".cache" / "ray-tune" / run.path.name / run.search_dir.name).glob("tune-*"))
 
 
 def test_a_trial_that_raises_is_retried_marked_failed_and_the_study_completes(two_node_cluster, tmp_path):
