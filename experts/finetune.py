@@ -119,6 +119,9 @@ def finetune_allocation(
     progress: bool = True,
     max_steps_this_call: int | None = None,
     keep_checkpoints: bool = False,
+    target: str = "denoise",
+    timesteps: Sequence[int] | None = None,
+    reference_timesteps: Sequence[int] | None = None,
 ) -> FinetuneResult:
     """Materialise each expert at its arch, fine-tune it on its interval, save the mixture.
 
@@ -139,6 +142,13 @@ def finetune_allocation(
             training schedule).
         max_steps_this_call: stop every expert after this many steps of this call (the state
             is checkpointed; a later call continues and only then saves the mixture).
+        target: ``"denoise"`` (the elastic stage's loss, above) or ``"trajectory"``: every
+            interval's expert, the base-served ones included (from the base weights), learns to
+            make the mixture's DDIM steps land where the teacher's ``reference_timesteps``
+            sampler lands (:mod:`experts.schedule_distill`); needs a DDIM ``sampler_scheduler``.
+        timesteps: the steps the mixture samples along when the allocation has no schedule
+            (``"trajectory"`` only).
+        reference_timesteps: the teacher's sampler (``"trajectory"`` only), e.g. the 50-step grid.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -150,6 +160,13 @@ def finetune_allocation(
                 "experts": source, "distill": teacher is not None}
     if allocation.schedule is not None:  # the saved mixture samples along it: another schedule is another mixture
         identity["schedule"] = allocation.schedule.to_dict()
+    traj = None
+    if target == "trajectory":
+        sampler_scheduler = sampler_scheduler if sampler_scheduler is not None else _default_sampler(scheduler_config)
+        traj = _trajectory_plan(allocation, teacher, sampler_scheduler, timesteps, reference_timesteps)
+        identity["target"] = {"name": target, "timesteps": traj[0], "reference": traj[1]}
+    elif target != "denoise":
+        raise UserError(f"unknown fine-tuning target {target!r}; choices: denoise, trajectory")
     if allocation.base_intervals:
         identity["base_intervals"] = list(allocation.base_intervals)
         if teacher is None:
@@ -160,9 +177,11 @@ def finetune_allocation(
         return _reuse_finished(marker, identity, out)
     sched = training_scheduler(scheduler_config)
     kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
-    tuned, before, after, seconds, finished = _finetune_experts(
+    run = _finetune_experts if traj is None else _distill_experts
+    extra = {} if traj is None else {"plan": traj, "sampler": sampler_scheduler}
+    tuned, before, after, seconds, finished = run(
         allocation, supernets, teacher, images, settings, sched, out, identity, device=device, kw=kw,
-        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call)
+        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call, **extra)
     if not finished:
         log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
         return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
@@ -306,6 +325,64 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
     return tuned, before, after, seconds, finished
 
 
+def _trajectory_plan(allocation: Allocation, teacher: nn.Module | None, sampler: Any,
+                     timesteps: Sequence[int] | None, reference: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(the mixture's timesteps, the teacher's reference timesteps), both descending; UserError
+    when trajectory distillation cannot run (no teacher, no DDIM sampler, no schedule)."""
+    from diffusers import DDIMScheduler
+
+    if teacher is None:
+        raise UserError("trajectory fine-tuning needs the base model as teacher: give the experts folder or teacher=")
+    if not isinstance(sampler, DDIMScheduler):
+        raise UserError(f"trajectory fine-tuning follows DDIM steps; the sampler is {type(sampler).__name__}: "
+                        "set sampling.sampler=ddim or the fine-tuning target to denoise")
+    ts = allocation.timesteps()
+    ts = list(timesteps) if ts is None and timesteps is not None else ts
+    if not ts or not reference:
+        raise UserError("trajectory fine-tuning needs the mixture's timesteps and the reference sampler's")
+    return sorted({int(t) for t in ts}, reverse=True), sorted({int(t) for t in reference}, reverse=True)
+
+
+def _distill_experts(allocation: Allocation, supernets: Sequence[Any], teacher: nn.Module, images: torch.Tensor,
+                     settings: ExpertTrainSettings, sched: Any, out: Path, identity: Mapping[str, Any], *,
+                     device: str | torch.device, kw: Mapping[str, Any] | None, heldout: HeldOutSet | None,
+                     progress: bool, max_steps_this_call: int | None, plan: tuple[list[int], list[int]],
+                     sampler: Any) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
+    """Each interval's expert (a copy of the base where the allocation keeps it) distilled along the
+    mixture's schedule (:func:`experts.schedule_distill.distill_along_schedule`); same returns as
+    :func:`_finetune_experts`."""
+    from experts.schedule_distill import DistillSettings, ScheduleTeacher, distill_along_schedule
+
+    timesteps, reference = plan
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    guide = ScheduleTeacher(teacher, sampler, timesteps, reference=reference)
+    dset = DistillSettings(steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                           weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
+                           checkpoint_every=settings.checkpoint_every, seed=settings.seed)
+    tuned, before, after, seconds, finished = [], [], [], 0.0, True
+    for k in range(allocation.intervals.num_intervals):
+        if k in allocation.base_intervals:
+            model = copy.deepcopy(teacher).requires_grad_(True)
+        else:
+            model = supernets[k].materialize(Arch(allocation.archs[k])).to(device)
+        if heldout is not None:
+            before.append(_heldout_loss(model, heldout, k, sched, kw))
+        mine = [t for t in timesteps if allocation.intervals.index(t) == k]
+        if mine:  # an interval the schedule skips keeps its expert as it is
+            span = allocation.intervals.spans()[k]
+            dlog = distill_along_schedule(
+                model, guide, images, mine, dset, out / CHECKPOINTS_DIR / f"expert_{k}", {**identity, "k": k},
+                stream=k, device=device, model_kwargs=kw, progress=progress,
+                desc=f"distil {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call)
+            seconds += dlog.seconds
+            finished = finished and dlog.step >= settings.steps
+        model.eval().requires_grad_(False)
+        if heldout is not None:
+            after.append(_heldout_loss(model, heldout, k, sched, kw))
+        tuned.append(model)
+    return tuned, before, after, seconds, finished
+
+
 def _save_mixture(allocation: Allocation, tuned: list[nn.Module], settings: ExpertTrainSettings, seconds: float,
                   source: str, scheduler_config: Mapping[str, Any], sampler_scheduler: Any, vae: nn.Module | None,
                   out: Path) -> MixtureOfExperts:
@@ -318,11 +395,15 @@ def _save_mixture(allocation: Allocation, tuned: list[nn.Module], settings: Expe
                          "seconds": round(seconds, 3), "experts": source}}
     mixture = MixtureOfExperts(allocation.intervals, tuned, None, allocation, info)
     if sampler_scheduler is None:
-        from diffusers import DDIMScheduler
-
-        sampler_scheduler = DDIMScheduler.from_config(
-            {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")})
+        sampler_scheduler = _default_sampler(scheduler_config)
     pipe = MixturePipeline(mixture, sampler_scheduler, vae)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out))
     return mixture
+
+
+def _default_sampler(scheduler_config: Mapping[str, Any]) -> Any:
+    """DDIM on the training noise schedule: the sampler of a mixture saved without one."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config({k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")})

@@ -11,7 +11,9 @@
 - ``fewer_steps``: the base model with ``floor(b x num_steps)`` sampling steps;
 - ``steps``: the base model along a searched step schedule (``allocations/steps-<b>.json``, the
   steps-only search of ``diffnas search`` with ``schedule.joint``);
-- ``base``: the unpruned base model (once, no budget).
+- ``base``: the unpruned base model (once, no budget);
+- ``fewer_steps_tuned``: ``fewer_steps``'s schedule on the base model, fine-tuned like the mixtures
+  (``bench.finetune_target``; with ``trajectory``: step distillation without pruning).
 
 :func:`register_builtin_methods` registers them (in that order: the report's) from
 ``benchmarks.plugin:register``. A new method is one module with one
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from benchmarks.methods._base import BaseMethod, FewerStepsMethod
 from benchmarks.methods._cache import CacheMethod
+from benchmarks.methods._fewer_steps_tuned import FewerStepsTunedMethod
 from benchmarks.methods._mixture import MixtureMethod
 from benchmarks.methods._router import RouterMethod
 from benchmarks.methods._search import SearchMethod
@@ -42,6 +45,7 @@ from nas.methods import register_method
 __all__ = [
     "BaseMethod",
     "FewerStepsMethod",
+    "FewerStepsTunedMethod",
     "MixtureMethod",
     "RouterMethod",
     "STATIC_MARKER",
@@ -61,3 +65,4 @@ def register_builtin_methods() -> None:
         register_method(method)
     register_method(CacheMethod)
     register_method(SearchSeededMethod)
+    register_method(FewerStepsTunedMethod)

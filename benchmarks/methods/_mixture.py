@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from experts.allocation import Allocation
     from experts.training import ExpertTrainSettings
 
-__all__ = ["MixtureMethod"]
+__all__ = ["MixtureMethod", "finetune_target"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,20 @@ class MixtureMethod(AllocationMethod):
         return alloc
 
 
+def finetune_target(ctx: Any) -> dict[str, Any]:
+    """The ``finetune_allocation`` arguments of ``bench.finetune_target`` (none for ``denoise``):
+    the run's own timesteps and the reference sampler's (``schedule.reference_steps`` in a joint
+    run, else ``sampling.num_steps``, the base model's own trajectory)."""
+    from nas.sampling import sampling_timesteps
+
+    cfg = ctx.cfg
+    if cfg.bench.finetune_target == "denoise":
+        return {}
+    steps = cfg.schedule.reference_steps if cfg.schedule.joint else cfg.sampling.num_steps
+    return {"target": cfg.bench.finetune_target, "timesteps": list(ctx.timesteps),
+            "reference_timesteps": list(sampling_timesteps(ctx.scheduler, steps))}
+
+
 def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
                       settings: ExpertTrainSettings) -> tuple[Any, int, dict[str, Any]]:
     """Materialise and fine-tune the mixture of ``alloc`` (reused when already in its folder), load
@@ -101,7 +115,7 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
     res = finetune_allocation(
         alloc, run.experts_dir, train, settings, out, scheduler_config=ctx.base.scheduler_config,
         device=ctx.device, heldout=heldout, vae=ctx.base.vae, encoder_hidden_states=ctx.base.encoder_hidden_states,
-        sampler_scheduler=ctx.scheduler, progress=ctx.progress,
+        sampler_scheduler=ctx.scheduler, progress=ctx.progress, **finetune_target(ctx),
     )
     run.write_config(ctx.cfg, out)
     model = load_model_folder(out, device=ctx.device).model

@@ -319,3 +319,6 @@ class ExperimentConfig:
         require(bool(self.device), "device", "must not be empty")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {self.threads}")
+        require(self.bench.finetune_target != "trajectory" or self.sampling.sampler == "ddim", "bench.finetune_target",
+                f"trajectory fine-tuning follows DDIM steps; sampling.sampler is {self.sampling.sampler!r}: "
+                "set sampling.sampler=ddim or bench.finetune_target=denoise")

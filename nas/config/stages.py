@@ -292,7 +292,18 @@ class BenchConfig:
         static_tolerance: stop when the pruned MACs ratio is within this below the budget.
         latency_batch_size, latency_repeats: latency per image of a whole trajectory, timed
             round-robin with the base model in the same run.
+        latency_batch_sizes: more batch sizes timed in that same round-robin (every method at
+            every size, :func:`nas.latency.compare_latency_batches`), for the report's FID vs
+            ms/image fronts (one per size; ``latency_batch_size`` is always timed too, and stays
+            the size of a row's ``latency_ms_per_image`` and ``speedup``); ``[]``: none.
         grid_images: images in each method's sample grid.
+        finetune_target: what the mixtures' fine-tuning teaches each expert: ``denoise`` (the
+            elastic stage's loss: denoising + distillation of the base's prediction) or
+            ``trajectory``: every expert, base-served intervals included, learns to make the
+            mixture's own DDIM steps land where the base model's reference sampler
+            (``schedule.reference_steps``, else ``sampling.num_steps``) lands
+            (:mod:`experts.schedule_distill`); needs ``sampling.sampler: ddim``. The
+            ``fewer_steps_tuned`` baseline gets the same fine-tuning on the base model.
     """
 
     budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -304,8 +315,10 @@ class BenchConfig:
     static_taylor_batches: int = 4
     static_max_iterations: int = 12
     static_tolerance: float = 0.02
+    finetune_target: str = "denoise"
     latency_batch_size: int = 16
     latency_repeats: int = 3
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
     grid_images: int = 36
 
     def __post_init__(self) -> None:
@@ -327,7 +340,12 @@ class BenchConfig:
         require(0.0 <= self.static_tolerance < 1.0, "static_tolerance", f"must be in [0, 1), got {self.static_tolerance}")
         require(self.latency_batch_size >= 1, "latency_batch_size", f"must be >= 1, got {self.latency_batch_size}")
         require(self.latency_repeats >= 1, "latency_repeats", f"must be >= 1, got {self.latency_repeats}")
+        sizes = list(self.latency_batch_sizes)
+        require(all(s >= 1 for s in sizes) and len(set(sizes)) == len(sizes), "latency_batch_sizes",
+                f"must list batch sizes >= 1 once each, got {sizes}")
         require(self.grid_images >= 1, "grid_images", f"must be >= 1, got {self.grid_images}")
+        require(self.finetune_target in ("denoise", "trajectory"), "finetune_target",
+                f"must be denoise or trajectory, got {self.finetune_target!r}")
 
 
 @dataclass(frozen=True)
