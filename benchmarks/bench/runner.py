@@ -81,7 +81,7 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
                                 inception_weights=cfg.evaluation.inception_weights)
     ref_feats = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
-    env = _BenchEnv(key, extractor, ref_feats, machine_info(device), library_versions())
+    env = _BenchEnv(key, extractor, ref_feats, machine_info(device), library_versions(), _label_classifier(ctx))
     base_model, _, _ = base_candidate(ctx, key).build()
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[Candidate]] = {}
@@ -102,6 +102,7 @@ class _BenchEnv:
     ref_feats: Any
     machine: Any
     versions: Any
+    classifier: Any = None  # class-conditional base on digits: the digit classifier (class accuracy)
 
 
 def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:
@@ -196,11 +197,55 @@ def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, A
             images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps,
                                   timesteps=_timesteps(c))  # (N,C,H,W) in [-1,1]
         results.append(compute_quality(images, env.ref_feats, env.extractor))
+    accuracy: list[float] = []  # class-conditional base: the requested class recognised, per seed
         if grid_rel is None:
             grid = ctx.run.samples_dir / "bench" / f"{c.method}-{budget_key(c.budget_ratio)}.png"
             save_grid(images[: b.grid_images], grid)
             grid_rel = str(grid.relative_to(ctx.run.path))
-    return quality_with_ci(results, confidence=b.confidence), grid_rel
+    q = quality_with_ci(results, confidence=b.confidence)
+    if env.classifier is not None:
+        q = {**q, "class_accuracy": sum(accuracy) / len(accuracy), "class_accuracy_per_seed": accuracy}
+    return q, grid_rel
+
+
+def _class_accuracy(ctx: BenchContext, classifier: Any, images: Any) -> float:
+    """How often the digit classifier recognises the class each image was sampled for."""
+    from nas.conditions import sampling_kwargs
+    from nas.digit_classifier import label_accuracy
+
+    wanted = sampling_kwargs(ctx.cfg, ctx.base, int(images.shape[0]))["class_labels"]
+    return float(label_accuracy(classifier, images, wanted))
+
+
+def _label_classifier(ctx: BenchContext) -> Any:
+    """The digit classifier for a class-conditional base on the digits data, else None."""
+    from nas.conditions import base_condition
+
+    if base_condition(ctx.cfg, ctx.base) is None or ctx.cfg.data.dataset != "digits":
+        return None
+    from nas.digit_classifier import load_or_train_digit_classifier
+
+    return load_or_train_digit_classifier(ctx.run.cache_dir, ctx.device)
+
+
+def _condition_fields(ctx: BenchContext, c: Candidate) -> dict[str, Any]:
+    """For a class-conditional base: the guidance scale and the trajectory MACs by part (both
+    halves of every guided step, :class:`experts.guidance.TrajectoryMacs`); nothing otherwise, so
+    unconditional rows keep their fields."""
+    from experts.guidance import TrajectoryMacs
+    from nas.conditions import sampling_kwargs, vae_decode_macs
+
+    cond = sampling_kwargs(ctx.cfg, ctx.base, 1)
+    if not cond:
+        return {}
+    g = float(cond["guidance_scale"])
+    factor = 2 if g != 1.0 else 1
+    vae = vae_decode_macs(ctx.base) if ctx.base.vae is not None else 0
+    parts = TrajectoryMacs(factor * int(c.macs_per_trajectory), 0, vae, factor * int(c.num_steps), g)
+    return {"guidance_scale": g, "class_labels": "cycle", "macs_parts": dict(parts.to_dict()),
+            "macs_per_trajectory": parts.unet, "base_macs_per_trajectory": factor * int(ctx.base_traj)}
+        if env.classifier is not None:
+            accuracy.append(_class_accuracy(ctx, env.classifier, images))
 
 
 def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
@@ -220,7 +265,7 @@ def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any
         "latency_group": group_id, "latency_batch_size": b.latency_batch_size, "latency_repeats": b.latency_repeats,
         "device": str(ctx.device), "allocation": c.allocation_path, "allocation_cost": c.allocation_cost,
         "finetune": None, "grid": grid_rel, "machine": env.machine, "versions": env.versions,
-        "dataset": dataset_id(cfg.data), **_schedule_fields(c), **c.extra,
+        "dataset": dataset_id(cfg.data), **_schedule_fields(c), **c.extra, **_condition_fields(ctx, c),
     }
 
 
