@@ -7,6 +7,8 @@
   :mod:`experts.steps_space` (steps as search-space dimensions), :class:`ExplicitDDIMScheduler`
   (DDIM on any timestep list), :mod:`experts.sampling_loop` (the seeded denoising loop shared by
   ``nas.sampling.generate`` and the pipeline), :class:`TrajectoryProxy` (small-sample FID of a candidate);
+- class conditions: :mod:`experts.guidance` (:class:`ClassCondition`, condition dropout,
+  classifier-free guidance as one batched pass, :class:`TrajectoryMacs` by part);
 - interval discovery: :mod:`experts.similarity` (timestep similarity), :mod:`experts.segmentation`
   (optimal contiguous segments), :mod:`experts.discovery` (:func:`discover_intervals`);
 - training: :mod:`experts.denoising` (the losses), :mod:`experts.train_loop` (the sandwich-rule
@@ -31,6 +33,8 @@ __all__ = [
     "Allocation",
     "CHECKPOINTS_DIR",
     "CRITERIA",
+    "ClassCondition",
+    "ConditionedModel",
     "CountSketch",
     "DEFAULT_SPACINGS",
     "EXPERT_META",
@@ -70,6 +74,7 @@ __all__ = [
     "StepsSpace",
     "TimestepPlan",
     "TrainLog",
+    "TrajectoryMacs",
     "TrajectoryProxy",
     "activation_similarity",
     "as_tensor",
@@ -78,11 +83,14 @@ __all__ = [
     "build_supernet",
     "check_timesteps",
     "choose_num_segments",
+    "condition_identity",
     "cosine_matrix",
+    "cycle_labels",
     "denoise_batch",
     "denoising_loss",
     "discover_intervals",
     "distillation_loss",
+    "drop_labels",
     "evenly_spaced_timesteps",
     "expand_model_kwargs",
     "expert_dir",
@@ -92,6 +100,8 @@ __all__ = [
     "fixed_batches",
     "format_expert_table",
     "gradient_similarity",
+    "guided_prediction",
+    "guided_unet_calls",
     "image_seed",
     "initial_noise",
     "interval_counts",
@@ -155,8 +165,13 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "plot_similarity", "timestep_grid"
     ), "experts.discovery"),
     **dict.fromkeys((
-        "ExpertTrainSettings", "TrainLog", "expand_model_kwargs", "run_training", "sandwich_archs"
+        "ExpertTrainSettings", "TrainLog", "condition_identity", "expand_model_kwargs", "run_training",
+        "sandwich_archs"
     ), "experts.train_loop"),
+    **dict.fromkeys((
+        "ClassCondition", "ConditionedModel", "TrajectoryMacs", "cycle_labels", "drop_labels", "guided_prediction",
+        "guided_unet_calls"
+    ), "experts.guidance"),
     **dict.fromkeys((
         "CHECKPOINTS_DIR", "EXPERT_META", "MANIFEST", "SUPERNET_DIR", "base_fingerprint", "build_supernet",
         "expert_dir", "load_experts", "load_supernet", "quiet_diffusers"

@@ -47,7 +47,7 @@ from experts.denoising import training_scheduler
 from experts.losses import HeldOutSet, proxy_loss
 from experts.mixture import MixtureOfExperts
 from experts.checkpoint import jsonable
-from experts.train_loop import ExpertTrainSettings, run_training
+from experts.train_loop import ExpertTrainSettings, condition_identity, run_training
 from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet, reading_artefact
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
@@ -99,7 +99,9 @@ def _only(heldout: HeldOutSet, k: int) -> HeldOutSet:
     return HeldOutSet(heldout.intervals,
                       tuple(x if j == k else x[:1] for j, x in enumerate(heldout.x0)),
                       tuple(x if j == k else x[:1] for j, x in enumerate(heldout.noise)),
-                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.t)), heldout.seed)
+                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.t)), heldout.seed,
+                      None if heldout.labels is None else
+                      tuple(y if j == k else y[:1] for j, y in enumerate(heldout.labels)))
 
 
 def finetune_allocation(
@@ -119,6 +121,9 @@ def finetune_allocation(
     progress: bool = True,
     max_steps_this_call: int | None = None,
     keep_checkpoints: bool = False,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
     target: str = "denoise",
     timesteps: Sequence[int] | None = None,
     reference_timesteps: Sequence[int] | None = None,
@@ -142,6 +147,10 @@ def finetune_allocation(
             training schedule).
         max_steps_this_call: stop every expert after this many steps of this call (the state
             is checkpointed; a later call continues and only then saves the mixture).
+        labels, condition_dropout, null_label: a class-conditional model: the (N,) classes of
+            ``images``, passed with every batch (each replaced by ``null_label`` with probability
+            ``condition_dropout``, see :func:`~experts.train_loop.run_training`); the held-out
+            loss uses the held-out set's own labels. Part of the mixture's identity.
         target: ``"denoise"`` (the elastic stage's loss, above) or ``"trajectory"``: every
             interval's expert, the base-served ones included (from the base weights), learns to
             make the mixture's DDIM steps land where the teacher's ``reference_timesteps``
@@ -160,6 +169,8 @@ def finetune_allocation(
                 "experts": source, "distill": teacher is not None}
     if allocation.schedule is not None:  # the saved mixture samples along it: another schedule is another mixture
         identity["schedule"] = allocation.schedule.to_dict()
+    cond = {} if labels is None else {"labels": labels, "condition_dropout": condition_dropout, "null_label": null_label}
+    identity = condition_identity(identity, labels, condition_dropout, null_label)  # unchanged without labels
     traj = None
     if target == "trajectory":
         sampler_scheduler = sampler_scheduler if sampler_scheduler is not None else _default_sampler(scheduler_config)
@@ -181,7 +192,8 @@ def finetune_allocation(
     extra = {} if traj is None else {"plan": traj, "sampler": sampler_scheduler}
     tuned, before, after, seconds, finished = run(
         allocation, supernets, teacher, images, settings, sched, out, identity, device=device, kw=kw,
-        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call, **extra)
+        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call, **extra,
+        **({"cond": cond} if cond else {}))
     if not finished:
         log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
         return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
@@ -287,6 +299,7 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
                       images: torch.Tensor, settings: ExpertTrainSettings, sched: Any, out: Path,
                       identity: Mapping[str, Any], *, device: str | torch.device, kw: Mapping[str, Any] | None,
                       heldout: HeldOutSet | None, progress: bool, max_steps_this_call: int | None,
+                      cond: Mapping[str, Any] | None = None,
                       ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
     """Materialise and fine-tune each interval's expert in turn (held-out loss before and after).
 
@@ -314,7 +327,7 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
             model, teacher, images, allocation.intervals, k, settings, sched,
             out / CHECKPOINTS_DIR / f"expert_{k}", {**identity, "k": k},
             choose_archs=None, device=device, model_kwargs=kw, progress=progress,
-            desc=f"finetune {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call,
+            desc=f"finetune {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call, **(cond or {}),
         )
         seconds += tlog.seconds
         finished = finished and tlog.step >= settings.steps

@@ -35,7 +35,9 @@ __all__ = ["HeldOutSet", "ProxyLoss", "make_heldout", "proxy_loss"]
 
 @dataclass(frozen=True)
 class HeldOutSet:
-    """Fixed evaluation draws per interval: ``x0[k]`` (n, C, H, W), ``noise[k]``, ``t[k]`` (n,).
+    """Fixed evaluation draws per interval: ``x0[k]`` (n, C, H, W), ``noise[k]``, ``t[k]`` (n,),
+    and for a class-conditional model ``labels[k]`` (n,) int64, the class of each drawn image
+    (None: unconditional).
 
     Built once from a seed by :func:`make_heldout`; saved/loaded with safetensors so every
     method (router, search, fine-tuning) is scored on exactly the same draws.
@@ -46,19 +48,33 @@ class HeldOutSet:
     noise: tuple[torch.Tensor, ...]
     t: tuple[torch.Tensor, ...]
     seed: int = 0
+    labels: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.intervals.num_intervals
         if not len(self.x0) == len(self.noise) == len(self.t) == n:
             raise ValueError(f"held-out set needs one entry per interval ({n})")
+        if self.labels is not None and (len(self.labels) != n or any(
+                y.shape[0] != t.shape[0] for y, t in zip(self.labels, self.t))):
+            raise ValueError(f"held-out labels need one entry per interval ({n}) and per draw")
+
+    def model_kwargs(self, k: int, sl: slice, device: Any, model_kwargs: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any] | None:
+        """``model_kwargs`` with the ``class_labels`` of draws ``sl`` of interval ``k`` on top
+        (``model_kwargs`` unchanged without labels)."""
+        if self.labels is None:
+            return None if model_kwargs is None else dict(model_kwargs)
+        return {**dict(model_kwargs or {}), "class_labels": self.labels[k][sl].to(device)}
 
     @property
     def n_per_interval(self) -> int:
         return int(self.t[0].shape[0])
 
     def to(self, device: str | torch.device) -> "HeldOutSet":
+        labels = None if self.labels is None else tuple(y.to(device) for y in self.labels)
         return HeldOutSet(self.intervals, tuple(x.to(device) for x in self.x0),
-                          tuple(x.to(device) for x in self.noise), tuple(x.to(device) for x in self.t), self.seed)
+                          tuple(x.to(device) for x in self.noise), tuple(x.to(device) for x in self.t), self.seed,
+                          labels)
 
     def save(self, path: str | Path) -> None:
         """One safetensors file (the intervals and seed in its metadata)."""
@@ -69,6 +85,8 @@ class HeldOutSet:
             tensors[f"x0.{k}"] = self.x0[k].detach().cpu().contiguous()
             tensors[f"noise.{k}"] = self.noise[k].detach().cpu().contiguous()
             tensors[f"t.{k}"] = self.t[k].detach().cpu().contiguous()
+            if self.labels is not None:
+                tensors[f"labels.{k}"] = self.labels[k].detach().cpu().long().contiguous()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -84,14 +102,18 @@ class HeldOutSet:
             iv = Intervals.from_json(meta["intervals"])
             n = iv.num_intervals
             get = f.get_tensor
+            labels = tuple(get(f"labels.{k}") for k in range(n)) if "labels.0" in f.keys() else None
             out = cls(iv, tuple(get(f"x0.{k}") for k in range(n)), tuple(get(f"noise.{k}") for k in range(n)),
-                      tuple(get(f"t.{k}") for k in range(n)), int(meta.get("seed", 0)))
+                      tuple(get(f"t.{k}") for k in range(n)), int(meta.get("seed", 0)), labels)
         return out.to(device)
 
 
-def make_heldout(images: torch.Tensor, intervals: Intervals, n_per_interval: int = 256, seed: int = 0) -> HeldOutSet:
+def make_heldout(images: torch.Tensor, intervals: Intervals, n_per_interval: int = 256, seed: int = 0,
+                 labels: torch.Tensor | None = None) -> HeldOutSet:
     """A seeded held-out set: per interval, ``n`` images (without replacement when possible),
-    stratified timesteps over the interval and fresh noise.
+    stratified timesteps over the interval and fresh noise; with ``labels`` ((N,), one class
+    per image of a class-conditional model) the drawn images' labels too (the draws are those
+    of an unlabelled call).
 
     Example:
         >>> h = make_heldout(torch.zeros(20, 1, 4, 4), Intervals(100, (50,)), n_per_interval=8, seed=1)
@@ -100,8 +122,10 @@ def make_heldout(images: torch.Tensor, intervals: Intervals, n_per_interval: int
     """
     if n_per_interval < 1:
         raise ValueError(f"n_per_interval must be >= 1, got {n_per_interval}")
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have one entry per image: {labels.shape[0]} labels, {images.shape[0]} images")
     g = torch.Generator().manual_seed(int(seed))
-    xs, ns, ts = [], [], []
+    xs, ns, ts, ys = [], [], [], []
     n_img = images.shape[0]
     for k in range(intervals.num_intervals):
         reps = math.ceil(n_per_interval / n_img)
@@ -110,7 +134,9 @@ def make_heldout(images: torch.Tensor, intervals: Intervals, n_per_interval: int
         ts.append(interval_timesteps(intervals, k, n_per_interval, g, stratified=True))
         ns.append(torch.randn(tuple(x0.shape), generator=g))
         xs.append(x0)
-    return HeldOutSet(intervals, tuple(xs), tuple(ns), tuple(ts), int(seed))
+        if labels is not None:
+            ys.append(labels[idx.to(labels.device)].detach().cpu().long())  # (n,)
+    return HeldOutSet(intervals, tuple(xs), tuple(ns), tuple(ts), int(seed), tuple(ys) if labels is not None else None)
 
 
 @dataclass(frozen=True)
@@ -254,7 +280,8 @@ def _heldout_mean(model: Any, heldout: HeldOutSet, k: int, noise_scheduler: Any,
             sl = slice(s, min(m, s + batch_size))
             x0 = heldout.x0[k][sl].to(dev)
             loss = denoising_loss(model, x0, heldout.t[k][sl].to(dev), heldout.noise[k][sl].to(dev),
-                                  noise_scheduler, model_kwargs=model_kwargs, reduction="none")  # (b,)
+                                  noise_scheduler, model_kwargs=heldout.model_kwargs(k, sl, dev, model_kwargs),
+                                  reduction="none")  # (b,)
             acc += float(loss.sum())
             count += int(loss.shape[0])
     return acc / count

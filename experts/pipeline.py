@@ -71,14 +71,27 @@ class MixturePipeline(DiffusionPipeline):
         mixture: the :class:`MixtureOfExperts`.
         scheduler: any diffusers scheduler built from the base model's training schedule.
         vae: decoder for latent models (``AutoencoderKL`` / ``VQModel``), or None.
+        null_class_label: the null class of class-conditional experts (``num_class_embeds``):
+            what classifier-free guidance and unconditional samples use; default the last
+            class embedding. Saved in ``model_index.json`` and restored by ``from_pretrained``
+            (nothing is stored for unconditional experts).
     """
 
     model_cpu_offload_seq = "mixture->vae"
     _optional_components = ["vae"]
 
-    def __init__(self, mixture: MixtureOfExperts, scheduler: Any, vae: nn.Module | None = None) -> None:
+    def __init__(self, mixture: MixtureOfExperts, scheduler: Any, vae: nn.Module | None = None,
+                 null_class_label: int | None = None) -> None:
         super().__init__()
         self.register_modules(mixture=mixture, scheduler=scheduler, vae=vae)
+        cond = _class_condition(mixture, null_class_label)
+        if cond is not None:
+            self.register_to_config(null_class_label=int(cond.null_label))
+
+    @property
+    def class_condition(self) -> Any:
+        """The experts' :class:`~experts.guidance.ClassCondition` (classes, null label), or None."""
+        return _class_condition(self.mixture, getattr(self.config, "null_class_label", None))
 
     def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
         cfg = self.mixture.config
@@ -114,6 +127,8 @@ class MixturePipeline(DiffusionPipeline):
         timesteps: Any = None,
         seed: int | None = None,
         first_image: int = 0,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images.
 
@@ -131,6 +146,10 @@ class MixturePipeline(DiffusionPipeline):
                 images ``first_image .. first_image + batch_size - 1`` (bit for bit when its
                 batch is the same); excludes ``generator``, ``latents`` and ``eta``.
             first_image: index of the first image of the batch in the seeded run.
+            class_labels: class-conditional experts: the class of each image (one int for all,
+                or ``batch_size`` of them); None samples the null class (unconditional).
+            guidance_scale: classifier-free guidance with ``class_labels`` (1: none; above 1 the
+                null class and the labels run as one batched pass of twice the batch per step).
 
         Raises:
             ValueError: both steps and timesteps, bad timesteps, or ``seed`` with ``generator``,
@@ -139,6 +158,7 @@ class MixturePipeline(DiffusionPipeline):
         plan = self._plan(num_inference_steps, timesteps)
         device = self._execution_device
         dtype = self.mixture.dtype
+        model = self._conditioned(class_labels, guidance_scale, int(batch_size))
         ehs = None
         if encoder_hidden_states is not None:
             ehs = encoder_hidden_states.to(device=device, dtype=dtype)
@@ -146,14 +166,38 @@ class MixturePipeline(DiffusionPipeline):
             if generator is not None or latents is not None or eta:
                 raise ValueError("seed= draws the noise itself: pass no generator, latents or eta")
             with self.progress_bar(total=plan.num_steps) as bar:
-                x = denoise_batch(self.mixture, plan, int(seed), int(first_image), int(first_image) + int(batch_size),
+                x = denoise_batch(model, plan, int(seed), int(first_image), int(first_image) + int(batch_size),
                                   self._sample_shape(1)[1:], device, ehs, bar)
         else:
-            x = self._denoise(plan, batch_size, generator, eta, latents, ehs, device, dtype)
+            x = self._denoise(plan, batch_size, generator, eta, latents, ehs, device, dtype, model)
         return self._finish(x, output_type, return_dict)
 
+    def _conditioned(self, class_labels: Any, guidance_scale: float, batch_size: int) -> Any:
+        """The mixture itself (unconditional experts), else the mixture called with each image's
+        class (:class:`~experts.guidance.ConditionedModel`: guidance, or the null class)."""
+        from experts.guidance import ConditionedModel
+
+        cond = self.class_condition
+        if cond is None:
+            if class_labels is not None or float(guidance_scale) != 1.0:
+                raise UserError("class_labels/guidance_scale need class-conditional experts (num_class_embeds); "
+                                "these experts take no class")
+            return self.mixture
+        labels = None
+        if class_labels is not None:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+            if labels.numel() == 1:
+                labels = labels.expand(batch_size).clone()
+            if labels.shape[0] != batch_size:
+                raise UserError(f"class_labels must give one class per image: {labels.shape[0]} for {batch_size} images")
+            labels = cond.check_labels(labels)
+        elif float(guidance_scale) != 1.0:
+            raise UserError("guidance_scale > 1 needs class_labels (the classes to guide towards)")
+        return ConditionedModel(self.mixture, labels, guidance_scale=float(guidance_scale),
+                                null_label=cond.null_label)
+
     def _denoise(self, plan: TimestepPlan, batch_size: int, generator: Any, eta: float, latents: torch.Tensor | None,
-                 ehs: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+                 ehs: torch.Tensor | None, device: torch.device, dtype: torch.dtype, model: Any = None) -> torch.Tensor:
         """The diffusers-style loop: noise from ``generator`` (or ``latents``), (B, C, H, W)."""
         if latents is None:
             latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device,
@@ -172,7 +216,8 @@ class MixturePipeline(DiffusionPipeline):
             step_kw["generator"] = generator
         for t in self.progress_bar(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            out = self.mixture(x_in, t, **kw).sample  # (B,C,H,W)
+            out = self.mixture(x_in, t, **kw).sample if model is None or model is self.mixture \
+                else model(x_in, t, **kw)  # (B,C,H,W)
             x = scheduler.step(out, t, x, **step_kw).prev_sample
         return x
 
@@ -191,6 +236,15 @@ class MixturePipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+
+def _class_condition(mixture: Any, null_class_label: int | None) -> Any:
+    """:class:`~experts.guidance.ClassCondition` of the mixture's first expert, or None."""
+    from experts.guidance import ClassCondition
+
+    experts = getattr(mixture, "experts", None)
+    first = experts[0] if experts else (mixture.expert_for(0) if hasattr(mixture, "expert_for") else None)
+    return ClassCondition.from_unet(first, null_class_label) if first is not None else None
 
 
 @dataclass

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ExpertTrainSettings",
     "TrainLog",
+    "condition_identity",
     "expand_model_kwargs",
     "run_training",
     "sandwich_archs",
@@ -158,14 +159,16 @@ def run_training(
         labels: (N,) class labels of ``images`` for a class-conditional model: every batch
             passes its images' labels as ``class_labels`` (to the student and the teacher).
         condition_dropout: probability that a label is replaced by ``null_label`` (so the
-            expert keeps the unconditional prediction classifier-free guidance needs).
+            expert keeps the unconditional prediction classifier-free guidance needs). With
+            ``labels``, the condition (dropout, null label) is part of the checkpoint's
+            identity: another dropout is another checkpoint (:func:`condition_identity`).
 
     Returns:
         the log of all steps so far (from the checkpoint and this call).
     """
     from tqdm.auto import tqdm
 
-    ident = jsonable(identity)
+    ident = jsonable(condition_identity(identity, labels, condition_dropout, null_label))
     inputs = _prepare(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
                       torch.device(device), model_kwargs, _Labels(labels, float(condition_dropout), null_label))
     recover_checkpoint(ckpt_dir)
@@ -196,6 +199,23 @@ def run_training(
         pbar.close()
         student.eval()
     return TrainLog(step, tuple(losses), seconds + time.perf_counter() - t_start)
+
+
+def condition_identity(identity: Mapping[str, Any], labels: torch.Tensor | None, condition_dropout: float,
+                       null_label: int | None) -> dict[str, Any]:
+    """``identity`` with the class condition of a labelled training run under ``"condition"``
+    (``identity`` unchanged without labels: unconditional checkpoints keep their identity).
+
+    Example:
+        >>> condition_identity({"lr": 1}, None, 0.0, None)
+        {'lr': 1}
+        >>> condition_identity({"lr": 1}, torch.tensor([0, 1]), 0.1, 10)["condition"]
+        {'dropout': 0.1, 'null_label': 10}
+    """
+    if labels is None:
+        return dict(identity)
+    return {**dict(identity), "condition": {"dropout": float(condition_dropout),
+                                            "null_label": None if null_label is None else int(null_label)}}
 
 
 def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor, intervals: Intervals, k: int,

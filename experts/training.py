@@ -74,7 +74,7 @@ from experts.expert_folder import (
     load_experts,
     load_supernet,
 )
-from experts.train_loop import ExpertTrainSettings, run_training, sandwich_archs
+from experts.train_loop import ExpertTrainSettings, condition_identity, run_training, sandwich_archs
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -128,6 +128,9 @@ class ExpertJob:
     identity: dict
     encoder_hidden_states: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+    condition_dropout: float = 0.0
+    null_label: int | None = None
 
 
 def prepare_expert_jobs(
@@ -141,11 +144,17 @@ def prepare_expert_jobs(
     options: Any = None,
     importance: str = "magnitude",
     encoder_hidden_states: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> list[ExpertJob]:
     """Write ``<out>/supernet``, ``intervals.json`` and ``manifest.json``; one job per interval.
 
     Rerunning with the same base, options and intervals reuses ``supernet/``; anything else
     is a :class:`UserError` (experts of another base or other intervals are never mixed).
+    ``labels`` ((N,) classes of ``images``), ``condition_dropout`` and ``null_label``: a
+    class-conditional base (see :func:`~experts.train_loop.run_training`); the condition is
+    recorded in the manifest and the experts' identity.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,10 +173,13 @@ def prepare_expert_jobs(
         "settings": jsonable(settings.identity()),
         "scheduler_config": jsonable({k: v for k, v in dict(scheduler_config).items()}),
     }
+    condition = condition_identity({}, labels, condition_dropout, null_label).get("condition")
+    if condition is not None:  # unconditional manifests keep their keys
+        manifest["condition"] = condition
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
-        diff = [key for key in ("intervals", "base_fingerprint", "importance", "options", "settings")
-                if old.get(key) != manifest[key]]
+        diff = [key for key in ("intervals", "base_fingerprint", "importance", "options", "settings", "condition")
+                if old.get(key) != manifest.get(key)]
         if diff:
             raise UserError(
                 f"{out} holds experts made with other {', '.join(diff)}; delete {out} to train new ones "
@@ -187,7 +199,8 @@ def prepare_expert_jobs(
     identity = {"settings": manifest["settings"], "intervals": manifest["intervals"], "base": fp,
                 "importance": importance, "options": opts_dict}
     cfg = dict(scheduler_config)
-    return [ExpertJob(k, out, intervals, images, settings, cfg, identity, encoder_hidden_states)
+    return [ExpertJob(k, out, intervals, images, settings, cfg, identity, encoder_hidden_states,
+                      labels=labels, condition_dropout=float(condition_dropout), null_label=null_label)
             for k in range(intervals.num_intervals)]
 
 
@@ -204,16 +217,20 @@ def train_one_expert(
     encoder_hidden_states: torch.Tensor | None = None,
     progress: bool = True,
     max_steps_this_call: int | None = None,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> ExpertResult:
     """Train (or resume, or reuse) expert ``k`` from ``<out>/supernet`` into ``<out>/expert_<k>``.
 
     Needs :func:`prepare_expert_jobs` to have run (it writes the supernet and the identity).
-    Safe to run in another process or on another machine that sees ``out_dir``.
+    Safe to run in another process or on another machine that sees ``out_dir``. ``labels``,
+    ``condition_dropout``, ``null_label``: a class-conditional base (:func:`run_training`).
     """
     out = Path(out_dir)
     final = expert_dir(out, k)
     meta_path = final / EXPERT_META
-    ident = jsonable(identity)
+    ident = jsonable(condition_identity(identity, labels, condition_dropout, null_label))
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("identity") == ident and int(meta.get("steps", -1)) == settings.steps:
@@ -235,6 +252,8 @@ def train_one_expert(
         student, teacher, images, intervals, k, settings, sched, out / CHECKPOINTS_DIR / f"expert_{k}", ident,
         choose_archs=choose, device=device, model_kwargs=kw, progress=progress,
         desc=f"expert {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call,
+        **({"labels": labels, "condition_dropout": condition_dropout, "null_label": null_label}
+           if labels is not None else {}),
     )
     if tlog.step < settings.steps:  # time slice ended early: not final yet
         return ExpertResult(k, final, tlog.step, tlog.seconds, tlog.mean_loss())
@@ -257,7 +276,8 @@ def run_expert_job(job: ExpertJob, device: str | torch.device = "cpu", progress:
     return train_one_expert(
         job.k, job.out_dir, job.intervals, job.images, job.settings, job.scheduler_config, job.identity,
         device=device, encoder_hidden_states=job.encoder_hidden_states, progress=progress,
-        max_steps_this_call=max_steps_this_call,
+        max_steps_this_call=max_steps_this_call, labels=job.labels, condition_dropout=job.condition_dropout,
+        null_label=job.null_label,
     )
 
 
@@ -277,6 +297,9 @@ def train_experts(
     only: Sequence[int] | None = None,
     max_steps_this_call: int | None = None,
     run_jobs: Callable[[Sequence[ExpertJob]], Sequence[ExpertResult]] | None = None,
+    labels: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> ExpertsResult:
     """Train one elastic expert per interval, one after another (see the module docstring).
 
@@ -295,10 +318,15 @@ def train_experts(
         run_jobs: runs the experts' :class:`ExpertJob` s elsewhere and returns their results in
             order, e.g. as Ray tasks (:func:`nas.ray_backend.run_expert_jobs_ray`), each calling
             :func:`run_expert_job`; ``None``: one after another in this process on ``device``.
+        labels: (N,) class labels of ``images`` for a class-conditional base: every batch
+            passes its images' labels, each replaced by ``null_label`` with probability
+            ``condition_dropout`` (so guidance works with the experts); part of the experts'
+            identity and manifest.
     """
     t0 = time.perf_counter()
     jobs = prepare_expert_jobs(base_unet, intervals, images, settings, out_dir, scheduler_config=scheduler_config,
-                               options=options, importance=importance, encoder_hidden_states=encoder_hidden_states)
+                               options=options, importance=importance, encoder_hidden_states=encoder_hidden_states,
+                               labels=labels, condition_dropout=condition_dropout, null_label=null_label)
     jobs = [job for job in jobs if only is None or job.k in only]
     if run_jobs is not None:
         if max_steps_this_call is not None:

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from experts.guidance import guided_unet_calls
+
 __all__ = ["ProxyScore", "TrajectoryProxy"]
 
 log = logging.getLogger(__name__)
@@ -115,12 +117,17 @@ class TrajectoryProxy:
             timesteps and ``cache_key`` match (the key should name the base model and the
             seeds, which the file cannot check).
         cache_key: see ``cache_file``.
+        guidance_scale: the classifier-free guidance ``sample`` applies (a class-conditional
+            model sampled with the same labels and guidance for the reference and every
+            candidate); above 1 each step costs two network calls per image, counted in
+            :attr:`ProxyScore.unet_calls` and :meth:`cost`.
     """
 
     def __init__(self, sample: Sampler, base: Callable[..., Any], reference: Sequence[int] | Any,
                  features: Features, *, fid: Callable[[np.ndarray], float] | None = None,
-                 cache_file: str | Path | None = None, cache_key: str = "") -> None:
+                 cache_file: str | Path | None = None, cache_key: str = "", guidance_scale: float = 1.0) -> None:
         self.sample = sample
+        self.guidance_scale = float(guidance_scale)
         self.base = base
         self.reference_timesteps = _timesteps(reference)
         self.features = features
@@ -177,7 +184,7 @@ class TrajectoryProxy:
 
     def cost(self, schedule: Sequence[int] | Any) -> int:
         """Network calls one :meth:`score` of a candidate with this schedule costs."""
-        return self.num_images * len(_timesteps(schedule))
+        return self.num_images * guided_unet_calls(len(_timesteps(schedule)), self.guidance_scale)
 
     # ----------------------------------------------------------------- scoring
     def score(self, model: Callable[..., Any], schedule: Sequence[int] | Any) -> ProxyScore:
@@ -196,7 +203,8 @@ class TrajectoryProxy:
         raw = float(((feats - ref) ** 2).sum(axis=1).mean())
         fid = float(self.fid(feats)) if self.fid is not None else None
         return ProxyScore(distance=raw / float(self._ref_spread), raw_distance=raw, fid=fid,
-                          unet_calls=int(images.shape[0]) * len(ts), num_images=int(images.shape[0]),
+                          unet_calls=int(images.shape[0]) * guided_unet_calls(len(ts), self.guidance_scale),
+                          num_images=int(images.shape[0]),
                           num_steps=len(ts))
 
     __call__ = score

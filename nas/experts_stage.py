@@ -114,7 +114,8 @@ def train_run_experts(ctx: RunContext, only: Sequence[int] | None = None) -> Exp
     res = train_experts(base.unet, intervals, train, train_settings(cfg), run.experts_dir,
                         scheduler_config=base.scheduler_config, device=device, options=space_options(cfg),
                         importance=cfg.space.importance, encoder_hidden_states=base.encoder_hidden_states,
-                        only=None if only is None else list(only), run_jobs=expert_runner(cfg))
+                        only=None if only is None else list(only), run_jobs=expert_runner(cfg),
+                        **ctx.train_condition())
     run.write_config(cfg, run.experts_dir)
     if only is not None and any(not (run.experts_dir / f"expert_{k}").is_dir()
                                 for k in range(intervals.num_intervals)):
@@ -189,7 +190,7 @@ def finetune_run(ctx: RunContext, allocation: Allocation, out: Path | None = Non
     res = finetune_allocation(
         allocation, experts, train, finetune_settings(cfg), out, scheduler_config=base.scheduler_config,
         teacher=teacher, device=device, heldout=heldout, vae=base.vae, encoder_hidden_states=base.encoder_hidden_states,
-        sampler_scheduler=ctx.scheduler,
+        sampler_scheduler=ctx.scheduler, **ctx.train_condition(),
     )
     run.write_config(cfg, out)
     return FinetuneOutcome(allocation, res, Path(out))

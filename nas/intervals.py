@@ -1,6 +1,7 @@
 """Discovering the experts' timestep intervals from the base model (``diffnas intervals``).
 
-Measures the timestep similarity matrix of the base model on its data (``intervals.*`` keys,
+Measures the timestep similarity matrix of the base model on its data (a class-conditional
+model with each image's class label; ``intervals.*`` keys,
 :class:`nas.config.IntervalsConfig`), splits it into contiguous intervals and writes
 ``runs/<name>/intervals.json`` and ``runs/<name>/similarity.png``. Re-running with the same
 measurement settings reuses the stored matrix (only the cheap segmentation is redone, e.g.
@@ -117,6 +118,7 @@ def run_intervals(ctx: RunContext, force: bool = False) -> tuple[IntervalDiscove
 def _measure(ctx: RunContext, key: str) -> IntervalDiscovery:
     """Measure the similarity matrix on the base model and segment it; writes both files."""
     from experts.discovery import discover_intervals, plot_similarity
+    from nas.conditions import training_labels
     from nas.data import dataset_id, encode_latents, load_dataset
 
     cfg, run, device = ctx.cfg, ctx.run, ctx.device
@@ -142,11 +144,12 @@ def _measure(ctx: RunContext, key: str) -> IntervalDiscovery:
         "scheduler_config": {k: v for k, v in base.scheduler_config.items() if _jsonable(v)},
         "segment": _segment_args(cfg),
     }
+    labels = training_labels(cfg, base, int(images.shape[0])).get("labels")  # class-conditional: (N,) classes
     result = discover_intervals(
         base.unet, images, base.scheduler_config, grid_size=iv.grid_size, measure=iv.measure, aggregate=iv.aggregate,
         num_batches=iv.num_batches, batch_size=iv.batch_size, seed=_seed(cfg), projection_dim=iv.projection_dim,
         activation_module=iv.activation_module, device=device, unet_kwargs=base.unet_kwargs, settings=settings,
-        progress=ctx.progress, **_segment_args(cfg),
+        progress=ctx.progress, labels=labels, **_segment_args(cfg),
     )
     result.save(run.intervals_path)
     plot_similarity(result, run.similarity_path)

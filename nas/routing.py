@@ -243,7 +243,8 @@ def _mixture_loss(ctx: RunContext, seed: int) -> tuple[Any, Any, Any]:
     kw = ({"encoder_hidden_states": base.encoder_hidden_states} if base.encoder_hidden_states is not None else None)
     loss = MixtureRoutingLoss(experts, intervals, steps, base.unet, training_scheduler(base.scheduler_config),
                               images.to(device), heldout, batch_size=r.batch_size,
-                              distill_weight=cfg.experts.distill_weight, model_kwargs=kw, seed=seed, device=device)
+                              distill_weight=cfg.experts.distill_weight, model_kwargs=kw, seed=seed, device=device,
+                              labels=ctx.train_condition().get("labels"))
     return loss, intervals, steps
 
 

@@ -227,13 +227,15 @@ class MixtureObjective:
                 acc_dn = acc_ds = 0.0
                 for c, s in enumerate(range(0, m, self.batch_size)):
                     sl = slice(s, min(m, s + self.batch_size))
-                    batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl]).to(device)
+                    cond = None if h.labels is None else {"class_labels": h.labels[k][sl]}  # class-conditional
+                    batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl], cond).to(device)
                     t_out = state.teacher_out.get((k, c))
                     if t_out is None and w_distill > 0:
-                        from experts.denoising import as_tensor
+                        from experts.denoising import as_tensor, batch_model_kwargs
 
                         x_t = state.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (b,C,H,W)
-                        t_out = as_tensor(teacher(x_t, batch.t, **(_expand(kw, len(batch))))).detach()
+                        t_kw = batch_model_kwargs(batch, _expand(kw, len(batch))) or {}
+                        t_out = as_tensor(teacher(x_t, batch.t, **t_kw)).detach()
                         state.teacher_out[(k, c)] = t_out
                     terms = expert_loss(model, None, batch, state.noise_scheduler, distill_weight=w_distill,
                                         teacher_out=t_out, model_kwargs=kw)
@@ -251,6 +253,7 @@ class MixtureObjective:
     def _fid(self, state: _Loaded, archs: list[Arch], device: str, schedule: Any = None) -> dict[str, Any]:
         from nas.data import dataset_id, load_dataset
         from nas.metrics import build_extractor, compute_quality, reference_features, resolve_extractor_kind
+        from nas.conditions import sampling_kwargs
         from nas.sampling import generate, make_scheduler
 
         cfg = self.cfg
@@ -273,7 +276,8 @@ class MixtureObjective:
         images = generate(model, make_scheduler(cfg.sampling.sampler, b.scheduler_config), num_images=n,
                           **steps, batch_size=cfg.sampling.batch_size, seed=seed,
                           device=device, sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
-                          encoder_hidden_states=b.encoder_hidden_states, progress=False)  # (N,C,H,W)
+                          encoder_hidden_states=b.encoder_hidden_states, progress=False,
+                          **sampling_kwargs(cfg, b, n))  # (N,C,H,W); class-conditional: every class, guided
         q = compute_quality(images, ref, extractor)
         out = {"quality": float(q.fid), "fid": float(q.fid), "kid": float(q.kid), "extractor": q.extractor,
                "sampled_images": n, "seed": seed, "num_reference": int(q.num_reference),

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from experts.intervals import Intervals
-from experts.denoising import LossBatch, as_tensor, expert_loss, make_batch
+from experts.denoising import LossBatch, as_tensor, batch_model_kwargs, expert_loss, make_batch
 from experts.losses import HeldOutSet
 from experts.mixture_space import MixtureSpace
 from search_spaces import Arch
@@ -68,6 +68,9 @@ class MixtureRoutingLoss:
         device: where the experts run.
         eval_batch_size: held-out samples per model call in :meth:`arch_loss`.
         joint: train the experts' weights too (they then keep ``requires_grad``).
+        labels: (N,) class labels of ``images`` for class-conditional experts: every relaxed
+            batch passes its images' labels (to the experts and the teacher); the held-out
+            draws pass the held-out set's own labels.
 
     Attributes:
         mixture: the :class:`experts.MixtureSpace` of the experts (parts ``e0, e1, ...``
@@ -94,6 +97,7 @@ class MixtureRoutingLoss:
         device: str | torch.device = "cpu",
         eval_batch_size: int = 256,
         joint: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> None:
         n = intervals.num_intervals
         if len(experts) != n or len(steps_per_expert) != n:
@@ -103,6 +107,9 @@ class MixtureRoutingLoss:
             raise ValueError("the held-out set was drawn for other intervals than the experts'")
         if images.shape[0] < 1:
             raise ValueError("no training images")
+        if labels is not None and labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have one entry per image: {labels.shape[0]} labels, {images.shape[0]} images")
+        self.labels = labels
         self.experts = list(experts)
         self.intervals = intervals
         self.steps_per_expert = tuple(float(s) for s in steps_per_expert)
@@ -153,13 +160,14 @@ class MixtureRoutingLoss:
         for k, expert in enumerate(self.experts):
             w_k = {name: w.to(self.device) for name, w in per[k].items()}
             expert.set_active_relaxed(w_k)
-            batch = make_batch(self.images, self.intervals, k, self.batch_size, self.generator).to(self.device)
+            batch = make_batch(self.images, self.intervals, k, self.batch_size, self.generator,
+                               labels=self.labels).to(self.device)
             kw = _expand(self.model_kwargs, len(batch))
             t_out = None
             if self.distill_weight > 0:
                 with torch.no_grad():
                     x_t = self.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
-                    t_out = as_tensor(self.teacher(x_t, batch.t, **kw)).detach()
+                    t_out = as_tensor(self.teacher(x_t, batch.t, **(batch_model_kwargs(batch, kw) or {}))).detach()
             terms = expert_loss(expert, None, batch, self.noise_scheduler, distill_weight=self.distill_weight,
                                 teacher_out=t_out, model_kwargs=kw)
             total = total + self.step_frac[k] * terms.total
@@ -182,14 +190,15 @@ class MixtureRoutingLoss:
             expert.set_active(key[1])
             for c, s in enumerate(range(0, m, self.eval_batch_size)):
                 sl = slice(s, min(m, s + self.eval_batch_size))
-                batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl]).to(self.device)
+                cond = None if h.labels is None else {"class_labels": h.labels[k][sl]}
+                batch = LossBatch(h.x0[k][sl], h.noise[k][sl], h.t[k][sl], cond).to(self.device)
                 kw = _expand(self.model_kwargs, len(batch))
                 t_out = None
                 if self.distill_weight > 0:
                     t_out = self._teacher_heldout.get((k, c))
                     if t_out is None:
                         x_t = self.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (b,C,H,W)
-                        t_out = as_tensor(self.teacher(x_t, batch.t, **kw)).detach()
+                        t_out = as_tensor(self.teacher(x_t, batch.t, **(batch_model_kwargs(batch, kw) or {}))).detach()
                         self._teacher_heldout[(k, c)] = t_out
                 terms = expert_loss(expert, None, batch, self.noise_scheduler, distill_weight=self.distill_weight,
                                     teacher_out=t_out, model_kwargs=kw)

@@ -41,5 +41,6 @@ class BenchContext(RunContext):
             self._grads = taylor_gradients(self.base.unet, train, self.base.scheduler_config,
                                            num_batches=b.static_taylor_batches,
                                            batch_size=self.cfg.experts.finetune_batch_size, seed=self.cfg.seed,
-                                           unet_kwargs=self.base.unet_kwargs if self.base.encoder_hidden_states is not None else None)
+                                           unet_kwargs=self.base.unet_kwargs if self.base.encoder_hidden_states is not None else None,
+                                           labels=self.train_condition().get("labels"))
         return self._grads

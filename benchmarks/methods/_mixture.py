@@ -115,7 +115,7 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
     res = finetune_allocation(
         alloc, run.experts_dir, train, settings, out, scheduler_config=ctx.base.scheduler_config,
         device=ctx.device, heldout=heldout, vae=ctx.base.vae, encoder_hidden_states=ctx.base.encoder_hidden_states,
-        sampler_scheduler=ctx.scheduler, progress=ctx.progress, **finetune_target(ctx),
+        sampler_scheduler=ctx.scheduler, progress=ctx.progress, **ctx.train_condition(), **finetune_target(ctx),
     )
     run.write_config(ctx.cfg, out)
     model = load_model_folder(out, device=ctx.device).model

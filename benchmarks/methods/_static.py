@@ -106,7 +106,7 @@ def _prune_and_finetune(ctx: Any, budget: float, settings: ExpertTrainSettings, 
     kw = {"encoder_hidden_states": base.encoder_hidden_states} if base.encoder_hidden_states is not None else None
     tlog = run_training(model, base.unet, train, whole, 0, settings, sched, out / CHECKPOINTS_DIR,
                         identity, choose_archs=None, device=ctx.device, model_kwargs=kw,
-                        progress=ctx.progress, desc=f"finetune static@{budget:g}")
+                        progress=ctx.progress, desc=f"finetune static@{budget:g}", **ctx.train_condition())
     model.eval().requires_grad_(False)
     meta = {"prune": res.to_dict(), "finetune_seconds": tlog.seconds, "steps": tlog.step,
             "wall_s": time.perf_counter() - t0}

@@ -290,6 +290,13 @@ def _schedule_keys(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"steps_per_interval": [int(s) for s in row["steps_per_expert"]]}
 
 
+def _condition_keys(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A class-conditional run's ``class_accuracy`` (the digit classifier recognises the requested
+    class), ``guidance_scale`` and ``macs_parts``; nothing for unconditional rows."""
+    return {k: row[k] for k in ("class_accuracy", "class_accuracy_per_seed", "guidance_scale", "macs_parts")
+            if row.get(k) is not None}
+
+
 def _base_keys(row: Mapping[str, Any], allocations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """``base_intervals`` of a row whose allocation serves intervals by the base model itself
     (a joint space with the base as a choice); nothing otherwise."""
@@ -353,7 +360,8 @@ def search_summary(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any]
 def build_summary(data: RunData) -> dict[str, Any]:
     """The report's numbers (the ``summary.json`` content, see the module docstring); no files written."""
     rows, key, ignored = _select_rows(data.records)
-    shown = [{**{k: r.get(k) for k in _ROW_KEYS}, **_schedule_keys(r), **_base_keys(r, data.allocations)}
+    shown = [{**{k: r.get(k) for k in _ROW_KEYS}, **_schedule_keys(r), **_base_keys(r, data.allocations),
+              **_condition_keys(r)}
              for r in rows]
     ref = reference_point(r["fid_mean"] for r in shown if r.get("fid_mean") is not None)
     methods: dict[str, Any] = {}

@@ -142,6 +142,7 @@ def taylor_gradients(
     batch_size: int = 32,
     seed: int = 0,
     unet_kwargs: Callable[[int], dict] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Denoising-loss gradients accumulated over ``num_batches`` seeded batches, timesteps drawn
     uniformly over the whole schedule (Diff-Pruning's Taylor importance uses ``|w * grad|``).
@@ -149,9 +150,11 @@ def taylor_gradients(
     Args:
         images: training samples (N, C, H, W) in the UNet's input space (latents for LDMs).
         unet_kwargs: ``batch_size -> extra kwargs`` (context of conditional UNets), or None.
+        labels: (N,) class labels of ``images`` for a class-conditional UNet (each batch passes
+            its images' labels), or None.
     """
     from experts.intervals import Intervals
-    from experts.denoising import denoising_loss, make_batch, training_scheduler
+    from experts.denoising import batch_model_kwargs, denoising_loss, make_batch, training_scheduler
 
     sched = training_scheduler(scheduler_config)
     whole = Intervals(int(sched.config.num_train_timesteps), ())
@@ -161,8 +164,9 @@ def taylor_gradients(
     gen = torch.Generator().manual_seed(int(seed))
     with torch.enable_grad():
         for _ in range(int(num_batches)):
-            batch = make_batch(images, whole, 0, int(batch_size), gen).to(device)
+            batch = make_batch(images, whole, 0, int(batch_size), gen, labels=labels).to(device)
             kw = unet_kwargs(len(batch)) if unet_kwargs is not None else None
+            kw = batch_model_kwargs(batch, kw)
             loss = denoising_loss(model, batch.x0, batch.t, batch.noise, sched, model_kwargs=kw)
             loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -27,6 +27,7 @@ from nas.run._artefacts import (
     heldout_path,
     read_intervals,
     space_options,
+    train_condition,
     train_settings,
 )
 from nas.run._context import RunContext, check_experts, prepare_run
@@ -70,5 +71,6 @@ __all__ = [
     "stage_key",
     "stage_names",
     "to_jsonable",
+    "train_condition",
     "train_settings",
 ]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 __all__ = ["HELDOUT_FILE", "experts_data", "finetune_settings", "heldout_path", "read_intervals", "space_options",
-           "train_settings"]
+           "train_condition", "train_settings"]
 
 HELDOUT_FILE = "heldout.safetensors"
 
@@ -95,21 +95,59 @@ def experts_data(cfg: ExperimentConfig, run: RunDir, base: BaseModel, intervals:
             f"{tuple(base.sample_shape)}; set data.image_size (and data.dataset) to match model.base"
         )
     e = cfg.experts
-    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(int(cfg.seed)))
-    n_held = max(1, int(round(e.heldout_fraction * images.shape[0]))) if e.heldout_fraction > 0 else 0
-    held_imgs = images[perm[:n_held]] if n_held else images
-    train = images[perm[n_held:]] if n_held else images
-    if train.shape[0] < 1:
-        raise UserError(f"experts.heldout_fraction={e.heldout_fraction} leaves no training images")
+    held_idx, train_idx = _split(cfg, int(images.shape[0]))
+    held_imgs = images[held_idx]
+    train = images[train_idx]
+    labels = _labels(cfg, base, int(images.shape[0]))  # class-conditional base: (N,), else None
     path = heldout_path(run)
     heldout = None
     if path.is_file():
         heldout = HeldOutSet.load(path)
         if heldout.intervals != intervals or heldout.n_per_interval != e.heldout_per_interval \
-                or heldout.seed != int(cfg.seed) or tuple(heldout.x0[0].shape[1:]) != tuple(images.shape[1:]):
+                or heldout.seed != int(cfg.seed) or tuple(heldout.x0[0].shape[1:]) != tuple(images.shape[1:]) \
+                or (heldout.labels is None) != (labels is None):
             log.info("%s was made for other intervals/settings; drawing it again", path)
             heldout = None
     if heldout is None:
-        heldout = make_heldout(held_imgs, intervals, e.heldout_per_interval, seed=int(cfg.seed))
+        heldout = make_heldout(held_imgs, intervals, e.heldout_per_interval, seed=int(cfg.seed),
+                               **({} if labels is None else {"labels": labels[held_idx]}))
         heldout.save(path)
     return train, heldout
+
+
+def _split(cfg: ExperimentConfig, num_images: int) -> tuple[Any, Any]:
+    """(held-out indices, training indices) of the experts' split: a seeded permutation (``seed``),
+    ``experts.heldout_fraction`` held out (all images on both sides when it is 0)."""
+    import torch
+
+    e = cfg.experts
+    perm = torch.randperm(num_images, generator=torch.Generator().manual_seed(int(cfg.seed)))
+    n_held = max(1, int(round(e.heldout_fraction * num_images))) if e.heldout_fraction > 0 else 0
+    if n_held and num_images - n_held < 1:
+        raise UserError(f"experts.heldout_fraction={e.heldout_fraction} leaves no training images")
+    return (perm[:n_held], perm[n_held:]) if n_held else (perm.sort().values, perm.sort().values)
+
+
+def _labels(cfg: ExperimentConfig, base: BaseModel, num_images: int) -> Any:
+    """(N,) class labels of the data for a class-conditional base, else None."""
+    from nas.conditions import training_labels
+
+    return training_labels(cfg, base, num_images).get("labels")
+
+
+def train_condition(cfg: ExperimentConfig, base: BaseModel, split: bool = True) -> dict[str, Any]:
+    """For a class-conditional base: ``labels`` of the training images :func:`experts_data`
+    returns (same split, same order; every image's with ``split=False``), ``condition_dropout``
+    and ``null_label``, as :func:`experts.training.train_experts` and
+    :func:`experts.finetune.finetune_allocation` take them; ``{}`` for an unconditional base."""
+    from nas.conditions import base_condition, training_labels
+    from nas.data import load_labels
+
+    if base_condition(cfg, base) is None:
+        return {}
+    n = int(load_labels(cfg.data)[0].shape[0])
+    cond = training_labels(cfg, base, n)
+    if not split:
+        return cond
+    _, train_idx = _split(cfg, n)
+    return {**cond, "labels": cond["labels"][train_idx]}

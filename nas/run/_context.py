@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas.config import ExperimentConfig
 from nas.errors import UserError
-from nas.run._artefacts import experts_data, heldout_path
+from nas.run._artefacts import experts_data, heldout_path, train_condition
 from nas.run._rundir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,7 +166,10 @@ class RunContext:
         """Sample ``num_images`` from ``model`` with the run's scheduler: (N, C, H, W) in [-1, 1].
 
         ``timesteps`` (a descending list of training timesteps or a ``StepSchedule``), when
-        given, is the trajectory instead of ``num_steps`` evenly spaced steps."""
+        given, is the trajectory instead of ``num_steps`` evenly spaced steps. A
+        class-conditional base model's samples ask for every class equally often (image ``i``:
+        class ``i % C``) with ``condition.guidance_scale`` (:func:`nas.conditions.sampling_kwargs`)."""
+        from nas.conditions import sampling_kwargs
         from nas.sampling import generate
 
         b = self.base
@@ -175,7 +178,8 @@ class RunContext:
                         batch_size=batch_size or self.cfg.sampling.batch_size, seed=seed, device=self.device,
                         sample_shape=b.sample_shape, vae=b.vae, latent_scale=b.latent_scale,
                         encoder_hidden_states=b.encoder_hidden_states,
-                        progress=self.progress if progress is None else progress)
+                        progress=self.progress if progress is None else progress,
+                        **sampling_kwargs(self.cfg, b, num_images))
 
     # evaluation features and the trajectory proxy -------------------------------------------------
     def extractor(self) -> Any:
@@ -243,6 +247,15 @@ class RunContext:
                     images = encode_latents(images, self.base.vae, device=self.device)
                 self._cache["data"] = (images, None)
         return self._cache["data"]
+
+    def train_condition(self) -> dict[str, Any]:
+        """The class condition of the training samples of :meth:`data`: ``labels``,
+        ``condition_dropout`` and ``null_label`` for a class-conditional base model, ``{}``
+        otherwise (:func:`nas.run.train_condition`); training and fine-tuning calls take it."""
+        if "train_condition" not in self._cache:
+            self._cache["train_condition"] = train_condition(self.cfg, self.base,
+                                                             split=self.intervals() is not None)
+        return self._cache["train_condition"]
 
     def heldout(self) -> HeldOutSet:
         """The stored held-out set ``experts/heldout.safetensors`` of the trained experts.

@@ -31,6 +31,8 @@ def reference_cache_key(ctx: RunContext) -> str:
     """What the reference samples depend on besides their timesteps (the file cannot check it):
     the base model's and data's config, the sampler, the seed, the image and batch counts. A
     hash, so no path is stored."""
+    from nas.conditions import sampling_kwargs
+
     cfg = ctx.cfg
     d = config_to_dict(cfg)
     model, data = dict(d["model"]), dict(d["data"])
@@ -42,6 +44,9 @@ def reference_cache_key(ctx: RunContext) -> str:
     s = cfg.schedule
     blob = {"model": model, "data": data, "seed": cfg.seed, "sampler": cfg.sampling.sampler,
             "batch_size": cfg.sampling.batch_size, "images": s.proxy_images, "proxy_seed": s.proxy_seed}
+    cond = sampling_kwargs(cfg, ctx.base, s.proxy_images)  # class-conditional: the labels' guidance
+    if cond:
+        blob["condition"] = {"guidance_scale": cond["guidance_scale"], "null_label": cond["null_label"]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -49,6 +54,7 @@ def build_trajectory_proxy(ctx: RunContext) -> TrajectoryProxy:
     """The run's :class:`~experts.trajectory_proxy.TrajectoryProxy` (see the module docstring);
     the reference samples are cached in ``proxy/`` of the run folder."""
     from experts.trajectory_proxy import TrajectoryProxy
+    from nas.conditions import sampling_kwargs
     from nas.metrics import frechet_distance_from_features
     from nas.sampling import sampling_timesteps
 
@@ -65,8 +71,9 @@ def build_trajectory_proxy(ctx: RunContext) -> TrajectoryProxy:
 
     reference = sampling_timesteps(ctx.scheduler, s.reference_steps)
     path = ctx.run.proxy_dir / f"reference-{ctx.cfg.sampling.sampler}-{s.reference_steps}.pt"
+    guidance = sampling_kwargs(ctx.cfg, ctx.base, s.proxy_images).get("guidance_scale", 1.0)
     return TrajectoryProxy(sample, ctx.base.unet, reference, extractor, fid=fid, cache_file=path,
-                           cache_key=reference_cache_key(ctx))
+                           cache_key=reference_cache_key(ctx), guidance_scale=guidance)
 
 
 def proxy_quality(score: ProxyScore, proxy: str) -> float:

@@ -29,8 +29,12 @@ STAGE_MODULES: list[str] = ["nas.pipeline"]
 # config sections each stage adds to the ones before it (sections not listed anywhere, e.g. a
 # section added later, count from the router stage on: conservative)
 _KNOWN_SECTIONS = ("seed", "data", "model", "intervals", "space", "experts", "sampling", "search",
-                   "evaluation", "bench", "name", "run_root", "device", "threads")
+                   "evaluation", "bench", "name", "run_root", "device", "threads", "condition")
 _IGNORED_SECTIONS = ("name", "run_root", "device", "threads")  # where/how fast, not what
+# sections left out of config.yaml at their defaults: when present they join the key of the named
+# stage and every later one (the experts train with condition.dropout; absent, keys stay those of a
+# run made before the section existed)
+_OPTIONAL_SECTIONS = {"condition": "experts"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
         d.get("experts", {}).pop(key, None)
     sections: list[str] = []
     for s in all_stages():
+        sections += [sec for sec, first in _OPTIONAL_SECTIONS.items() if first == s.name and sec in d]
         for sec in s.sections:
             if sec == "*":
                 sections += [k for k in d if k not in _KNOWN_SECTIONS and k not in _IGNORED_SECTIONS]
