@@ -30,6 +30,7 @@ __all__ = [
     "cleanup_stale_ray",
     "node_resources",
     "ray_cluster",
+    "stop_ray_under",
     "trial_device",
     "trial_resources",
 ]
@@ -281,6 +282,39 @@ def cleanup_stale_ray(state_dir: Path, wait_s: float = 10.0) -> list[int]:
                     " ".join(map(str, pids)))
     with contextlib.suppress(OSError):
         path.unlink()
+    return pids
+
+
+def stop_ray_under(temp_dir: str | Path, wait_s: float = 10.0) -> list[int]:
+    """Stop the Ray nodes started on this host with ``ray start --temp-dir=<temp_dir>`` (or a folder
+    inside it): ``ray stop`` scoped to one temp folder; returns the pids signalled.
+
+    ``ray stop`` itself stops every Ray process of the machine, other users' and other sessions'
+    included. This touches only this user's processes whose command line names ``temp_dir`` (GCS,
+    raylets, dashboard, agents, workers) and those started by one of those raylets (they carry
+    ``RAY_RAYLET_PID``; renamed agents and job drivers no longer name the folder): SIGTERM, then
+    SIGKILL after ``wait_s``.
+
+    Example:
+        >>> import tempfile
+        >>> stop_ray_under(tempfile.mkdtemp())  # nothing runs there
+        []
+    """
+    root = str(Path(temp_dir).resolve())
+    ours = set(_session_processes(root))
+    raylets = {p for p in ours if Path(_proc_cmdline(p).split(" ", 1)[0]).name == "raylet"}
+    pids = sorted(ours | set(_raylet_children(raylets)))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in pids if _proc_cmdline(p)]
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in alive if _proc_cmdline(p) and not _zombie(p)]
+        if not alive:
+            break
     return pids
 
 
