@@ -2,7 +2,10 @@
 
 :func:`compare_latency` interleaves the candidates round-robin (and rotates the order every
 round), so a change of machine load hits all of them alike; compare numbers only within one
-call. Tests never time things; benchmarks do.
+call. :func:`compare_latency_batches` does the same over several batch sizes at once (every
+candidate at every batch size in one rotation), and :func:`per_image_by_batch` turns its result
+into per-image latencies and speed-ups against a reference candidate. Tests never time things;
+benchmarks do.
 
 Example::
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -110,3 +113,54 @@ def compare_latency(fns: dict[str, Callable[[], object]], *, repeats: int = 5, w
         for name in names[k:] + names[:k]:
             times[name].append(_timed_ms(fns[name], device))
     return {name: _result(times[name]) for name in names}
+
+
+def compare_latency_batches(make: Callable[[str, int], Callable[[], object]], names: Sequence[str],
+                            batch_sizes: Sequence[int], *, repeats: int = 5, warmup: int = 2,
+                            device: str | torch.device | None = None) -> dict[str, dict[int, LatencyResult]]:
+    """:func:`compare_latency` of ``make(name, batch_size)`` for every name and batch size, all in
+    one round-robin (so machine noise hits every batch size of every candidate alike).
+
+    Returns ``{name: {batch_size: LatencyResult}}`` (whole calls, not per image).
+
+    Raises:
+        ValueError: a batch size below 1 or repeated, or a name repeated.
+
+    Example::
+
+        >>> out = compare_latency_batches(lambda n, b: (lambda: None), ["a", "b"], [1, 4], repeats=2, warmup=0)
+        >>> sorted(out), sorted(out["a"]), out["b"][4].repeats
+        (['a', 'b'], [1, 4], 2)
+    """
+    sizes = [int(b) for b in batch_sizes]
+    if any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"batch sizes must be >= 1 and distinct, got {sizes}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct, got {list(names)}")
+    fns = {(n, b): make(n, b) for b in sizes for n in names}
+    keyed = {f"{i}": fn for i, fn in enumerate(fns.values())}
+    res = compare_latency(keyed, repeats=repeats, warmup=warmup, device=device)
+    out: dict[str, dict[int, LatencyResult]] = {n: {} for n in names}
+    for i, (n, b) in enumerate(fns):
+        out[n][b] = res[f"{i}"]
+    return out
+
+
+def per_image_by_batch(timing: dict[str, dict[int, LatencyResult]], name: str,
+                       reference: str) -> dict[str, dict[str, float]]:
+    """``{"<batch size>": {ms_per_image, reference_ms_per_image, speedup}}`` of ``name`` from a
+    :func:`compare_latency_batches` result (medians divided by the batch; speed-up = reference /
+    ``name``, both from the same rotation). Keys are strings, so the dict survives JSON.
+
+    Example::
+
+        >>> t = {"base": {4: LatencyResult(8.0, 8.0, 8.0, 1)}, "m": {4: LatencyResult(4.0, 4.0, 4.0, 1)}}
+        >>> per_image_by_batch(t, "m", "base")
+        {'4': {'ms_per_image': 1.0, 'reference_ms_per_image': 2.0, 'speedup': 2.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for b in sorted(timing[name]):
+        ms = timing[name][b].median_ms / b
+        ref = timing[reference][b].median_ms / b
+        out[str(b)] = {"ms_per_image": ms, "reference_ms_per_image": ref, "speedup": ref / ms}
+    return out

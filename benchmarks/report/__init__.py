@@ -21,7 +21,10 @@ Outputs in ``RUN_DIR/report/``:
   a small inline script marks ``<body data-images-loaded="k" data-images-total="n">`` once the
   images have decoded (what the headless-browser test reads);
 - ``report.md``: the same tables and figures (linked PNG files);
-- ``pareto.png``, ``anytime.png`` (any-time curves, one row per budget, when available), ``search_trials.png``, ``allocations.png``, ``similarity.png``, ``grids/*.png``;
+- ``pareto.png``, ``anytime.png`` (any-time curves, one row per budget, when available),
+  ``latency_fronts.png`` (FID vs ms/image, one panel per timed batch size, when the rows have
+  them: :mod:`~benchmarks.report.latency_fronts`), ``search_trials.png``, ``allocations.png``,
+  ``similarity.png``, ``grids/*.png``;
 - ``summary.json``: every number shown, with the schema below.
 
 Which rows are reported: per (method, budget) the latest ``bench`` row whose ``config_key`` is
@@ -71,6 +74,9 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                         [[evaluations, seconds, best so far], ...], study (searches)}}, compared_with,
                         verdict}}}  (:mod:`~benchmarks.report.anytime`; ``available`` false and a
                         note when no budget has a router curve and a search curve)
+    latency_fronts    {available, note, machine, batch_sizes, rows_without, fronts: {"<size>": {method:
+                        {points: [[ms_per_image, fid_mean, budget_ratio], ...], pareto: [[...], ...]}}}}
+                        (:mod:`~benchmarks.report.latency_fronts`)
     verdicts          [ {budget, ship, base, best_own, best_baseline (each {method, budget_ratio, fid_mean,
                          fid_ci_low, fid_ci_high, macs_ratio, latency_ms_per_image, speedup, num_steps} or
                          null), baseline_wins, overlaps_runner_up, export_command (or null), text} ]
@@ -107,12 +113,15 @@ from benchmarks.report.anytime import (
 from benchmarks.report.documents import render_html, render_markdown
 from benchmarks.report.figures import plot_allocations, plot_anytime, plot_pareto, plot_search, plot_similarity
 from benchmarks.report.interactive import pareto_html
+from benchmarks.report.latency_fronts import PNG as LATENCY_PNG
+from benchmarks.report.latency_fronts import latency_fronts, plot_latency_fronts
 from benchmarks.report.output import check_out_dir, publish, temp_dir
 from benchmarks.report.summary import (
     REF_FID_FACTOR,
     REF_MACS_RATIO,
     SCHEMA,
     RunData,
+    _select_rows,
     build_summary,
     fmt_ci,
     fmt_num,
@@ -196,6 +205,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, forc
     out = Path(out_dir) if out_dir is not None else data.path / "report"
     target = check_out_dir(out, force)
     summary = build_summary(data)
+    summary["latency_fronts"] = latency_fronts(_select_rows(data.records)[0], summary["machine"])
     summary["verdicts"] = budget_verdicts(summary, _run_text(Path(run_dir)), _exportable(data.path))
     interactive = pareto_html(summary)
     tmp = temp_dir(out)
@@ -235,6 +245,10 @@ def _write_report(data: RunData, summary: dict[str, Any], out: Path, interactive
         anytime_png = plot_anytime(summary["anytime"], out / "anytime.png")
         pngs.append(anytime_png)
 
+    latency_png = plot_latency_fronts(summary["latency_fronts"], out / LATENCY_PNG)
+    if latency_png is not None:
+        pngs.append(latency_png)
+
     grids = _copy_grids(data, summary, out)
     pngs += [dst for _, dst in grids]
 
@@ -242,10 +256,10 @@ def _write_report(data: RunData, summary: dict[str, Any], out: Path, interactive
     summary["files"] = files
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
-                         anytime_png=anytime_png)
+                         anytime_png=anytime_png, latency_png=latency_png)
     (out / "report.md").write_text(md)
     page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
-                       interactive=interactive, anytime_png=anytime_png)
+                       interactive=interactive, anytime_png=anytime_png, latency_png=latency_png)
     (out / "index.html").write_text(page)
 
 

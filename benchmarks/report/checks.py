@@ -55,6 +55,9 @@ _BENCH_FIELDS: dict[str, tuple[Any, str]] = {
        for k in ("steps_per_expert", "timesteps", "seeds")},
     **{k: (_is_int, "an integer") for k in ("num_steps", "num_generated", "num_reference", "num_seeds")},
     **{k: (lambda v: isinstance(v, dict), "an object") for k in ("finetune", "allocation_cost", "machine", "versions")},
+    "latency_by_batch": (lambda v: isinstance(v, dict) and all(
+        str(k).isdigit() and isinstance(e, dict) and _is_number(e.get("ms_per_image")) for k, e in v.items()),
+        'an object {"<batch size>": {"ms_per_image": number, ...}}'),
     **{k: (lambda v: isinstance(v, str) and not Path(v).is_absolute(), "a path relative to the run folder")
        for k in ("grid", "model_path")},
 }

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report.latency_fronts import latency_html, latency_md
 from benchmarks.report.summary import fmt_ci, fmt_macs, fmt_num, method_label
 from nas.methods import budget_key
 from nas.search.allocations import KNOWN_POINT_SOURCES as ENQUEUED_SOURCES  # enqueued before sampling
@@ -174,7 +175,7 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
               sim_png: Path | None, alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]],
-              config_text: str | None, anytime_png: Path | None = None) -> str:
+              config_text: str | None, anytime_png: Path | None = None, latency_png: Path | None = None) -> str:
     """``report.md``: the setup, hypervolumes, one table per budget, skips, search trials,
     intervals, allocations, sample grids, machine and config; figures linked as PNG files."""
     out = [f"# Benchmark report: run `{summary['run']}`", "", "## Which one to ship", ""]
@@ -187,6 +188,7 @@ def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, searc
     for m, v in summary["methods"].items():
         out.append(f"| {method_label(m)} | {len(v['points'])} | {len(v['pareto'])} | "
                    f"{fmt_num(v['hypervolume'], 4)} |")
+    out += ["", "## Quality vs measured latency", ""] + latency_md(summary.get("latency_fronts"), latency_png)
     for b in summary["budgets"]:
         out += ["", f"## Budget {b}", "", _md_table(_table_rows(summary, b))]
     out += ["", "## Any-time: routed vs searched at equal cost", ""] + _anytime_md(summary, anytime_png)
@@ -279,7 +281,7 @@ def _verdict_html(summary: Mapping[str, Any]) -> str:
 
 def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
           alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None,
-          interactive: str | None = None, anytime_png: Path | None = None) -> str:
+          interactive: str | None = None, anytime_png: Path | None = None, latency_png: Path | None = None) -> str:
     """``index.html``: what :func:`render_markdown` writes, self-contained (figures inline as base64
     PNGs, the interactive Pareto plot's plotly.js inline), with machine-readable ``data-value``
     cells."""
@@ -297,6 +299,7 @@ def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_pn
                  f'<td>{len(v["pareto"])}</td><td data-value="{_esc(json.dumps(v["hypervolume"]))}">'
                  f'{_esc(fmt_num(v["hypervolume"], 4))}</td></tr>')
     p.append("</table>")
+    p.append(latency_html(summary.get("latency_fronts"), _img(latency_png, "latency fronts") if latency_png else ""))
     for b in summary["budgets"]:
         p += [f'<h2 id="budget-{_esc(b)}">Budget {_esc(b)}</h2>', _html_table(_table_rows(summary, b), b)]
     p.append(_anytime_html(summary, anytime_png))

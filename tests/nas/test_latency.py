@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.latency import LatencyResult, compare_latency, measure_latency_ms
+from nas.latency import LatencyResult, compare_latency, compare_latency_batches, measure_latency_ms, per_image_by_batch
 
 
 def test_measure_counts_warmup_and_repeats():
@@ -33,3 +33,33 @@ def test_compare_with_nothing_and_bad_counts():
         measure_latency_ms(lambda: None, repeats=0)
     with pytest.raises(ValueError, match="warmup"):
         compare_latency({"a": lambda: None}, warmup=-1)
+
+
+def test_compare_batches_times_every_name_at_every_size_in_one_rotation():
+    made: list[tuple[str, int]] = []
+    order: list[tuple[str, int]] = []
+
+    def make(name: str, bs: int):
+        made.append((name, bs))
+        return lambda: order.append((name, bs))
+
+    out = compare_latency_batches(make, ["base", "m"], [1, 64], repeats=2, warmup=0)
+    assert sorted(made) == [("base", 1), ("base", 64), ("m", 1), ("m", 64)]
+    assert {n: sorted(v) for n, v in out.items()} == {"base": [1, 64], "m": [1, 64]}
+    assert all(r.repeats == 2 for v in out.values() for r in v.values())
+    # one rotation over all four: round 2 starts one later, so both sizes of both names interleave
+    assert order[:4] == [("base", 1), ("m", 1), ("base", 64), ("m", 64)]
+    assert order[4:] == [("m", 1), ("base", 64), ("m", 64), ("base", 1)]
+
+
+def test_compare_batches_rejects_bad_sizes_and_per_image_divides_by_the_batch():
+    with pytest.raises(ValueError, match="batch sizes"):
+        compare_latency_batches(lambda n, b: (lambda: None), ["a"], [1, 1])
+    with pytest.raises(ValueError, match="batch sizes"):
+        compare_latency_batches(lambda n, b: (lambda: None), ["a"], [0])
+    t = {"base": {1: LatencyResult(3.0, 3.0, 3.0, 1), 8: LatencyResult(16.0, 16.0, 16.0, 1)},
+         "m": {1: LatencyResult(2.0, 2.0, 2.0, 1), 8: LatencyResult(4.0, 4.0, 4.0, 1)}}
+    out = per_image_by_batch(t, "m", "base")
+    assert out == {"1": {"ms_per_image": 2.0, "reference_ms_per_image": 3.0, "speedup": 1.5},
+                   "8": {"ms_per_image": 0.5, "reference_ms_per_image": 2.0, "speedup": 4.0}}
+    assert per_image_by_batch(t, "base", "base")["8"]["speedup"] == 1.0
