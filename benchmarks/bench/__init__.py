@@ -27,9 +27,12 @@ Each row: FID and KID through :mod:`nas.metrics` (clean-fid; the extractor of
 (at least 3), reported as mean and Student-t ``bench.confidence`` interval
 (:func:`nas.metrics.quality_with_ci`); trajectory MACs counted with fvcore
 (:func:`search_spaces.macs.count_unet_macs` of each network actually run, summed over the
-sampler's steps); latency per image of a whole trajectory at ``bench.latency_batch_size``,
-timed round-robin together with the base model in one call (:func:`nas.latency.compare_latency`),
-and the speed-up against that base timing; the search or routing cost from the allocation's
+sampler's steps); latency per image of a whole trajectory at ``bench.latency_batch_size``
+and at every ``bench.latency_batch_sizes`` size (default 1 and 64), every method of a budget and
+the base model at every size timed round-robin in one call
+(:func:`nas.latency.compare_latency_batches`), and the speed-up against that base timing (the
+row's ``latency_ms_per_image``/``speedup`` at ``latency_batch_size``; ``latency_by_batch`` at
+every size, the report's FID vs ms/image fronts); the search or routing cost from the allocation's
 ``info``; a sample grid. Rows are appended to ``results.jsonl`` (``kind: bench``) as they
 finish; a rerun skips rows already there for the same method, budget and inputs
 (``config_key`` + the allocation's hash). A method whose inputs are missing is skipped with the

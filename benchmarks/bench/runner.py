@@ -127,20 +127,23 @@ def _bench_group(ctx: BenchContext, env: _BenchEnv, gkey: str, group: list[Candi
                  done_before: int, total: int) -> list[dict[str, Any]]:
     """Build, time and score the candidates of one budget; append (and return) one row each.
     ``done_before`` rows of ``total`` were measured before this group (for the progress log)."""
+    from nas.latency import per_image_by_batch
+
     for c in group:
         log.info("bench: building %s", c.name)
         c.model, c.macs_per_trajectory, c.extra = c.build()
     bs = ctx.cfg.bench.latency_batch_size
-    timing = _group_latency(ctx, group, base_model)
+    timing = _group_latency(ctx, group, base_model)  # {name: {batch size: whole-batch timing}}
     group_id = f"{gkey}-{uuid.uuid4().hex[:8]}"
-    base_latency_ms = timing["__base__"].median_ms / bs  # per image
+    base_latency_ms = timing["__base__"][bs].median_ms / bs  # per image
     rows: list[dict[str, Any]] = []
     for i, c in enumerate(group):
         log.info("bench [%d/%d]: %s (%d seeds x %d images, %d steps)", done_before + i + 1, total, c.name,
                  len(ctx.cfg.bench.seeds), ctx.cfg.bench.num_samples, c.num_steps)
         q, grid_rel = _score(ctx, env, c)
-        latency_ms = base_latency_ms if c.method == "base" else timing[c.name].median_ms / bs  # per image
+        latency_ms = base_latency_ms if c.method == "base" else timing[c.name][bs].median_ms / bs  # per image
         row = _bench_row(ctx, env, c, q, latency_ms, base_latency_ms, group_id, grid_rel)
+        row["latency_by_batch"] = per_image_by_batch(timing, "__base__" if c.method == "base" else c.name, "__base__")
         if c.budget_ratio is not None and row["macs_ratio"] > c.budget_ratio + 1e-6:
             log.warning("bench: %s runs at %.3f of the base MACs, over its budget %g", c.name, row["macs_ratio"],
                         c.budget_ratio)
@@ -154,26 +157,28 @@ def _bench_group(ctx: BenchContext, env: _BenchEnv, gkey: str, group: list[Candi
 
 
 def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -> dict[str, Any]:
-    """Timing of one trajectory batch per model (``__base__`` for the base model)."""
+    """Timing of one trajectory batch per model (``__base__`` for the base model) at every batch
+    size (``bench.latency_batch_size`` and ``bench.latency_batch_sizes``): ``{name: {size: timing}}``."""
     import torch
 
-    from nas.latency import compare_latency
+    from nas.latency import compare_latency_batches
 
-    # latency: the whole group and the base model, round-robin in one call
+    # latency: the whole group and the base model at every batch size, round-robin in one call
     b = ctx.cfg.bench
-    bs = b.latency_batch_size
+    sizes = [b.latency_batch_size] + [s for s in b.latency_batch_sizes if s != b.latency_batch_size]
+    models = {"__base__": (base_model, ctx.cfg.sampling.num_steps, None)}
+    models.update({c.name: (c.model, c.num_steps, _timesteps(c)) for c in group if c.method != "base"})
 
-    def trajectory(model: Any, steps: int, timesteps: Any = None) -> Callable[[], object]:
+    def trajectory(name: str, bs: int) -> Callable[[], object]:
+        model, steps, timesteps = models[name]
+
         def fn() -> object:
             with torch.no_grad():
                 return ctx.generate(model, bs, 0, steps, batch_size=bs, progress=False, timesteps=timesteps)
         return fn
 
-    fns = {"__base__": trajectory(base_model, ctx.cfg.sampling.num_steps)}
-    for c in group:
-        if c.method != "base":
-            fns[c.name] = trajectory(c.model, c.num_steps, _timesteps(c))
-    return compare_latency(fns, repeats=b.latency_repeats, warmup=1, device=ctx.device)
+    return compare_latency_batches(trajectory, list(models), sizes, repeats=b.latency_repeats, warmup=1,
+                                   device=ctx.device)
 
 
 def _timesteps(c: Candidate) -> list[int] | None:
