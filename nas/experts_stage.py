@@ -73,16 +73,28 @@ def expert_runner(cfg: ExperimentConfig) -> Callable[[Sequence[Any]], Sequence[A
     """The runner of the experts' jobs: ``None`` (one after another in this process) unless
     ``experts.parallel``, then one Ray task per expert (:func:`nas.ray_backend.run_expert_jobs_ray`)
     on the local Ray sized by ``search.num_cpus``/``search.num_gpus`` or the cluster of
-    ``search.address``, with ``experts.cpus_per_task``/``gpus_per_task``/``max_retries``.
+    ``search.address``, with ``experts.cpus_per_task``/``gpus_per_task``/``max_retries``;
+    ``experts.data_parallel_workers`` > 1: each expert data-parallel over that many Ray workers
+    (:func:`nas.ray_backend.run_expert_jobs_data_parallel`).
 
     Example:
         >>> from nas.config import load_config
         >>> expert_runner(load_config(None, [])) is None
         True
     """
+    e = cfg.experts
+    if e.data_parallel_workers > 1:  # each expert across several workers, the experts one after another
+
+        def run_data_parallel(jobs: Sequence[Any]) -> Sequence[Any]:
+            from nas.ray_backend import ExpertTaskResources, run_expert_jobs_data_parallel
+
+            return run_expert_jobs_data_parallel(
+                jobs, cfg.search, ExpertTaskResources(e.cpus_per_task, e.gpus_per_task, e.max_retries),
+                workers=e.data_parallel_workers)
+
+        return run_data_parallel
     if not cfg.experts.parallel:
         return None
-    e = cfg.experts
 
     def run(jobs: Sequence[Any]) -> Sequence[Any]:
         from nas.ray_backend import ExpertTaskResources, run_expert_jobs_ray

@@ -377,11 +377,17 @@ class ExpertsConfig:
             cluster has GPUs, else 0.
         max_retries: retries of an expert task whose worker or node dies; the retry resumes
             from the expert's last checkpoint.
+        data_parallel_workers: train each expert data-parallel over this many Ray workers (each
+            with ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs; torch.distributed, nccl on
+            CUDA, gloo on the CPU), each on its shard of the global ``batch_size`` (a multiple of
+            it); 1 (default): one process per expert. The weights equal one worker's within float
+            rounding, so it does not change a stage's key.
     """
 
     #: Keys that say where and how fast the experts train, not what they compute: they leave
     #: the weights unchanged, so they must not change a stage's key.
-    EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("parallel", "cpus_per_task", "gpus_per_task", "max_retries")
+    EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("parallel", "cpus_per_task", "gpus_per_task", "max_retries",
+                                                 "data_parallel_workers")
 
     train_steps: int = 400
     batch_size: int = 32
@@ -400,6 +406,7 @@ class ExpertsConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: Optional[float] = None
     max_retries: int = 3
+    data_parallel_workers: int = 1
 
     def __post_init__(self) -> None:
         require(self.cpus_per_task > 0, "cpus_per_task", f"must be > 0, got {self.cpus_per_task}")
@@ -407,6 +414,11 @@ class ExpertsConfig:
         require(g is None or (g >= 0 and (g <= 1 or float(g).is_integer())), "gpus_per_task",
                 f"must be a fraction in [0, 1] or a whole number of GPUs, got {g}")
         require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
+        require(self.data_parallel_workers >= 1, "data_parallel_workers",
+                f"must be >= 1, got {self.data_parallel_workers}")
+        require(self.batch_size % self.data_parallel_workers == 0, "data_parallel_workers",
+                f"must divide experts.batch_size={self.batch_size} (each worker takes an equal shard of the "
+                f"global batch), got {self.data_parallel_workers}")
         require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         for key in ("learning_rate", "finetune_learning_rate"):

@@ -41,7 +41,8 @@ the reverse.
 
 Modules (private; every public name is exported here): ``_cluster`` (connect, fit a trial's
 resources to the nodes), ``_trial`` (the trainable), ``_searchers`` (the Optuna searchers in the
-driver), ``_side_jobs`` (jobs beside the studies), ``_run`` (:func:`run_search_ray`).
+driver), ``_side_jobs`` (jobs beside the studies), ``_run`` (:func:`run_search_ray`), ``_expert_tasks``
+(one Ray task per expert), ``_ddp`` (one expert data-parallel over several workers).
 """
 
 import os
@@ -57,6 +58,7 @@ from nas.ray_backend._cluster import (  # noqa: E402
     trial_device,
     trial_resources,
 )
+from nas.ray_backend._ddp import run_expert_job_data_parallel, run_expert_jobs_data_parallel  # noqa: E402
 from nas.ray_backend._expert_tasks import ExpertTaskResources, run_expert_jobs_ray  # noqa: E402
 from nas.ray_backend._run import RayBackend, run_search_ray  # noqa: E402
 from nas.ray_backend._side_jobs import SideJob  # noqa: E402
@@ -68,6 +70,8 @@ __all__ = [
     "auto_concurrency",
     "check_cluster_resources",
     "ray_cluster",
+    "run_expert_job_data_parallel",
+    "run_expert_jobs_data_parallel",
     "run_expert_jobs_ray",
     "run_search_ray",
     "trial_device",
