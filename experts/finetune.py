@@ -170,6 +170,9 @@ def finetune_allocation(
     if allocation.schedule is not None:  # the saved mixture samples along it: another schedule is another mixture
         identity["schedule"] = allocation.schedule.to_dict()
     cond = {} if labels is None else {"labels": labels, "condition_dropout": condition_dropout, "null_label": null_label}
+    if cond and target != "denoise":
+        raise UserError(f"fine-tuning target {target!r} does not take class labels yet; use the denoise target "
+                        "for a class-conditional model")
     identity = condition_identity(identity, labels, condition_dropout, null_label)  # unchanged without labels
     traj = None
     if target == "trajectory":
