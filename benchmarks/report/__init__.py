@@ -75,7 +75,7 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                         verdict}}}  (:mod:`~benchmarks.report.anytime`; ``available`` false and a
                         note when no budget has a router curve and a search curve)
     latency_fronts    {available, note, machine, batch_sizes, rows_without, fronts: {"<size>": {method:
-                        {points: [[ms_per_image, fid_mean, budget_ratio], ...], pareto: [[...], ...]}}}}
+                        {points: [[ms_per_image, fid_mean, budget_ratio, speedup], ...], pareto: [[...], ...]}}}}
                         (:mod:`~benchmarks.report.latency_fronts`)
     verdicts          [ {budget, ship, base, best_own, best_baseline (each {method, budget_ratio, fid_mean,
                          fid_ci_low, fid_ci_high, macs_ratio, latency_ms_per_image, speedup, num_steps} or

@@ -14,7 +14,7 @@ base model (:func:`nas.latency.compare_latency_batches`), and stores per row
     machine        where the latency was timed, in words
     batch_sizes    sizes with points, increasing
     rows_without   reported rows timed before latency_by_batch existed (not on the fronts)
-    fronts         {"<size>": {method: {points: [[ms_per_image, fid_mean, budget_ratio], ...],
+    fronts         {"<size>": {method: {points: [[ms_per_image, fid_mean, budget_ratio, speedup], ...],
                                         pareto: [[ms_per_image, fid_mean], ...]}}}
 
 Ms per image is comparable only within one budget's timing (one rotation); across budgets the
@@ -61,7 +61,8 @@ def latency_fronts(rows: Sequence[Mapping[str, Any]], machine: Mapping[str, Any]
     for b in sizes:
         per_method: dict[str, Any] = {}
         for m in dict.fromkeys(str(r["method"]) for r in timed):
-            pts = [[float(r["latency_by_batch"][str(b)]["ms_per_image"]), float(r["fid_mean"]), r.get("budget_ratio")]
+            pts = [[float(r["latency_by_batch"][str(b)]["ms_per_image"]), float(r["fid_mean"]), r.get("budget_ratio"),
+                    _speedup(r["latency_by_batch"][str(b)])]
                    for r in timed if str(r["method"]) == m and str(b) in r["latency_by_batch"]]
             if not pts:
                 continue
@@ -79,6 +80,12 @@ def latency_fronts(rows: Sequence[Mapping[str, Any]], machine: Mapping[str, Any]
             "note": note}
 
 
+def _speedup(entry: Mapping[str, Any]) -> float | None:
+    """The stored speed-up against the base model of the same rotation, or None."""
+    v = entry.get("speedup")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def plot_latency_fronts(fronts: Mapping[str, Any], path: Path) -> Path | None:
     """``latency_fronts.png``: one panel per batch size, FID vs ms/image (log), one line per method
     (its Pareto front ringed); None when there is nothing to draw."""
@@ -87,6 +94,7 @@ def plot_latency_fronts(fronts: Mapping[str, Any], path: Path) -> Path | None:
     from benchmarks.report.figures import _plt, _save, method_style
 
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter
     sizes = list(fronts["batch_sizes"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.4 * len(sizes), 4.0), squeeze=False)
     for ax, b in zip(axes[0], sizes):
@@ -100,6 +108,10 @@ def plot_latency_fronts(fronts: Mapping[str, Any], path: Path) -> Path | None:
             ax.scatter([p[0] for p in v["pareto"]], [p[1] for p in v["pareto"]], s=140, facecolors="none",
                        edgecolors=st.color, linewidths=1.0, alpha=0.6)
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(f"ms per image at batch {b} (log; whole trajectory)")
         ax.set_ylabel("FID (mean over seeds)")
         ax.set_title(f"FID vs latency, batch {b} (lower-left is better)")
@@ -111,18 +123,20 @@ def plot_latency_fronts(fronts: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def _table(fronts: Mapping[str, Any]) -> list[list[str]]:
-    """Header and one line per (method, budget): ms/image and speed-up at each batch size."""
+    """Header and one line per (method, budget), methods in report order: ms/image and the
+    speed-up against the base model at each batch size."""
     sizes = fronts["batch_sizes"]
-    head = ["method", "budget", "FID"] + [f"ms/image @ {b}" for b in sizes]
-    lines = [head]
+    head = ["method", "budget", "FID"] + [f"ms/image (speed-up) @ batch {b}" for b in sizes]
+    order = list(dict.fromkeys(m for b in sizes for m in fronts["fronts"][str(b)]))
     seen: dict[tuple[str, Any], list[str]] = {}
     for b in sizes:
         for m, v in fronts["fronts"][str(b)].items():
-            for ms, fid, budget in v["points"]:
+            for ms, fid, budget, speedup in v["points"]:
                 row = seen.setdefault((m, budget), [method_label(m), "-" if budget is None else f"{budget:g}",
                                                     fmt_num(fid)] + ["-"] * len(sizes))
-                row[3 + sizes.index(b)] = fmt_num(ms, 3)
-    return lines + sorted(seen.values(), key=lambda r: (r[0], r[1]))
+                row[3 + sizes.index(b)] = fmt_num(ms, 3) + ("" if speedup is None else f" ({speedup:.2f}x)")
+    keys = sorted(seen, key=lambda k: (order.index(k[0]), -1.0 if k[1] is None else float(k[1])))
+    return [head] + [seen[k] for k in keys]
 
 
 def latency_md(fronts: Mapping[str, Any] | None, png: Path | None) -> list[str]:

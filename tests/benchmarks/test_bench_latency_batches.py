@@ -39,4 +39,4 @@ def test_rows_carry_latency_per_batch_size_and_the_report_draws_one_front_each(t
     assert f["available"] and f["batch_sizes"] == [1, 4, 8] and f["rows_without"] == 0
     assert set(f["fronts"]["8"]) == {"base", "fewer_steps"}
     assert "latency_fronts.png" in rep.summary["files"]
-    assert "ms/image @ 8" in rep.report_md.read_text()
+    assert "ms/image (speed-up) @ batch 8" in rep.report_md.read_text()

@@ -39,16 +39,17 @@ def test_fronts_per_batch_size_in_summary_png_markdown_and_html(tmp_path):
               if r.get("kind") == "bench" and r["config_key"] == rep.summary["config_key"]}
     for b in ("1", "64"):
         for m, v in f["fronts"][b].items():
-            for ms, fid, budget in v["points"]:
+            for ms, fid, budget, speedup in v["points"]:
                 src = stored[(m, budget)]
                 assert ms == src["latency_by_batch"][b]["ms_per_image"] and fid == src["fid_mean"]
+                assert speedup == src["latency_by_batch"][b]["speedup"]
             # the front: no point of the method is at least as fast and better
             for ms, fid in v["pareto"]:
                 assert not any(p[0] <= ms and p[1] < fid for p in v["points"])
     assert "latency_fronts.png" in rep.summary["files"] and (rep.report_dir / "latency_fronts.png").stat().st_size > 0
     md = rep.report_md.read_text()
     assert "## Quality vs measured latency" in md and "![latency fronts](latency_fronts.png)" in md
-    assert "batch 1 and 64" in md and "cpu (2 cores)" in md and "ms/image @ 64" in md
+    assert "batch 1 and 64" in md and "cpu (2 cores)" in md and "ms/image (speed-up) @ batch 64" in md
     page = rep.index_html.read_text()
     assert 'id="latency"' in page and 'alt="latency fronts"' in page
     again = build_report(run)  # byte-identical rebuild
