@@ -33,6 +33,10 @@ without the scheduler) to separate the network from the per-step overhead. It *a
 section to ``latency-<device>.md``::
 
     python benchmarks/latency.py --pipeline --batch-size 64 --repeats 10
+
+:mod:`benchmarks.pipeline_overhead` (``benchmarks/pipeline_overhead.py``) measures the same
+question more directly (the pipeline over zero-cost experts, i.e. everything but the networks,
+timed in the same rotation) and writes ``latency-<device>-pipeline-overhead.md``.
 """
 
 from __future__ import annotations
