@@ -227,7 +227,8 @@ def _plain(value: Any) -> Any:
 #: defaults, so that those runs' ``config.yaml``, stage keys and bench keys stay as they were
 #: (a later key registers here: ``(section, key): default``).
 LATE_KEYS: dict[tuple[str, str], Any] = {("bench", "finetune_target"): "denoise",
-                                          ("bench", "latency_batch_sizes"): [1, 64]}
+                                          ("bench", "latency_batch_sizes"): [1, 64],
+                                          ("experts", "data_parallel_workers"): 1}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
