@@ -22,12 +22,19 @@ Everything listed in ``__all__`` is importable from ``experts``; the modules tha
 diffusers are imported on first use, so ``import experts`` stays light.
 """
 
+from experts._prompt_labels import enable_prompt_labels as _enable_prompt_labels
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
 
 __all__ = [
+    "prompt_table",
+    "prompt_condition",
+    "install_prompt_table",
+    "encode_prompts",
+    "class_prompts",
     "AGGREGATES",
+    "DIGIT_WORDS",
     "AUTO_EXACT_LIMIT_BYTES",
     "AUTO_SKETCH_DIM",
     "Allocation",
@@ -173,6 +180,9 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "guided_unet_calls"
     ), "experts.guidance"),
     **dict.fromkeys((
+        "DIGIT_WORDS", "class_prompts", "encode_prompts", "install_prompt_table", "prompt_condition", "prompt_table"
+    ), "experts.text_condition"),
+    **dict.fromkeys((
         "CHECKPOINTS_DIR", "EXPERT_META", "MANIFEST", "SUPERNET_DIR", "base_fingerprint", "build_supernet",
         "expert_dir", "load_experts", "load_supernet", "quiet_diffusers"
     ), "experts.expert_folder"),
@@ -200,6 +210,9 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "TimestepPlan", "denoise_batch", "evenly_spaced_timesteps", "image_seed", "initial_noise"
     ), "experts.sampling_loop"),
 }
+
+
+_enable_prompt_labels()  # text models: prompt labels -> context in UNet2DConditionModel (experts.text_condition)
 
 
 def __getattr__(name: str):

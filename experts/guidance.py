@@ -82,14 +82,24 @@ class ClassCondition:
 
     @classmethod
     def from_unet(cls, unet: Any, null_class: int | None = None) -> "ClassCondition | None":
-        """The condition of a class-conditional UNet (``config.num_class_embeds``), or None.
+        """The condition of a class-conditional UNet (``config.num_class_embeds``), or of a text
+        UNet with a prompt table (:mod:`experts.text_condition`: label ``c`` = prompt ``c``, the
+        null label = the empty prompt), or None.
 
         ``null_class`` overrides the convention that the last embedding is the null class.
         """
         config = getattr(unet, "config", None)
         n = getattr(config, "num_class_embeds", None) if config is not None else None
         if not n:
-            return None
+            from experts.text_condition import prompt_condition
+
+            prompts = prompt_condition(unet)  # a text model: labels name prompts, the empty one is null
+            if prompts is None:
+                return None
+            if null_class is not None and int(null_class) != prompts[1]:
+                raise UserError(f"condition.null_class={null_class} is not the empty prompt of this text model "
+                                f"(prompt {prompts[1]}); leave condition.null_class unset")
+            return cls(num_classes=prompts[0], null_label=prompts[1])
         n = int(n)
         null = n - 1 if null_class is None else int(null_class)
         if not 0 <= null < n:

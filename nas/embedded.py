@@ -24,7 +24,7 @@ from search_spaces.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_DIR", "CLASS_CONDITION_DROPOUT", "build_embedded_unet", "build_training_scheduler", "config_hash", "digits_16",
+__all__ = ["CHECKPOINT_DIR", "CLASS_CONDITION_DROPOUT", "TEXT_SETTINGS", "build_embedded_unet", "build_training_scheduler", "config_hash", "digits_16",
            "embedded_settings", "train_embedded_digits"]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -59,7 +59,14 @@ def digits_16() -> torch.Tensor:
 CLASS_CONDITION_DROPOUT = 0.1
 
 
-def embedded_settings(model_cfg: Any, num_classes: int = 0) -> dict:
+#: The text model of ``embedded:digits-text``: a tiny CLIP text encoder (frozen at its seeded
+#: initialisation: distinct prompts give distinct contexts, the UNet learns to read them), prompts
+#: "a handwritten <digit>", the empty prompt 10% of the time (the null class) for guidance.
+TEXT_SETTINGS: dict[str, Any] = {"hidden_size": 32, "num_layers": 2, "max_length": 8, "seed": 0,
+                                 "template": "a handwritten {}"}
+
+
+def embedded_settings(model_cfg: Any, num_classes: int = 0, text: bool = False) -> dict:
     """The training settings that determine the weights, from a config object (missing -> default).
 
     ``num_classes > 0``: a class-conditional model (``num_classes`` + 1 null class embeddings,
@@ -73,6 +80,8 @@ def embedded_settings(model_cfg: Any, num_classes: int = 0) -> dict:
     if int(num_classes) > 0:
         out["num_classes"] = int(num_classes)
         out["condition_dropout"] = CLASS_CONDITION_DROPOUT
+    if text:
+        out["text"] = dict(TEXT_SETTINGS)
     return out
 
 
@@ -96,6 +105,18 @@ def build_embedded_unet(settings: dict, *, in_channels: int = 1, sample_size: in
     channels = tuple(int(c) for c in settings["block_out_channels"])
     n = len(channels)
     attn = bool(settings["attention"])
+    if settings.get("text"):  # a text model: cross-attention to the prompt in every level but the top one
+        from diffusers import UNet2DConditionModel
+
+        down = tuple("CrossAttnDownBlock2D" if i > 0 else "DownBlock2D" for i in range(n))
+        return UNet2DConditionModel(
+            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+            block_out_channels=channels, layers_per_block=int(settings["layers_per_block"]),
+            norm_num_groups=int(settings["norm_num_groups"]), down_block_types=down,
+            up_block_types=tuple(reversed(tuple(d.replace("Down", "Up") for d in down))),
+            mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=int(settings["text"]["hidden_size"]),
+            attention_head_dim=min(32, channels[-1]),
+        )
     down = tuple("AttnDownBlock2D" if attn and i > 0 else "DownBlock2D" for i in range(n))
     up = tuple(reversed(tuple(d.replace("Down", "Up") for d in down)))
     return UNet2DModel(
@@ -177,6 +198,7 @@ def train_embedded_digits(
     progress: bool = True,
     labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    text: bool = False,
 ) -> Path:
     """Train the embedded UNet2DModel on ``images`` into ``out_dir`` (resumable); reuse if done.
 
@@ -197,6 +219,8 @@ def train_embedded_digits(
             classes + the null class; labels replaced by it with probability
             :data:`CLASS_CONDITION_DROPOUT`). None: unconditional.
         num_classes: the number of classes (default: the largest label + 1).
+        text: a text-to-image model (``embedded:digits-text``): label ``c`` is the prompt
+            "a handwritten <c>", the null class the empty prompt (:data:`TEXT_SETTINGS`).
 
     Raises:
         UserError: ``out_dir`` holds a model or checkpoint trained with a different config.
@@ -209,7 +233,9 @@ def train_embedded_digits(
     if labels is not None:
         labels = _check_labels(labels, images, num_classes)
         num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
-    settings = embedded_settings(model_cfg, num_classes=num_classes or 0)
+    if text and labels is None:
+        raise UserError("a text model (embedded:digits-text) is trained on labelled images: pass labels")
+    settings = embedded_settings(model_cfg, num_classes=num_classes or 0, text=text)
     digest = config_hash(settings, images, labels)
     marker = out_dir / MARKER_FILE
     if _is_trained(marker, digest, out_dir):
@@ -223,6 +249,8 @@ def train_embedded_digits(
 
     run = _start_training(settings, digest, images, device)
     run.labels = labels
+    if settings.get("text"):
+        run.text = _text_parts(run.unet, settings)
     start, loss_ema = 0, float("nan")
     if (ckpt / "state.json").is_file():
         start, loss_ema = _resume_training(run, ckpt, total)
@@ -254,6 +282,21 @@ class _Training:
     digest: str
     device: str | torch.device
     labels: torch.Tensor | None = None  # (N,) class labels of a class-conditional model
+    text: tuple[Any, Any] | None = None  # (text encoder, tokenizer) of a text model
+
+
+def _text_parts(unet: Any, settings: dict) -> tuple[Any, Any]:
+    """The tokenizer and text encoder of a text model, and its class prompts in ``unet``'s config
+    (so the training step's labels condition it: :mod:`experts.text_condition`)."""
+    from nas.text_models import TEXT_WORDS, build_text_encoder, build_tokenizer, install_class_prompts
+
+    t = settings["text"]
+    tokenizer = build_tokenizer(TEXT_WORDS, max_length=int(t["max_length"]))
+    encoder = build_text_encoder(tokenizer, hidden_size=int(t["hidden_size"]), num_layers=int(t["num_layers"]),
+                                 seed=int(t["seed"]))
+    install_class_prompts(unet, encoder, tokenizer, [str(i) for i in range(int(settings["num_classes"]))],
+                          str(t["template"]))
+    return encoder, tokenizer
 
 
 def _check_labels(labels: torch.Tensor, images: torch.Tensor, num_classes: int | None) -> torch.Tensor:
@@ -381,8 +424,35 @@ def _save_trained(run: _Training, out_dir: Path, marker: Path, info: dict) -> No
 
     run.unet.load_state_dict(run.ema)
     run.unet.eval()
-    DDPMPipeline(unet=run.unet, scheduler=run.scheduler).save_pretrained(out_dir, safe_serialization=True)
+    if run.text is not None:
+        _save_text_pipeline(run, out_dir)
+    else:
+        DDPMPipeline(unet=run.unet, scheduler=run.scheduler).save_pretrained(out_dir, safe_serialization=True)
     marker.write_text(json.dumps(info, indent=1))
+
+
+def _save_text_pipeline(run: _Training, out_dir: Path) -> None:
+    """A text-to-image folder in Stable Diffusion's layout (no vae: a pixel model): ``unet/``,
+    ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``, each part written
+    by its library's ``save_pretrained``, and the prompt template (:data:`nas.text_models.PROMPTS_FILE`)."""
+    import diffusers
+    import transformers
+
+    from nas.text_models import PROMPTS_FILE, quiet_transformers
+
+    quiet_transformers()
+    encoder, tokenizer = run.text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.unet.save_pretrained(out_dir / "unet", safe_serialization=True)
+    encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    run.scheduler.save_pretrained(out_dir / "scheduler")
+    index = {"_class_name": "DiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "_transformers_version": transformers.__version__,
+             "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", type(run.scheduler).__name__]}
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+    (out_dir / PROMPTS_FILE).write_text(json.dumps({"template": run.settings["text"]["template"]}))
 
 
 def _remove_checkpoint_dir(ckpt: Path) -> None:

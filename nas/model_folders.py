@@ -41,6 +41,9 @@ class BaseModel:
             neutral context, not a text encoder's embedding of the empty prompt; set it to that
             embedding (shape (1, L, D)) if you have one. None for unconditional UNets.
         path: the folder the weights were read from (None if built in memory).
+        text_encoder, tokenizer: a text-to-image folder's ``CLIPTextModel`` and ``CLIPTokenizer``
+            (:mod:`nas.text_models`); then ``encoder_hidden_states`` is the embedding of the
+            empty prompt. None otherwise.
     """
 
     unet: torch.nn.Module
@@ -52,6 +55,8 @@ class BaseModel:
     encoder_hidden_states: torch.Tensor | None = None
     path: Path | None = None
     info: dict = field(default_factory=dict)
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: object | None = None
 
     def unet_kwargs(self, batch_size: int) -> dict:
         """Extra keyword arguments for one UNet call on a batch (empty for unconditional UNets)."""
@@ -67,6 +72,8 @@ class BaseModel:
             self.vae.to(device)
         if self.encoder_hidden_states is not None:
             self.encoder_hidden_states = self.encoder_hidden_states.to(device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
         return self
 
 
@@ -189,7 +196,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
     """
     folder = Path(folder)
     source = source if source is not None else str(folder)
-    vae = None
+    vae = text_encoder = tokenizer = None
     if (folder / "model_index.json").is_file():
         index = read_json(folder / "model_index.json")
         if "unet" not in index:
@@ -198,6 +205,9 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
         vae_key = next((k for k in ("vqvae", "vae") if k in index and (folder / k).is_dir()), None)
         if vae_key is not None:
             vae = _load_component(folder, vae_key, _VAE_CLASSES, device)
+        from nas.text_models import load_text_parts
+
+        text_encoder, tokenizer = load_text_parts(folder, index, device)
         sched_path = folder / "scheduler" / "scheduler_config.json"
         if sched_path.is_file():
             scheduler_config = read_json(sched_path)
@@ -227,6 +237,10 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
     ehs = None
     if type(unet).__name__ == "UNet2DConditionModel":
         ehs = torch.zeros(1, 1, int(cfg.cross_attention_dim), device=device)
+        if text_encoder is not None:  # the empty prompt: the unconditional context
+            from experts.text_condition import encode_prompts
+
+            ehs = encode_prompts(text_encoder, tokenizer, [""]).to(device)  # (1, L, D)
     info = {}
     if (folder / MARKER_FILE).is_file():
         info = read_json(folder / MARKER_FILE)
@@ -234,6 +248,7 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu", source: str
     return BaseModel(
         unet=unet, scheduler_config=scheduler_config, vae=vae, source=source, sample_shape=sample_shape,
         latent_scale=latent_scale, encoder_hidden_states=ehs, path=folder, info=info,
+        text_encoder=text_encoder, tokenizer=tokenizer,
     )
 
 

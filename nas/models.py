@@ -6,6 +6,9 @@ One entry point, :func:`load_base_model`, returns a :class:`BaseModel` whatever 
   once; later calls reuse it (a hash of the training config is stored beside the weights).
   ``embedded:digits-class`` is the same model conditioned on the digit (``num_class_embeds`` =
   10 digits + 1 null class, trained with 10% condition dropout for classifier-free guidance).
+  ``embedded:digits-text`` is a text-to-image model (a ``UNet2DConditionModel`` with
+  cross-attention, a tiny CLIP text encoder and a tokenizer built here) on the prompts
+  "a handwritten <digit>", the empty prompt 10% of the time, saved as a text-to-image folder.
   Training shows a progress bar, checkpoints every N steps (safetensors + JSON, no pickles) and
   resumes from the last checkpoint after a kill.
 - a local folder: a full pipeline (``model_index.json``; LDM layout with ``unet`` + ``vqvae`` or
@@ -56,6 +59,7 @@ __all__ = [
     "EMBEDDED_DATASETS",
     "EMBEDDED_PREFIX",
     "CLASS_CONDITIONAL",
+    "TEXT_CONDITIONAL",
     "MARKER_FILE",
     "BaseModel",
     "build_embedded_unet",
@@ -72,9 +76,12 @@ __all__ = [
 ]
 
 EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_DATASETS = ("digits", "digits-class")
+EMBEDDED_DATASETS = ("digits", "digits-class", "digits-text")
 #: Embedded models conditioned on class labels (the data's labels: the digit shown).
 CLASS_CONDITIONAL = ("digits-class",)
+#: Embedded text-to-image models: the data's labels name prompts ("a handwritten seven").
+TEXT_CONDITIONAL = ("digits-text",)
+_LABELLED = CLASS_CONDITIONAL + TEXT_CONDITIONAL
 
 
 def load_base_model(
@@ -127,21 +134,22 @@ def _load_embedded(spec: str, model_cfg: Any, images: torch.Tensor | None, cache
             + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATASETS)
         )
     _check_train_steps(spec, embedded_settings(model_cfg))
-    if name in CLASS_CONDITIONAL and labels is None:
+    if name in _LABELLED and labels is None:
         if images is not None:
-            raise UserError(f"{spec} is class-conditional: pass the labels of the training images")
+            raise UserError(f"{spec} is conditional: pass the labels of the training images")
         from nas.data import load_digits_labels
 
         labels = load_digits_labels()
-    if name not in CLASS_CONDITIONAL:
+    if name not in _LABELLED:
         labels = None
     if images is None:
         images = digits_16()
     num_classes = _DIGIT_CLASSES if labels is not None else 0
-    settings = embedded_settings(model_cfg, num_classes=num_classes)
+    text = name in TEXT_CONDITIONAL
+    settings = embedded_settings(model_cfg, num_classes=num_classes, text=text)
     out_dir = cache_dir / f"embedded-{name}-{config_hash(settings, images, labels)[:10]}"
     train_embedded_digits(out_dir, images, model_cfg, device=device, progress=progress, labels=labels,
-                          num_classes=num_classes or None)
+                          num_classes=num_classes or None, text=text)
     base = load_folder(out_dir, device=device)
     base.source = spec
     return base
@@ -189,7 +197,7 @@ def check_base_config(cfg: ExperimentConfig) -> None:
 
 def _check_embedded_data(cfg: ExperimentConfig) -> None:
     spec = cfg.model.base.strip()
-    if spec in ("embedded:digits", "embedded:digits-class") and cfg.data.dataset != "digits":
+    if spec.startswith(EMBEDDED_PREFIX) and cfg.data.dataset != "digits":
         raise UserError(
             f"model.base {spec!r} is trained on the digits data, but data.dataset is "
             f"{cfg.data.dataset!r}; set data.dataset=digits, or point model.base at a model for your images"
@@ -202,8 +210,9 @@ def _embedded_identity(cfg: ExperimentConfig) -> tuple[dict, torch.Tensor, torch
 
     name = cfg.model.base.strip()[len(EMBEDDED_PREFIX):]
     images = load_dataset(cfg.data)
-    labels = load_labels(cfg.data)[0] if name in CLASS_CONDITIONAL else None
-    settings = embedded_settings(cfg.model, num_classes=_DIGIT_CLASSES if labels is not None else 0)
+    labels = load_labels(cfg.data)[0] if name in _LABELLED else None
+    settings = embedded_settings(cfg.model, num_classes=_DIGIT_CLASSES if labels is not None else 0,
+                                 text=name in TEXT_CONDITIONAL)
     return settings, images, labels
 
 
@@ -269,7 +278,31 @@ def load_base(cfg: ExperimentConfig, cache_dir: Path, device: str | torch.device
     if cfg.model.base.startswith(EMBEDDED_PREFIX):
         _check_embedded_data(cfg)
         _, images, labels = _embedded_identity(cfg)
-    return load_base_model(
+    base = load_base_model(
         cfg.model.base, model_cfg=cfg.model, images=images, cache_dir=cache_dir, device=device,
         progress=progress, labels=labels,
     )
+    if base.text_encoder is not None:
+        _prompts_for_data(cfg, base)
+    return base
+
+
+def _prompts_for_data(cfg: ExperimentConfig, base: BaseModel) -> None:
+    """A text-to-image base model with no class prompts yet (a user's folder): one prompt per class
+    of the data (the folder's template, :mod:`nas.text_models`), so every stage conditions it;
+    data without classes leave it unconditional (the empty prompt)."""
+    from experts.text_condition import prompt_table
+    from nas.data import load_labels
+    from nas.text_models import install_class_prompts, prompt_template_of
+
+    if prompt_table(base.unet) is not None:
+        return
+    try:
+        names = load_labels(cfg.data)[1]
+    except UserError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("text-to-image base model on data without classes (%s): sampled "
+                                            "with the empty prompt", exc)
+        return
+    install_class_prompts(base.unet, base.text_encoder, base.tokenizer, names, prompt_template_of(base.path))
