@@ -130,11 +130,7 @@ class ScheduleTeacher:
             x: (B, C, H, W) samples at timesteps ``t`` (B,), each a timestep of the schedule.
             model_kwargs: per-sample tensors (leading dimension B) or shared ones (leading 1).
         """
-        land = torch.empty_like(x)
-        for tv in torch.unique(t).tolist():
-            rows = (t == tv).nonzero().flatten()
-            land[rows] = self._walk(x[rows], self.chain(int(tv)), self.next_of[int(tv)],
-                                    _rows(model_kwargs, rows, x.shape[0]))
+        land = self._walk(x, [self.chain(int(v)) + [self.next_of[int(v)]] for v in t.tolist()], model_kwargs)
         a_t, a_next = _alpha(self.scheduler, t), _alpha(self.scheduler, torch.tensor(
             [self.next_of[int(v)] for v in t.tolist()]))
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -143,15 +139,21 @@ class ScheduleTeacher:
         eps = (land - sa_n / sa_t * x) / _noise_coefficient(a_t, a_next).to(x).view(shape)
         return eps, land
 
-    def _walk(self, x: torch.Tensor, chain: Sequence[int], last: int, kw: Mapping[str, Any]) -> torch.Tensor:
-        """The teacher's DDIM steps along ``chain`` then to ``last`` (-1: the clean sample)."""
-        stops = [*chain[1:], last]
-        for a, b in zip(chain, stops):
-            tt = torch.full((x.shape[0],), a, dtype=torch.long, device=x.device)
-            out = self.model(x, tt, **kw)
+    def _walk(self, x: torch.Tensor, paths: Sequence[Sequence[int]], kw: Mapping[str, Any] | None) -> torch.Tensor:
+        """The teacher's DDIM steps, sample ``i`` along ``paths[i]`` (its last entry the landing
+        timestep, -1: the clean sample). One teacher call per level of the longest path, on
+        every sample still walking, each at its own timestep (few, large calls)."""
+        depth = max(len(p) for p in paths) - 1
+        x = x.clone()
+        for j in range(depth):
+            rows = [i for i, p in enumerate(paths) if len(p) - 1 > j]
+            idx = torch.tensor(rows, device=x.device)
+            cur = torch.tensor([paths[i][j] for i in rows], dtype=torch.long, device=x.device)
+            nxt = torch.tensor([paths[i][j + 1] for i in rows], dtype=torch.long)
+            out = self.model(x[idx], cur, **_rows(kw, idx, x.shape[0]))
             eps = out.sample if hasattr(out, "sample") else out
-            x = ddim_landing(eps, x, _alpha(self.scheduler, tt), _alpha(self.scheduler, torch.full_like(tt, b)),
-                             self.clip_range)
+            x[idx] = ddim_landing(eps, x[idx], _alpha(self.scheduler, cur), _alpha(self.scheduler, nxt),
+                                  self.clip_range)
         return x
 
 

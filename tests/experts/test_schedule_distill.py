@@ -59,7 +59,7 @@ def test_the_teacher_walks_the_reference_grid_and_its_target_lands_there():
         with torch.no_grad():
             for c in teacher.chain(tv):
                 y = s.step(model(y, c).sample, c, y).prev_sample
-        torch.testing.assert_close(land[i:i + 1], y, rtol=0, atol=1e-5)
+        torch.testing.assert_close(land[i:i + 1], y, rtol=1e-5, atol=1e-4)  # batched calls: float order
     # one DDIM step with the target epsilon lands on the teacher's point
     nxt = torch.tensor([500, 120, -1])
     torch.testing.assert_close(ddim_landing(eps, x, _alpha(sched, t), _alpha(sched, nxt), None), land,
