@@ -197,12 +197,14 @@ def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, A
     b = ctx.cfg.bench
     results = []
     grid_rel = None
+    accuracy: list[float] = []  # class-conditional base: the requested class recognised, per seed
     for seed in b.seeds:
         with torch.no_grad():
             images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps,
                                   timesteps=_timesteps(c))  # (N,C,H,W) in [-1,1]
         results.append(compute_quality(images, env.ref_feats, env.extractor))
-    accuracy: list[float] = []  # class-conditional base: the requested class recognised, per seed
+        if env.classifier is not None:
+            accuracy.append(_class_accuracy(ctx, env.classifier, images))
         if grid_rel is None:
             grid = ctx.run.samples_dir / "bench" / f"{c.method}-{budget_key(c.budget_ratio)}.png"
             save_grid(images[: b.grid_images], grid)
@@ -249,8 +251,6 @@ def _condition_fields(ctx: BenchContext, c: Candidate) -> dict[str, Any]:
     parts = TrajectoryMacs(factor * int(c.macs_per_trajectory), 0, vae, factor * int(c.num_steps), g)
     return {"guidance_scale": g, "class_labels": "cycle", "macs_parts": dict(parts.to_dict()),
             "macs_per_trajectory": parts.unet, "base_macs_per_trajectory": factor * int(ctx.base_traj)}
-        if env.classifier is not None:
-            accuracy.append(_class_accuracy(ctx, env.classifier, images))
 
 
 def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,

@@ -50,16 +50,16 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         cost_text = ", ".join(parts) or "-"
         if cost.get("source") in ENQUEUED_SOURCES:  # the search's best is a point it was seeded with
             cost_text += f"; best = the {cost['source']} allocation, enqueued"
-    return [
     cond = []  # class-conditional rows: how often the requested class is recognised, at which guidance
     if r.get("class_accuracy") is not None:
         acc = float(r["class_accuracy"])
         cond = [(f"class acc (guidance {float(r.get('guidance_scale') or 1.0):g})", f"{100 * acc:.1f}%", acc)]
+    return [
         ("method", method_label(r["method"]), r["method"]),
         ("FID", fmt_ci(r.get("fid_mean"), r.get("fid_ci_low"), r.get("fid_ci_high"), 2), r.get("fid_mean")),
         ("KID", fmt_ci(r.get("kid_mean"), r.get("kid_ci_low"), r.get("kid_ci_high"), 4), r.get("kid_mean")),
-        ("MACs ratio", fmt_num(r.get("macs_ratio"), 3), r.get("macs_ratio")),
         *cond,
+        ("MACs ratio", fmt_num(r.get("macs_ratio"), 3), r.get("macs_ratio")),
         ("MACs/trajectory", fmt_macs(r.get("macs_per_trajectory")), r.get("macs_per_trajectory")),
         ("ms/image", fmt_num(r.get("latency_ms_per_image"), 2), r.get("latency_ms_per_image")),
         ("speed-up", fmt_num(r.get("speedup"), 2), r.get("speedup")),
@@ -151,7 +151,6 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
             f"median of {s.get('latency_repeats')} runs, timed round-robin with the base model in the same run "
             f"(device {s.get('device')}); speed-up = base latency / method latency from that same run."
         )
-    ft = s.get("finetune")
     guided = sorted({float(r["guidance_scale"]) for r in summary["rows"] if r.get("guidance_scale") is not None})
     if guided:
         lines.append(
@@ -159,6 +158,7 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
             f"{', '.join(f'{g:g}' for g in guided)}; a guided step costs two UNet passes (null class + class), both in "
             "the MACs; class acc = how often the digit classifier recognises the requested class (all seeds)."
         )
+    ft = s.get("finetune")
     if ft:
         lines.append(
             f"Equal fine-tuning budget for every pruned method: {ft.get('steps_per_expert')} steps x "
