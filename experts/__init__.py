@@ -28,6 +28,7 @@ from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
 
 __all__ = [
+    "PromptConditionedModel",
     "prompt_table",
     "prompt_condition",
     "install_prompt_table",
@@ -176,7 +177,7 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "sandwich_archs"
     ), "experts.train_loop"),
     **dict.fromkeys((
-        "ClassCondition", "ConditionedModel", "TrajectoryMacs", "cycle_labels", "drop_labels", "guided_prediction",
+        "ClassCondition", "ConditionedModel", "PromptConditionedModel", "TrajectoryMacs", "cycle_labels", "drop_labels", "guided_prediction",
         "guided_unet_calls"
     ), "experts.guidance"),
     **dict.fromkeys((

@@ -45,6 +45,7 @@ from search_spaces.errors import UserError
 __all__ = [
     "ClassCondition",
     "ConditionedModel",
+    "PromptConditionedModel",
     "TrajectoryMacs",
     "cycle_labels",
     "drop_labels",
@@ -206,6 +207,45 @@ class ConditionedModel:
             null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
             return _prediction(self.model(x, t, class_labels=null, **kwargs))
         return guided_prediction(self.model, x, t, self.labels, self.guidance_scale, self.null_label, **kwargs)
+
+
+class PromptConditionedModel:
+    """``model`` called with per-image prompt embeddings ``cond`` (B, L, D), guided towards them
+    and away from ``uncond`` (the negative prompts', or the empty prompt's) when
+    ``guidance_scale != 1``: one batched pass of ``2B`` per step (``uncond`` first), combined
+    as ``u + s * (c - u)`` (what diffusers' Stable Diffusion pipelines do).
+
+    Example:
+        >>> seen = []
+        >>> def net(x, t, encoder_hidden_states):
+        ...     seen.append(tuple(encoder_hidden_states.shape)); return x + encoder_hidden_states.mean()
+        >>> m = PromptConditionedModel(net, torch.ones(2, 3, 4), torch.zeros(2, 3, 4), guidance_scale=2.0)
+        >>> m(torch.zeros(2, 1, 2, 2), torch.tensor(5)).flatten().tolist()[:2], seen
+        ([1.0, 1.0], [(4, 3, 4)])
+    """
+
+    def __init__(self, model: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, *,
+                 guidance_scale: float = 1.0) -> None:
+        if float(guidance_scale) < 1.0:
+            raise UserError(f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
+        if float(guidance_scale) != 1.0 and (uncond is None or uncond.shape != cond.shape):
+            raise UserError("guidance needs one unconditional (negative or empty) prompt embedding per image")
+        self.model = model
+        self.cond = cond  # (B,L,D)
+        self.uncond = uncond  # (B,L,D) or None
+        self.guidance_scale = float(guidance_scale)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("encoder_hidden_states", None)
+        b = x.shape[0]
+        if self.guidance_scale == 1.0:
+            return _prediction(self.model(x, t, encoder_hidden_states=self.cond[:b], **kwargs))
+        x2 = torch.cat([x, x])  # (2B,C,H,W)
+        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim == 1 else t
+        ctx = torch.cat([self.uncond[:b], self.cond[:b]])  # (2B,L,D)
+        out = _prediction(self.model(x2, t2, encoder_hidden_states=ctx, **kwargs))  # (2B,C,H,W)
+        uncond, cond = out[:b], out[b:]
+        return uncond + self.guidance_scale * (cond - uncond)
 
 
 def guided_unet_calls(num_steps: int, guidance_scale: float) -> int:

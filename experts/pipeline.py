@@ -75,15 +75,22 @@ class MixturePipeline(DiffusionPipeline):
             what classifier-free guidance and unconditional samples use; default the last
             class embedding. Saved in ``model_index.json`` and restored by ``from_pretrained``
             (nothing is stored for unconditional experts).
+        text_encoder, tokenizer: text-to-image experts (``UNet2DConditionModel``): the base
+            model's ``CLIPTextModel`` and ``CLIPTokenizer``, for ``prompt``/``negative_prompt``;
+            saved and loaded with the pipeline (``text_encoder/``, ``tokenizer/``).
     """
 
-    model_cpu_offload_seq = "mixture->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "text_encoder->mixture->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
 
     def __init__(self, mixture: MixtureOfExperts, scheduler: Any, vae: nn.Module | None = None,
-                 null_class_label: int | None = None) -> None:
+                 null_class_label: int | None = None, text_encoder: nn.Module | None = None,
+                 tokenizer: Any = None) -> None:
         super().__init__()
-        self.register_modules(mixture=mixture, scheduler=scheduler, vae=vae)
+        if (text_encoder is None) != (tokenizer is None):
+            raise UserError("a text-to-image mixture pipeline needs both text_encoder and tokenizer")
+        self.register_modules(mixture=mixture, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer)
         cond = _class_condition(mixture, null_class_label)
         if cond is not None:
             self.register_to_config(null_class_label=int(cond.null_label))
@@ -129,6 +136,8 @@ class MixturePipeline(DiffusionPipeline):
         first_image: int = 0,
         class_labels: int | list[int] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images.
 
@@ -148,8 +157,14 @@ class MixturePipeline(DiffusionPipeline):
             first_image: index of the first image of the batch in the seeded run.
             class_labels: class-conditional experts: the class of each image (one int for all,
                 or ``batch_size`` of them); None samples the null class (unconditional).
-            guidance_scale: classifier-free guidance with ``class_labels`` (1: none; above 1 the
-                null class and the labels run as one batched pass of twice the batch per step).
+            guidance_scale: classifier-free guidance with ``class_labels`` or ``prompt`` (1: none;
+                above 1 the null class (the negative or empty prompt) and the condition run as
+                one batched pass of twice the batch per step).
+            prompt: text-to-image experts: one prompt for every image, or one per image (a list
+                sets ``batch_size``); encoded once per image by the text encoder. With neither
+                ``prompt`` nor ``class_labels`` a text mixture samples the empty prompt.
+            negative_prompt: what guidance steers away from (one, or one per image); default
+                the empty prompt. Needs ``guidance_scale > 1``.
 
         Raises:
             ValueError: both steps and timesteps, bad timesteps, or ``seed`` with ``generator``,
@@ -158,8 +173,21 @@ class MixturePipeline(DiffusionPipeline):
         plan = self._plan(num_inference_steps, timesteps)
         device = self._execution_device
         dtype = self.mixture.dtype
-        model = self._conditioned(class_labels, guidance_scale, int(batch_size))
+        if isinstance(prompt, (list, tuple)) and int(batch_size) == 1:
+            batch_size = len(prompt)
         ehs = None
+        if prompt is not None or negative_prompt is not None:
+            if class_labels is not None or encoder_hidden_states is not None:
+                raise UserError("pass prompt (text) or class_labels or encoder_hidden_states, not several")
+            model = self._prompted(prompt, negative_prompt, guidance_scale, int(batch_size), device, dtype)
+        elif class_labels is None and self._text_experts():
+            if float(guidance_scale) != 1.0:
+                raise UserError("guidance_scale > 1 needs a prompt (or class_labels) to guide towards")
+            model = self.mixture  # the context as given, else the empty prompt (no condition)
+            if encoder_hidden_states is None:
+                encoder_hidden_states = self._empty_prompt()
+        else:
+            model = self._conditioned(class_labels, guidance_scale, int(batch_size))
         if encoder_hidden_states is not None:
             ehs = encoder_hidden_states.to(device=device, dtype=dtype)
         if seed is not None:
@@ -171,6 +199,49 @@ class MixturePipeline(DiffusionPipeline):
         else:
             x = self._denoise(plan, batch_size, generator, eta, latents, ehs, device, dtype, model)
         return self._finish(x, output_type, return_dict)
+
+    def _text_experts(self) -> bool:
+        """Whether the experts are text-conditional: a text encoder, or a prompt table in their config."""
+        from experts.text_condition import prompt_table
+
+        experts = getattr(self.mixture, "experts", None)
+        return getattr(self, "text_encoder", None) is not None or bool(experts) and prompt_table(experts[0]) is not None
+
+    def _empty_prompt(self) -> torch.Tensor:
+        """(1, L, D) context of the empty prompt: from the text encoder, else the experts' table."""
+        from experts.text_condition import prompt_table
+
+        if getattr(self, "text_encoder", None) is not None:
+            return self.encode_prompt([""])
+        prompts, table = prompt_table(self.mixture.experts[0])
+        return table[prompts.index("")][None]
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """The text encoder's context for ``prompts``: (P, L, D) (:func:`experts.text_condition.encode_prompts`)."""
+        from experts.text_condition import encode_prompts
+
+        if getattr(self, "text_encoder", None) is None or getattr(self, "tokenizer", None) is None:
+            raise UserError("prompt/negative_prompt need a text-to-image mixture pipeline (built with the base "
+                            "model's text_encoder and tokenizer)")
+        return encode_prompts(self.text_encoder, self.tokenizer, prompts)
+
+    def _prompted(self, prompt: Any, negative_prompt: Any, guidance_scale: float, batch_size: int,
+                  device: torch.device, dtype: torch.dtype) -> Any:
+        """The mixture called with each image's prompt embedding (and guidance away from the
+        negative or empty prompt): :class:`~experts.guidance.PromptConditionedModel`."""
+        from experts.guidance import PromptConditionedModel
+
+        if prompt is None:
+            raise UserError("negative_prompt needs a prompt (what guidance steers towards)")
+        if negative_prompt is not None and float(guidance_scale) == 1.0:
+            raise UserError("negative_prompt needs guidance_scale > 1 (at 1 only the prompt is used)")
+        prompts = _per_image(prompt, batch_size, "prompt")
+        cond = self.encode_prompt(prompts).to(device=device, dtype=dtype)  # (B,L,D)
+        uncond = None
+        if float(guidance_scale) != 1.0:
+            negatives = _per_image("" if negative_prompt is None else negative_prompt, batch_size, "negative_prompt")
+            uncond = self.encode_prompt(negatives).to(device=device, dtype=dtype)  # (B,L,D)
+        return PromptConditionedModel(self.mixture, cond, uncond, guidance_scale=float(guidance_scale))
 
     def _conditioned(self, class_labels: Any, guidance_scale: float, batch_size: int) -> Any:
         """The mixture itself (unconditional experts), else the mixture called with each image's
@@ -236,6 +307,16 @@ class MixturePipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+
+def _per_image(text: str | list[str], batch_size: int, name: str) -> list[str]:
+    """One string per image: ``text`` repeated, or a list of ``batch_size`` strings."""
+    if isinstance(text, str):
+        return [text] * batch_size
+    texts = [str(t) for t in text]
+    if len(texts) != batch_size:
+        raise UserError(f"{name} must be one string or one per image: {len(texts)} for {batch_size} images")
+    return texts
 
 
 def _class_condition(mixture: Any, null_class_label: int | None) -> Any:

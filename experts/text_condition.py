@@ -53,6 +53,7 @@ __all__ = [
     "encode_prompts",
     "install_prompt_table",
     "prompt_condition",
+    "prompt_encoder_macs",
     "prompt_table",
 ]
 
@@ -82,6 +83,25 @@ def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: Sequence[str]) ->
     param = next(text_encoder.parameters())
     with torch.no_grad():
         return text_encoder(ids.to(param.device))[0]  # (P, L, D)
+
+
+def prompt_encoder_macs(text_encoder: Any, tokenizer: Any) -> int:
+    """MACs of encoding one prompt (``model_max_length`` tokens: every prompt is padded to it),
+    counted by tracing (:func:`search_spaces.macs.count_macs`; attention matmuls included)."""
+    from search_spaces.macs import count_macs
+
+    class _Encode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = text_encoder
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids)[0]
+
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids  # (1, L)
+    param = next(text_encoder.parameters())
+    return int(count_macs(_Encode().eval(), {"input_ids": ids.to(param.device)}).total)
 
 
 def install_prompt_table(unet: Any, prompts: Sequence[str], embeds: torch.Tensor) -> None:

@@ -12,6 +12,12 @@ A base model is class-conditional when its UNet has ``num_class_embeds`` (the em
 - the conditional metric is how often the digit classifier recognises the requested digit
   (:func:`nas.digit_classifier.label_accuracy`).
 
+A text-to-image base model (``embedded:digits-text``, or a user's folder in Stable Diffusion's
+layout) runs through the same code: its labels name prompts ("a handwritten seven"; the null
+class is the empty prompt, so condition dropout trains the unconditional branch of guidance),
+whose embeddings the UNet looks up (:mod:`experts.text_condition`); the trajectory MACs add the
+text encoder once per prompt (twice per image when guided: the prompt and the empty prompt).
+
 Example:
     >>> from nas.config import load_config
     >>> cfg = load_config(None, ["condition.guidance_scale=3"])
@@ -32,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nas.config import ExperimentConfig
     from nas.models import BaseModel
 
-__all__ = ["base_condition", "sampling_kwargs", "training_labels", "trajectory_macs_parts", "vae_decode_macs"]
+__all__ = ["base_condition", "sampling_kwargs", "training_labels", "text_encoder_macs", "trajectory_macs_parts", "vae_decode_macs"]
 
 
 def base_condition(cfg: ExperimentConfig, base: BaseModel | None) -> ClassCondition | None:
@@ -77,11 +83,21 @@ def training_labels(cfg: ExperimentConfig, base: BaseModel | None, num_images: i
 
 
 def trajectory_macs_parts(cfg: ExperimentConfig, base: BaseModel, per_step_unet_macs: list[int]) -> TrajectoryMacs:
-    """What one sample costs by part: the UNet passes (doubled at guidance > 1 for a
-    class-conditional model), the VAE decode (latent models), no text encoder."""
+    """What one sample costs by part: the UNet passes (doubled at guidance > 1 for a conditional
+    model), the text encoder of a text model (the prompt, and the empty prompt when guided:
+    :func:`text_encoder_macs`), the VAE decode (latent models)."""
     guidance = float(cfg.condition.guidance_scale) if base_condition(cfg, base) is not None else 1.0
     vae = vae_decode_macs(base) if base.vae is not None else 0
-    return TrajectoryMacs.of(per_step_unet_macs, guidance_scale=guidance, vae_decode=vae)
+    text = text_encoder_macs(base) * (2 if guidance != 1.0 else 1) if base.text_encoder is not None else 0
+    return TrajectoryMacs.of(per_step_unet_macs, guidance_scale=guidance, vae_decode=vae, text_encoder=text)
+
+
+def text_encoder_macs(base: BaseModel) -> int:
+    """MACs of encoding one prompt with ``base.text_encoder`` (padded to the tokenizer's
+    ``model_max_length``, as every prompt is; counted by tracing, attention included)."""
+    from experts.text_condition import prompt_encoder_macs
+
+    return prompt_encoder_macs(base.text_encoder, base.tokenizer)
 
 
 def vae_decode_macs(base: BaseModel) -> int:
