@@ -218,10 +218,10 @@ class PromptConditionedModel:
     Example:
         >>> seen = []
         >>> def net(x, t, encoder_hidden_states):
-        ...     seen.append(tuple(encoder_hidden_states.shape)); return x + encoder_hidden_states.mean()
+        ...     seen.append(tuple(encoder_hidden_states.shape)); return x + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)
         >>> m = PromptConditionedModel(net, torch.ones(2, 3, 4), torch.zeros(2, 3, 4), guidance_scale=2.0)
         >>> m(torch.zeros(2, 1, 2, 2), torch.tensor(5)).flatten().tolist()[:2], seen
-        ([1.0, 1.0], [(4, 3, 4)])
+        ([2.0, 2.0], [(4, 3, 4)])
     """
 
     def __init__(self, model: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, *,
