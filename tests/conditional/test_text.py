@@ -181,3 +181,85 @@ def test_guided_trajectory_macs_equal_flop_counter(text_parts):
     counted_macs = counter.get_total_flops() / 2
     assert parts.unet_calls == 2 * steps and parts.text_encoder > 0
     assert abs(parts.total - counted_macs) / counted_macs < 0.01, (parts.to_dict(), counted_macs)
+
+
+def test_text_experts_train_on_the_labels_prompts_and_keep_them(text_parts, tmp_path):
+    """Expert training passes each draw's label; on a text UNet that is the prompt's embedding
+    (the loss equals the loss with the embeddings given explicitly), the null label (condition
+    dropout) is the empty prompt, and the saved experts keep the prompts."""
+    from experts.denoising import LossBatch, expert_loss, training_scheduler
+    from experts.train_loop import ExpertTrainSettings
+    from experts.training import load_experts, train_experts
+
+    enc, tok = text_parts
+    unet = _unet()
+    install_class_prompts(unet, enc, tok, [str(i) for i in range(10)], "a handwritten {}")
+    _, table = prompt_table(unet)
+    sched = training_scheduler({"num_train_timesteps": 100})
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([3, 10, 7])
+    batch = LossBatch(torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g),
+                      torch.tensor([5, 50, 90]), {"class_labels": y})
+    by_label = expert_loss(unet, None, batch, sched, model_kwargs={"encoder_hidden_states": torch.zeros(3, 1, D)})
+    explicit = expert_loss(unet, None, LossBatch(batch.x0, batch.noise, batch.t), sched,
+                           model_kwargs={"encoder_hidden_states": table[y]})
+    assert torch.allclose(by_label.total, explicit.total, atol=1e-6)
+
+    images, labels = torch.randn(12, 1, 8, 8, generator=g).clamp(-1, 1), torch.arange(12) % 10
+    settings = ExpertTrainSettings(steps=2, batch_size=4, random_archs=0, checkpoint_every=1)
+    train_experts(unet, Intervals(100, (50,)), images, settings, tmp_path / "experts",
+                  scheduler_config={"num_train_timesteps": 100}, progress=False, labels=labels,
+                  condition_dropout=0.1, null_label=10, encoder_hidden_states=encode_prompts(enc, tok, [""]))
+    _, experts = load_experts(tmp_path / "experts")
+    assert all(ClassCondition.from_unet(e) == ClassCondition(10, 10) for e in experts)
+    assert prompt_table(experts[0])[0] == prompt_table(unet)[0]
+
+
+def test_run_context_samples_every_prompt_with_guidance(text_parts, tmp_path):
+    """The run's sampling (bench, search FID, proxy) asks a text base for every digit's prompt,
+    the empty prompt as the unconditional half of each guided pass."""
+    from types import SimpleNamespace
+
+    from nas.config import load_config
+    from nas.run import RunContext
+
+    enc, tok = text_parts
+    unet = _unet()
+    install_class_prompts(unet, enc, tok, [str(i) for i in range(10)], "a handwritten {}")
+    _, table = prompt_table(unet)
+    seen = []
+    attn2 = next(m for n, m in unet.named_modules() if n.endswith("attn2"))
+    attn2.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"].clone()),
+                                    with_kwargs=True)
+    cfg = load_config(None, ["name=t", f"run_root={tmp_path}", "data.image_size=8", "condition.guidance_scale=2",
+                             "sampling.sampler=ddim"])
+    ctx = RunContext(cfg, device="cpu", progress=False)
+    ctx._cache["base"] = SimpleNamespace(unet=unet, vae=None, sample_shape=(1, 8, 8), latent_scale=1.0,
+                                         encoder_hidden_states=encode_prompts(enc, tok, [""]), text_encoder=enc,
+                                         tokenizer=tok, scheduler_config={"num_train_timesteps": 1000})
+    images = ctx.generate(unet, 12, 0, 2, batch_size=12)
+    assert images.shape == (12, 1, 8, 8)
+    want = table[torch.tensor([10] * 12 + [i % 10 for i in range(12)])]
+    assert torch.allclose(seen[0], want, atol=1e-6)
+
+
+def test_embedded_digits_text_is_a_text_to_image_folder(tmp_path):
+    """embedded:digits-text (3 training steps here) is saved in Stable Diffusion's layout and loads
+    back through the folder loader a user's folder takes, with its prompts."""
+    from types import SimpleNamespace
+
+    from nas.models import load_base_model
+    from nas.model_folders import load_folder
+
+    cfg = SimpleNamespace(train_steps=3, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                          batch_size=4, checkpoint_every=2)
+    base = load_base_model("embedded:digits-text", model_cfg=cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    index = json.loads((base.path / "model_index.json").read_text())
+    assert {k: v[1] for k, v in index.items() if not k.startswith("_")} == {
+        "unet": "UNet2DConditionModel", "text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer",
+        "scheduler": "DDPMScheduler"}
+    again = load_folder(base.path)
+    prompts, _ = prompt_table(again.unet)
+    assert prompts[7] == "a handwritten seven" and prompts[10] == ""
+    assert torch.allclose(again.encoder_hidden_states, encode_prompts(again.text_encoder, again.tokenizer, [""]))
+    assert ClassCondition.from_unet(again.unet) == ClassCondition(10, 10)
