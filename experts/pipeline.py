@@ -217,13 +217,20 @@ class MixturePipeline(DiffusionPipeline):
         return table[prompts.index("")][None]
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """The text encoder's context for ``prompts``: (P, L, D) (:func:`experts.text_condition.encode_prompts`)."""
-        from experts.text_condition import encode_prompts
+        """The text encoder's context for ``prompts``: (P, L, D) (:func:`experts.text_condition.encode_prompts`).
+        Without a text encoder, prompts of the experts' prompt table (a run's mixture folder:
+        "a handwritten seven") are looked up there: the same embeddings."""
+        from experts.text_condition import encode_prompts, prompt_table
 
-        if getattr(self, "text_encoder", None) is None or getattr(self, "tokenizer", None) is None:
-            raise UserError("prompt/negative_prompt need a text-to-image mixture pipeline (built with the base "
-                            "model's text_encoder and tokenizer)")
-        return encode_prompts(self.text_encoder, self.tokenizer, prompts)
+        if getattr(self, "text_encoder", None) is not None and getattr(self, "tokenizer", None) is not None:
+            return encode_prompts(self.text_encoder, self.tokenizer, prompts)
+        experts = getattr(self.mixture, "experts", None)
+        table = prompt_table(experts[0]) if experts else None
+        if table is not None and all(p in table[0] for p in prompts):  # the experts' own prompts, encoded
+            return table[1][[table[0].index(p) for p in prompts]]  # (P, L, D)
+        known = f" (without one, only the experts' prompts: {table[0][:3]}...)" if table is not None else ""
+        raise UserError("prompt/negative_prompt need a text-to-image mixture pipeline built with the base model's "
+                        f"text_encoder and tokenizer{known}")
 
     def _prompted(self, prompt: Any, negative_prompt: Any, guidance_scale: float, batch_size: int,
                   device: torch.device, dtype: torch.dtype) -> Any:

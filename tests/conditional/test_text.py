@@ -141,11 +141,22 @@ def test_mixture_pipeline_save_load_with_text_encoder(text_parts, tmp_path):
                           _run(pipe, class_labels=8, guidance_scale=4.0), atol=1e-6)
 
 
-def test_text_pipeline_without_text_parts_is_one_clear_error(text_parts):
+def test_text_pipeline_without_text_parts_takes_the_experts_prompts_only(text_parts):
+    """A run's mixture folder has no text encoder: its experts' own prompts still work (their
+    stored embeddings), any other prompt is one clear error."""
     unets = [_unet(0), _unet(1)]
-    pipe = MixturePipeline(MixtureOfExperts(Intervals(1000, (500,)), unets), DDIMScheduler())
+    bare = MixturePipeline(MixtureOfExperts(Intervals(1000, (500,)), unets), DDIMScheduler())
+    bare.set_progress_bar_config(disable=True)
     with pytest.raises(UserError, match="text-to-image mixture pipeline"):
-        pipe(prompt="a handwritten one", num_inference_steps=2, output_type="pt")
+        bare(prompt="a handwritten one", num_inference_steps=2, output_type="pt")
+    full = _pipe(text_parts)
+    tabled = MixturePipeline(full.mixture, DDIMScheduler())
+    tabled.set_progress_bar_config(disable=True)
+    kw = {"prompt": "a handwritten one", "negative_prompt": "a handwritten seven", "guidance_scale": 2.0}
+    assert torch.allclose(_run(tabled, **kw), _run(full, **kw), atol=1e-6)
+    assert torch.allclose(_run(tabled), _run(full), atol=1e-6)
+    with pytest.raises(UserError, match="only the experts' prompts"):
+        _run(tabled, prompt="a handwritten cat")
 
 
 def test_guided_trajectory_macs_equal_flop_counter(text_parts):
