@@ -248,7 +248,12 @@ def _condition_fields(ctx: BenchContext, c: Candidate) -> dict[str, Any]:
     g = float(cond["guidance_scale"])
     factor = 2 if g != 1.0 else 1
     vae = vae_decode_macs(ctx.base) if ctx.base.vae is not None else 0
-    parts = TrajectoryMacs(factor * int(c.macs_per_trajectory), 0, vae, factor * int(c.num_steps), g)
+    text = 0
+    if getattr(ctx.base, "text_encoder", None) is not None:  # a text model: the prompt (and the empty one when guided)
+        from nas.conditions import text_encoder_macs
+
+        text = factor * text_encoder_macs(ctx.base)
+    parts = TrajectoryMacs(factor * int(c.macs_per_trajectory), text, vae, factor * int(c.num_steps), g)
     return {"guidance_scale": g, "class_labels": "cycle", "macs_parts": dict(parts.to_dict()),
             "macs_per_trajectory": parts.unet, "base_macs_per_trajectory": factor * int(ctx.base_traj)}
 

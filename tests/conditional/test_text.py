@@ -274,3 +274,22 @@ def test_embedded_digits_text_is_a_text_to_image_folder(tmp_path):
     assert prompts[7] == "a handwritten seven" and prompts[10] == ""
     assert torch.allclose(again.encoder_hidden_states, encode_prompts(again.text_encoder, again.tokenizer, [""]))
     assert ClassCondition.from_unet(again.unet) == ClassCondition(10, 10)
+
+
+def test_bench_rows_of_a_text_model_count_the_text_encoder_by_part(text_parts, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.bench.runner import _condition_fields
+    from nas.config import load_config
+
+    enc, tok = text_parts
+    unet = _unet()
+    install_class_prompts(unet, enc, tok, [str(i) for i in range(10)], "a handwritten {}")
+    base = SimpleNamespace(unet=unet, vae=None, text_encoder=enc, tokenizer=tok)
+    cand = SimpleNamespace(macs_per_trajectory=1000, num_steps=5)
+    for g, factor in ((3.0, 2), (1.0, 1)):
+        ctx = SimpleNamespace(cfg=load_config(None, [f"condition.guidance_scale={g}"]), base=base, base_traj=2000)
+        parts = _condition_fields(ctx, cand)["macs_parts"]
+        assert parts["unet"] == factor * 1000 and parts["unet_calls"] == factor * 5
+        assert parts["text_encoder"] == factor * prompt_encoder_macs(enc, tok) > 0
+        assert parts["total"] == parts["unet"] + parts["text_encoder"]
