@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from experts.checkpoint import jsonable, load_checkpoint, read_checkpoint_state, recover_checkpoint, save_checkpoint
-from search_spaces.errors import UserError
+from experts.checkpoint import jsonable, recover_checkpoint, save_checkpoint
+from experts.train_loop import _resume  # the elastic stage's resume rules, shared
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def distill_along_schedule(
     rng = np.random.default_rng([int(settings.seed), int(stream)])  # unused; kept for the checkpoint format
     ident = jsonable({**dict(identity), "settings": settings.identity()})
     recover_checkpoint(ckpt_dir)
-    step, losses, seconds = _resume(ckpt_dir, ident, student, opt, gen, rng, settings.steps)
+    step, losses, seconds = _resume(ckpt_dir, ident, student, opt, gen, rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     ts = torch.tensor(sorted(int(t) for t in timesteps), dtype=torch.long)
     pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -296,17 +296,3 @@ def _distill_step(student: nn.Module, teacher: ScheduleTeacher, images: torch.Te
     opt.step()
     return float(loss.detach())
 
-
-def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-            rng: np.random.Generator, steps: int) -> tuple[int, list[dict[str, float]], float]:
-    """(step, losses, seconds) from ``ckpt_dir``'s checkpoint, or a fresh start; UserError on another identity."""
-    if not (ckpt_dir / "state.json").is_file():
-        return 0, [], 0.0
-    stored = read_checkpoint_state(ckpt_dir).get("identity")
-    if stored != ident:
-        raise UserError(f"the checkpoint in {ckpt_dir} was made with other settings; delete it to start again")
-    state = load_checkpoint(ckpt_dir, student, opt, gen, rng)
-    step = int(state["step"])
-    if step > steps:
-        raise UserError(f"{ckpt_dir} is already at step {step} > steps={steps}; raise the steps or delete it")
-    return step, list(state.get("losses", [])), float(state.get("seconds", 0.0))

@@ -3,7 +3,6 @@ own budget and target: what a user gets from the fine-tuning alone, without prun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,5 @@ class FewerStepsTunedMethod(MixtureMethod):
                            steps_per_expert=tuple(steps), base_trajectory_macs=macs * ctx.cfg.sampling.num_steps,
                            info={"rule": "fewer_steps's schedule, the base model on every interval"},
                            schedule=schedule, base_intervals=tuple(range(intervals.num_intervals)))
-        if path.is_file():
-            try:
-                if Allocation.load(path) == alloc:
-                    return None
-            except (ValueError, KeyError, json.JSONDecodeError):
-                pass  # an unreadable stale file is rewritten below
-        alloc.save(path)
+        self.save_allocation(alloc, path)
         return None

@@ -42,6 +42,20 @@ class MixtureMethod(AllocationMethod):
             return None
         return f"{path.relative_to(ctx.run.path)} does not exist (run {self.producer} with budget {budget:g})"
 
+    @staticmethod
+    def save_allocation(alloc: Allocation, path: Path) -> None:
+        """Write ``alloc`` to ``path`` unless the file already holds it (then it stays byte-identical;
+        an unreadable stale file is rewritten)."""
+        from experts.allocation import Allocation
+
+        if path.is_file():
+            try:
+                if Allocation.load(path) == alloc:
+                    return
+            except (ValueError, KeyError, json.JSONDecodeError):
+                pass
+        alloc.save(path)
+
     def candidate(self, ctx: Any, budget: float | None, config_key: str) -> Candidate | str:
         """The mixture at ``budget`` from its allocation file, or why it cannot run (no experts, no
         allocation, an unreadable one, or one made for other intervals)."""

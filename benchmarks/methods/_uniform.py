@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,5 @@ class UniformMethod(MixtureMethod):
                            steps_per_expert=tuple(steps), base_trajectory_macs=int(space.total_macs) * sum(steps),
                            info={"width_fraction": fraction,
                                  "rule": "largest UNetSpace.uniform(fraction) meeting the budget"})
-        if path.is_file():
-            try:
-                if Allocation.load(path) == alloc:
-                    return None
-            except (ValueError, KeyError, json.JSONDecodeError):
-                pass  # an unreadable stale file is rewritten below
-        alloc.save(path)
+        self.save_allocation(alloc, path)
         return None
