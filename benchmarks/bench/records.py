@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nas.config import ExperimentConfig, config_to_dict
+from nas.config import BenchConfig, ExperimentConfig, ExpertsConfig, config_to_dict
 from nas.methods import budget_key
 from nas.run import RunDir
 
@@ -38,17 +38,36 @@ def bench_config_key(cfg: ExperimentConfig) -> str:
         >>> a = bench_config_key(load_config(None, ["bench.budgets=[0.5]"]))
         >>> a == bench_config_key(load_config(None, ["name=other", "device=cpu"]))
         True
+        >>> a == bench_config_key(load_config(None, ["bench.parallel=true", "experts.parallel=true"]))
+        True
         >>> a == bench_config_key(load_config(None, ["bench.num_samples=100"]))
         False
     """
     d = config_to_dict(cfg)
-    bench = {k: v for k, v in d["bench"].items() if k not in ("budgets", "methods")}
+    bench = {k: v for k, v in d["bench"].items() if k not in ("budgets", "methods", *BenchConfig.EXECUTION_KEYS)}
     payload = {
         "seed": d["seed"], "data": d["data"], "model": d["model"], "sampling": d["sampling"],
         "extractor": {k: d["evaluation"][k] for k in ("extractor", "inception_weights")},
-        "space": d["space"], "intervals": d.get("intervals"), "experts": d.get("experts"), "bench": bench,
+        "space": d["space"], "intervals": d.get("intervals"), "experts": _experts_part(d.get("experts")),
+        "bench": bench,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _experts_part(experts: Any) -> Any:
+    """The experts section as a row's key sees it: the execution keys (where and how fast the experts
+    train, :attr:`ExpertsConfig.EXECUTION_KEYS`) at their defaults, as every earlier row's key had them
+    (those left out of ``config.yaml`` at their default stay out)."""
+    if not isinstance(experts, dict):
+        return experts
+    defaults = config_to_dict(ExperimentConfig())["experts"]
+    out = dict(experts)
+    for k in ExpertsConfig.EXECUTION_KEYS:
+        if k in defaults:
+            out[k] = defaults[k]
+        else:
+            out.pop(k, None)
+    return out
 
 
 def finished_rows(run: RunDir, config_key: str) -> dict[tuple[str, str], dict[str, Any]]:

@@ -304,7 +304,18 @@ class BenchConfig:
             (``schedule.reference_steps``, else ``sampling.num_steps``) lands
             (:mod:`experts.schedule_distill`); needs ``sampling.sampler: ddim``. The
             ``fewer_steps_tuned`` baseline gets the same fine-tuning on the base model.
+        parallel: run the fine-tuning of every pruned model (one Ray task per method and budget)
+            and the sampling and scoring of every row (one Ray task per method, budget and seed)
+            on the local Ray (``search.num_cpus``/``search.num_gpus``) or the cluster of
+            ``search.address``, each task with ``experts.cpus_per_task``/``gpus_per_task``/
+            ``max_retries``; every task reads what it needs from the run folder (shared storage
+            on a cluster) and the driver writes each row once, with the same numbers as the
+            sequential path on the CPU with the same seeds. Latency is still timed in the driver.
     """
+
+    #: Keys that say where the bench runs, not what it measures: they must not change a row's
+    #: config key nor a stage's key.
+    EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("parallel",)
 
     budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
     methods: tuple[str, ...] = ("router", "search", "uniform", "static", "base", "fewer_steps")
@@ -320,6 +331,7 @@ class BenchConfig:
     latency_repeats: int = 3
     latency_batch_sizes: tuple[int, ...] = (1, 64)
     grid_images: int = 36
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         b = list(self.budgets)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nas.config import ExperimentConfig, ExpertsConfig, config_to_dict
+from nas.config import BenchConfig, ExperimentConfig, ExpertsConfig, config_to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from nas.run._context import RunContext
@@ -122,6 +122,8 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
         d.pop("schedule", None)
     for key in ExpertsConfig.EXECUTION_KEYS:  # where/how fast the experts train (Ray tasks), not what
         d.get("experts", {}).pop(key, None)
+    for key in BenchConfig.EXECUTION_KEYS:  # where the bench's fine-tuning and sampling run, not what
+        d.get("bench", {}).pop(key, None)
     sections: list[str] = []
     for s in all_stages():
         sections += [sec for sec, first in _OPTIONAL_SECTIONS.items() if first == s.name and sec in d]
