@@ -1,5 +1,6 @@
 """Running the comparison: :func:`run_bench` (measure and append rows) and :func:`prepare_models`
-(make the models only). See :mod:`benchmarks.bench`.
+(make the models only), one after another in this process, or with ``bench.parallel`` as Ray
+tasks (:mod:`benchmarks.bench.parallel`). See :mod:`benchmarks.bench`.
 """
 
 from __future__ import annotations
@@ -8,21 +9,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.bench.context import BenchContext
 from benchmarks.bench.methods import base_candidate, plan
-from benchmarks.bench.records import (
-    RECORD_KIND,
-    BenchResult,
-    bench_config_key,
-    finished_rows,
-    fmt_number,
-    library_versions,
-    machine_info,
-    record_skip,
-)
+from benchmarks.bench.records import RECORD_KIND, BenchResult, bench_config_key, finished_rows, fmt_number, record_skip
+from benchmarks.bench.scoring import BenchEnv, aggregate_seeds, bench_env, score_seed, timesteps_of
 from nas.config import ExperimentConfig
 from nas.errors import UserError
 from nas.methods import Candidate, budget_key, get_method
@@ -35,19 +27,27 @@ __all__ = ["prepare_models", "run_bench"]
 
 def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> BenchResult:
     """The fine-tuning stage of ``diffnas run``: make (fine-tune and save) every pruned model the
-    benchmark will evaluate, without evaluating. Safe to rerun (finished models are reused)."""
+    benchmark will evaluate, without evaluating. Safe to rerun (finished models are reused). With
+    ``bench.parallel``: one Ray task per model (:func:`benchmarks.bench.parallel.prepare_models_ray`)."""
     t0 = time.perf_counter()
     key = bench_config_key(cfg)
     check_experts(run)
     ctx = BenchContext(cfg, device=device, progress=progress, run=run)
     cands, skipped = plan(ctx, key)
     done = finished_rows(run, key)
+    todo = []
     for c in cands:
         if not get_method(c.method).finetuned:
             continue
         prev = done.get((c.method, budget_key(c.budget_ratio)))
         if prev is not None and prev.get("inputs_key") == c.inputs_key:
             continue
+        todo.append(c)
+    if cfg.bench.parallel:
+        from benchmarks.bench.parallel import prepare_models_ray
+
+        prepare_models_ray(ctx, key, todo)
+    for c in todo if not cfg.bench.parallel else ():
         log.info("preparing %s", c.name)
         c.build()
     for m, b, reason in skipped:
@@ -56,14 +56,15 @@ def prepare_models(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bo
 
 
 def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = True) -> BenchResult:
-    """Benchmark every method at every budget of ``cfg.bench`` (see :mod:`benchmarks.bench`).
+    """Benchmark every method at every budget of ``cfg.bench`` (see :mod:`benchmarks.bench`); with
+    ``bench.parallel`` the models are fine-tuned and the seeds sampled and scored as Ray tasks
+    (:func:`benchmarks.bench.parallel.bench_rows_ray`), the rows being the same.
 
     Raises:
         UserError: no base model, a damaged expert, or a feature extractor that cannot be built
             (checked first).
     """
-    from nas.data import dataset_id, load_dataset
-    from nas.metrics import build_extractor, check_extractor_available, reference_features, resolve_extractor_kind
+    from nas.metrics import check_extractor_available, resolve_extractor_kind
 
     t0 = time.perf_counter()
     key = bench_config_key(cfg)
@@ -78,11 +79,13 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     if not pending:
         return BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0)
 
-    extractor = build_extractor(kind, device=device, cache_dir=run.cache_dir,
-                                inception_weights=cfg.evaluation.inception_weights)
-    ref_feats = reference_features(dataset_id(cfg.data), load_dataset(cfg.data), extractor, run.cache_dir)
-    env = _BenchEnv(key, extractor, ref_feats, machine_info(device), library_versions(), _label_classifier(ctx))
+    env = bench_env(ctx, key)
     base_model, _, _ = base_candidate(ctx, key).build()
+    if cfg.bench.parallel:
+        from benchmarks.bench.parallel import bench_rows_ray
+
+        rows = bench_rows_ray(ctx, env, pending, base_model)
+        return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[Candidate]] = {}
     for c in pending:
@@ -90,19 +93,6 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
     for gkey, group in groups.items():
         rows += _bench_group(ctx, env, gkey, group, base_model, len(rows), len(pending))
     return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
-
-
-@dataclass(frozen=True)
-class _BenchEnv:
-    """What every row of one :func:`run_bench` call shares: the config key, the feature extractor
-    and the reference features it scores against, the machine and library versions recorded."""
-
-    key: str
-    extractor: Any
-    ref_feats: Any
-    machine: Any
-    versions: Any
-    classifier: Any = None  # class-conditional base on digits: the digit classifier (class accuracy)
 
 
 def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:
@@ -123,10 +113,25 @@ def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[C
     return pending, reused
 
 
-def _bench_group(ctx: BenchContext, env: _BenchEnv, gkey: str, group: list[Candidate], base_model: Any,
+def _bench_group(ctx: BenchContext, env: BenchEnv, gkey: str, group: list[Candidate], base_model: Any,
                  done_before: int, total: int) -> list[dict[str, Any]]:
     """Build, time and score the candidates of one budget; append (and return) one row each.
     ``done_before`` rows of ``total`` were measured before this group (for the progress log)."""
+    latency = group_latency_fields(ctx, gkey, group, base_model)
+    rows: list[dict[str, Any]] = []
+    for i, c in enumerate(group):
+        log.info("bench [%d/%d]: %s (%d seeds x %d images, %d steps)", done_before + i + 1, total, c.name,
+                 len(ctx.cfg.bench.seeds), ctx.cfg.bench.num_samples, c.num_steps)
+        q, grid_rel = _score(ctx, env, c)
+        rows.append(commit_row(ctx, env, c, q, grid_rel, latency[c.name]))
+    for c in group:  # free memory before the next budget
+        c.model = None
+    return rows
+
+
+def group_latency_fields(ctx: BenchContext, gkey: str, group: list[Candidate], base_model: Any) -> dict[str, Any]:
+    """Build the models of one budget's ``group`` (``c.model``, ``c.macs_per_trajectory``,
+    ``c.extra``) and time them round-robin with the base model: ``{name: latency row fields}``."""
     from nas.latency import per_image_by_batch
 
     for c in group:
@@ -136,24 +141,29 @@ def _bench_group(ctx: BenchContext, env: _BenchEnv, gkey: str, group: list[Candi
     timing = _group_latency(ctx, group, base_model)  # {name: {batch size: whole-batch timing}}
     group_id = f"{gkey}-{uuid.uuid4().hex[:8]}"
     base_latency_ms = timing["__base__"][bs].median_ms / bs  # per image
-    rows: list[dict[str, Any]] = []
-    for i, c in enumerate(group):
-        log.info("bench [%d/%d]: %s (%d seeds x %d images, %d steps)", done_before + i + 1, total, c.name,
-                 len(ctx.cfg.bench.seeds), ctx.cfg.bench.num_samples, c.num_steps)
-        q, grid_rel = _score(ctx, env, c)
-        latency_ms = base_latency_ms if c.method == "base" else timing[c.name][bs].median_ms / bs  # per image
-        row = _bench_row(ctx, env, c, q, latency_ms, base_latency_ms, group_id, grid_rel)
-        row["latency_by_batch"] = per_image_by_batch(timing, "__base__" if c.method == "base" else c.name, "__base__")
-        if c.budget_ratio is not None and row["macs_ratio"] > c.budget_ratio + 1e-6:
-            log.warning("bench: %s runs at %.3f of the base MACs, over its budget %g", c.name, row["macs_ratio"],
-                        c.budget_ratio)
-        ctx.run.append_result(row)
-        rows.append(row)
-        log.info("bench: %s FID %.3f [%s, %s], %.3f of the base MACs, %.2fx", c.name, row["fid_mean"],
-                 fmt_number(row.get("fid_ci_low")), fmt_number(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
-    for c in group:  # free memory before the next budget
-        c.model = None
-    return rows
+    out: dict[str, Any] = {}
+    for c in group:
+        ref = "__base__" if c.method == "base" else c.name
+        latency_ms = timing[ref][bs].median_ms / bs  # per image
+        out[c.name] = {"latency_ms": latency_ms, "base_latency_ms": base_latency_ms, "group_id": group_id,
+                       "latency_by_batch": per_image_by_batch(timing, ref, "__base__")}
+    return out
+
+
+def commit_row(ctx: BenchContext, env: BenchEnv, c: Candidate, q: dict[str, Any], grid_rel: str | None,
+               latency: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """The row of ``c`` (quality ``q``, ``latency`` from :func:`group_latency_fields`, ``more``
+    fields), appended to ``results.jsonl``: the one place a bench row is committed."""
+    row = _bench_row(ctx, env, c, q, latency["latency_ms"], latency["base_latency_ms"], latency["group_id"], grid_rel)
+    row["latency_by_batch"] = latency["latency_by_batch"]
+    row.update(more)
+    if c.budget_ratio is not None and row["macs_ratio"] > c.budget_ratio + 1e-6:
+        log.warning("bench: %s runs at %.3f of the base MACs, over its budget %g", c.name, row["macs_ratio"],
+                    c.budget_ratio)
+    ctx.run.append_result(row)
+    log.info("bench: %s FID %.3f [%s, %s], %.3f of the base MACs, %.2fx", c.name, row["fid_mean"],
+             fmt_number(row.get("fid_ci_low")), fmt_number(row.get("fid_ci_high")), row["macs_ratio"], row["speedup"])
+    return row
 
 
 def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -> dict[str, Any]:
@@ -167,7 +177,7 @@ def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -
     b = ctx.cfg.bench
     sizes = [b.latency_batch_size] + [s for s in b.latency_batch_sizes if s != b.latency_batch_size]
     models = {"__base__": (base_model, ctx.cfg.sampling.num_steps, None)}
-    models.update({c.name: (c.model, c.num_steps, _timesteps(c)) for c in group if c.method != "base"})
+    models.update({c.name: (c.model, c.num_steps, timesteps_of(c)) for c in group if c.method != "base"})
 
     def trajectory(name: str, bs: int) -> Callable[[], object]:
         model, steps, timesteps = models[name]
@@ -181,58 +191,11 @@ def _group_latency(ctx: BenchContext, group: list[Candidate], base_model: Any) -
                                    device=ctx.device)
 
 
-def _timesteps(c: Candidate) -> list[int] | None:
-    """The candidate's own step schedule, or None (``num_steps`` evenly spaced steps)."""
-    return None if c.timesteps is None else list(c.timesteps)
-
-
-def _score(ctx: BenchContext, env: _BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
+def _score(ctx: BenchContext, env: BenchEnv, c: Candidate) -> tuple[dict[str, Any], str | None]:
     """Quality with confidence intervals over the bench seeds; the first seed's sample grid is
     saved (path relative to the run folder)."""
-    import torch
-
-    from nas.metrics import compute_quality, quality_with_ci
-    from nas.sampling import save_grid
-
-    b = ctx.cfg.bench
-    results = []
-    grid_rel = None
-    accuracy: list[float] = []  # class-conditional base: the requested class recognised, per seed
-    for seed in b.seeds:
-        with torch.no_grad():
-            images = ctx.generate(c.model, b.num_samples, int(seed), c.num_steps,
-                                  timesteps=_timesteps(c))  # (N,C,H,W) in [-1,1]
-        results.append(compute_quality(images, env.ref_feats, env.extractor))
-        if env.classifier is not None:
-            accuracy.append(_class_accuracy(ctx, env.classifier, images))
-        if grid_rel is None:
-            grid = ctx.run.samples_dir / "bench" / f"{c.method}-{budget_key(c.budget_ratio)}.png"
-            save_grid(images[: b.grid_images], grid)
-            grid_rel = str(grid.relative_to(ctx.run.path))
-    q = quality_with_ci(results, confidence=b.confidence)
-    if env.classifier is not None:
-        q = {**q, "class_accuracy": sum(accuracy) / len(accuracy), "class_accuracy_per_seed": accuracy}
-    return q, grid_rel
-
-
-def _class_accuracy(ctx: BenchContext, classifier: Any, images: Any) -> float:
-    """How often the digit classifier recognises the class each image was sampled for."""
-    from nas.conditions import sampling_kwargs
-    from nas.digit_classifier import label_accuracy
-
-    wanted = sampling_kwargs(ctx.cfg, ctx.base, int(images.shape[0]))["class_labels"]
-    return float(label_accuracy(classifier, images, wanted))
-
-
-def _label_classifier(ctx: BenchContext) -> Any:
-    """The digit classifier for a class-conditional base on the digits data, else None."""
-    from nas.conditions import base_condition
-
-    if base_condition(ctx.cfg, ctx.base) is None or ctx.cfg.data.dataset != "digits":
-        return None
-    from nas.digit_classifier import load_or_train_digit_classifier
-
-    return load_or_train_digit_classifier(ctx.run.cache_dir, ctx.device)
+    seeds = ctx.cfg.bench.seeds
+    return aggregate_seeds(ctx, [score_seed(ctx, env, c, int(s), grid=i == 0) for i, s in enumerate(seeds)])
 
 
 def _condition_fields(ctx: BenchContext, c: Candidate) -> dict[str, Any]:
@@ -258,7 +221,7 @@ def _condition_fields(ctx: BenchContext, c: Candidate) -> dict[str, Any]:
             "macs_per_trajectory": parts.unet, "base_macs_per_trajectory": factor * int(ctx.base_traj)}
 
 
-def _bench_row(ctx: BenchContext, env: _BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
+def _bench_row(ctx: BenchContext, env: BenchEnv, c: Candidate, q: dict[str, Any], latency_ms: float,
                base_latency_ms: float, group_id: str, grid_rel: str | None) -> dict[str, Any]:
     """The ``results.jsonl`` record of one candidate (latencies per image)."""
     from nas.data import dataset_id

@@ -42,7 +42,8 @@ the reverse.
 Modules (private; every public name is exported here): ``_cluster`` (connect, fit a trial's
 resources to the nodes), ``_trial`` (the trainable), ``_searchers`` (the Optuna searchers in the
 driver), ``_side_jobs`` (jobs beside the studies), ``_run`` (:func:`run_search_ray`), ``_expert_tasks``
-(one Ray task per expert), ``_ddp`` (one expert data-parallel over several workers).
+(one Ray task per expert), ``_ddp`` (one expert data-parallel over several workers), ``_tasks``
+(independent jobs as Ray tasks, each committed by the driver: the bench's fine-tuning and sampling).
 """
 
 import os
@@ -62,18 +63,22 @@ from nas.ray_backend._ddp import run_expert_job_data_parallel, run_expert_jobs_d
 from nas.ray_backend._expert_tasks import ExpertTaskResources, run_expert_jobs_ray  # noqa: E402
 from nas.ray_backend._run import RayBackend, run_search_ray  # noqa: E402
 from nas.ray_backend._side_jobs import SideJob  # noqa: E402
+from nas.ray_backend._tasks import TaskCall, job_info, run_tasks_ray  # noqa: E402
 
 __all__ = [
     "ExpertTaskResources",
     "RayBackend",
     "SideJob",
+    "TaskCall",
     "auto_concurrency",
     "check_cluster_resources",
+    "job_info",
     "ray_cluster",
     "run_expert_job_data_parallel",
     "run_expert_jobs_data_parallel",
     "run_expert_jobs_ray",
     "run_search_ray",
+    "run_tasks_ray",
     "trial_device",
     "trial_resources",
 ]
