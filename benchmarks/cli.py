@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ BENCH_DESCRIPTION = (
     "the base model once. Pruned methods get the same fine-tuning budget (experts.finetune_*). FID/KID mean and "
     "95%% interval over bench.seeds, fvcore trajectory MACs, latency and speed-up timed side by side with the base "
     "model. Rows are appended to results.jsonl as they finish; a rerun skips finished rows. Methods whose inputs "
-    "are missing are skipped with the reason. Then the report is rebuilt (runs/<name>/report/)."
+    "are missing are skipped with the reason. Then the report is rebuilt (runs/<name>/report/). With --parallel, "
+    "the fine-tuning and every (method, budget, seed) sampling job are Ray tasks (local, or --address); each row "
+    "is still written once, with the same numbers."
 )
 REPORT_HELP = "build the Pareto-front report of a run from its stored results (no model is run)"
 REPORT_DESCRIPTION = (
@@ -47,6 +50,25 @@ REPORT_DESCRIPTION = (
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not rebuild report/ after the benchmark")
+    parser.add_argument("--parallel", action="store_true",
+                        help="fine-tune each pruned model and sample each (method, budget, seed) as a Ray task "
+                        "(same as --set bench.parallel=true)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --parallel: join a running Ray cluster, 'auto' or host:port (same as "
+                        "--set search.address=...); default: start a local Ray")
+
+
+def _bench_config(cfg: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
+    """``--parallel`` and ``--address`` of ``diffnas bench`` applied to the config."""
+    address = getattr(args, "address", None)
+    parallel = bool(getattr(args, "parallel", False))
+    if address is not None and not (parallel or cfg.bench.parallel):
+        raise UserError("--address needs --parallel (or bench.parallel=true): the sequential bench uses no Ray")
+    if parallel:
+        cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, parallel=True))
+    if address is not None:
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, address=address))
+    return cfg
 
 
 def bench_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
@@ -54,6 +76,7 @@ def bench_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from benchmarks.report import build_report
     from nas.models import require_trained_base
 
+    cfg = _bench_config(cfg, args)
     require_trained_base(cfg, RunDir.from_config(cfg).path, "bench")  # never trains a base model as a side effect
     ctx = RunContext(cfg)
     ctx.check_experts()  # before prepare() writes config.yaml
@@ -150,8 +173,9 @@ def export_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 def _finetune_stage(ctx: RunContext) -> str:
     from benchmarks.bench import prepare_models
 
-    res = prepare_models(ctx.cfg, ctx.run, ctx.device, progress=ctx.progress)
-    return f"models ready in {ctx.run.mixtures_dir}" + (f"; {len(res.skipped)} skipped" if res.skipped else "")
+    res = prepare_models(ctx.cfg, ctx.run, ctx.device, progress=ctx.progress)  # bench.parallel: Ray tasks
+    where = " (Ray tasks, see mixtures/ray_jobs.json)" if ctx.cfg.bench.parallel else ""
+    return f"models ready in {ctx.run.mixtures_dir}{where}" + (f"; {len(res.skipped)} skipped" if res.skipped else "")
 
 
 def _bench_stage(ctx: RunContext) -> str:

@@ -49,7 +49,7 @@ from typing import Any
 
 from benchmarks.bench.context import BenchContext
 from benchmarks.bench.records import bench_config_key
-from benchmarks.bench.runner import commit_row, group_latency_fields
+from benchmarks.bench.rows import commit_row, group_latency_fields
 from benchmarks.bench.scoring import BenchEnv, aggregate_seeds, bench_env, score_seed
 from nas.config import ExperimentConfig
 from nas.errors import UserError

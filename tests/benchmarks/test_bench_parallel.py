@@ -31,6 +31,15 @@ def test_bench_parallel_is_an_execution_key():
     assert config_to_yaml(a) == config_to_yaml(load_config(None, [*TINY_PAR, "bench.parallel=false"]))
 
 
+def test_bench_address_needs_parallel(tmp_path, capsys):
+    from nas.cli import main
+
+    code = main(["bench", "--name", "r", "--set", f"run_root={tmp_path}", "--address", "auto"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--address needs --parallel" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_parallel_bench_rows_equal_the_sequential_ones(tmp_path):
     ray = pytest.importorskip("ray")
