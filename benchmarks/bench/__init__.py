@@ -42,6 +42,11 @@ Modules (every name is importable from ``benchmarks.bench``):
 
 - :mod:`benchmarks.bench.runner`: :func:`run_bench` (the measurement loop, one row per
   method and budget) and :func:`prepare_models` (make the models only);
+- :mod:`benchmarks.bench.parallel`: the same with ``bench.parallel``: fine-tuning and each
+  (method, budget, seed) sampling job as Ray tasks, each row committed once by the driver;
+- :mod:`benchmarks.bench.scoring`: one seed's sampling and scoring, and a row's quality over its
+  seeds (shared by both paths); :mod:`benchmarks.bench.rows`: latency of a budget's models and
+  the row appended to ``results.jsonl``;
 - :mod:`benchmarks.bench.methods`: the plan of a call (:func:`plan`): the candidates of the
   registered allocation methods (:mod:`nas.methods`; the built-in ones in :mod:`benchmarks.methods`)
   named in ``bench.methods``;

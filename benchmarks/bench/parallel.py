@@ -181,11 +181,19 @@ def bench_rows_ray(ctx: BenchContext, env: BenchEnv, pending: Sequence[Candidate
     """The rows of ``pending`` (see the module docstring): fine-tuning tasks, the latency in the
     driver, one sampling task per seed not stored yet; each row appended once, as its last seed
     comes in. Returns the rows in the order they were committed."""
+    from nas.ray_backend import ray_cluster
+
+    with ray_cluster(ctx.cfg.search):  # one Ray (a local one is started once) for both kinds of tasks
+        prepare_models_ray(ctx, env.key, [c for c in pending if get_method(c.method).finetuned])
+        return _sample_rows(ctx, env, pending, base_model)
+
+
+def _sample_rows(ctx: BenchContext, env: BenchEnv, pending: Sequence[Candidate], base_model: Any) -> list[dict[str, Any]]:
+    """:func:`bench_rows_ray` once the models are made: latency, then the sampling tasks."""
     from nas.ray_backend import TaskCall, run_tasks_ray
 
     cfg, run = ctx.cfg, ctx.run
     seeds = [int(s) for s in cfg.bench.seeds]
-    prepare_models_ray(ctx, env.key, [c for c in pending if get_method(c.method).finetuned])
     groups: dict[str, list[Candidate]] = {}
     for c in pending:
         groups.setdefault(budget_key(c.budget_ratio), []).append(c)
@@ -202,11 +210,13 @@ def bench_rows_ray(ctx: BenchContext, env: BenchEnv, pending: Sequence[Candidate
             if rec is not None:
                 results[c.name][s] = rec
     rows: list[dict[str, Any]] = []
+    committed: set[str] = set()
 
     def commit_if_complete(c: Candidate) -> None:
         got = results[c.name]
-        if len(got) < len(seeds):
+        if len(got) < len(seeds) or c.name in committed:
             return
+        committed.add(c.name)
         per_seed = [got[s] for s in seeds]
         q, grid = aggregate_seeds(ctx, per_seed)
         more: dict[str, Any] = {"jobs": [{"seed": s, **{k: got[s].get("job", {}).get(k) for k in _JOB_FIELDS}}

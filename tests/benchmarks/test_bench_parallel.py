@@ -45,14 +45,14 @@ def test_parallel_bench_rows_equal_the_sequential_ones(tmp_path):
     ray = pytest.importorskip("ray")
     import torch
 
+    assert not ray.is_initialized()  # the bench starts (and stops) its own local Ray, as `diffnas run` does
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tasks use experts.cpus_per_task = 1 thread each
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         _check(tmp_path)
     finally:
-        ray.shutdown()
         torch.set_num_threads(threads)
+    assert not ray.is_initialized()
 
 
 def _check(tmp_path):
@@ -61,7 +61,7 @@ def _check(tmp_path):
     run_bench(seq_cfg, seq, "cpu", progress=False)
     # the same run folder (trained base model) without anything the bench made
     shutil.copytree(seq.path, tmp_path / "par" / seq.name)
-    par_cfg = load_config(None, [f"run_root={tmp_path / 'par'}", *TINY_PAR, "bench.parallel=true"])
+    par_cfg = load_config(None, [f"run_root={tmp_path / 'par'}", *TINY_PAR, "bench.parallel=true", "search.num_cpus=2"])
     par = RunDir.from_config(par_cfg)
     for made in ("mixtures", "samples"):
         shutil.rmtree(par.path / made, ignore_errors=True)
