@@ -279,7 +279,7 @@ def test_embedded_digits_text_is_a_text_to_image_folder(tmp_path):
 def test_bench_rows_of_a_text_model_count_the_text_encoder_by_part(text_parts, tmp_path):
     from types import SimpleNamespace
 
-    from benchmarks.bench.runner import _condition_fields
+    from benchmarks.bench.rows import _condition_fields
     from nas.config import load_config
 
     enc, tok = text_parts
