@@ -13,7 +13,9 @@
   steps-only search of ``diffnas search`` with ``schedule.joint``);
 - ``base``: the unpruned base model (once, no budget);
 - ``fewer_steps_tuned``: ``fewer_steps``'s schedule on the base model, fine-tuned like the mixtures
-  (``bench.finetune_target``; with ``trajectory``: step distillation without pruning).
+  (``bench.finetune_target``; with ``trajectory``: step distillation without pruning);
+- ``uniform_steps``: every expert at half width with as many evenly spaced steps as the budget buys
+  (a rule of the joint space, fine-tuned like the mixtures).
 
 :func:`register_builtin_methods` registers them (in that order: the report's) from
 ``benchmarks.plugin:register``. A new method is one module with one
@@ -40,6 +42,7 @@ from benchmarks.methods._search_seeded import SearchSeededMethod
 from benchmarks.methods._static import STATIC_MARKER, StaticMethod
 from benchmarks.methods._steps import StepsMethod
 from benchmarks.methods._uniform import UniformMethod
+from benchmarks.methods._uniform_steps import UniformStepsMethod
 from nas.methods import register_method
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "StaticMethod",
     "StepsMethod",
     "UniformMethod",
+    "UniformStepsMethod",
     "register_builtin_methods",
 ]
 
@@ -66,3 +70,4 @@ def register_builtin_methods() -> None:
     register_method(CacheMethod)
     register_method(SearchSeededMethod)
     register_method(FewerStepsTunedMethod)
+    register_method(UniformStepsMethod)

@@ -142,7 +142,7 @@ def methods_needing(stages: Iterable[str]) -> list[str]:
         >>> methods_needing(["router"])
         ['router', 'search_seeded']
         >>> methods_needing(["experts"])
-        ['router', 'search', 'uniform', 'steps', 'search_seeded', 'fewer_steps_tuned']
+        ['router', 'search', 'uniform', 'steps', 'search_seeded', 'fewer_steps_tuned', 'uniform_steps']
     """
     wanted = set(stages)
     return [name for name, m in all_methods().items() if wanted & set(m.needs)]

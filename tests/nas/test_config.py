@@ -188,7 +188,7 @@ def test_an_unknown_bench_method_is_one_line_naming_the_key_and_the_registered_m
         load_config(None, ["bench.methods=[router, routed]"])
     msg = str(err.value)
     assert msg.startswith("config key 'bench.methods[1]' must be a registered allocation method (router, search, "
-                          "uniform, static, fewer_steps, steps, base, cache, search_seeded, fewer_steps_tuned), got 'routed'")
+                          "uniform, static, fewer_steps, steps, base, cache, search_seeded, fewer_steps_tuned, uniform_steps), got 'routed'")
     assert "\n" not in msg
     assert load_config(None, ["bench.methods=[fewer_steps, base]"]).bench.methods == ("fewer_steps", "base")
 
