@@ -53,11 +53,11 @@ from experts.expert_folder import CHECKPOINTS_DIR, EXPERT_META, expert_dir, load
 from experts.train_loop import (
     ExpertTrainSettings,
     TrainLog,
-    _backward_archs,
-    _prepare,
-    _resume,
-    _StepInputs,
-    _teacher_output,
+    backward_archs,
+    prepare_step_inputs,
+    resume_training,
+    StepInputs,
+    teacher_output,
     condition_identity,
     sandwich_archs,
 )
@@ -111,7 +111,7 @@ def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
         offset += t.numel()
 
 
-def _data_parallel_step(s: _StepInputs, rank: int, world: int) -> dict[str, float]:
+def _data_parallel_step(s: StepInputs, rank: int, world: int) -> dict[str, float]:
     """One optimiser step on this worker's shard of the global batch; gradients and losses averaged
     over the workers (the draws are those of :func:`experts.train_loop._train_step`)."""
     labels = getattr(s, "labels", None)
@@ -120,9 +120,9 @@ def _data_parallel_step(s: _StepInputs, rank: int, world: int) -> dict[str, floa
     batch = make_batch(s.images, s.intervals, s.k, s.settings.batch_size, s.gen, **label_kw)  # global (B, ...)
     shard = shard_batch(batch, rank, world).to(s.device)  # (B/world, ...)
     archs = list(s.choose_archs(s.rng)) if s.choose_archs is not None else [None]
-    teacher_out = _teacher_output(s, shard)
+    teacher_out = teacher_output(s, shard)
     s.opt.zero_grad(set_to_none=True)
-    record = _backward_archs(s, archs, shard, teacher_out)
+    record = backward_archs(s, archs, shard, teacher_out)
     _all_reduce_mean([p.grad for p in s.params if p.grad is not None], world)  # same archs: same grads exist
     keys = list(record)
     values = torch.tensor([record[key] for key in keys], dtype=torch.float64, device=s.device)
@@ -164,12 +164,12 @@ def run_training_data_parallel(
     checkpoints, which every rank resumes from."""
     check_data_parallel(settings.batch_size, world)
     ident = jsonable(condition_identity(identity, None, 0.0, None))
-    inputs = _prepare(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
+    inputs = prepare_step_inputs(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
                       torch.device(device), model_kwargs)
     if rank == 0:
         recover_checkpoint(ckpt_dir)
     _barrier(world)
-    step, losses, seconds = _resume(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
+    step, losses, seconds = resume_training(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     student.train()
     t_start = time.perf_counter()

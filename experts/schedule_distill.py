@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from experts.checkpoint import jsonable, recover_checkpoint, save_checkpoint
-from experts.train_loop import _resume  # the elastic stage's resume rules, shared
+from experts.train_loop import resume_training  # the elastic stage's resume rules, shared
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def distill_along_schedule(
     rng = np.random.default_rng([int(settings.seed), int(stream)])  # unused; kept for the checkpoint format
     ident = jsonable({**dict(identity), "settings": settings.identity()})
     recover_checkpoint(ckpt_dir)
-    step, losses, seconds = _resume(ckpt_dir, ident, student, opt, gen, rng, settings.steps, desc)
+    step, losses, seconds = resume_training(ckpt_dir, ident, student, opt, gen, rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     ts = torch.tensor(sorted(int(t) for t in timesteps), dtype=torch.long)
     pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)

@@ -3,7 +3,10 @@
 :func:`run_training` trains a supernet (or a plain model) on the timesteps of one interval with
 :class:`ExpertTrainSettings`, resuming from a checkpoint folder; :mod:`experts.training` (one
 elastic expert per interval), :mod:`experts.finetune` and the benchmarks' baselines call it.
-The checkpoint folder it resumes from is :mod:`experts.checkpoint`'s.
+The checkpoint folder it resumes from is :mod:`experts.checkpoint`'s. Its pieces
+(:func:`prepare_step_inputs`, :func:`resume_training`, :func:`teacher_output`,
+:func:`backward_archs`) are public for loops built on the same rules (data-parallel training in
+:mod:`experts.data_parallel`, trajectory distillation in :mod:`experts.schedule_distill`).
 
 Example::
 
@@ -45,11 +48,16 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ExpertTrainSettings",
+    "StepInputs",
     "TrainLog",
+    "backward_archs",
     "condition_identity",
     "expand_model_kwargs",
+    "prepare_step_inputs",
+    "resume_training",
     "run_training",
     "sandwich_archs",
+    "teacher_output",
 ]
 
 
@@ -169,10 +177,10 @@ def run_training(
     from tqdm.auto import tqdm
 
     ident = jsonable(condition_identity(identity, labels, condition_dropout, null_label))
-    inputs = _prepare(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
+    inputs = prepare_step_inputs(student, teacher, images, intervals, k, settings, noise_scheduler, choose_archs,
                       torch.device(device), model_kwargs, _Labels(labels, float(condition_dropout), null_label))
     recover_checkpoint(ckpt_dir)
-    step, losses, seconds = _resume(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
+    step, losses, seconds = resume_training(ckpt_dir, ident, student, inputs.opt, inputs.gen, inputs.rng, settings.steps, desc)
     end = settings.steps if max_steps_this_call is None else min(settings.steps, step + int(max_steps_this_call))
     pbar = tqdm(total=settings.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     student.train()
@@ -218,11 +226,11 @@ def condition_identity(identity: Mapping[str, Any], labels: torch.Tensor | None,
                                             "null_label": None if null_label is None else int(null_label)}}
 
 
-def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor, intervals: Intervals, k: int,
+def prepare_step_inputs(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor, intervals: Intervals, k: int,
              settings: ExpertTrainSettings, noise_scheduler: Any,
              choose_archs: Callable[[np.random.Generator], Sequence[Mapping[str, Any] | None]] | None,
              device: torch.device, model_kwargs: Mapping[str, Any] | None,
-             labels: "_Labels | None" = None) -> _StepInputs:
+             labels: "_Labels | None" = None) -> StepInputs:
     """Models on ``device`` (the teacher frozen), AdamW on the trainable parameters, the seeded RNGs."""
     student.to(device)
     if teacher is not None:
@@ -234,11 +242,11 @@ def _prepare(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor
     if labels is not None and labels.labels is not None and labels.labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must have one entry per image: {labels.labels.shape[0]} labels, "
                          f"{images.shape[0]} images")
-    return _StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
+    return StepInputs(student, teacher, params, opt, gen, rng, images, intervals, k, settings, noise_scheduler,
                        choose_archs, device, model_kwargs, labels or _Labels())
 
 
-def _resume(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+def resume_training(ckpt_dir: Path, ident: Any, student: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
             rng: np.random.Generator, steps: int, desc: str) -> tuple[int, list[dict[str, float]], float]:
     """(step, losses, seconds) of the checkpoint in ``ckpt_dir`` (loaded into the model, optimiser
     and RNGs), or a fresh start without one; UserError if it was made with another identity."""
@@ -271,7 +279,7 @@ class _Labels:
 
 
 @dataclass(frozen=True)
-class _StepInputs:
+class StepInputs:
     """What every step of one :func:`run_training` call works on."""
 
     student: nn.Module
@@ -291,14 +299,14 @@ class _StepInputs:
     labels: _Labels = _Labels()
 
 
-def _train_step(s: _StepInputs) -> dict[str, float]:
+def _train_step(s: StepInputs) -> dict[str, float]:
     """One optimiser step (draws: the batch from ``gen``, then the archs from ``rng``); returns its losses."""
     batch = make_batch(s.images, s.intervals, s.k, s.settings.batch_size, s.gen, labels=s.labels.labels,
                        condition_dropout=s.labels.dropout, null_label=s.labels.null_label).to(s.device)
     archs = list(s.choose_archs(s.rng)) if s.choose_archs is not None else [None]
-    teacher_out = _teacher_output(s, batch)
+    teacher_out = teacher_output(s, batch)
     s.opt.zero_grad(set_to_none=True)
-    record = _backward_archs(s, archs, batch, teacher_out)
+    record = backward_archs(s, archs, batch, teacher_out)
     if s.settings.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(s.params, s.settings.grad_clip)
     s.opt.step()
@@ -307,7 +315,7 @@ def _train_step(s: _StepInputs) -> dict[str, float]:
     return record
 
 
-def _teacher_output(s: _StepInputs, batch: Any) -> torch.Tensor | None:
+def teacher_output(s: StepInputs, batch: Any) -> torch.Tensor | None:
     """The frozen teacher's prediction on the noised batch, or None without distillation."""
     if not (s.teacher is not None and s.settings.distill_weight > 0):
         return None
@@ -317,7 +325,7 @@ def _teacher_output(s: _StepInputs, batch: Any) -> torch.Tensor | None:
         return out.sample if hasattr(out, "sample") else out
 
 
-def _backward_archs(s: _StepInputs, archs: Sequence[Mapping[str, Any] | None], batch: Any,
+def backward_archs(s: StepInputs, archs: Sequence[Mapping[str, Any] | None], batch: Any,
                     teacher_out: torch.Tensor | None) -> dict[str, float]:
     """Accumulate the gradients of the mean loss over ``archs``; returns the step's loss record."""
     record: dict[str, float] = {}
