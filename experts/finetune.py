@@ -214,7 +214,8 @@ def _mark_finished(marker: Path, identity: Mapping[str, Any], result: FinetuneRe
                    keep_checkpoints: bool) -> None:
     """Write the marker that makes a rerun reuse this mixture; drop the checkpoints unless kept."""
     tmp = marker.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"identity": jsonable(identity), "result": result.to_dict(),
+    stored = {k: v for k, v in result.to_dict().items() if k != "out_dir"}  # run folders hold no absolute paths
+    tmp.write_text(json.dumps({"identity": jsonable(identity), "result": stored,
                                "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
     tmp.replace(marker)
     out = marker.parent

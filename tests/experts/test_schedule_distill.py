@@ -116,6 +116,7 @@ def test_finetune_allocation_trajectory_tunes_every_interval(tmp_path, experts_d
     kw = dict(scheduler_config=dict(DDPMScheduler().config), sampler_scheduler=sampler, progress=False,
               target="trajectory", reference_timesteps=REFERENCE)
     finetune_allocation(alloc, experts_dir, _images(32), settings, out, **kw)
+    assert str(tmp_path) not in (out / "finetune.json").read_text()  # relocatable: no absolute path
     identity = json.loads((out / "finetune.json").read_text())["identity"]
     assert identity["target"] == {"name": "trajectory", "timesteps": [900, 600, 300, 100], "reference": REFERENCE}
     pipe = MixturePipeline.from_pretrained(out)
