@@ -130,7 +130,7 @@ class ScheduleTeacher:
             x: (B, C, H, W) samples at timesteps ``t`` (B,), each a timestep of the schedule.
             model_kwargs: per-sample tensors (leading dimension B) or shared ones (leading 1).
         """
-        land = self._walk(x, [self.chain(int(v)) + [self.next_of[int(v)]] for v in t.tolist()], model_kwargs)
+        land = self.landing(x, t, model_kwargs)
         a_t, a_next = _alpha(self.scheduler, t), _alpha(self.scheduler, torch.tensor(
             [self.next_of[int(v)] for v in t.tolist()]))
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -138,6 +138,13 @@ class ScheduleTeacher:
         # unclipped inversion of the DDIM step: landing = sqrt(a_n / a_t) x + c eps
         eps = (land - sa_n / sa_t * x) / _noise_coefficient(a_t, a_next).to(x).view(shape)
         return eps, land
+
+    @torch.no_grad()
+    def landing(self, x: torch.Tensor, t: torch.Tensor, model_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """The teacher's landing point from ``x`` (B, C, H, W) at ``t`` (B,): where its reference
+        steps reach at each sample's next scheduled timestep (what :func:`distill_along_schedule`
+        trains against; :meth:`target` adds the epsilon that lands there)."""
+        return self._walk(x, [self.chain(int(v)) + [self.next_of[int(v)]] for v in t.tolist()], model_kwargs)
 
     def _walk(self, x: torch.Tensor, paths: Sequence[Sequence[int]], kw: Mapping[str, Any] | None) -> torch.Tensor:
         """The teacher's DDIM steps, sample ``i`` along ``paths[i]`` (its last entry the landing
@@ -282,7 +289,7 @@ def _distill_step(student: nn.Module, teacher: ScheduleTeacher, images: torch.Te
     x = a_t.sqrt().view(shape) * x0 + (1 - a_t).sqrt().view(shape) * noise  # q(x_t | x0)
     t = t.to(dev)
     kw = dict(model_kwargs or {})
-    _, land = teacher.target(x, t, kw)
+    land = teacher.landing(x, t, kw)
     a_next = _alpha(teacher.scheduler, torch.tensor([teacher.next_of[int(v)] for v in t.tolist()])).to(dev)
     out = student(x, t, **kw)
     eps = out.sample if hasattr(out, "sample") else out

@@ -53,7 +53,7 @@ class MixtureMethod(AllocationMethod):
                 if Allocation.load(path) == alloc:
                     return
             except (ValueError, KeyError, json.JSONDecodeError):
-                pass
+                pass  # an unreadable stale file: rewritten below
         alloc.save(path)
 
     def candidate(self, ctx: Any, budget: float | None, config_key: str) -> Candidate | str:
