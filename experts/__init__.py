@@ -9,6 +9,8 @@
   ``nas.sampling.generate`` and the pipeline), :class:`TrajectoryProxy` (small-sample FID of a candidate);
 - class conditions: :mod:`experts.guidance` (:class:`ClassCondition`, condition dropout,
   classifier-free guidance as one batched pass, :class:`TrajectoryMacs` by part);
+- text conditions: :mod:`experts.text_condition` (prompt tables in the UNet's config;
+  :func:`call_denoiser`, how diffnas calls every denoiser so labels name prompts of text models);
 - interval discovery: :mod:`experts.similarity` (timestep similarity), :mod:`experts.segmentation`
   (optimal contiguous segments), :mod:`experts.discovery` (:func:`discover_intervals`);
 - training: :mod:`experts.denoising` (the losses), :mod:`experts.train_loop` (the sandwich-rule
@@ -22,7 +24,6 @@ Everything listed in ``__all__`` is importable from ``experts``; the modules tha
 diffusers are imported on first use, so ``import experts`` stays light.
 """
 
-from experts._prompt_labels import enable_prompt_labels as _enable_prompt_labels
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from experts.mixture_space import MixtureSpace
@@ -68,6 +69,7 @@ __all__ = [
     "PinnedSpace",
     "ProjectionDim",
     "PromptConditionedModel",
+    "PromptLabels",
     "ProxyLoss",
     "ProxyScore",
     "SPACINGS",
@@ -84,10 +86,12 @@ __all__ = [
     "base_fingerprint",
     "boundaries_from_starts",
     "build_supernet",
+    "call_denoiser",
     "check_timesteps",
     "choose_num_segments",
     "class_prompts",
     "condition_identity",
+    "condition_kwargs",
     "cosine_matrix",
     "cycle_labels",
     "denoise_batch",
@@ -181,7 +185,8 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "guided_unet_calls"
     ), "experts.guidance"),
     **dict.fromkeys((
-        "DIGIT_WORDS", "class_prompts", "encode_prompts", "install_prompt_table", "prompt_condition", "prompt_table"
+        "DIGIT_WORDS", "PromptLabels", "call_denoiser", "class_prompts", "condition_kwargs", "encode_prompts",
+        "install_prompt_table", "prompt_condition", "prompt_table"
     ), "experts.text_condition"),
     **dict.fromkeys((
         "CHECKPOINTS_DIR", "EXPERT_META", "MANIFEST", "SUPERNET_DIR", "base_fingerprint", "build_supernet",
@@ -211,9 +216,6 @@ _LAZY = {  # public name -> the module that defines it (imported on first use)
         "TimestepPlan", "denoise_batch", "evenly_spaced_timesteps", "image_seed", "initial_noise"
     ), "experts.sampling_loop"),
 }
-
-
-_enable_prompt_labels()  # text models: prompt labels -> context in UNet2DConditionModel (experts.text_condition)
 
 
 def __getattr__(name: str):

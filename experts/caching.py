@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from experts.text_condition import condition_kwargs
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -244,6 +246,7 @@ class CachedUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         """One sampling step: a full or a cached UNet call (the class docstring says which)."""
+        kwargs = condition_kwargs(self.unet, sample, kwargs)  # class labels -> prompts of a text model
         key = (tuple(sample.shape), sample.device)
         t = _first_timestep(timestep)
         new_trajectory = self._last is None or t >= self._last[0] or key != self._last[1]

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from experts.intervals import Intervals
+from experts.text_condition import call_denoiser
 
 __all__ = [
     "ExpertLoss",
@@ -128,7 +129,7 @@ def _call(model: Callable, x: torch.Tensor, t: torch.Tensor, model_kwargs: Mappi
     for key, v in list(kw.items()):  # a (1, ...) context is shared by the batch
         if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == 1 and b > 1:
             kw[key] = v.expand(b, *v.shape[1:])
-    return as_tensor(model(x, t, **kw))
+    return as_tensor(call_denoiser(model, x, t, **kw))  # class labels -> prompts of a text model
 
 
 def denoising_loss(

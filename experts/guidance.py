@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from experts.text_condition import call_denoiser
 from search_spaces.errors import UserError
 
 __all__ = [
@@ -165,14 +166,14 @@ def guided_prediction(model: Callable, x: torch.Tensor, t: torch.Tensor, labels:
     """
     labels = labels.to(x.device)
     if float(guidance_scale) == 1.0:
-        return _prediction(model(x, t, class_labels=labels, **kwargs))
+        return _prediction(call_denoiser(model, x, t, class_labels=labels, **kwargs))
     b = x.shape[0]
     null = torch.full_like(labels, int(null_label))
     x2 = torch.cat([x, x])  # (2B,C,H,W)
     t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim == 1 else t
     kw = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == b else v)
           for k, v in kwargs.items()}
-    out = _prediction(model(x2, t2, class_labels=torch.cat([null, labels]), **kw))  # (2B,C,H,W)
+    out = _prediction(call_denoiser(model, x2, t2, class_labels=torch.cat([null, labels]), **kw))  # (2B,C,H,W)
     uncond, cond = out[:b], out[b:]
     return uncond + float(guidance_scale) * (cond - uncond)
 
@@ -205,7 +206,7 @@ class ConditionedModel:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if self.labels is None:
             null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-            return _prediction(self.model(x, t, class_labels=null, **kwargs))
+            return _prediction(call_denoiser(self.model, x, t, class_labels=null, **kwargs))
         return guided_prediction(self.model, x, t, self.labels, self.guidance_scale, self.null_label, **kwargs)
 
 

@@ -50,6 +50,7 @@ from torch import nn
 from experts.allocation import Allocation
 from experts.intervals import Intervals
 from experts.schedule import StepSchedule
+from experts.text_condition import call_denoiser
 
 # experts/pipeline.py imports is_mixture_folder from here; it lives in experts.mixture_folder
 from experts.mixture_folder import is_mixture_folder  # noqa: F401
@@ -257,7 +258,7 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
         if per_sample is None:  # the whole batch at one timestep: one call, exactly the expert's
             t0 = float(torch.as_tensor(timestep).detach().reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
             k = int(self.interval_index(t0))
-            out = self._activate(k)(sample, timestep, *args, **kwargs)
+            out = call_denoiser(self._activate(k), sample, timestep, *args, **kwargs)  # labels -> its prompts
             out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
         else:
             owner = self.interval_index(per_sample)  # (B,)
@@ -267,7 +268,8 @@ class MixtureOfExperts(ModelMixin, ConfigMixin):
                 idx_dev = idx.to(sample.device)
                 sub_kw = {key: _slice_kwargs(v, idx, batch) for key, v in kwargs.items()}
                 sub_args = tuple(_slice_kwargs(v, idx, batch) for v in args)
-                res = self._activate(int(k))(sample[idx_dev], timestep[idx.to(timestep.device)], *sub_args, **sub_kw)
+                res = call_denoiser(self._activate(int(k)), sample[idx_dev], timestep[idx.to(timestep.device)],
+                                    *sub_args, **sub_kw)
                 res = res.sample if hasattr(res, "sample") else (res[0] if isinstance(res, (tuple, list)) else res)
                 if out is None:
                     out = res.new_empty((batch, *res.shape[1:]))  # (B,C',H,W)

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from experts.checkpoint import jsonable, recover_checkpoint, save_checkpoint
+from experts.text_condition import call_denoiser
 from experts.train_loop import resume_training  # the elastic stage's resume rules, shared
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class ScheduleTeacher:
             idx = torch.tensor(rows, device=x.device)
             cur = torch.tensor([paths[i][j] for i in rows], dtype=torch.long, device=x.device)
             nxt = torch.tensor([paths[i][j + 1] for i in rows], dtype=torch.long)
-            out = self.model(x[idx], cur, **_rows(kw, idx, x.shape[0]))
+            out = call_denoiser(self.model, x[idx], cur, **_rows(kw, idx, x.shape[0]))
             eps = out.sample if hasattr(out, "sample") else out
             x[idx] = ddim_landing(eps, x[idx], _alpha(self.scheduler, cur), _alpha(self.scheduler, nxt),
                                   self.clip_range)
@@ -291,7 +292,7 @@ def _distill_step(student: nn.Module, teacher: ScheduleTeacher, images: torch.Te
     kw = dict(model_kwargs or {})
     land = teacher.landing(x, t, kw)
     a_next = _alpha(teacher.scheduler, torch.tensor([teacher.next_of[int(v)] for v in t.tolist()])).to(dev)
-    out = student(x, t, **kw)
+    out = call_denoiser(student, x, t, **kw)
     eps = out.sample if hasattr(out, "sample") else out
     mine = ddim_landing(eps, x, a_t, a_next, teacher.clip_range)
     scale = _noise_coefficient(a_t, a_next).abs().view(shape)

@@ -63,6 +63,7 @@ import torch
 
 from experts.denoising import model_target
 from experts.sketch import CountSketch, ProjectionDim, resolve_projection_dim
+from experts.text_condition import call_denoiser
 from experts.timestep_batches import (
     check_timesteps,
     cosine_matrix,
@@ -201,7 +202,7 @@ def _flat_gradient(unet: torch.nn.Module, scheduler: Any, params: Sequence[torch
     tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=dev)  # (B,)
     xt = scheduler.add_noise(x0, noise, tt)  # (B, C, H, W)
     target = model_target(scheduler, x0, noise, tt)
-    pred = sample_of(unet(xt, tt, **kw))  # (B, C, H, W)
+    pred = sample_of(call_denoiser(unet, xt, tt, **kw))  # (B, C, H, W)
     loss = torch.nn.functional.mse_loss(pred.float(), target.float())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     if sketch is not None:
@@ -297,7 +298,7 @@ def _unit_activations(unet: torch.nn.Module, scheduler: Any, x0: torch.Tensor, n
         captured.clear()
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)  # (B,)
         xt = scheduler.add_noise(x0, noise, tt)
-        unet(xt, tt, **kw)
+        call_denoiser(unet, xt, tt, **kw)
         if not captured:
             raise ValueError(f"module {module!r} did not run in the UNet's forward pass")
         a = captured[-1]  # (B, F)

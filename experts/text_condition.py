@@ -9,15 +9,17 @@ names a prompt: label ``c`` -> ``"a handwritten seven"``, the null label -> the 
 ``""``. :func:`install_prompt_table` stores the prompts and their embeddings (P, L, D) in the
 UNet's diffusers config (hidden keys, so they travel with every copy: deep copies, elastic
 supernets, materialised sub-networks, ``save_pretrained``/``from_pretrained``), and a
-``UNet2DConditionModel`` that has a table and no class embedding turns ``class_labels=`` into
-``encoder_hidden_states = table[class_labels]`` when called. So the class-label plumbing
+denoiser is called through :func:`call_denoiser` (or with :func:`condition_kwargs`): for a
+model with a table and no class embedding, ``class_labels=`` becomes
+``encoder_hidden_states = table[class_labels]``. Every place diffnas calls a denoiser does so
+(training and fine-tuning losses, teachers, interval similarity, guidance and the sampling
+loops, the mixture's dispatch to its experts, DeepCache), so the class-label plumbing
 (condition dropout, held-out labels, guidance as one batched pass of ``2B``) conditions a text
 model on prompts with no stage knowing it is one; the text encoder runs once per prompt.
 
-The conversion is added to ``UNet2DConditionModel.forward`` when diffusers' UNet module is
-imported (:func:`enable_prompt_labels`, installed by ``import experts``); a UNet without a table
-behaves exactly as before (its ``class_labels`` go to its class embedding, or are ignored, as in
-diffusers).
+diffusers itself is left as it is: a text UNet called directly ignores ``class_labels`` (as
+diffusers does without a class embedding), and a model without a table is called with its
+keyword arguments unchanged (``class_labels`` go to its class embedding).
 
 Example:
     >>> import torch
@@ -28,28 +30,31 @@ Example:
     >>> table = torch.randn(3, 2, 4)  # (P, L, D): two prompts and the empty one
     >>> install_prompt_table(unet, ["a one", "a two", ""], table)
     >>> x, t = torch.zeros(2, 1, 8, 8), torch.tensor(10)
-    >>> a = unet(x, t, encoder_hidden_states=torch.zeros(2, 1, 4), class_labels=torch.tensor([1, 2])).sample
+    >>> a = call_denoiser(unet, x, t, encoder_hidden_states=torch.zeros(2, 1, 4), class_labels=torch.tensor([1, 2])).sample
     >>> b = unet(x, t, encoder_hidden_states=table[[1, 2]]).sample
     >>> bool(torch.equal(a, b)), prompt_condition(unet)
     (True, (2, 2))
+    >>> sorted(condition_kwargs(unet, x, {"class_labels": torch.tensor([1, 2])}))
+    ['encoder_hidden_states']
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from experts._prompt_labels import EMBEDS_KEY, PROMPTS_KEY, enable_prompt_labels, prompt_table
 from search_spaces.errors import UserError
 
 __all__ = [
     "DIGIT_WORDS",
     "EMBEDS_KEY",
     "PROMPTS_KEY",
+    "PromptLabels",
+    "call_denoiser",
     "class_prompts",
-    "enable_prompt_labels",
+    "condition_kwargs",
     "encode_prompts",
     "install_prompt_table",
     "prompt_condition",
@@ -59,6 +64,100 @@ __all__ = [
 
 #: the words of the digits' class names, for prompts such as "a handwritten seven"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+#: hidden keys of the UNet's diffusers config holding the prompt table (saved in config.json)
+PROMPTS_KEY = "_diffnas_prompts"
+EMBEDS_KEY = "_diffnas_prompt_embeds"
+
+_TABLES: dict[int, tuple[Any, torch.Tensor]] = {}
+
+
+def prompt_table(model: Any) -> tuple[list[str], torch.Tensor] | None:
+    """(prompts, embeddings (P, L, D) float32 on the CPU) stored in ``model``'s config, or None
+    (a wrapper with the UNet's ``config``, e.g. an elastic supernet, has its UNet's table)."""
+    config = getattr(model, "config", None)
+    raw = config.get(EMBEDS_KEY) if hasattr(config, "get") else None
+    if raw is None:
+        return None
+    hit = _TABLES.get(id(raw))
+    if hit is None or hit[0] is not raw:  # one tensor per stored list (a copy has its own)
+        if len(_TABLES) > 256:
+            _TABLES.clear()
+        hit = (raw, torch.tensor(raw, dtype=torch.float32))
+        _TABLES[id(raw)] = hit
+    return list(config.get(PROMPTS_KEY)), hit[1]
+
+
+def _has_class_embedding(model: Any) -> bool:
+    """Whether ``model`` (or the UNet a wrapper holds as ``.unet``) embeds its ``class_labels``."""
+    m = model
+    for _ in range(4):  # a wrapper of a wrapper of a UNet at most
+        if m is None:
+            break
+        if "class_embedding" in getattr(m, "__dict__", {}) or "class_embedding" in getattr(m, "_modules", {}):
+            return getattr(m, "class_embedding") is not None
+        m = getattr(m, "unet", None)
+    config = getattr(model, "config", None)
+    if not hasattr(config, "get"):
+        return False
+    kind = config.get("class_embed_type")  # diffusers' UNet2DConditionModel._set_class_embedding
+    return (kind is None and config.get("num_class_embeds") is not None) or kind in (
+        "timestep", "identity", "projection", "simple_projection")
+
+
+def condition_kwargs(model: Any, sample: torch.Tensor, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments to call ``model`` on ``sample`` (B, C, H, W) with: ``kwargs`` as
+    they are, except for a text model with a prompt table and no class embedding, whose
+    ``class_labels`` (B,) become ``encoder_hidden_states = table[class_labels]`` (B, L, D), in
+    ``sample``'s device and dtype (module docstring). A new dict; ``kwargs`` is not changed.
+    """
+    kw = dict(kwargs or {})
+    labels = kw.get("class_labels")
+    if labels is None or _has_class_embedding(model):
+        return kw
+    table = prompt_table(model)
+    if table is None:
+        return kw
+    emb = table[1].to(device=sample.device, dtype=sample.dtype)  # (P,L,D)
+    kw["encoder_hidden_states"] = emb[torch.as_tensor(labels, device=sample.device).long()]  # (B,L,D)
+    del kw["class_labels"]
+    return kw
+
+
+def call_denoiser(model: Any, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+    """``model(sample, timestep, *args, **kwargs)`` with the keyword arguments of
+    :func:`condition_kwargs`: how diffnas calls every denoiser (a diffusers UNet, an elastic
+    supernet, a mixture, a wrapper or a plain callable) so labels condition text models too."""
+    return model(sample, timestep, *args, **condition_kwargs(model, sample, kwargs))
+
+
+class PromptLabels(torch.nn.Module):
+    """``model`` as a module called through :func:`call_denoiser`: for code that calls a
+    denoiser plainly as ``model(x, t, class_labels=...)`` (e.g. a distillation teacher handed to
+    the router). Its parameters, ``config`` and prompt table are ``model``'s.
+
+    Example:
+        >>> from diffusers import UNet2DModel
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+        ...     layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+        ...     up_block_types=("UpBlock2D",) * 2, add_attention=False)
+        >>> wrapped = PromptLabels(unet)
+        >>> x = torch.zeros(1, 1, 8, 8)
+        >>> bool(torch.equal(wrapped(x, 5).sample, unet(x, 5).sample)), wrapped.config is unet.config
+        (True, True)
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config."""
+        return self.model.config
+
+    def forward(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_denoiser(self.model, sample, timestep, *args, **kwargs)
 
 def class_prompts(names: Sequence[str], template: str = "a handwritten {}") -> list[str]:
     """One prompt per class name (digits as words), then the empty prompt (the null class).
@@ -119,9 +218,11 @@ def install_prompt_table(unet: Any, prompts: Sequence[str], embeds: torch.Tensor
     if "" not in prompts:
         raise UserError("a prompt table needs the empty prompt (the unconditional half of guidance)")
     dim = getattr(unet.config, "cross_attention_dim", None)
-    if dim is not None and not isinstance(dim, (list, tuple)) and int(dim) != embeds.shape[-1]:
+    if dim is None:
+        raise UserError(f"a prompt table needs a UNet with cross-attention (cross_attention_dim), got "
+                        f"{type(unet).__name__}; use a UNet2DConditionModel")
+    if not isinstance(dim, (list, tuple)) and int(dim) != embeds.shape[-1]:
         raise UserError(f"prompt embeddings of width {embeds.shape[-1]} for a UNet with cross_attention_dim={dim}")
-    enable_prompt_labels()
     unet.register_to_config(**{PROMPTS_KEY: list(prompts), EMBEDS_KEY: embeds.tolist()})
 
 
@@ -132,6 +233,3 @@ def prompt_condition(model: Any) -> tuple[int, int] | None:
         return None
     prompts = table[0]
     return len(prompts) - 1, prompts.index("")
-
-
-enable_prompt_labels()

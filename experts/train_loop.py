@@ -41,6 +41,7 @@ from experts.checkpoint import (
 )
 from experts.intervals import Intervals
 from experts.denoising import batch_model_kwargs, expert_loss, make_batch
+from experts.text_condition import call_denoiser
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
 
@@ -321,7 +322,8 @@ def teacher_output(s: StepInputs, batch: Any) -> torch.Tensor | None:
         return None
     x_t = s.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (B,C,H,W)
     with torch.no_grad():
-        out = s.teacher(x_t, batch.t, **expand_model_kwargs(batch_model_kwargs(batch, s.model_kwargs), x_t.shape[0]))
+        out = call_denoiser(s.teacher, x_t, batch.t,
+                            **expand_model_kwargs(batch_model_kwargs(batch, s.model_kwargs), x_t.shape[0]))
         return out.sample if hasattr(out, "sample") else out
 
 

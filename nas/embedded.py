@@ -19,6 +19,7 @@ import torch
 
 from experts.checkpoint import flatten_optimizer, remove_tree, unflatten_optimizer  # one checkpoint format
 from experts.expert_folder import reading_artefact
+from experts.text_condition import call_denoiser
 from nas.model_folders import MARKER_FILE, read_json
 from search_spaces.errors import UserError
 
@@ -410,7 +411,7 @@ def _train_step(run: _Training, step: int, data: torch.Tensor, alphas: torch.Ten
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     for g in run.opt.param_groups:
         g["lr"] = _lr_at(step, run.settings)
-    loss = torch.nn.functional.mse_loss(run.unet(xt, t, **kw).sample, noise)
+    loss = torch.nn.functional.mse_loss(call_denoiser(run.unet, xt, t, **kw).sample, noise)  # labels -> prompts
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.unet.parameters(), 1.0)

@@ -232,6 +232,7 @@ def _mixture_loss(ctx: RunContext, seed: int) -> tuple[Any, Any, Any]:
     """Load the base model (teacher), the trained experts and the run's data; returns the
     :class:`router.mixture.MixtureRoutingLoss`, the intervals and the sampling steps per interval."""
     from experts.denoising import training_scheduler
+    from experts.text_condition import PromptLabels
     from router.mixture import MixtureRoutingLoss
 
     cfg, run, device = ctx.cfg, ctx.run, ctx.device
@@ -241,7 +242,8 @@ def _mixture_loss(ctx: RunContext, seed: int) -> tuple[Any, Any, Any]:
     images, heldout = experts_data(cfg, run, base, intervals, device)
     steps = intervals.steps_per_interval(ctx.timesteps)
     kw = ({"encoder_hidden_states": base.encoder_hidden_states} if base.encoder_hidden_states is not None else None)
-    loss = MixtureRoutingLoss(experts, intervals, steps, base.unet, training_scheduler(base.scheduler_config),
+    loss = MixtureRoutingLoss(experts, intervals, steps, PromptLabels(base.unet),  # teacher: labels -> prompts
+                              training_scheduler(base.scheduler_config),
                               images.to(device), heldout, batch_size=r.batch_size,
                               distill_weight=cfg.experts.distill_weight, model_kwargs=kw, seed=seed, device=device,
                               labels=ctx.train_condition().get("labels"))

@@ -232,10 +232,11 @@ class MixtureObjective:
                     t_out = state.teacher_out.get((k, c))
                     if t_out is None and w_distill > 0:
                         from experts.denoising import as_tensor, batch_model_kwargs
+                        from experts.text_condition import call_denoiser
 
                         x_t = state.noise_scheduler.add_noise(batch.x0, batch.noise, batch.t)  # (b,C,H,W)
                         t_kw = batch_model_kwargs(batch, _expand(kw, len(batch))) or {}
-                        t_out = as_tensor(teacher(x_t, batch.t, **t_kw)).detach()
+                        t_out = as_tensor(call_denoiser(teacher, x_t, batch.t, **t_kw)).detach()
                         state.teacher_out[(k, c)] = t_out
                     terms = expert_loss(model, None, batch, state.noise_scheduler, distill_weight=w_distill,
                                         teacher_out=t_out, model_kwargs=kw)

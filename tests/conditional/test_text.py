@@ -19,7 +19,7 @@ from experts.guidance import ClassCondition, TrajectoryMacs  # noqa: E402
 from experts.intervals import Intervals  # noqa: E402
 from experts.mixture import MixtureOfExperts  # noqa: E402
 from experts.pipeline import MixturePipeline  # noqa: E402
-from experts.text_condition import encode_prompts, prompt_encoder_macs, prompt_table  # noqa: E402
+from experts.text_condition import call_denoiser, encode_prompts, prompt_encoder_macs, prompt_table  # noqa: E402
 from nas.text_models import TEXT_WORDS, build_text_encoder, build_tokenizer, install_class_prompts  # noqa: E402
 from search_spaces.errors import UserError  # noqa: E402
 
@@ -72,7 +72,7 @@ def test_labels_condition_a_text_unet_through_copies_and_reloads(text_parts, tmp
     ElasticUNet(unet).save_pretrained(tmp_path / "sn")
     again = ElasticUNet.from_pretrained(tmp_path / "sn")
     want = unet(x, t, encoder_hidden_states=encode_prompts(enc, tok, ["a handwritten three", ""])).sample
-    got = again(x, t, encoder_hidden_states=torch.zeros(2, 1, D), class_labels=torch.tensor([3, 10])).sample
+    got = call_denoiser(again, x, t, encoder_hidden_states=torch.zeros(2, 1, D), class_labels=torch.tensor([3, 10])).sample
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)
     assert prompt_table(_unet()) is None
