@@ -13,8 +13,9 @@ A base model is class-conditional when its UNet has ``num_class_embeds`` (the em
   (:func:`nas.digit_classifier.label_accuracy`).
 
 A text-to-image base model (``embedded:digits-text``, or a user's folder in Stable Diffusion's
-layout) runs through the same code: its labels name prompts ("a handwritten seven"; the null
-class is the empty prompt, so condition dropout trains the unconditional branch of guidance),
+layout) runs through the same code: its labels name prompts ("a handwritten seven", or each
+image's caption for caption data: :func:`nas.data.load_folder_captions`; the null class is the
+empty prompt, so condition dropout trains the unconditional branch of guidance),
 whose embeddings the UNet looks up (:mod:`experts.text_condition`); the trajectory MACs add the
 text encoder once per prompt (twice per image when guided: the prompt and the empty prompt).
 
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from experts.guidance import ClassCondition, TrajectoryMacs, cycle_labels
+from experts.text_condition import prompt_condition, prompt_table
 from search_spaces.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +74,15 @@ def training_labels(cfg: ExperimentConfig, base: BaseModel | None, num_images: i
         return {}
     from nas.data import load_labels
 
-    labels, names = load_labels(cfg.data)
+    if getattr(base, "text_encoder", None) is not None or prompt_condition(base.unet) is not None:
+        captioned = _caption_labels(cfg, base)
+        if captioned is not None:
+            labels = captioned
+            if labels.shape[0] != num_images:
+                raise UserError(f"{labels.shape[0]} captions for {num_images} training images; the data changed "
+                                "while loading? rerun the command")
+            return {"labels": labels, "condition_dropout": float(cfg.condition.dropout), "null_label": cond.null_label}
+    labels, names = load_labels(cfg.data, captions=False)
     if labels.shape[0] != num_images:
         raise UserError(f"{labels.shape[0]} labels for {num_images} training images; the data changed while "
                         "loading? rerun the command")
@@ -80,6 +90,26 @@ def training_labels(cfg: ExperimentConfig, base: BaseModel | None, num_images: i
         raise UserError(f"the data have {len(names)} classes but the model takes {cond.num_classes}; "
                         "use data with the model's classes (one sub-folder per class)")
     return {"labels": labels, "condition_dropout": float(cfg.condition.dropout), "null_label": cond.null_label}
+
+
+def _caption_labels(cfg: ExperimentConfig, base: BaseModel) -> torch.Tensor | None:
+    """(N,) labels of caption data for a text model: each image's caption's index in the UNet's
+    prompt table; None without captions."""
+    from nas.data import load_caption_labels
+
+    found = load_caption_labels(cfg.data)
+    if found is None:
+        return None
+    table = prompt_table(base.unet)
+    prompts = table[0] if table is not None else []
+    index = {p: i for i, p in enumerate(prompts) if p}
+    missing = [c for c in found[1] if c not in index]
+    if missing:
+        raise UserError(f"caption {missing[0]!r} of {cfg.data.path} is not one of the text model's prompts "
+                        f"({len(missing)} of {len(found[1])} captions are not); train from a model folder without a "
+                        "diffnas prompt table, or use data with the model's prompts as captions")
+    order = torch.tensor([index[c] for c in found[1]], dtype=torch.long)  # caption label -> table index
+    return order[found[0]]
 
 
 def trajectory_macs_parts(cfg: ExperimentConfig, base: BaseModel, per_step_unet_macs: list[int]) -> TrajectoryMacs:

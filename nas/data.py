@@ -1,5 +1,11 @@
 """Training and reference images: the bundled digits, any folder of images, and VAE latents.
 
+A folder's images may carry conditions: one class per sub-folder (:func:`load_folder_labels`),
+or captions in the Hugging Face imagefolder convention (:func:`load_folder_captions`: a
+``metadata.jsonl`` with ``file_name`` and ``text`` columns, and/or a ``.txt`` file next to an
+image), which a text-to-image base model is trained and sampled on (:func:`load_caption_labels`:
+one label per distinct caption).
+
 Every loader returns one float32 tensor ``(N, C, H, W)`` in ``[-1, 1]`` on the CPU. Mistakes a
 user can fix (missing folder, empty folder, unreadable files) raise :class:`~nas.errors.UserError`
 with what to do.
@@ -14,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -29,14 +36,19 @@ from nas.config import DataConfig
 from nas.errors import UserError
 
 __all__ = [
+    "CAPTIONS_FILE",
+    "CAPTION_COLUMN",
     "IMAGE_EXTENSIONS",
+    "MAX_CAPTIONS",
     "dataset_id",
     "encode_latents",
     "find_images",
     "infinite_batches",
+    "load_caption_labels",
     "load_dataset",
     "load_digits_images",
     "load_digits_labels",
+    "load_folder_captions",
     "load_folder_images",
     "load_folder_labels",
     "load_labels",
@@ -46,6 +58,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _MAX_LISTED = 5
+#: the captions file of the Hugging Face imagefolder convention (one JSON object per line)
+CAPTIONS_FILE = "metadata.jsonl"
+#: its caption column (``file_name`` names the image, relative to the file's folder)
+CAPTION_COLUMN = "text"
+#: at most this many distinct captions: each is a prompt whose embedding (L x D floats: 77 x 768
+#: for Stable Diffusion 1.5, about 1 MB of JSON) is stored in the UNet's config.json, encoded
+#: once, and sampled for the metrics as often as any other
+MAX_CAPTIONS = 256
 
 
 def load_dataset(cfg: DataConfig) -> torch.Tensor:
@@ -65,15 +85,17 @@ def load_dataset(cfg: DataConfig) -> torch.Tensor:
     raise UserError(f"unknown dataset {cfg.dataset!r} (use 'digits' or 'folder')")
 
 
-def load_labels(cfg: DataConfig) -> tuple[torch.Tensor, tuple[str, ...]]:
+def load_labels(cfg: DataConfig, *, captions: bool = True) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Class labels of the images :func:`load_dataset` returns, in the same order: ``(N,)`` int64,
     and the class names (label ``i`` is ``names[i]``).
 
-    ``digits``: the digit shown (names ``"0"`` .. ``"9"``); ``folder``: one sub-folder per class
-    (the image's first folder under ``data.path``; names sorted, label = position).
+    ``digits``: the digit shown (names ``"0"`` .. ``"9"``); ``folder``: with ``captions`` and
+    caption files, one label per distinct caption (:func:`load_caption_labels`; the names are
+    the captions), else one sub-folder per class (the image's first folder under ``data.path``;
+    names sorted, label = position).
 
     Raises:
-        UserError: a folder without class sub-folders, or images outside them.
+        UserError: bad captions, a folder without class sub-folders, or images outside them.
 
     Example:
         >>> labels, names = load_labels(DataConfig(dataset="digits", limit=5))
@@ -85,8 +107,151 @@ def load_labels(cfg: DataConfig) -> tuple[torch.Tensor, tuple[str, ...]]:
     if cfg.dataset == "folder":
         if not cfg.path:
             raise UserError("data.path is required when data.dataset is 'folder' (set it to a folder of images)")
-        return load_folder_labels(cfg.path, limit=cfg.limit)
+        found = load_caption_labels(cfg) if captions else None
+        return found if found is not None else load_folder_labels(cfg.path, limit=cfg.limit)
     raise UserError(f"unknown dataset {cfg.dataset!r} (use 'digits' or 'folder')")
+
+
+def load_caption_labels(cfg: DataConfig) -> tuple[torch.Tensor, tuple[str, ...]] | None:
+    """For a folder with captions (:func:`load_folder_captions`): ``(N,)`` int64 labels in
+    :func:`load_dataset` order and the distinct captions, sorted (label ``i`` is caption ``i``);
+    None for the digits or a folder without captions.
+
+    Raises:
+        UserError: what :func:`load_folder_captions` raises, or more than :data:`MAX_CAPTIONS`
+            distinct captions.
+    """
+    if cfg.dataset != "folder" or not cfg.path:
+        return None
+    captions = load_folder_captions(cfg.path, limit=cfg.limit)
+    if captions is None:
+        return None
+    names = tuple(sorted(set(captions)))
+    if len(names) > MAX_CAPTIONS:
+        raise UserError(f"'{cfg.path}' has {len(names)} distinct captions; diffnas conditions on at most "
+                        f"{MAX_CAPTIONS} (each is a prompt stored with the model): give images that show the same "
+                        "thing the same caption, or use one sub-folder per class without captions")
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[c] for c in captions], dtype=torch.long), names
+
+
+def _listed(items: list[str]) -> str:
+    extra = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + extra
+
+
+def _metadata_files(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if CAPTIONS_FILE in filenames:
+            found.append(Path(dirpath) / CAPTIONS_FILE)
+    return sorted(found)
+
+
+def _read_metadata(meta: Path, images: set[Path]) -> dict[Path, str]:
+    """image -> caption of one ``metadata.jsonl`` (``file_name`` relative to its folder)."""
+    fix = (f"each line one JSON object {{\"file_name\": \"<image>\", \"{CAPTION_COLUMN}\": \"<caption>\"}} "
+           "(the Hugging Face imagefolder convention)")
+    out: dict[Path, str] = {}
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{meta}: cannot be read as UTF-8 text ({err}); re-save it, {fix}") from None
+    for no, line in enumerate(lines, start=1):
+        where = f"{meta} line {no}"
+        if not line.strip():
+            if all(not rest.strip() for rest in lines[no:]):
+                break  # trailing blank lines
+            raise UserError(f"{where} is empty; remove it ({fix})")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where} is not valid JSON ({err.msg}); {fix}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not row["file_name"]:
+            raise UserError(f"{where} has no file_name; {fix}")
+        if CAPTION_COLUMN not in row:
+            others = [k for k, v in row.items() if k != "file_name" and isinstance(v, str)]
+            named = f" (it has {', '.join(repr(k) for k in others)})" if others else ""
+            raise UserError(f"{where} has no {CAPTION_COLUMN!r} column{named}: diffnas reads captions from the "
+                            f"{CAPTION_COLUMN!r} column; rename the caption column to {CAPTION_COLUMN!r}")
+        text = row[CAPTION_COLUMN]
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: the caption of {row['file_name']!r} is empty or not a string; give it a "
+                            "caption (the empty prompt is kept for guidance) or remove the line")
+        image = (meta.parent / row["file_name"]).resolve()
+        if image not in images:
+            what = "is not an image file diffnas reads" if image.is_file() else "does not exist"
+            raise UserError(f"{where} has a caption for {row['file_name']!r}, which {what} "
+                            f"({', '.join(IMAGE_EXTENSIONS)}, under the data folder); fix file_name or remove the line")
+        if image in out:
+            raise UserError(f"{where}: {row['file_name']!r} has a second caption line; keep one line per image")
+        out[image] = text.strip()
+    return out
+
+
+def load_folder_captions(folder: str | os.PathLike[str], limit: int | None = None) -> list[str] | None:
+    """The caption of each image :func:`find_images` returns (same order, ``limit`` applied), or
+    None when the folder has no captions at all.
+
+    Captions come from ``metadata.jsonl`` files (Hugging Face imagefolder convention: one JSON
+    object per line, ``file_name`` relative to the file's folder, the caption in ``text``;
+    other columns are ignored) and/or ``<image stem>.txt`` next to an image (its text,
+    stripped). An image may have both only if they agree.
+
+    Raises:
+        UserError: an empty or invalid ``metadata.jsonl`` line, a caption column other than
+            ``text``, a caption for a missing file, an empty caption, two different captions
+            for one image, or images without a caption when others have one; each names the
+            file and the fix.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in ("a.png", "b.png"):
+        ...     Image.new("RGB", (4, 4)).save(d / name)
+        >>> _ = (d / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a red cat"}\\n')
+        >>> _ = (d / "b.txt").write_text("a blue dog\\n")
+        >>> load_folder_captions(d)
+        ['a red cat', 'a blue dog']
+    """
+    root = Path(folder).expanduser()
+    paths = find_images(root)
+    resolved = [p.resolve() for p in paths]
+    from_meta: dict[Path, str] = {}
+    for meta in _metadata_files(root):
+        for image, text in _read_metadata(meta, set(resolved)).items():
+            if image in from_meta:
+                raise UserError(f"{meta}: {image.name!r} also has a caption in another {CAPTIONS_FILE}; keep one")
+            from_meta[image] = text
+    captions: list[str | None] = []
+    for p, r in zip(paths, resolved):
+        text = from_meta.get(r)
+        side = p.with_suffix(".txt")
+        if side.is_file():
+            try:
+                own = side.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"{side}: cannot be read as UTF-8 text ({err}); re-save the caption") from None
+            if not own:
+                raise UserError(f"{side} is empty; write the caption of {p.name} into it, or delete it")
+            if text is not None and text != own:
+                raise UserError(f"{p} has two different captions ({side.name}: {own!r}, {CAPTIONS_FILE}: {text!r}); "
+                                "keep one")
+            text = own
+        captions.append(text)
+    if all(c is None for c in captions):
+        return None
+    if limit is not None:
+        paths, captions = paths[:limit], captions[:limit]
+    missing = [str(p.relative_to(root)) for p, c in zip(paths, captions) if c is None]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(paths)} images in '{root}' have no caption ({_listed(missing)}) while "
+                        f"others have one: give each a line in {CAPTIONS_FILE} (\"file_name\" and "
+                        f"\"{CAPTION_COLUMN}\") or a .txt file next to it (same name), or remove them")
+    log.info("%d images in %s have captions (%d distinct)", len(captions), root, len(set(captions)))
+    return [str(c) for c in captions]
 
 
 def load_digits_labels(limit: int | None = None) -> torch.Tensor:

@@ -288,21 +288,13 @@ def load_base(cfg: ExperimentConfig, cache_dir: Path, device: str | torch.device
 
 
 def _prompts_for_data(cfg: ExperimentConfig, base: BaseModel) -> None:
-    """A text-to-image base model with no class prompts yet (a user's folder): one prompt per class
-    of the data (the folder's template, :mod:`nas.text_models`), so every stage conditions it;
-    data without classes leave it unconditional (the empty prompt)."""
+    """A text-to-image base model with no prompts yet (a user's folder): the data's distinct
+    captions, else one prompt per class (the folder's template), so every stage conditions it
+    (:func:`nas.text_models.install_data_prompts`); data without either leave it unconditional
+    (the empty prompt). Bad captions are refused here, before any training."""
     from experts.text_condition import prompt_table
-    from nas.data import load_labels
-    from nas.text_models import install_class_prompts, prompt_template_of
+    from nas.text_models import install_data_prompts
 
     if prompt_table(base.unet) is not None:
         return
-    try:
-        names = load_labels(cfg.data)[1]
-    except UserError as exc:
-        import logging
-
-        logging.getLogger(__name__).warning("text-to-image base model on data without classes (%s): sampled "
-                                            "with the empty prompt", exc)
-        return
-    install_class_prompts(base.unet, base.text_encoder, base.tokenizer, names, prompt_template_of(base.path))
+    install_data_prompts(base.unet, base.text_encoder, base.tokenizer, cfg.data, base.path)

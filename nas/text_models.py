@@ -6,8 +6,10 @@ downloaded: a CLIP tokenizer from a vocabulary and merges written for the prompt
 CLIP text encoder in a tiny configuration.
 
 How the stages condition such a model on prompts is in :mod:`experts.text_condition`: the
-data's class labels name prompts (``"a handwritten seven"``; the null class is the empty
-prompt), whose embeddings are stored in the UNet's config (:func:`install_class_prompts`).
+data's labels name prompts (``"a handwritten seven"``; the null class is the empty prompt),
+whose embeddings are stored in the UNet's config (:func:`install_data_prompts`): the distinct
+captions of caption data (:func:`nas.data.load_folder_captions`), else one prompt per class
+sub-folder (:func:`install_class_prompts`).
 
 Example:
     >>> tok = build_tokenizer(["a", "handwritten", "seven"], max_length=8)
@@ -40,6 +42,7 @@ __all__ = [
     "build_text_encoder",
     "build_tokenizer",
     "install_class_prompts",
+    "install_data_prompts",
     "load_text_parts",
     "prompt_template_of",
     "quiet_transformers",
@@ -175,3 +178,32 @@ def install_class_prompts(unet: Any, text_encoder: Any, tokenizer: Any, names: S
     install_prompt_table(unet, prompts, encode_prompts(text_encoder, tokenizer, prompts))
     log.info("text model: %d class prompts (%r ... ) and the empty prompt", len(prompts) - 1, prompts[0])
     return prompts
+
+
+def install_data_prompts(unet: Any, text_encoder: Any, tokenizer: Any, data: Any, folder: Path | None) -> list[str] | None:
+    """The prompts a text UNet is conditioned on for the data ``data`` (a ``DataConfig``), stored
+    in its config; returns them, or None (data without captions or classes: the model stays
+    unconditional, the empty prompt, with a warning).
+
+    Caption data (:func:`nas.data.load_caption_labels`): the distinct captions, sorted, then the
+    empty prompt; else one prompt per class sub-folder with the template of the model's
+    ``folder`` (:func:`prompt_template_of`).
+
+    Raises:
+        UserError: bad or missing captions (before any training).
+    """
+    from nas.data import load_caption_labels, load_labels
+
+    found = load_caption_labels(data)
+    if found is not None:
+        prompts = [*found[1], ""]
+        install_prompt_table(unet, prompts, encode_prompts(text_encoder, tokenizer, prompts))
+        log.info("text model: %d distinct captions (%r ...) and the empty prompt", len(prompts) - 1, prompts[0])
+        return prompts
+    try:
+        names = load_labels(data, captions=False)[1]
+    except UserError as exc:
+        log.warning("text-to-image base model on data without captions or classes (%s): sampled with the empty "
+                    "prompt", exc)
+        return None
+    return install_class_prompts(unet, text_encoder, tokenizer, names, prompt_template_of(folder))
