@@ -6,7 +6,9 @@ Layout (inside a run folder, or any folder):
   ``<budget>`` formatted with ``{:g}``, e.g. ``router-0.5.json``);
 - ``router/train_log.jsonl`` (one JSON object per logged training step);
 - ``router/summary.json`` (per budget: target, achieved ratio, decode before repair, steps of
-  repair/fill/exchange, evaluations, losses; plus the settings and training time);
+  repair/fill/exchange, evaluations, losses; plus the settings and training time; its
+  ``allocations`` are paths relative to the folder above ``router/``, the run folder, so a run
+  folder stores no absolute path);
 - ``router/allocation.png`` (MACs per interval for each budget; optional per-interval
   sensitivity, the loss increase when that interval's expert shrinks, drawn beside it).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,17 @@ def _with_cost(alloc: Allocation, extra_info: dict[str, Any] | None = None) -> A
     info = {**alloc.info, **(extra_info or {})}
     info["cost"] = routing_cost(info)
     return dataclasses.replace(alloc, info=info)
+
+
+def _relative_paths(paths: Sequence[Path], out: Path) -> list[str]:
+    """``paths`` relative to ``out.parent`` (the run folder when ``out`` is its ``router/``), POSIX style.
+
+    Example:
+        >>> _relative_paths([Path("/r/run/allocations/router-0.5.json")], Path("/r/run/router"))
+        ['allocations/router-0.5.json']
+    """
+    base = os.path.abspath(out.parent)
+    return [Path(os.path.relpath(os.path.abspath(p), base)).as_posix() for p in paths]
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -195,7 +209,7 @@ def write_outputs(
         "settings": result.settings,
         "sensitivity": None if sensitivity is None else [float(x) for x in sensitivity],
         "budgets": result.summary(),
-        "allocations": [str(p) for p in paths],
+        "allocations": _relative_paths(paths, out),
         **(summary_extra or {}),
     }
     _atomic_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -233,7 +247,7 @@ def write_allocation_files(
         alloc.save(p)
         paths.append(p)
     _atomic_text(out / "train_log.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in log_rows))
-    full_summary = {**summary, "allocations": [str(p) for p in paths]}
+    full_summary = {**summary, "allocations": _relative_paths(paths, out)}
     _atomic_text(out / "summary.json", json.dumps(full_summary, indent=2, sort_keys=True, default=str))
     full = [part.macs(part.full()) for part in mixture.parts]
     plot_allocations(allocations, out / "allocation.png", full_macs_per_expert=full, sensitivity=sensitivity,

@@ -48,6 +48,10 @@ def test_route_writes_feasible_allocations_log_summary_and_plot_then_reuses_them
     assert rows and rows[-1]["step"] == 3
     summary = json.loads((run.router_dir / "summary.json").read_text())
     assert len(summary["sensitivity"]) == 2
+    # a run folder stores no absolute path: the allocations are relative to the run folder
+    assert summary["allocations"] == ["allocations/router-0.45.json", "allocations/router-0.8.json"]
+    assert all((run.path / p).is_file() for p in summary["allocations"])
+    assert str(run.path) not in (run.router_dir / "summary.json").read_text()
     assert (run.router_dir / "allocation.png").is_file()
     assert main(["route", *args, "--budgets", "0.45", "0.8", "-q"]) == 0
     assert "up to date" in capsys.readouterr().out
