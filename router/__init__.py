@@ -6,7 +6,11 @@
   (log-ratio penalty or augmented Lagrangian), differentiable trajectory MACs through the space's
   cost model.
 - :func:`~router.train.train_router` with :class:`~router.settings.RouterSettings`: training,
-  deterministic decode, bounded feasibility repair; the loop of one agent is
+  then by default the agent's learned values per (dimension, choice)
+  (:func:`~router.knapsack.fit_values`) decoded by an exact knapsack under the budget
+  (:func:`~router.knapsack.knapsack_decode`, no loss evaluation) and a repair of at most
+  ``max_repair_evaluations`` exact evaluations (:func:`~router.knapsack.bounded_repair`); or
+  (``decode="argmax"``) the argmax decode and the unbounded repair/fill/exchange; the loop of one agent is
   :func:`~router.loop.train_agent`, the repair, fill and exchange
   :func:`~router.feasibility.make_feasible`, the records :class:`~router.result.BudgetOutcome`
   and :class:`~router.result.RouterResult`.
@@ -23,6 +27,7 @@
 from router.agent import ExpertRoutingAgent, gumbel_softmax_st, one_hot_weights, token_layout
 from router.feasibility import ArchLoss, calibrate_budget, logit_scorer, make_feasible
 from router.joint import CandidateScore, JointCandidate, JointOutcome, joint_allocation, route_joint
+from router.knapsack import RepairRecord, ValueRecorder, bounded_repair, fit_values, knapsack_decode
 from router.loop import train_agent
 from router.mixture import MixtureRoutingLoss
 from router.objective import (
@@ -56,20 +61,25 @@ __all__ = [
     "MixtureRoutingLoss",
     "ObjectiveTerms",
     "RESOURCE_MODES",
+    "RepairRecord",
     "RouterObjective",
     "RouterResult",
     "RouterSettings",
     "SyntheticMixture",
     "TaskLoss",
+    "ValueRecorder",
     "allocation_filename",
+    "bounded_repair",
     "calibrate_budget",
     "candidate_counts",
     "candidate_schedules",
     "choice_macs_deltas",
     "fit_agents",
+    "fit_values",
     "gumbel_softmax_st",
     "interval_step_counts",
     "joint_allocation",
+    "knapsack_decode",
     "logit_scorer",
     "make_feasible",
     "one_hot_weights",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from router.agent import ExpertRoutingAgent, gumbel_softmax_st
+from router.knapsack import ValueRecorder
 from router.objective import RouterObjective
 from router.settings import RouterSettings
 
@@ -46,9 +47,11 @@ def train_agent(
     rows: list[dict[str, Any]],
     progress: bool = False,
     joint: Sequence[torch.nn.Parameter] = (),
+    recorder: ValueRecorder | None = None,
 ) -> int:
     """Adam on the agent for ``settings.steps`` steps; appends log rows to ``rows`` (``run`` =
-    ``tag``); returns the task-loss evaluations spent."""
+    ``tag``); returns the task-loss evaluations spent. ``recorder`` keeps every hard sample and
+    its task loss (for the agent's learned values, :func:`router.knapsack.fit_values`)."""
     from tqdm.auto import tqdm
 
     steps = settings.steps
@@ -58,7 +61,7 @@ def train_agent(
     for step in range(steps):
         tau = temperature(step, steps, settings.tau_start, settings.tau_end)
         budgets = budget_sampler(generator)
-        rec = _step(agent, objective, budgets, tau, generator, opt, sched, settings.dual_on_decode)
+        rec = _step(agent, objective, budgets, tau, generator, opt, sched, settings.dual_on_decode, recorder)
         evaluations += len(budgets)
         if not math.isfinite(rec.loss):
             raise FloatingPointError(f"router loss became {rec.loss} at step {step} ({tag})")
@@ -97,11 +100,14 @@ class _StepRecord:
 
 
 def _step(agent: ExpertRoutingAgent, objective: RouterObjective, budgets: list[float], tau: float,
-          generator: torch.Generator, opt: torch.optim.Optimizer, sched: Any, dual_on_decode: bool) -> _StepRecord:
+          generator: torch.Generator, opt: torch.optim.Optimizer, sched: Any, dual_on_decode: bool,
+          recorder: ValueRecorder | None = None) -> _StepRecord:
     """One Gumbel sample per budget, one Adam step on the mean objective, one dual ascent step."""
     logits = agent(budgets)  # (B, T, C)
     w = gumbel_softmax_st(logits, tau, generator)  # (B, T, C)
     terms = objective.batch(w, budgets)  # each (B,)
+    if recorder is not None:  # hard one-hots: the task loss of each sampled discrete arch
+        recorder.add(w, terms.task)
     loss = terms.loss.mean()
     tasks = terms.task.detach().cpu().numpy()
     ress = terms.resource.detach().cpu().numpy()

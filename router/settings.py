@@ -18,9 +18,10 @@ from typing import Any
 from router.objective import RESOURCE_MODES
 from search_spaces.errors import UserError
 
-__all__ = ["REPAIR_SCORES", "RouterSettings"]
+__all__ = ["DECODES", "REPAIR_SCORES", "RouterSettings"]
 
 REPAIR_SCORES = ("loss", "logits")
+DECODES = ("knapsack", "argmax")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class RouterSettings:
             straight-through sample it shapes the gradient only).
         hidden_size: the agent's GRU width.
         embed_size: the agent's token embedding width.
+        decode: ``"knapsack"`` (default): the agent's learned value of each (dimension,
+            choice), fitted on the task losses of its training samples, decoded by an exact
+            multiple-choice knapsack under the budget (:func:`router.knapsack.knapsack_decode`;
+            no loss evaluation), then :func:`router.knapsack.bounded_repair` with at most
+            ``max_repair_evaluations`` exact evaluations; ``"argmax"``: the agent's argmax
+            decode (calibrated), then the unbounded repair/fill/exchange of
+            :func:`router.feasibility.make_feasible` (``fill``, ``exchange``).
+        max_repair_evaluations: the knapsack decode's repair budget of exact evaluations (the
+            decode's own evaluation included; 0: none).
         repair_score: ``"loss"`` (score archs with the arch loss) or ``"logits"`` (minus the
             agent's log-probability of the arch: no model evaluations, for expensive losses).
         calibrate: budget-conditioned agent only: before repair, bisect the budget given to the
@@ -87,6 +97,8 @@ class RouterSettings:
     tau_end: float = 1.0
     hidden_size: int = 64
     embed_size: int = 32
+    decode: str = "knapsack"
+    max_repair_evaluations: int = 32
     repair_score: str = "loss"
     calibrate: bool = True
     fill: bool = True
@@ -100,6 +112,10 @@ class RouterSettings:
             raise UserError("steps must be >= 0, budgets_per_step >= 1 and log_every >= 1")
         if self.repair_score not in REPAIR_SCORES:
             raise UserError(f"repair_score must be 'loss' or 'logits', got {self.repair_score!r}")
+        if self.decode not in DECODES:
+            raise UserError(f"decode must be 'knapsack' or 'argmax', got {self.decode!r}")
+        if self.max_repair_evaluations < 0:
+            raise UserError(f"max_repair_evaluations must be >= 0, got {self.max_repair_evaluations}")
         if self.resource_mode not in RESOURCE_MODES:
             raise UserError(f"resource_mode must be one of {RESOURCE_MODES}, got {self.resource_mode!r}")
 
@@ -111,5 +127,6 @@ class RouterSettings:
             "effective_resource_weight": self.resource_weight * loss_scale, "dual_lr": self.dual_lr,
             "dual_on_decode": self.dual_on_decode, "net_lr_scale": self.net_lr_scale, "tau_start": self.tau_start,
             "tau_end": self.tau_end, "hidden_size": self.hidden_size, "repair_score": self.repair_score,
-            "fill": self.fill, "exchange": self.exchange, "joint": joint,
+            "fill": self.fill, "exchange": self.exchange, "joint": joint, "decode": self.decode,
+            "max_repair_evaluations": self.max_repair_evaluations,
         }

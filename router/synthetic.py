@@ -161,6 +161,14 @@ class SyntheticMixture:
             total += self._weight[d.name] * self._tables[d.name][1][d.index(arch[d.name])]
         return float(total)
 
+    def value_table(self) -> torch.Tensor:
+        """``(T, C)`` exact step-weighted loss of each choice of each free dimension (padded:
+        ``inf``): the additive values a learned value model should recover on this benchmark."""
+        table = self._table.clone()
+        for t, n in enumerate(self.space.free_names()):
+            table[t, len(self._tables[n][1]):] = float("inf")
+        return table
+
     # ----------------------------------------------------------------- exact optimum
     def optimum(self, budget_ratio: float) -> KnapsackSolution:
         """The minimum-loss arch whose trajectory MACs are ``<= budget_ratio * base_macs``.

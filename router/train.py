@@ -44,6 +44,7 @@ import torch
 
 from router.agent import ExpertRoutingAgent, one_hot_weights
 from router.feasibility import ArchLoss, calibrate_budget, logit_scorer, make_feasible
+from router.knapsack import ValueRecorder, bounded_repair, fit_values, knapsack_decode
 from router.loop import BudgetSampler, train_agent
 from router.objective import BatchedTaskLoss, RouterObjective, TaskLoss
 from router.result import BudgetOutcome, RouterResult
@@ -238,8 +239,13 @@ class _Setup:
 
     def train(self, agent: ExpertRoutingAgent, objective: RouterObjective, sampler: BudgetSampler, tag: str,
               rows: list[dict[str, Any]]) -> int:
-        return train_agent(agent, objective, sampler, self.settings, generator=self.generator, tag=tag, rows=rows,
-                           progress=self.progress, joint=self.joint)
+        """Train ``agent``, then fit its learned values per (dimension, choice) on its samples."""
+        recorder = ValueRecorder()
+        n = train_agent(agent, objective, sampler, self.settings, generator=self.generator, tag=tag, rows=rows,
+                        progress=self.progress, joint=self.joint, recorder=recorder)
+        if len(recorder):
+            agent.values = fit_values(recorder, agent.num_choices)
+        return n
 
 
 @dataclass
@@ -311,21 +317,28 @@ def _export_budget(
     budget_range: Sequence[float] | None,
     eval_fn: ArchLoss,
 ) -> BudgetOutcome:
-    """Decode one budget ``b`` after training: (calibrate,) repair, fill, exchange; timed and logged."""
+    """Decode one budget ``b`` after training: the knapsack decode on the agent's learned values
+    and the bounded repair, or (``decode="argmax"``) (calibrate,) repair, fill, exchange; timed and logged."""
     t_decode = time.perf_counter()
     agent.eval()
-    decoded = agent.decode(b)
     agent_input = b
-    if settings.budget_conditioned and settings.calibrate:
-        agent_input, decoded = calibrate_budget(space, agent, b, b * ref_macs, budget_range)
-    scorer = logit_scorer(space, agent, b) if settings.repair_score == "logits" else eval_fn
-    arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=settings.fill,
-                                                        exchange=settings.exchange)
+    if settings.decode == "knapsack" and getattr(agent, "values", None) is not None:
+        decoded = knapsack_decode(space, agent.values, b * ref_macs)
+        budget_evals = settings.max_repair_evaluations if settings.repair_score == "loss" else 0
+        arch, rec = bounded_repair(space, decoded, b * ref_macs, eval_fn, agent.values, budget_evals)
+        n_rep, n_fill, n_exch, n_eval = 0, rec.moves, 0, rec.evaluations
+    else:
+        decoded = agent.decode(b)
+        if settings.budget_conditioned and settings.calibrate:
+            agent_input, decoded = calibrate_budget(space, agent, b, b * ref_macs, budget_range)
+        scorer = logit_scorer(space, agent, b) if settings.repair_score == "logits" else eval_fn
+        arch, n_rep, n_fill, n_exch, n_eval = make_feasible(space, decoded, b * ref_macs, scorer, fill=settings.fill,
+                                                            exchange=settings.exchange)
+        if settings.repair_score != "loss":
+            n_eval = 0  # the repair scored archs by the agent's log-probabilities only
     m = space.macs(arch)
     task = float(eval_fn(arch))
     dec_task = float(eval_fn(decoded))
-    if settings.repair_score != "loss":
-        n_eval = 0  # the repair scored archs by the agent's log-probabilities only
     outcome = BudgetOutcome(
         budget_ratio=b, arch=arch, decoded_arch=decoded, macs=m, achieved_ratio=m / ref_macs,
         decoded_ratio=space.macs(decoded) / ref_macs, agent_budget_ratio=agent_input, task_loss=task,
