@@ -76,7 +76,7 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
         record_skip(run, key, m, bud, reason)
     pending, reused = _split_reused(run, key, cands)
     if not pending:
-        return BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+        return _with_guidance(ctx, key, BenchResult((), tuple(reused), tuple(skipped), time.perf_counter() - t0))
 
     env = bench_env(ctx, key)
     base_model, _, _ = base_candidate(ctx, key).build()
@@ -84,14 +84,24 @@ def run_bench(cfg: ExperimentConfig, run: RunDir, device: Any, progress: bool = 
         from benchmarks.bench.parallel import bench_rows_ray
 
         rows = bench_rows_ray(ctx, env, pending, base_model)
-        return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+        return _with_guidance(ctx, key, BenchResult(tuple(rows), tuple(reused), tuple(skipped),
+                                                    time.perf_counter() - t0))
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[Candidate]] = {}
     for c in pending:
         groups.setdefault(budget_key(c.budget_ratio), []).append(c)
     for gkey, group in groups.items():
         rows += _bench_group(ctx, env, gkey, group, base_model, len(rows), len(pending))
-    return BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0)
+    return _with_guidance(ctx, key, BenchResult(tuple(rows), tuple(reused), tuple(skipped), time.perf_counter() - t0))
+
+
+def _with_guidance(ctx: BenchContext, key: str, result: BenchResult) -> BenchResult:
+    """``result``, after the prompt/guidance samples of a text-to-image run
+    (:func:`benchmarks.bench.guidance.run_guidance`: nothing for other runs; reused when stored)."""
+    from benchmarks.bench.guidance import run_guidance
+
+    run_guidance(ctx, key)
+    return result
 
 
 def _split_reused(run: RunDir, key: str, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:

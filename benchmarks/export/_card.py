@@ -71,6 +71,15 @@ def _yaml_dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
 
 
+def _prompt_usage(facts: Mapping[str, Any]) -> list[str]:
+    """The usage lines of a text-to-image export (its text encoder and tokenizer are in the folder)."""
+    if not facts.get("text_encoder"):
+        return []
+    return ["# text-to-image: the folder has the base model's text_encoder and tokenizer",
+            'images = pipe(prompt="a handwritten three", negative_prompt=None, guidance_scale=4.0, '
+            f"num_inference_steps={facts.get('num_steps')}).images"]
+
+
 def model_card(facts: Mapping[str, Any], config_text: str | None, folder_name: str) -> str:
     """``README.md`` of an exported folder from :func:`card_facts`.
 
@@ -128,7 +137,7 @@ def model_card(facts: Mapping[str, Any], config_text: str | None, folder_name: s
            f'pipe = MixturePipeline.from_pretrained("{folder_name}")',
            f"images = pipe(batch_size=4, num_inference_steps={facts.get('num_steps')}).images  # PIL images",
            f"# the benchmark's own noise, image for image: pipe(batch_size=4, num_inference_steps="
-           f"{facts.get('num_steps')}, seed=0)", "```", "",
+           f"{facts.get('num_steps')}, seed=0)", *_prompt_usage(facts), "```", "",
            f"Measured with `num_inference_steps={facts.get('num_steps')}` (the default without it: the mixture's "
            "step schedule if it has one, else 50 steps).", "",
            "## Allocation", "", "| interval (training timesteps) | sampling steps | expert MACs per call | x base model's |",

@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.export._card import card_facts, model_card
 from benchmarks.export._select import Selection, select_row
+from benchmarks.export._text import add_text_parts, find_text_parts
 from nas.methods import budget_key
 from search_spaces.errors import UserError
 
@@ -139,6 +140,10 @@ def export_pipeline(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
     base = next((r for r in summary["rows"] if r["method"] == "base"), None)
     cmd = command or f"diffnas export {_run_text(Path(run_dir))} --method {row['method']} --budget {key}"
     facts = card_facts(row, raw, summary, base, cmd)
+    text_src = find_text_parts(run, src, summary.get("config"))  # a text-to-image run: the base's text parts
+    if text_src is not None:
+        facts["text_encoder"] = (text_src.relative_to(run).as_posix() if text_src.is_relative_to(run)
+                                 else "model.base")
 
     tmp = dest.parent / f".{dest.name}.export-tmp"
     if tmp.exists():
@@ -148,12 +153,14 @@ def export_pipeline(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
         shutil.copy2(src / "model_index.json", tmp / "model_index.json")
         for c in comps:
             shutil.copytree(src / c, tmp / c)
+        if text_src is not None:
+            add_text_parts(text_src, tmp)
         (tmp / "README.md").write_text(model_card(facts, data.config_text, dest.name))
         files = sorted([*_files(tmp), MANIFEST])
         (tmp / MANIFEST).write_text(json.dumps({"format": "diffnas-export/1", "facts": facts, "files": files},
                                                indent=2, sort_keys=True) + "\n")
         if check_load:
-            _check_loads(tmp)
+            _check_loads(tmp, prompt=text_src is not None)
         _publish(tmp, dest, foreign, own, files)
     finally:
         if tmp.exists():
@@ -162,7 +169,9 @@ def export_pipeline(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
     return ExportResult(dest, str(row["method"]), float(row["budget_ratio"]), facts, tuple(files))
 
 
-def _check_loads(folder: Path) -> None:
+def _check_loads(folder: Path, prompt: bool = False) -> None:
+    """Load ``folder`` with ``MixturePipeline.from_pretrained``; with ``prompt``, also encode the
+    experts' first prompt with its text encoder (one batch of one, one step)."""
     from diffusers.utils.logging import disable_progress_bar, enable_progress_bar
 
     from experts.expert_folder import quiet_diffusers
@@ -171,7 +180,13 @@ def _check_loads(folder: Path) -> None:
     try:
         disable_progress_bar()
         with quiet_diffusers():
-            MixturePipeline.from_pretrained(str(folder))
+            pipe = MixturePipeline.from_pretrained(str(folder))
+            if prompt:
+                from experts.text_condition import prompt_table
+
+                pipe.set_progress_bar_config(disable=True)
+                first = prompt_table(pipe.mixture.experts[0])[0][0]
+                pipe(prompt=first, num_inference_steps=1, output_type="pt")
     except Exception as exc:  # noqa: BLE001 - any load failure means the source folder is damaged
         raise UserError(f"the exported pipeline does not load ({type(exc).__name__}: {exc}); its source folder may be "
                         "damaged: rerun `diffnas finetune` for this allocation") from None

@@ -74,6 +74,9 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                         [[evaluations, seconds, best so far], ...], study (searches)}}, compared_with,
                         verdict}}}  (:mod:`~benchmarks.report.anytime`; ``available`` false and a
                         note when no budget has a router curve and a search curve)
+    guidance          (text-to-image runs only) bench/guidance/guidance.json as stored: grid prompts and
+                        scales, prompt accuracy per guidance scale of the base and the sampled mixtures
+                        (:mod:`~benchmarks.report.guidance`)
     latency_fronts    {available, note, machine, batch_sizes, rows_without, fronts: {"<size>": {method:
                         {points: [[ms_per_image, fid_mean, budget_ratio, speedup], ...], pareto: [[...], ...]}}}}
                         (:mod:`~benchmarks.report.latency_fronts`)
@@ -111,6 +114,7 @@ from benchmarks.report.anytime import (
     verdict_text,
 )
 from benchmarks.report.documents import render_html, render_markdown
+from benchmarks.report.guidance import copy_guidance_grids, guidance_summary
 from benchmarks.report.figures import plot_allocations, plot_anytime, plot_pareto, plot_search, plot_similarity
 from benchmarks.report.interactive import pareto_html
 from benchmarks.report.latency_fronts import PNG as LATENCY_PNG
@@ -207,6 +211,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, forc
     summary = build_summary(data)
     summary["latency_fronts"] = latency_fronts(_select_rows(data.records)[0], summary["machine"])
     summary["verdicts"] = budget_verdicts(summary, _run_text(Path(run_dir)), _exportable(data.path))
+    guidance = guidance_summary(data.path, summary["config_key"])  # text-to-image runs: prompts and guidance
+    if guidance is not None:
+        summary["guidance"] = guidance
     interactive = pareto_html(summary)
     tmp = temp_dir(out)
     try:
@@ -251,15 +258,18 @@ def _write_report(data: RunData, summary: dict[str, Any], out: Path, interactive
 
     grids = _copy_grids(data, summary, out)
     pngs += [dst for _, dst in grids]
+    guidance_grids = copy_guidance_grids(data.path, summary.get("guidance"), out)
+    pngs += [dst for _, dst in guidance_grids]
 
     files = sorted({str(p.relative_to(out)) for p in pngs} | {"index.html", "report.md", "summary.json"})
     summary["files"] = files
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     md = render_markdown(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
-                         anytime_png=anytime_png, latency_png=latency_png)
+                         anytime_png=anytime_png, latency_png=latency_png, guidance_grids=guidance_grids)
     (out / "report.md").write_text(md)
     page = render_html(summary, search, pareto, search_png, sim_png, alloc_png, grids, data.config_text,
-                       interactive=interactive, anytime_png=anytime_png, latency_png=latency_png)
+                       interactive=interactive, anytime_png=anytime_png, latency_png=latency_png,
+                       guidance_grids=guidance_grids)
     (out / "index.html").write_text(page)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report.guidance import guidance_html, guidance_md
 from benchmarks.report.latency_fronts import latency_html, latency_md
 from benchmarks.report.summary import fmt_ci, fmt_macs, fmt_num, method_label
 from nas.methods import budget_key
@@ -53,7 +54,8 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     cond = []  # class-conditional rows: how often the requested class is recognised, at which guidance
     if r.get("class_accuracy") is not None:
         acc = float(r["class_accuracy"])
-        cond = [(f"class acc (guidance {float(r.get('guidance_scale') or 1.0):g})", f"{100 * acc:.1f}%", acc)]
+        what = "prompt" if (r.get("macs_parts") or {}).get("text_encoder") else "class"  # a text model: prompts
+        cond = [(f"{what} acc (guidance {float(r.get('guidance_scale') or 1.0):g})", f"{100 * acc:.1f}%", acc)]
     return [
         ("method", method_label(r["method"]), r["method"]),
         ("FID", fmt_ci(r.get("fid_mean"), r.get("fid_ci_low"), r.get("fid_ci_high"), 2), r.get("fid_mean")),
@@ -152,7 +154,16 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
             f"(device {s.get('device')}); speed-up = base latency / method latency from that same run."
         )
     guided = sorted({float(r["guidance_scale"]) for r in summary["rows"] if r.get("guidance_scale") is not None})
-    if guided:
+    text = any((r.get("macs_parts") or {}).get("text_encoder") for r in summary["rows"])
+    if guided and text:
+        lines.append(
+            f"Text-to-image: image i asks for the prompt of class i % C (e.g. \"a handwritten seven\"), "
+            f"classifier-free guidance scale {', '.join(f'{g:g}' for g in guided)} with the empty prompt as the "
+            "unconditional half; a guided step costs two UNet passes, both in the MACs, and the text encoder runs for "
+            "the prompt and the empty prompt (macs_parts); prompt acc = how often the digit classifier recognises "
+            "the prompted digit (all seeds)."
+        )
+    elif guided:
         lines.append(
             f"Class-conditional: image i asks for class i % C, classifier-free guidance scale "
             f"{', '.join(f'{g:g}' for g in guided)}; a guided step costs two UNet passes (null class + class), both in "
@@ -175,7 +186,8 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None,
               sim_png: Path | None, alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]],
-              config_text: str | None, anytime_png: Path | None = None, latency_png: Path | None = None) -> str:
+              config_text: str | None, anytime_png: Path | None = None, latency_png: Path | None = None,
+              guidance_grids: Sequence[tuple[Mapping[str, Any], Path]] = ()) -> str:
     """``report.md``: the setup, hypervolumes, one table per budget, skips, search trials,
     intervals, allocations, sample grids, machine and config; figures linked as PNG files."""
     out = [f"# Benchmark report: run `{summary['run']}`", "", "## Which one to ship", ""]
@@ -191,6 +203,7 @@ def render_markdown(summary: Mapping[str, Any], search: Any, pareto: Path, searc
     out += ["", "## Quality vs measured latency", ""] + latency_md(summary.get("latency_fronts"), latency_png)
     for b in summary["budgets"]:
         out += ["", f"## Budget {b}", "", _md_table(_table_rows(summary, b))]
+    out += guidance_md(summary.get("guidance"), guidance_grids)
     out += ["", "## Any-time: routed vs searched at equal cost", ""] + _anytime_md(summary, anytime_png)
     if summary["skipped"]:
         out += ["", "## Methods not run", ""]
@@ -281,7 +294,8 @@ def _verdict_html(summary: Mapping[str, Any]) -> str:
 
 def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_png: Path | None, sim_png: Path | None,
           alloc_png: Path | None, grids: Sequence[tuple[Mapping[str, Any], Path]], config_text: str | None,
-          interactive: str | None = None, anytime_png: Path | None = None, latency_png: Path | None = None) -> str:
+          interactive: str | None = None, anytime_png: Path | None = None, latency_png: Path | None = None,
+          guidance_grids: Sequence[tuple[Mapping[str, Any], Path]] = ()) -> str:
     """``index.html``: what :func:`render_markdown` writes, self-contained (figures inline as base64
     PNGs, the interactive Pareto plot's plotly.js inline), with machine-readable ``data-value``
     cells."""
@@ -302,6 +316,7 @@ def render_html(summary: Mapping[str, Any], search: Any, pareto: Path, search_pn
     p.append(latency_html(summary.get("latency_fronts"), _img(latency_png, "latency fronts") if latency_png else ""))
     for b in summary["budgets"]:
         p += [f'<h2 id="budget-{_esc(b)}">Budget {_esc(b)}</h2>', _html_table(_table_rows(summary, b), b)]
+    p.append(guidance_html(summary.get("guidance"), guidance_grids, _img))
     p.append(_anytime_html(summary, anytime_png))
     if summary["skipped"]:
         p += ["<h2>Methods not run</h2><ul>"] + [
