@@ -50,6 +50,9 @@ import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+# Tune's per-trial CSV/JSON/TensorBoard result files: diffnas reads none of them (the ledger and the
+# Optuna storage are the search's record), and writing them is driver time between two trials
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 # ray is imported by the modules below: the environment above must be set first
 from nas.ray_backend._cluster import (  # noqa: E402

@@ -141,6 +141,9 @@ def _tuner(session: SearchSession, objective: Objective, plan: _Plan, jobs: Side
             name=f"tune-{stamp}",
             storage_path=str(_tune_storage(session.search_dir)),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # one evaluation reports once: the trial is done at its first result, without a
+            # second round trip to its actor to learn that the function returned
+            stop={"training_iteration": 1},
             callbacks=[registry],
             verbose=0,
         ),

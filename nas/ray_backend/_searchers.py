@@ -69,7 +69,14 @@ class StudySearcher(OptunaSearch):
                 self._proposals[trial_id] = got[1]
                 return self._config(got[1])
             if not drv.search_done():
-                return None  # evaluations in flight; the promotion phase waits for them
+                # the last search evaluations are in flight: a free slot promotes a trial already
+                # certain to be among the promoted ones (none when nothing is certain yet)
+                early = drv.promotion_candidates()
+                if not early:
+                    return None
+                drv.start_promotion(early[0])
+                self._proposals[trial_id] = early[0]
+                return self._config(early[0])
             self._phase = "promote"
             self._promotions = drv.promotion_candidates()
         if self._promotions:

@@ -357,8 +357,10 @@ class StudyDriver:
     # -------------------------------------------------------------------------- promotions
     def promotion_candidates(self) -> list[Proposal]:
         """Per budget, the ``promote_top_k`` best feasible complete trials by proxy that have no
-        expensive evaluation yet (nor one in flight)."""
-        return self.ledger.promotion_candidates(self.inflight_promotions)
+        expensive evaluation yet (nor one in flight). While search evaluations are still in
+        flight, only those certain to stay in the top ``promote_top_k`` whatever they return
+        (see :meth:`StudyLedger.promotion_candidates`): the same set, started earlier."""
+        return self.ledger.promotion_candidates(self.inflight_promotions, pending=len(self.inflight))
 
     def start_promotion(self, p: Proposal) -> None:
         self.inflight_promotions.add(p.key)

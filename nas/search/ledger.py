@@ -245,10 +245,19 @@ class StudyLedger:
         return [float(rec["quality"]), float(rec["macs_ratio"])]
 
     # ------------------------------------------------------------------------------ results
-    def promotion_candidates(self, in_flight: Collection[str] = ()) -> list[Proposal]:
+    def promotion_candidates(self, in_flight: Collection[str] = (), pending: int = 0) -> list[Proposal]:
         """Per budget, the ``promote_top_k`` best feasible complete trials by proxy that have no
-        expensive evaluation yet (nor one in flight: keys in ``in_flight``)."""
+        expensive evaluation yet (nor one in flight: keys in ``in_flight``).
+
+        ``pending``: search evaluations still running. Each can push a trial down by at most one
+        place, so only the best ``promote_top_k - pending`` are certain to stay in the top
+        ``promote_top_k`` whatever they return: those are the candidates now (promotions start on
+        free slots while the last search trials run), and the final set is the same.
+        """
         if self.full_fidelity is None:
+            return []
+        top = self.promote_top_k - max(0, int(pending))
+        if top <= 0:
             return []
         out: dict[str, Proposal] = {}
         for b in self.spec.budgets:
@@ -257,7 +266,7 @@ class StudyLedger:
                  if r.get("state") == "complete" and float(r["macs_ratio"]) <= b + EPS),
                 key=lambda r: (float(r["quality"]), float(r["macs_ratio"]), int(r["number"])),
             )
-            for r in feasible[: self.promote_top_k]:
+            for r in feasible[:top]:
                 key = r["key"]
                 if key in self.promoted or key in in_flight or key in out:
                     continue
