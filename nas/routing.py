@@ -320,9 +320,10 @@ def format_route_summary(outcome: RouteOutcome) -> str:
         per = space.split(o.arch)
         fr = [space.parts[p].macs(per[p]) / space.parts[p].macs(space.parts[p].full()) for p in parts]
         lines.append(
-            f"budget {o.budget_ratio:g}: trajectory MACs ratio {o.achieved_ratio:.4f} (decode {o.decoded_ratio:.4f}, "
-            f"repair {o.repair_steps} / fill {o.fill_steps} / exchange {o.exchange_steps} steps, "
-            f"{o.evaluations} loss evaluations), held-out loss {o.task_loss:.5g}; MACs per expert / full: "
+            f"budget {o.budget_ratio:g}: trajectory MACs ratio {o.achieved_ratio:.4f} "
+            f"({result.settings.get('decode', 'argmax')} decode {o.decoded_ratio:.4f}, held-out loss "
+            f"{o.decoded_task_loss:.5g}; repair {o.repair_steps} / fill {o.fill_steps} / exchange {o.exchange_steps} "
+            f"steps, {o.evaluations} loss evaluations), held-out loss {o.task_loss:.5g}; MACs per expert / full: "
             + ", ".join(f"{p}={f:.3f}" for p, f in zip(parts, fr))
         )
     return "\n".join(lines) + "\n"
