@@ -34,6 +34,12 @@ def _index(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _has_parts(idx: dict[str, Any]) -> bool:
+    """Whether ``model_index.json`` names both text parts (``save_pretrained`` writes ``[null, null]``
+    for a pipeline without them)."""
+    return all(isinstance(idx.get(k), list) and idx[k] and idx[k][0] is not None for k in _PARTS)
+
+
 def _candidates(run: Path, config: dict[str, Any] | None) -> list[Path]:
     """Stored folders that may hold the base model's text parts, in the order they are tried."""
     out: list[Path] = []
@@ -48,7 +54,7 @@ def _candidates(run: Path, config: dict[str, Any] | None) -> list[Path]:
     seen: list[Path] = []
     for p in out:
         idx = _index(p) if p.is_dir() else None
-        if idx is not None and all(k in idx and (p / k).is_dir() for k in _PARTS) and p not in seen:
+        if idx is not None and _has_parts(idx) and all((p / k).is_dir() for k in _PARTS) and p not in seen:
             seen.append(p)
     return seen
 
@@ -73,8 +79,7 @@ def find_text_parts(run: Path, folder: Path, config: dict[str, Any] | None = Non
     from experts.text_condition import encode_prompts
     from nas.text_models import load_text_parts
 
-    idx = _index(folder) or {}
-    if "text_encoder" in idx:
+    if _has_parts(_index(folder) or {}):
         return None
     table = _prompt_table(folder)
     if table is None:
