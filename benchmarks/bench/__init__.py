@@ -52,6 +52,9 @@ Modules (every name is importable from ``benchmarks.bench``):
   named in ``bench.methods``;
 - :mod:`benchmarks.bench.context`: :class:`BenchContext`, the run context
   (:class:`nas.run.RunContext`) shared by the rows, with the Taylor gradients of static pruning;
+- :mod:`benchmarks.bench.guidance`: a text-to-image run's prompts and guidance (the mixtures at the
+  middle budget saved with the base's text encoder and reloaded, grids at guidance 1 and 4, the
+  prompt accuracy at 1, 2 and 4, stored in ``bench/guidance/``; nothing for other runs);
 - :mod:`benchmarks.bench.records`: row keys and resume lookup (:func:`bench_config_key`,
   :func:`finished_rows`), skip records, :func:`normalize_cost`, machine and versions,
   :class:`BenchResult` and :func:`format_bench`.
