@@ -140,12 +140,15 @@ def train_condition(cfg: ExperimentConfig, base: BaseModel, split: bool = True) 
     returns (same split, same order; every image's with ``split=False``), ``condition_dropout``
     and ``null_label``, as :func:`experts.training.train_experts` and
     :func:`experts.finetune.finetune_allocation` take them; ``{}`` for an unconditional base."""
-    from nas.conditions import base_condition, training_labels
+    from nas.conditions import base_condition, prompt_condition, training_labels
     from nas.data import load_labels
 
     if base_condition(cfg, base) is None:
         return {}
-    n = int(load_labels(cfg.data)[0].shape[0])
+    # captions only for a text model: a class-conditional model on a folder that also holds caption
+    # files counts its images by class sub-folder and must not fail on captions it never reads
+    text = getattr(base, "text_encoder", None) is not None or prompt_condition(base.unet) is not None
+    n = int(load_labels(cfg.data, captions=text)[0].shape[0])
     cond = training_labels(cfg, base, n)
     if not split:
         return cond
