@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from nas.commands import register
 from nas.config import ExperimentConfig
+from nas.errors import UserError
 from nas.run import run_pipeline, stage_names
 
-__all__ = ["run_command"]
+__all__ = ["cluster_config", "run_command"]
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +21,32 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"leave a stage out (repeatable): {', '.join(names)}")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE", choices=names,
                         help="run a stage even if its outputs are up to date (repeatable)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="run every stage that can use a Ray cluster on the one at ADDR ('auto' or host:port): "
+                        "the search's trials, the experts (experts.parallel), the fine-tuning and the bench's "
+                        "sampling (bench.parallel); same as --set search.address=ADDR --set search.backend=ray "
+                        "--set experts.parallel=true --set bench.parallel=true. The run folder must be on storage every "
+                        "node sees")
+
+
+def cluster_config(cfg: ExperimentConfig, address: str | None) -> ExperimentConfig:
+    """``cfg`` with every stage that can use a cluster on the one at ``address`` (unchanged for None).
+
+    Example:
+        >>> from nas.config import ExperimentConfig
+        >>> c = cluster_config(ExperimentConfig(), "auto")
+        >>> (c.search.address, c.experts.parallel, c.bench.parallel)
+        ('auto', True, True)
+    """
+    if address is None:
+        return cfg
+    try:
+        return dataclasses.replace(
+            cfg, search=dataclasses.replace(cfg.search, address=address, backend="ray"),
+            experts=dataclasses.replace(cfg.experts, parallel=True),
+            bench=dataclasses.replace(cfg.bench, parallel=True))
+    except UserError as err:
+        raise UserError(f"run option --address: {err}") from None
 
 
 def _show(i: int, total: int, stage: str, status: str) -> None:
@@ -35,9 +63,12 @@ def _show(i: int, total: int, stage: str, status: str) -> None:
     arguments=_arguments,
     description="Run the whole method on one config: every registered stage in order. A stage whose outputs "
     "already exist for the same config is skipped (runs/<name>/pipeline.json records what ran); every stage "
-    "resumes its own partial work. Ends by printing where the report is. `make demo` runs it with the demo preset.",
+    "resumes its own partial work. Ends by printing where the report is. `make demo` runs it with the demo preset. "
+    "With --address every stage that can use a Ray cluster runs its jobs there (search trials, experts, "
+    "fine-tuning, bench sampling), each job's node and device recorded in the run folder.",
 )
 def run_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    cfg = cluster_config(cfg, getattr(args, "address", None))
     result = run_pipeline(cfg, skip=tuple(args.skip or ()), force=tuple(args.force or ()), on_stage=_show)
     sys.stdout.write("stage      status      time\n")
     for o in result.stages:

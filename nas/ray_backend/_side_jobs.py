@@ -17,6 +17,18 @@ __all__ = ["SideJob", "SideJobRunner"]
 
 log = logging.getLogger(__name__)
 
+#: What a side job's outcome records of where it ran (as the bench's and the experts' jobs do).
+_WHERE = ("node", "host", "device")
+
+
+def _run_side(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Body of a side job's Ray task: ``fn()`` and where it ran (node, host, device)."""
+    from nas.ray_backend._cluster import trial_device
+    from nas.ray_backend._tasks import job_info
+
+    job = job_info(trial_device(ray.get_gpu_ids()))
+    return {"value": fn(), **{k: job[k] for k in _WHERE}}
+
 
 @dataclass(frozen=True)
 class SideJob:
@@ -37,8 +49,10 @@ class SideJob:
 
 
 class SideJobRunner:
-    """Starts the side jobs as Ray tasks at once; :meth:`poll` records the finished ones (and
-    enqueues newly written router allocations), :meth:`wait_all` waits for the rest."""
+    """Starts the side jobs as Ray tasks at once; :meth:`poll` records the finished ones (state,
+    wall seconds, result and where each ran: node, host, device; the search's ``summary.json``
+    keeps them under ``side_jobs``) and enqueues newly written router allocations;
+    :meth:`wait_all` waits for the rest."""
 
     def __init__(self, jobs: Mapping[str, SideJob], session: SearchSession) -> None:
         self._session = session
@@ -47,8 +61,8 @@ class SideJobRunner:
         self._t0: dict[str, float] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
         for name, job in self._jobs.items():
-            remote = ray.remote(num_cpus=job.num_cpus, num_gpus=job.num_gpus, max_retries=0)(job.fn)
-            self._refs[name] = remote.remote()
+            remote = ray.remote(num_cpus=job.num_cpus, num_gpus=job.num_gpus, max_retries=0)(_run_side)
+            self._refs[name] = remote.remote(job.fn)
             self._t0[name] = time.time()
             log.info("side job %r started (%g CPU, %g GPU)", name, job.num_cpus, job.num_gpus)
 
@@ -62,8 +76,9 @@ class SideJobRunner:
             del self._refs[name]
             wall = time.time() - self._t0[name]
             try:
-                value = ray.get(ref)
-                self.outcomes[name] = {"state": "complete", "wall_s": wall, "result": to_jsonable(value)}
+                out = ray.get(ref)
+                self.outcomes[name] = {"state": "complete", "wall_s": wall, "result": to_jsonable(out["value"]),
+                                       **{k: out[k] for k in _WHERE}}
                 log.info("side job %r finished in %.1f s", name, wall)
             except Exception as err:  # noqa: BLE001 - a side job's failure must not stop the search
                 self.outcomes[name] = {"state": "failed", "wall_s": wall, "error": " ".join(str(err).split())[-1000:]}

@@ -151,6 +151,7 @@ def test_one_gpu_trials_use_both_nodes_and_never_share_a_gpu(two_node_cluster, t
         assert (run.allocations_dir / f"search-{b:g}.json").exists()
         assert (run.search_dir / f"pareto-search-b{b:g}.json").exists()
     assert res.side_jobs["router"]["state"] == "complete"
+    assert res.side_jobs["router"]["node"] in nodes and res.side_jobs["router"]["device"] == "cpu"  # where it ran
     assert (run.allocations_dir / "router-0.7.json").exists()
     study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{run.search_dir / 'study.db'}")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
