@@ -8,7 +8,7 @@ the folder afterwards. Skipped, saying why, where the binaries or a psycopg driv
 
 - a small in-process search stores its studies and trials in Postgres, and a rerun resumes them
   without evaluating anything again;
-- (slow) the real CLI, two Ray workers, the driver killed mid-search and rerun: nothing lost or
+- (slow) the real CLI on a two-node Ray cluster (joined by address), the driver killed mid-search and rerun: nothing lost or
   repeated, Optuna's trials in Postgres agree with ``results.jsonl`` (the SQLite kill test's checks).
 """
 
@@ -155,14 +155,38 @@ def _committed(results: Path) -> list[dict]:
     return out
 
 
+@pytest.fixture
+def two_nodes():
+    """Two Ray nodes on this machine (1 CPU + 1 logical GPU each), held by the test, so the
+    search's driver joins them by address and killing it leaves the cluster up."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "num_gpus": 1, "object_store_memory": 80 * 2**20})
+    cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 2**20)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_killing_the_driver_of_a_postgres_backed_ray_search_loses_and_repeats_nothing(postgres, tmp_path):
-    pytest.importorskip("ray")
+def test_killing_the_driver_of_a_postgres_backed_ray_search_loses_and_repeats_nothing(postgres, two_nodes, tmp_path):
+    import ray
+
     n_trials = 10
+    # one logical GPU per trial: a trial per node at once, so the search spans both nodes
     cmd = [sys.executable, "-m", "nas", "search", "--synthetic", "--synthetic-sleep", "0.6", "--name", "k",
-           "--set", f"run_root={tmp_path}", "--set", f"search.n_trials={n_trials}", "--set", "search.budgets=[0.5]",
-           "--set", "search.num_cpus=2", "--set", "search.promote_top_k=1", "--set", f"search.storage={postgres.url}",
+           "--set", f"run_root={tmp_path}", "--address", two_nodes.address, "--gpus-per-trial", "1",
+           "--set", f"search.n_trials={n_trials}", "--set", "search.budgets=[0.5]",
+           "--set", "search.promote_top_k=1", "--set", f"search.storage={postgres.url}",
            "--set", "search.study_prefix=pgkill"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -204,3 +228,6 @@ def test_killing_the_driver_of_a_postgres_backed_ray_search_loses_and_repeats_no
         assert t.user_attrs["diffnas_key"] == rec["key"] and t.state == optuna.trial.TrialState.COMPLETE
         assert t.values == [rec["quality"]]
     assert "study pgkill-b0.5: 10 evaluated" in rerun.stdout
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    placed = {r["placement"]["node_id"] for r in proxy}
+    assert placed == nodes and len(nodes) == 2  # a multi-node search: trials ran on both nodes
