@@ -51,6 +51,7 @@ from experts.train_loop import ExpertTrainSettings, condition_identity, run_trai
 from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet, reading_artefact
 from search_spaces.base import Arch
 from search_spaces.errors import UserError
+from search_spaces.materialize import drop_source_paths
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,7 @@ def _save_mixture(allocation: Allocation, tuned: list[nn.Module], settings: Expe
     pipe = MixturePipeline(mixture, sampler_scheduler, vae)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out))
+    drop_source_paths(out)  # a latent base's vae/ names the folder it was loaded from
     return mixture
 
 

@@ -96,7 +96,7 @@ class MixtureMeta:
 def save_experts(experts: Sequence[nn.Module], folder: Path) -> list[dict[str, str]]:
     """Each distinct expert into ``folder/expert_<j>`` (supernet, materialised or plain UNet);
     returns the ``experts`` entries of ``mixture.json``."""
-    from search_spaces.materialize import arch_of, save_materialized
+    from search_spaces.materialize import arch_of, drop_source_paths, save_materialized
 
     entries = []
     for j, e in enumerate(experts):
@@ -109,6 +109,7 @@ def save_experts(experts: Sequence[nn.Module], folder: Path) -> list[dict[str, s
             kind = "materialized"
         elif hasattr(e, "save_pretrained"):
             e.save_pretrained(str(folder / name), safe_serialization=True)
+            drop_source_paths(folder / name)
             kind = "unet"
         else:
             raise TypeError(f"expert {j} ({type(e).__name__}) cannot be saved: not a diffusers model or supernet")

@@ -352,7 +352,10 @@ class ElasticUNet(nn.Module):
         """Save the supernet: the full (importance-ordered) UNet via diffusers' safetensors
         ``save_pretrained`` plus ``diffnas_supernet.json`` (the space options)."""
         path = Path(path)
+        from search_spaces.materialize import drop_source_paths
+
         self.plain_unet().save_pretrained(str(path), safe_serialization=True)
+        drop_source_paths(path)
         meta = {"options": asdict(self.space.options), "importance": self.importance,
                 "encoder_seq_len": self.encoder_seq_len}
         (path / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))

@@ -240,6 +240,40 @@ def save_materialized(model: nn.Module, path: str | Path) -> None:
     if arch_of(model) is None:
         raise ValueError("model has no diffnas arch in its config: use model.save_pretrained for plain models")
     model.save_pretrained(str(path), safe_serialization=True)
+    drop_source_paths(path)
+
+
+SOURCE_PATH_KEY = "_name_or_path"
+
+
+def drop_source_paths(folder: str | Path) -> int:
+    """Remove ``_name_or_path`` from the ``config.json`` of a saved model folder and of its
+    component sub-folders (a pipeline's ``unet/``, ``text_encoder/``...); returns how many files
+    changed.
+
+    diffusers and transformers record there the folder a model was loaded from, an absolute path
+    when the run root is one: a run folder stores no absolute paths (it is copied and moved), and
+    the loaders do not need the key.
+
+    Example:
+        >>> import json, tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "config.json").write_text(json.dumps({"_name_or_path": "/abs/src", "in_channels": 1}))
+        >>> drop_source_paths(d), json.loads((d / "config.json").read_text())
+        (1, {'in_channels': 1})
+    """
+    folder = Path(folder)
+    changed = 0
+    for cfg in [folder / "config.json", *sorted(folder.glob("*/config.json"))]:
+        if not cfg.is_file():
+            continue
+        data = json.loads(cfg.read_text())
+        if not isinstance(data, dict) or SOURCE_PATH_KEY not in data:
+            continue
+        del data[SOURCE_PATH_KEY]
+        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        changed += 1
+    return changed
 
 
 def load_materialized(path: str | Path, *, device: str | torch.device = "cpu",

@@ -47,6 +47,7 @@ from benchmarks.bench.context import BenchContext
 from benchmarks.bench.records import finished_rows
 from nas.methods import budget_key
 from nas.run import RunDir
+from search_spaces import materialize
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def run_guidance(ctx: BenchContext, key: str) -> dict[str, Any] | None:
             name = f"{m['method']}-{budget_key(m['budget_ratio'])}"
             saved = tmp / "pipelines" / name
             _full_pipeline(ctx, ctx.run.path / m["folder"]).save_pretrained(str(saved))
+            # the text encoder's config names the base folder it was loaded from
+            materialize.drop_source_paths(saved)
             pipe = _load_pipeline(saved)
             rel = (out / "pipelines" / name).relative_to(ctx.run.path).as_posix()
             entries.append(_measure(ctx, pipe, m["method"], m["budget_ratio"], rel, prompts, class_prompts,
