@@ -73,11 +73,19 @@ def test_candidate_schedules_fit_at_the_smallest_experts_are_capped_and_determin
     scheds, considered = candidate_schedules(mix.intervals, by_total, settings, budget, full, small)
     again, _ = candidate_schedules(mix.intervals, by_total, settings, budget, full, small)
     assert scheds == again and len(scheds) == 10 and considered > 10
-    assert len({s.num_steps for s in scheds}) == 10  # spread over total step counts first
+    n_spacings = len(settings.spacings)
+    totals = sorted({s.num_steps for s in scheds}, reverse=True)
+    assert len(totals) == 10 // n_spacings  # as many totals as every spacing can be tried for
+    # each kept total's proportional counts in every spacing before any neighbour of them
+    first = scheds[: len(totals) * n_spacings]
+    for n in totals:
+        at_n = [s for s in first if s.num_steps == n]
+        assert len({s.steps_per_interval for s in at_n}) == 1
+        assert sorted(s.parts[0].spacing for s in at_n) == sorted(settings.spacings)
     for s in scheds:
         assert s.trajectory_macs(small) <= budget
     # at most one total that fits at full width: the largest (fewer steps there are dominated)
-    assert sum(s.trajectory_macs(full) <= budget for s in scheds) <= 1
+    assert len({s.num_steps for s in scheds if s.trajectory_macs(full) <= budget}) <= 1
     assert scheds[0].parts[0].spacing == "leading"
     assert len({tuple(s.timesteps()) for s in scheds}) == len(scheds)  # no two sample alike
 
