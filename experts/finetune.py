@@ -16,6 +16,15 @@ AdamW state in safetensors, step and RNG state in JSON); a rerun continues; a fi
 (``finetune.json`` present, same settings) is reused. Checkpoints are deleted once the mixture
 is saved (``keep_checkpoints=True`` keeps them).
 
+One task per expert (``experts_only``): the experts of one mixture are independent (each trains
+on its own interval from its own seeded generators, :func:`~experts.train_loop.run_training`), so
+a call with ``experts_only=(k,)`` fine-tunes expert ``k`` alone and stores its finished weights
+and held-out losses in ``<out>/tuned/expert_<k>/`` (a temp sibling folder, then rename: the
+commit point); the mixture is not saved. A later call for the whole allocation loads every stored
+expert of the same identity instead of training it, trains what is missing and saves the mixture:
+on the CPU with the same threads its weights are those of one call for everything, bit for bit.
+:func:`split_experts` names the experts worth a task of their own.
+
 Example::
 
     >>> from experts.finetune import finetune_allocation
@@ -34,6 +43,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +65,14 @@ from search_spaces.materialize import drop_source_paths
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINETUNE_FILE", "FinetuneResult", "finetune_allocation"]
+__all__ = ["FINETUNE_FILE", "TUNED_DIR", "FinetuneResult", "finetune_allocation", "split_experts",
+           "tuned_expert_done"]
 
 FINETUNE_FILE = "finetune.json"
+#: Per-expert results of ``experts_only`` calls (inside the mixture folder; removed with the checkpoints).
+TUNED_DIR = "tuned"
+_TUNED_WEIGHTS = "model.safetensors"
+_TUNED_INFO = "expert.json"
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,7 @@ def finetune_allocation(
     target: str = "denoise",
     timesteps: Sequence[int] | None = None,
     reference_timesteps: Sequence[int] | None = None,
+    experts_only: Sequence[int] | None = None,
 ) -> FinetuneResult:
     """Materialise each expert at its arch, fine-tune it on its interval, save the mixture.
 
@@ -159,6 +175,10 @@ def finetune_allocation(
         timesteps: the steps the mixture samples along when the allocation has no schedule
             (``"trajectory"`` only).
         reference_timesteps: the teacher's sampler (``"trajectory"`` only), e.g. the 50-step grid.
+        experts_only: fine-tune only these intervals' experts, each stored in
+            ``<out>/tuned/expert_<k>/`` (reused when already there); the mixture is not saved and
+            the result holds these experts' losses only (no ``macs_per_expert``). A finished
+            mixture folder is reused as for a whole call.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -194,10 +214,15 @@ def finetune_allocation(
     kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
     run = _finetune_experts if traj is None else _distill_experts
     extra = {} if traj is None else {"plan": traj, "sampler": sampler_scheduler}
+    only = None if experts_only is None else frozenset(int(k) for k in experts_only)
+    if only is not None and not only <= set(range(n)):
+        raise ValueError(f"experts_only {sorted(only)}: the allocation has intervals 0..{n - 1}")
     tuned, before, after, seconds, finished = run(
         allocation, supernets, teacher, images, settings, sched, out, identity, device=device, kw=kw,
-        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call, **extra,
+        heldout=heldout, progress=progress, max_steps_this_call=max_steps_this_call, only=only, **extra,
         **({"cond": cond} if cond else {}))
+    if only is not None:
+        return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
     if not finished:
         log.info("fine-tuning paused by max_steps_this_call; rerun to continue")
         return FinetuneResult(out, settings.steps, settings.batch_size, seconds, tuple(before), tuple(after), ())
@@ -220,8 +245,85 @@ def _mark_finished(marker: Path, identity: Mapping[str, Any], result: FinetuneRe
                                "allocation": allocation.to_dict()}, indent=2, sort_keys=True))
     tmp.replace(marker)
     out = marker.parent
-    if not keep_checkpoints and (out / CHECKPOINTS_DIR).exists():
-        shutil.rmtree(out / CHECKPOINTS_DIR)
+    for made in (CHECKPOINTS_DIR, TUNED_DIR):
+        if not keep_checkpoints and (out / made).exists():
+            shutil.rmtree(out / made)
+
+
+def split_experts(allocation: Allocation, target: str = "denoise") -> tuple[int, ...]:
+    """The intervals whose expert :func:`finetune_allocation` trains (each worth a task of its own
+    with ``experts_only``): with ``denoise`` those not served by the base model; with
+    ``trajectory`` every interval (base-served ones learn too).
+
+    Example:
+        >>> from experts.intervals import Intervals
+        >>> a = Allocation("x", 0.5, Intervals(1000, (500,)), ({}, {}), (1, 1), (5, 5), 10, base_intervals=(0,))
+        >>> split_experts(a), split_experts(a, "trajectory")
+        ((1,), (0, 1))
+    """
+    n = allocation.intervals.num_intervals
+    if target == "denoise":
+        return tuple(k for k in range(n) if k not in allocation.base_intervals)
+    return tuple(range(n))
+
+
+def tuned_expert_done(out_dir: str | Path, k: int) -> bool:
+    """Whether ``out_dir`` (a mixture folder) holds expert ``k``'s stored result (its identity is
+    checked when it is loaded), or the finished mixture."""
+    out = Path(out_dir)
+    return (out / FINETUNE_FILE).is_file() or (out / TUNED_DIR / f"expert_{int(k)}" / _TUNED_INFO).is_file()
+
+
+def _load_tuned(out: Path, identity: Mapping[str, Any], k: int) -> dict[str, Any] | None:
+    """Expert ``k``'s stored result (``info`` and ``state`` on the CPU) if stored for ``identity``."""
+    from safetensors.torch import load_file
+
+    folder = out / TUNED_DIR / f"expert_{k}"
+    try:
+        info = json.loads((folder / _TUNED_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("identity") != jsonable({**identity, "k": k}):
+        log.info("%s was stored for other settings: trained again", folder)
+        return None
+    return {"info": info, "state": load_file(str(folder / _TUNED_WEIGHTS))}
+
+
+def _store_tuned(out: Path, identity: Mapping[str, Any], k: int, model: nn.Module, before: float | None,
+                 after: float | None, seconds: float) -> None:
+    """Expert ``k``'s weights and losses in ``<out>/tuned/expert_<k>/``: written in a temp sibling
+    folder, then renamed (a reader sees the whole result or none)."""
+    from safetensors.torch import save_file
+
+    final = out / TUNED_DIR / f"expert_{k}"
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.mkdir(parents=True)
+    state = {name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()}
+    save_file(state, str(tmp / _TUNED_WEIGHTS))
+    (tmp / _TUNED_INFO).write_text(json.dumps({"identity": jsonable({**identity, "k": k}), "loss_before": before,
+                                               "loss_after": after, "seconds": seconds}, indent=1, sort_keys=True))
+    if final.exists():  # stale (other settings) or a twin task's: the newest result wins
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        tmp.rename(final)
+    except OSError:  # a twin task renamed its own copy first: the same weights
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _use_tuned(stored: dict[str, Any], model: nn.Module, heldout: HeldOutSet | None, k: int, sched: Any,
+               kw: Mapping[str, Any] | None, before: list[float], after: list[float]) -> float:
+    """Load a stored expert into ``model`` (its losses appended; measured when stored without);
+    returns its training seconds."""
+    info = stored["info"]
+    if heldout is not None:
+        b = info.get("loss_before")
+        before.append(float(b) if b is not None else _heldout_loss(model, heldout, k, sched, kw))
+    model.load_state_dict(stored["state"], strict=True)
+    model.eval().requires_grad_(False)
+    if heldout is not None:
+        a = info.get("loss_after")
+        after.append(float(a) if a is not None else _heldout_loss(model, heldout, k, sched, kw))
+    return float(info.get("seconds") or 0.0)
 
 
 def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allocation: Allocation,
@@ -304,9 +406,11 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
                       images: torch.Tensor, settings: ExpertTrainSettings, sched: Any, out: Path,
                       identity: Mapping[str, Any], *, device: str | torch.device, kw: Mapping[str, Any] | None,
                       heldout: HeldOutSet | None, progress: bool, max_steps_this_call: int | None,
-                      cond: Mapping[str, Any] | None = None,
+                      cond: Mapping[str, Any] | None = None, only: frozenset[int] | None = None,
                       ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
-    """Materialise and fine-tune each interval's expert in turn (held-out loss before and after).
+    """Materialise and fine-tune each interval's expert in turn (held-out loss before and after);
+    an expert stored by an ``experts_only`` call is loaded instead; with ``only``, just those
+    experts, each stored once finished.
 
     Returns (tuned experts, losses before, losses after, training seconds, all experts finished).
     """
@@ -316,6 +420,8 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
     seconds = 0.0
     finished = True
     for k in range(allocation.intervals.num_intervals):
+        if only is not None and k not in only:
+            continue
         if k in allocation.base_intervals:  # the base model itself: nothing pruned, nothing to fine-tune
             model = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
             if heldout is not None:
@@ -325,6 +431,11 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
             continue
         arch = Arch(allocation.archs[k])
         model = supernets[k].materialize(arch).to(device)
+        stored = _load_tuned(out, identity, k)
+        if stored is not None:
+            seconds += _use_tuned(stored, model, heldout, k, sched, kw, before, after)
+            tuned.append(model)
+            continue
         if heldout is not None:
             before.append(_heldout_loss(model, heldout, k, sched, kw))
         span = allocation.intervals.spans()[k]
@@ -339,6 +450,9 @@ def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher:
         model.eval().requires_grad_(False)
         if heldout is not None:
             after.append(_heldout_loss(model, heldout, k, sched, kw))
+        if only is not None and tlog.step >= settings.steps:
+            _store_tuned(out, identity, k, model, before[-1] if heldout is not None else None,
+                         after[-1] if heldout is not None else None, tlog.seconds)
         tuned.append(model)
     return tuned, before, after, seconds, finished
 
@@ -365,7 +479,8 @@ def _distill_experts(allocation: Allocation, supernets: Sequence[Any], teacher: 
                      settings: ExpertTrainSettings, sched: Any, out: Path, identity: Mapping[str, Any], *,
                      device: str | torch.device, kw: Mapping[str, Any] | None, heldout: HeldOutSet | None,
                      progress: bool, max_steps_this_call: int | None, plan: tuple[list[int], list[int]],
-                     sampler: Any) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
+                     sampler: Any, only: frozenset[int] | None = None,
+                     ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
     """Each interval's expert (a copy of the base where the allocation keeps it) distilled along the
     mixture's schedule (:func:`experts.schedule_distill.distill_along_schedule`); same returns as
     :func:`_finetune_experts`."""
@@ -379,13 +494,21 @@ def _distill_experts(allocation: Allocation, supernets: Sequence[Any], teacher: 
                            checkpoint_every=settings.checkpoint_every, seed=settings.seed)
     tuned, before, after, seconds, finished = [], [], [], 0.0, True
     for k in range(allocation.intervals.num_intervals):
+        if only is not None and k not in only:
+            continue
         if k in allocation.base_intervals:
             model = copy.deepcopy(teacher).requires_grad_(True)
         else:
             model = supernets[k].materialize(Arch(allocation.archs[k])).to(device)
+        stored = _load_tuned(out, identity, k)
+        if stored is not None:
+            seconds += _use_tuned(stored, model, heldout, k, sched, kw, before, after)
+            tuned.append(model)
+            continue
         if heldout is not None:
             before.append(_heldout_loss(model, heldout, k, sched, kw))
         mine = [t for t in timesteps if allocation.intervals.index(t) == k]
+        done_k, seconds_k = True, 0.0
         if mine:  # an interval the schedule skips keeps its expert as it is
             span = allocation.intervals.spans()[k]
             dlog = distill_along_schedule(
@@ -393,10 +516,14 @@ def _distill_experts(allocation: Allocation, supernets: Sequence[Any], teacher: 
                 stream=k, device=device, model_kwargs=kw, progress=progress,
                 desc=f"distil {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call)
             seconds += dlog.seconds
-            finished = finished and dlog.step >= settings.steps
+            seconds_k, done_k = dlog.seconds, dlog.step >= settings.steps
+            finished = finished and done_k
         model.eval().requires_grad_(False)
         if heldout is not None:
             after.append(_heldout_loss(model, heldout, k, sched, kw))
+        if only is not None and done_k:
+            _store_tuned(out, identity, k, model, before[-1] if heldout is not None else None,
+                         after[-1] if heldout is not None else None, seconds_k)
         tuned.append(model)
     return tuned, before, after, seconds, finished
 
