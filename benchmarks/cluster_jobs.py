@@ -5,15 +5,15 @@ Issue 16 asks that, from the README's cluster recipe (``ray start --head``, ``ra
 as shown by the node and device recorded for each job in the run folder. This reads those
 records (nothing is recomputed) and prints one table:
 
-=============  =========================================================  ======================
+=============  =========================================================  ================================
 stage          record                                                     one job is
-=============  =========================================================  ======================
+=============  =========================================================  ================================
 experts        ``experts/ray_jobs.json`` (``jobs``: ``k``, ``node_id``)    one expert (or rank)
 search         ``results.jsonl`` records with ``placement``                one trial evaluation
 router (side)  ``search/summary.json`` ``side_jobs`` (``--with-router``)   the agent's training
-finetune       ``mixtures/ray_jobs.json`` (``jobs``: name -> ``node``)      one pruned model
+finetune       ``mixtures/ray_jobs.json`` (``jobs``: name -> ``node``)      one (mixture, expert); one model
 bench          ``results.jsonl`` bench rows' ``jobs`` (one per seed)       one (method, budget, seed)
-=============  =========================================================  ======================
+=============  =========================================================  ================================
 
 Stages that ran in the driver (``base``, ``intervals``, the ``router`` stage of ``diffnas run``,
 the bench's latency timing) record no job and are listed as such from ``pipeline.json``.
@@ -116,8 +116,17 @@ def _side_jobs(run: Path) -> list[Job]:
 def _finetune_jobs(run: Path) -> list[Job]:
     data = _read_json(run / "mixtures" / "ray_jobs.json")
     jobs = data.get("jobs", {}) if isinstance(data, dict) else {}
-    return [Job("finetune", str(name), r.get("node"), r.get("device"), r.get("host"))
-            for name, r in sorted(jobs.items()) if isinstance(r, dict)]
+    out = []
+    for name, r in sorted(jobs.items()):
+        if not isinstance(r, dict):
+            continue
+        experts = r.get("experts") if isinstance(r.get("experts"), dict) else {}
+        for k, e in sorted(experts.items(), key=lambda kv: int(kv[0])):  # one job per (mixture, expert)
+            out.append(Job("finetune", f"{name} expert {k}", e.get("node"), e.get("device"), e.get("host")))
+        if "node" in r:  # the model's own job (a mixture's: assembled from its stored experts)
+            label = f"{name} (assembly)" if experts else str(name)
+            out.append(Job("finetune", label, r.get("node"), r.get("device"), r.get("host")))
+    return out
 
 
 def _bench_jobs(records: Sequence[Mapping[str, Any]]) -> list[Job]:

@@ -1,14 +1,18 @@
 """The bench on a Ray cluster (``bench.parallel``): fine-tuning and sampling as Ray tasks, each row
 committed once by the driver.
 
-- :func:`prepare_models_ray` (the ``finetune`` stage, and the first step of the bench): one task
-  per pruned model (method x budget) that the bench will evaluate; each task rebuilds the bench's
-  run context from the run folder, plans that one candidate and builds it
-  (:func:`experts.finetune.finetune_allocation` for a mixture, torch-pruning for ``static``), so
-  it trains from and to ``mixtures/<method>-<budget>/`` with that folder's own checkpoints, and a
-  finished model is reused. Where each ran (node, host, device) is recorded in
-  ``mixtures/ray_jobs.json``. The experts of one mixture are fine-tuned one after another in its
-  task (spreading them over tasks needs a per-expert entry point in :mod:`experts.finetune`).
+- :func:`prepare_models_ray` (the ``finetune`` stage, and the first step of the bench): first one
+  task per (mixture, expert) for every mixture the bench will evaluate (a method with
+  ``expert_jobs``/``finetune_expert``, :class:`benchmarks.methods.MixtureMethod`): each task
+  rebuilds the bench's run context from the run folder, plans that one candidate and fine-tunes
+  that one expert (:func:`experts.finetune.finetune_allocation` with ``experts_only``), from and to
+  ``mixtures/<method>-<budget>/`` with the expert's own checkpoints, storing its weights in
+  ``tuned/expert_<k>/`` (temp folder + rename). Then one task per pruned model (method x budget)
+  builds it: a mixture is assembled from its stored experts (nothing trained again; the same
+  weights as one task for the whole mixture, bit for bit on the CPU), ``static`` is pruned and
+  fine-tuned with torch-pruning. A finished model is reused, and a model already recorded as made
+  for the same inputs is not submitted again. Where each job ran (node, host, device) is recorded
+  in ``mixtures/ray_jobs.json`` (a model's entry lists its experts' jobs under ``experts``).
 - :func:`bench_rows_ray` (the ``bench`` stage): after the fine-tuning tasks, the driver builds each
   budget's models and times their latency round-robin with the base model, on its own machine,
   while no task runs (the timing of one machine, as in the sequential path; on a local Ray the
@@ -106,6 +110,13 @@ def _finetune_task(cfg: ExperimentConfig, run: RunDir, method: str, budget: floa
     return {"model_path": extra.get("model_path"), "macs_per_trajectory": int(macs)}
 
 
+def _finetune_expert_task(cfg: ExperimentConfig, run: RunDir, method: str, budget: float | None, inputs_key: str,
+                          k: int, *, job: dict[str, Any]) -> dict[str, Any]:
+    """Ray task: fine-tune expert ``k`` of one mixture alone and store it in the mixture folder."""
+    ctx, _, c = _task_candidate(cfg, run, method, budget, inputs_key, job["device"])
+    return get_method(method).finetune_expert(ctx, c, k)  # type: ignore[attr-defined]
+
+
 def _sample_task(cfg: ExperimentConfig, run: RunDir, method: str, budget: float | None, inputs_key: str, seed: int,
                  grid: bool, *, job: dict[str, Any]) -> dict[str, Any]:
     """Ray task: sample and score one seed of one candidate; the result is stored in the run folder
@@ -151,29 +162,71 @@ def _finetune_jobs(run: RunDir) -> dict[str, Any]:
     return data.get("jobs", {}) if isinstance(data, dict) else {}
 
 
-def prepare_models_ray(ctx: BenchContext, key: str, todo: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
-    """Make the models of ``todo`` (finetuned candidates of ``ctx``'s plan) as one Ray task each;
-    ``{name: job record}``, also merged into ``mixtures/ray_jobs.json``."""
-    from nas.ray_backend import TaskCall, run_tasks_ray
+def _made(run: RunDir, c: Candidate, rec: Any) -> bool:
+    """Whether ``rec`` (``c``'s entry of ``mixtures/ray_jobs.json``) says its model was made for
+    ``c``'s inputs and the model folder is still there."""
+    if not isinstance(rec, dict) or rec.get("inputs_key") != c.inputs_key or "node" not in rec:
+        return False
+    path = rec.get("model_path")
+    return path is None or (run.path / str(path)).exists()
 
+
+def prepare_models_ray(ctx: BenchContext, key: str, todo: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
+    """Make the models of ``todo`` (finetuned candidates of ``ctx``'s plan): one Ray task per
+    expert of each mixture, then one per model (see the module docstring); ``{name: job record}``
+    of the models made in this call, also merged into ``mixtures/ray_jobs.json``."""
+    from nas.ray_backend import TaskCall, ray_cluster, run_tasks_ray
+
+    jobs = _finetune_jobs(ctx.run)
+    todo = [c for c in todo if not _made(ctx.run, c, jobs.get(c.name))]
     if not todo:
         return {}
     ctx.data()  # the training data and held-out set: made (and cached) once here, read by the tasks
     by_name = {c.name: c for c in todo}
-    calls = [TaskCall(c.name, _finetune_task, (ctx.cfg, ctx.run, c.method, c.budget_ratio, c.inputs_key))
-             for c in todo]
-    jobs = _finetune_jobs(ctx.run)
     done: dict[str, dict[str, Any]] = {}
+
+    def entry(c: Candidate) -> dict[str, Any]:
+        """``c``'s entry, started afresh when it was for other inputs."""
+        old = jobs.get(c.name)
+        if not isinstance(old, dict) or old.get("inputs_key") != c.inputs_key:
+            old = {"inputs_key": c.inputs_key}
+        jobs[c.name] = old
+        return old
+
+    def save() -> None:
+        _write_json(ctx.run.mixtures_dir / FINETUNE_JOBS_FILE, {"jobs": jobs})
+
+    def record_expert(name: Hashable, rec: dict[str, Any]) -> None:
+        cname, k = name  # type: ignore[misc]
+        e = entry(by_name[cname])
+        e.setdefault("experts", {})[str(k)] = {**{f: rec[f] for f in _JOB_FIELDS}, "task_wall_s": rec["task_wall_s"]}
+        save()
+        log.info("finetune: %s expert %d done (%s on %s, %.1f s)", cname, k, rec["device"], rec["host"],
+                 rec["task_wall_s"])
 
     def record(name: Hashable, rec: dict[str, Any]) -> None:
         c = by_name[str(name)]
-        done[c.name] = {**{k: rec[k] for k in _JOB_FIELDS}, "inputs_key": c.inputs_key,
-                        "task_wall_s": rec["task_wall_s"], "model_path": rec["result"]["model_path"]}
-        jobs[c.name] = done[c.name]
-        _write_json(ctx.run.mixtures_dir / FINETUNE_JOBS_FILE, {"jobs": jobs})
+        e = entry(c)
+        e.update({**{k: rec[k] for k in _JOB_FIELDS}, "task_wall_s": rec["task_wall_s"],
+                  "model_path": rec["result"]["model_path"]})
+        done[c.name] = e
+        save()
         log.info("finetune: %s ready (%s on %s, %.1f s)", c.name, rec["device"], rec["host"], rec["task_wall_s"])
 
-    run_tasks_ray(calls, ctx.cfg.search, _resources(ctx.cfg), name="diffnas-finetune", on_done=record)
+    with ray_cluster(ctx.cfg.search):  # one Ray for both rounds (a local one is started once)
+        expert_calls = []
+        for c in todo:
+            split = getattr(get_method(c.method), "expert_jobs", None)
+            for k in split(ctx, c) if split is not None else ():
+                expert_calls.append(TaskCall((c.name, k), _finetune_expert_task,
+                                             (ctx.cfg, ctx.run, c.method, c.budget_ratio, c.inputs_key, k)))
+        if expert_calls:
+            log.info("finetune: %d expert jobs for %d models", len(expert_calls), len(todo))
+            run_tasks_ray(expert_calls, ctx.cfg.search, _resources(ctx.cfg), name="diffnas-finetune-expert",
+                          on_done=record_expert)
+        calls = [TaskCall(c.name, _finetune_task, (ctx.cfg, ctx.run, c.method, c.budget_ratio, c.inputs_key))
+                 for c in todo]
+        run_tasks_ray(calls, ctx.cfg.search, _resources(ctx.cfg), name="diffnas-finetune", on_done=record)
     return done
 
 
@@ -224,6 +277,8 @@ def _sample_rows(ctx: BenchContext, env: BenchEnv, pending: Sequence[Candidate],
         ft = ft_jobs.get(c.name)
         if isinstance(ft, dict) and ft.get("inputs_key") == c.inputs_key:
             more["finetune_job"] = {k: ft.get(k) for k in _JOB_FIELDS}
+            if ft.get("experts"):  # the experts fine-tuned in tasks of their own
+                more["finetune_job"]["experts"] = ft["experts"]
         rows.append(commit_row(ctx, env, c, q, grid, latency[c.name], **more))
 
     for c in pending:  # every seed stored by an earlier session: the row only

@@ -86,6 +86,35 @@ class MixtureMethod(AllocationMethod):
                          allocation_path=str(path.relative_to(run.path)), allocation_cost=normalize_cost(alloc.info),
                          timesteps=None if timesteps is None else tuple(int(t) for t in timesteps))
 
+    def expert_jobs(self, ctx: Any, c: Candidate) -> tuple[int, ...]:
+        """The experts of ``c`` (this method's candidate) that :meth:`finetune_expert` can fine-tune
+        one task each (``bench.parallel``): those trained by the fine-tuning
+        (:func:`experts.finetune.split_experts`) and not stored yet; none once the mixture is made.
+        The stored ones' identity is checked when the mixture is assembled (a stale one trains
+        there again)."""
+        from experts.finetune import split_experts, tuned_expert_done
+
+        alloc = self._candidate_allocation(ctx, c)
+        out = ctx.run.mixture_dir(alloc.method, c.budget_ratio)
+        return tuple(k for k in split_experts(alloc, ctx.cfg.bench.finetune_target) if not tuned_expert_done(out, k))
+
+    def finetune_expert(self, ctx: Any, c: Candidate, k: int) -> dict[str, Any]:
+        """Fine-tune expert ``k`` of ``c``'s mixture alone and store it in the mixture folder
+        (``experts_only``); ``c.build()`` then assembles the mixture without training it again.
+        Returns ``{k, seconds, loss_before, loss_after}``."""
+        assert c.budget_ratio is not None
+        alloc = self._candidate_allocation(ctx, c)
+        res, _ = _finetune_call(ctx, alloc, c.budget_ratio, finetune_settings(ctx.cfg), experts_only=(int(k),))
+        return {"k": int(k), "seconds": res.seconds, "loss_before": list(res.loss_before),
+                "loss_after": list(res.loss_after)}
+
+    @staticmethod
+    def _candidate_allocation(ctx: Any, c: Candidate) -> Allocation:
+        from experts.allocation import Allocation
+
+        assert c.allocation_path is not None, f"{c.name} has no allocation file"
+        return Allocation.load(ctx.run.path / c.allocation_path)
+
     def _load_allocation(self, ctx: Any, path: Path) -> Allocation | str:
         """The allocation stored at ``path``, or why it cannot be used (unreadable, other intervals)."""
         from experts.allocation import Allocation
@@ -116,12 +145,11 @@ def finetune_target(ctx: Any) -> dict[str, Any]:
             "reference_timesteps": list(sampling_timesteps(ctx.scheduler, steps))}
 
 
-def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
-                      settings: ExpertTrainSettings) -> tuple[Any, int, dict[str, Any]]:
-    """Materialise and fine-tune the mixture of ``alloc`` (reused when already in its folder), load
-    it, and return (model, trajectory MACs, extra row fields)."""
+def _finetune_call(ctx: Any, alloc: Allocation, budget: float, settings: ExpertTrainSettings,
+                   **more: Any) -> tuple[Any, Path]:
+    """:func:`experts.finetune.finetune_allocation` of ``alloc`` with the run's data, base and
+    target (``more``: e.g. ``experts_only``); (its result, the mixture folder)."""
     from experts.finetune import finetune_allocation
-    from experts.pipeline import load_model_folder
 
     run = ctx.run
     train, heldout = ctx.data()
@@ -130,7 +158,19 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
         alloc, run.experts_dir, train, settings, out, scheduler_config=ctx.base.scheduler_config,
         device=ctx.device, heldout=heldout, vae=ctx.base.vae, encoder_hidden_states=ctx.base.encoder_hidden_states,
         sampler_scheduler=ctx.scheduler, progress=ctx.progress, **ctx.train_condition(), **finetune_target(ctx),
+        **more,
     )
+    return res, out
+
+
+def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
+                      settings: ExpertTrainSettings) -> tuple[Any, int, dict[str, Any]]:
+    """Materialise and fine-tune the mixture of ``alloc`` (reused when already in its folder), load
+    it, and return (model, trajectory MACs, extra row fields)."""
+    from experts.pipeline import load_model_folder
+
+    run = ctx.run
+    res, out = _finetune_call(ctx, alloc, budget, settings)
     run.write_config(ctx.cfg, out)
     model = load_model_folder(out, device=ctx.device).model
     timesteps = alloc.timesteps()
