@@ -102,3 +102,29 @@ def test_experts_only_names_existing_intervals(tmp_path, experts_dir):
     with pytest.raises(ValueError, match="intervals 0..1"):
         finetune_allocation(alloc, experts_dir, _images(), ExpertTrainSettings(steps=1, batch_size=4), tmp_path / "m",
                             scheduler_config=SCHED, progress=False, experts_only=(2,))
+
+
+def test_trajectory_target_experts_one_call_each_equal_one_call_for_all(tmp_path, experts_dir, monkeypatch):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from experts.allocation import Allocation
+    from experts.schedule import StepSchedule
+
+    torch.set_num_threads(1)
+    sup = ElasticUNet.from_pretrained(experts_dir / "expert_0")
+    sched = StepSchedule.from_timesteps(IV, [900, 600, 300, 100])
+    alloc = Allocation("search", 0.1, IV, (sup.space.smallest(), sup.space.full()),
+                       (sup.space.macs(sup.space.smallest()), sup.space.total_macs), sched.steps_per_interval,
+                       50 * sup.space.total_macs, schedule=sched, base_intervals=(1,))
+    assert split_experts(alloc, "trajectory") == (0, 1)  # the base-served interval learns too
+    settings = ExpertTrainSettings(steps=2, batch_size=4, checkpoint_every=2)
+    kw = dict(scheduler_config=SCHED, sampler_scheduler=DDIMScheduler.from_config(DDPMScheduler().config),
+              progress=False, target="trajectory", reference_timesteps=list(range(980, -1, -20)))
+    finetune_allocation(alloc, experts_dir, _images(), settings, tmp_path / "a", **kw)
+    for k in (1, 0):
+        finetune_allocation(alloc, experts_dir, _images(), settings, tmp_path / "b", experts_only=(k,), **kw)
+    with monkeypatch.context() as m:
+        m.setattr("experts.schedule_distill.distill_along_schedule", _no_training)
+        finetune_allocation(alloc, experts_dir, _images(), settings, tmp_path / "b", **kw)
+    for sa, sb in zip(_weights(tmp_path / "a"), _weights(tmp_path / "b")):
+        assert all(torch.equal(sa[n], sb[n]) for n in sa)
