@@ -41,7 +41,10 @@ def test_ddim_is_deterministic_and_bitwise_unchanged_ddpm_still_draws_per_image_
                                 torch.device("cpu"), None, _Bar())
             want = _always_passing_generators(unet, cls(num_train_timesteps=1000), 3, 4)
             assert torch.equal(got, want), cls.__name__
-        # DDPM's step noise is per image: image 1 of a batch of 2 is image 1 of a batch of 4
+        # DDPM's step noise is per image: image 1 of a batch of 2 is image 1 of a batch of 4. Across batch
+        # sizes the conv kernels may sum in another order, so this one is to float tolerance, not bitwise; a
+        # noise draw shared by the batch instead of per image would move it by O(1).
         two = denoise_batch(unet, TimestepPlan(DDPMScheduler(num_train_timesteps=1000), 5, None), 3, 0, 2, (1, 8, 8),
                             torch.device("cpu"), None, _Bar())
-        assert torch.equal(two[1], want[1])
+        torch.testing.assert_close(two[1], want[1], rtol=0, atol=1e-4)
+        assert (two[1] - want[0]).abs().max() > 0.1
