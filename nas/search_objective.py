@@ -46,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,9 +395,17 @@ def _join_placed(mixture: MixtureSpace, archs: list[Any], schedule: Any, spacing
     counts with the first of ``spacings`` the space accepts; ``None`` when nothing fits."""
     from experts.schedule import StepSchedule
 
-    tries = [schedule] + [StepSchedule.from_counts(mixture.intervals, schedule.steps_per_interval, sp)
-                          for sp in spacings]
-    for sched in tries:
+    def _schedules() -> Iterator[Any]:
+        yield schedule
+        for sp in spacings:
+            # a sampler's grid may leave an interval without a step (DPM-Solver++ at 4 steps visits
+            # 800..200): those counts have no schedule in this space, which is "not in the space", not an error
+            try:
+                yield StepSchedule.from_counts(mixture.intervals, schedule.steps_per_interval, sp)
+            except ValueError:
+                continue
+
+    for sched in _schedules():
         try:
             arch = mixture.join(archs, sched, base_intervals)
             mixture.space.validate(arch)

@@ -117,3 +117,18 @@ def test_the_proxy_reference_key_does_not_depend_on_how_paths_are_written(tiny):
     relative = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, base=os.path.relpath(tiny.model.base)))
     assert relative.model.base != tiny.model.base
     assert reference_cache_key(RunContext(relative)) == reference_cache_key(RunContext(absolute_config(relative)))
+
+
+def test_a_known_point_with_no_step_in_the_lowest_interval_is_skipped_not_an_error(tiny):
+    """DPM-Solver++ at few steps visits no timestep below the lowest boundary: the "fewer_steps" seed point
+    then has counts (0, k), which no spacing can place; the search skips it instead of stopping."""
+    from experts.schedule import StepSchedule
+    from nas.search_objective import _join_placed
+
+    ctx = RunContext(tiny, device="cpu")
+    joint = ctx.mixture_space(joint=True)
+    archs = [p.full() for p in ctx.mixture_space().parts]
+    high_only = StepSchedule.from_timesteps(IV, [800, 600], end_in_lowest=False)
+    assert _join_placed(joint, archs, high_only, ("leading", "uniform")) is None
+    placed = _join_placed(joint, archs, StepSchedule.from_timesteps(IV, [800, 600, 0]), ("leading", "uniform"))
+    assert placed is not None and joint.space.macs(placed) > 0
