@@ -15,7 +15,7 @@ there as pipeline folders), :func:`run_guidance`:
   :data:`GRID_SCALES` guidance scale (1 and 4), :data:`GRID_IMAGES` images each with fixed seeds
   (``seed=0``, images ``0..7``: the same noise in every row), one labelled PNG grid per model
   (``bench/guidance/grids/<name>.png``, one row per prompt and scale);
-- measures the prompt accuracy at every :data:`ACCURACY_SCALES` scale (1, 2, 4): image ``i`` asks
+- measures the prompt accuracy at every :data:`ACCURACY_SCALES` scale (1, 2, 3, 4): image ``i`` asks
   for the prompt of class ``i % C``, ``bench.num_samples`` images per seed of ``bench.seeds``, and
   the digit classifier (:mod:`nas.digit_classifier`, as a bench row's ``class_accuracy``) says how
   often it sees the requested digit (digits data only).
@@ -29,7 +29,7 @@ Example::
 
     >>> from benchmarks.bench.guidance import GRID_PROMPTS, GRID_SCALES, ACCURACY_SCALES
     >>> GRID_PROMPTS, GRID_SCALES, ACCURACY_SCALES
-    (('a handwritten three', 'a handwritten eight'), (1.0, 4.0), (1.0, 2.0, 4.0))
+    (('a handwritten three', 'a handwritten eight'), (1.0, 4.0), (1.0, 2.0, 3.0, 4.0))
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ GRID_PROMPTS = ("a handwritten three", "a handwritten eight")
 #: guidance scales of the sample grids
 GRID_SCALES = (1.0, 4.0)
 #: guidance scales of the prompt-accuracy table
-ACCURACY_SCALES = (1.0, 2.0, 4.0)
+ACCURACY_SCALES = (1.0, 2.0, 3.0, 4.0)
 #: images per prompt and scale in a grid (seed 0, images 0..GRID_IMAGES-1)
 GRID_IMAGES = 8
 #: ``guidance.json``'s format

@@ -97,7 +97,7 @@ def test_guidance_samples_the_reloaded_full_pipeline_and_stores_everything(text_
         assert [(r["prompt"].split()[-1], r["guidance_scale"]) for r in m["grid_rows"]] == [
             ("three", 1.0), ("three", 4.0), ("eight", 1.0), ("eight", 4.0)]
         acc = m["prompt_accuracy"]
-        assert sorted(acc) == ["1", "2", "4"] and all(0.0 <= v <= 1.0 for v in acc.values())
+        assert sorted(acc) == ["1", "2", "3", "4"] and all(0.0 <= v <= 1.0 for v in acc.values())
         assert all(len(v) == 3 for v in m["prompt_accuracy_per_seed"].values())
     saved = run / rec["models"][1]["pipeline"]
     index = json.loads((saved / "model_index.json").read_text())
@@ -138,7 +138,7 @@ def test_report_shows_the_grids_and_the_prompt_accuracy_table(text_run):
     assert {"guidance/base.png", "guidance/search-0.5.png"} <= set(res.summary["files"])
     md = res.report_md.read_text()
     assert "## Prompts and guidance" in md and "![base](guidance/base.png)" in md
-    assert "| model | prompt acc (guidance 1) | prompt acc (guidance 2) | prompt acc (guidance 4) |" in md
+    assert "| model | prompt acc (guidance 1) | prompt acc (guidance 2) | prompt acc (guidance 3) | prompt acc (guidance 4) |" in md
     base_acc = g["models"][0]["prompt_accuracy"]
     assert f"| base model | {100 * base_acc['1']:.1f}% |" in md
     assert 'row 2: "a handwritten three", guidance 4' in md
