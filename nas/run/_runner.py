@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,21 @@ def _same_budgets(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+def _relative_detail(detail: str, run_path: Path) -> str:
+    """``detail`` with the run folder's absolute path written relative to it: the ledger travels with a
+    copied or moved run (a stage's log line keeps the absolute path the user can click).
+
+    >>> _relative_detail("models ready in /runs/x/mixtures", Path("/runs/x"))
+    'models ready in mixtures'
+    >>> _relative_detail("/runs/x", Path("/runs/x"))
+    '.'
+    """
+    text = str(detail)
+    for form in {str(run_path), str(Path(run_path).resolve())}:
+        text = text.replace(form + os.sep, "").replace(form, ".")
+    return text
+
+
 def _fmt_s(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}:{s:02d}"
@@ -126,7 +142,7 @@ def _run_one(stage: Stage, i: int, ctx: RunContext, ledger: dict[str, Any], prog
     wall = time.perf_counter() - s0
     ledger["stages"][stage.name] = {"key": stage_key(ctx.cfg, stage.name),
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "wall_s": round(wall, 3), "detail": detail}
+                                    "wall_s": round(wall, 3), "detail": _relative_detail(detail, ctx.run.path)}
     _write_ledger(ctx.run, ledger)
     log.info("[%d/%d %s] %s: done in %s: %s", i, prog.total, prog.elapsed(), stage.name, _fmt_s(wall), detail)
     prog.tell(i, stage.name, "done")

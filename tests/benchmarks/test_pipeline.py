@@ -92,7 +92,7 @@ def _fake_stages(monkeypatch, calls):
                 p.write_text("{}")
             else:
                 p.mkdir(parents=True, exist_ok=True)
-        return "fake"
+        return f"fake: ready in {ctx.run.path / 'mixtures'}"
 
     monkeypatch.setattr(runner, "_run_stage", fake)
 
@@ -107,6 +107,9 @@ def test_pipeline_runs_in_order_and_skips_up_to_date_stages(tmp_path, monkeypatc
     assert res.report == tmp_path / "p" / "report" / "index.html"
     ledger = json.loads((tmp_path / "p" / "pipeline.json").read_text())
     assert sorted(ledger["stages"]) == sorted(STAGE_NAMES)
+    # the ledger names the run's own files relative to it (a moved run's ledger stays true)
+    assert {s["detail"] for s in ledger["stages"].values()} == {"fake: ready in mixtures"}
+    assert str(tmp_path) not in (tmp_path / "p" / "pipeline.json").read_text()
 
     calls.clear()
     res = run_pipeline(load_config(None, over), progress=False)
