@@ -45,6 +45,7 @@ from typing import Any
 
 from benchmarks.bench.context import BenchContext
 from benchmarks.bench.records import finished_rows
+from experts.mixture_folder import swap_in
 from nas.methods import budget_key
 from nas.run import RunDir
 from search_spaces import materialize
@@ -141,7 +142,7 @@ def run_guidance(ctx: BenchContext, key: str) -> dict[str, Any] | None:
                   "classifier": "digit classifier (nas.digit_classifier)" if classifier is not None else None,
                   "models": entries, "wall_s": round(time.perf_counter() - t0, 2)}
         (tmp / "guidance.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        _publish(tmp, out)
+        swap_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -155,18 +156,6 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out`` (a previous ``out`` is moved aside first, then deleted)."""
-    old = out.parent / f".{out.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _class_prompts(base: Any) -> list[str]:
