@@ -10,13 +10,14 @@ stage          record                                                     one jo
 =============  =========================================================  ================================
 experts        ``experts/ray_jobs.json`` (``jobs``: ``k``, ``node_id``)    one expert (or rank)
 search         ``results.jsonl`` records with ``placement``                one trial evaluation
+router         ``router/ray_job.json`` (``diffnas run --address``)          the agent's training
 router (side)  ``search/summary.json`` ``side_jobs`` (``--with-router``)   the agent's training
 finetune       ``mixtures/ray_jobs.json`` (``jobs``: name -> ``node``)      one (mixture, expert); one model
 bench          ``results.jsonl`` bench rows' ``jobs`` (one per seed)       one (method, budget, seed)
 =============  =========================================================  ================================
 
-Stages that ran in the driver (``base``, ``intervals``, the ``router`` stage of ``diffnas run``,
-the bench's latency timing) record no job and are listed as such from ``pipeline.json``.
+Stages that ran in the driver (``base``, ``intervals``, the ``router`` stage of ``diffnas run``
+without ``--address``, the bench's latency timing) record no job and are listed as such from ``pipeline.json``.
 With ``--address`` of the still running cluster, node ids are labelled ``head``/``worker``.
 
 Usage::
@@ -50,7 +51,7 @@ __all__ = ["Job", "collect_jobs", "format_jobs", "main", "node_labels"]
 log = logging.getLogger(__name__)
 
 #: The stages that can put jobs on a cluster, in the order of ``diffnas run``.
-CLUSTER_STAGES = ("experts", "router (side job)", "search", "finetune", "bench")
+CLUSTER_STAGES = ("experts", "router", "router (side job)", "search", "finetune", "bench")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ def _side_jobs(run: Path) -> list[Job]:
             for name, o in sorted(side.items()) if isinstance(o, dict)]
 
 
+def _router_job(run: Path) -> list[Job]:
+    o = _read_json(run / "router" / "ray_job.json")  # the router stage as one Ray task (diffnas run --address)
+    return [Job("router", "router", o.get("node"), o.get("device"), o.get("host"))] if isinstance(o, dict) and o else []
+
+
 def _finetune_jobs(run: Path) -> list[Job]:
     data = _read_json(run / "mixtures" / "ray_jobs.json")
     jobs = data.get("jobs", {}) if isinstance(data, dict) else {}
@@ -145,7 +151,7 @@ def collect_jobs(run_dir: str | Path) -> list[Job]:
     """Every job recorded in ``run_dir``, stage by stage (see the module docstring)."""
     run = Path(run_dir)
     records = list(_read_jsonl(run / "results.jsonl"))
-    return [*_expert_jobs(run), *_side_jobs(run), *_search_jobs(records), *_finetune_jobs(run),
+    return [*_expert_jobs(run), *_router_job(run), *_side_jobs(run), *_search_jobs(records), *_finetune_jobs(run),
             *_bench_jobs(records)]
 
 
@@ -175,6 +181,8 @@ def _driver_stages(run: Path) -> list[str]:
     data = _read_json(run / "pipeline.json")
     stages = data.get("stages", {}) if isinstance(data, dict) else {}
     names = set(stages) if isinstance(stages, dict) else set()
+    if (run / "router" / "ray_job.json").is_file():  # the router stage ran as a Ray task
+        names.discard("router")
     return [s for s in ("base", "intervals", "router", "report") if s in names]  # in the order they run
 
 
@@ -187,6 +195,7 @@ def format_jobs(jobs: Sequence[Job], labels: Mapping[str, str] | None = None,
         | stage | jobs | nodes (jobs on each) | devices |
         |---|---|---|---|
         | experts | 0 | - | - |
+        | router | 0 | - | - |
         | router (side job) | 0 | - | - |
         | search | 0 | - | - |
         | finetune | 0 | - | - |

@@ -68,8 +68,11 @@ def _experts(ctx: RunContext) -> str:
 
 
 def _router(ctx: RunContext) -> str:
-    from nas.routing import format_route_summary, route
+    from nas.routing import format_route_summary, route, route_on_cluster
 
+    if ctx.cfg.search.address is not None:  # a cluster was named: the agent trains on one of its nodes
+        job = route_on_cluster(ctx)
+        return f"diffnas route done (Ray task on {job['host']}, {job['device']})"
     outcome = route(ctx)
     if outcome.up_to_date:
         log.info("router allocations for budgets %s are up to date in %s", list(ctx.cfg.router.budgets),

@@ -37,7 +37,10 @@ from nas.run import RunContext, experts_data, stage_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RouteOutcome", "format_route_summary", "route", "route_side_job"]
+__all__ = ["ROUTER_JOB_FILE", "RouteOutcome", "format_route_summary", "route", "route_on_cluster", "route_side_job"]
+
+#: where :func:`route_on_cluster` records the Ray task that trained the agent (in ``router/``)
+ROUTER_JOB_FILE = "ray_job.json"
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,49 @@ def route_side_job(cfg: ExperimentConfig) -> dict[str, Any]:
     if not outcome.up_to_date:
         log.info("%s", format_route_summary(outcome).rstrip("\n"))
     return {"command": "route", "exit_status": 0}
+
+
+def _route_task(cfg: ExperimentConfig, *, job: dict[str, Any]) -> dict[str, Any]:
+    """Body of :func:`route_on_cluster`'s Ray task: :func:`route` on the device Ray assigned."""
+    import dataclasses
+
+    ctx = RunContext(dataclasses.replace(cfg, device=str(job["device"])), progress=False)
+    ctx.prepare()
+    outcome = route(ctx)
+    if not outcome.up_to_date:
+        log.info("%s", "\n".join([*outcome.skipped, format_route_summary(outcome).rstrip("\n")]))
+    return {"up_to_date": outcome.up_to_date, "skipped": list(outcome.skipped)}
+
+
+def route_on_cluster(ctx: RunContext) -> dict[str, Any]:
+    """:func:`route` as one Ray task on the cluster of ``search.address`` (``diffnas run --address``).
+
+    The task asks for ``search.cpus_per_trial`` CPUs and ``search.gpus_per_trial`` GPUs (1 when the
+    cluster has GPUs and that is unset), reads and writes the run folder on the storage every node
+    shares, and runs on the device Ray gave it. Where it ran (node, host, pid, device, seconds) is
+    written to ``router/ray_job.json``; the same record is returned. Up-to-date allocations are kept
+    as by :func:`route` (the task then returns at once).
+
+    Raises:
+        UserError: no node can hold the task, or the routing failed (its error, in one line).
+    """
+    from nas.ray_backend import ExpertTaskResources, TaskCall, run_tasks_ray
+    from nas.search_objective import absolute_config
+
+    s = ctx.cfg.search
+    resources = ExpertTaskResources(cpus=float(s.cpus_per_trial or 1), gpus=s.gpus_per_trial, max_retries=1)
+    rec = run_tasks_ray([TaskCall("router", _route_task, (absolute_config(ctx.cfg),))], s, resources,
+                        name="diffnas-router")["router"]
+    record = {k: rec[k] for k in ("node", "host", "pid", "device", "torch_threads", "task_wall_s")}
+    record["up_to_date"] = bool(rec["result"]["up_to_date"])
+    out = ctx.run.router_dir / ROUTER_JOB_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out)
+    log.info("router: trained in a Ray task on node %s (%s, %s) in %.1f s", str(record["node"])[:8],
+             record["host"], record["device"], record["task_wall_s"])
+    return record
 
 
 def _up_to_date(cfg: ExperimentConfig, run: Any, key: str) -> bool:

@@ -23,8 +23,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="run a stage even if its outputs are up to date (repeatable)")
     parser.add_argument("--address", metavar="ADDR",
                         help="run every stage that can use a Ray cluster on the one at ADDR ('auto' or host:port): "
-                        "the search's trials, the experts (experts.parallel), the fine-tuning and the bench's "
-                        "sampling (bench.parallel); same as --set search.address=ADDR --set search.backend=ray "
+                        "the experts (experts.parallel), the router's training (one task), the search's trials, the "
+                        "fine-tuning and the bench's sampling (bench.parallel); same as --set search.address=ADDR --set search.backend=ray "
                         "--set experts.parallel=true --set bench.parallel=true. The run folder must be on storage every "
                         "node sees")
 
@@ -64,7 +64,7 @@ def _show(i: int, total: int, stage: str, status: str) -> None:
     description="Run the whole method on one config: every registered stage in order. A stage whose outputs "
     "already exist for the same config is skipped (runs/<name>/pipeline.json records what ran); every stage "
     "resumes its own partial work. Ends by printing where the report is. `make demo` runs it with the demo preset. "
-    "With --address every stage that can use a Ray cluster runs its jobs there (search trials, experts, "
+    "With --address every stage that can use a Ray cluster runs its jobs there (experts, the router, search trials, "
     "fine-tuning, bench sampling), each job's node and device recorded in the run folder.",
 )
 def run_command(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
