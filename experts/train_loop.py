@@ -153,6 +153,7 @@ def run_training(
     labels: torch.Tensor | None = None,
     condition_dropout: float = 0.0,
     null_label: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainLog:
     """Train ``student`` on interval ``k`` up to ``settings.steps``, resuming from ``ckpt_dir``.
 
@@ -171,6 +172,9 @@ def run_training(
             expert keeps the unconditional prediction classifier-free guidance needs). With
             ``labels``, the condition (dropout, null label) is part of the checkpoint's
             identity: another dropout is another checkpoint (:func:`condition_identity`).
+        on_step: called as ``on_step(k, step)`` after each step, once that step's checkpoint (if
+            it is a checkpoint step) is written; for observers and tests (e.g. to pause a task at
+            a known step). It must not touch the model or the RNGs; ``None``: nothing is called.
 
     Returns:
         the log of all steps so far (from the checkpoint and this call).
@@ -203,6 +207,8 @@ def run_training(
             pbar.set_postfix(loss=f"{record['loss']:.4f}")
             if step % settings.checkpoint_every == 0 and step < end:
                 save()
+            if on_step is not None:
+                on_step(k, step)
         save()
     finally:
         pbar.close()

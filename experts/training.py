@@ -117,7 +117,12 @@ class ExpertsResult:
 
 @dataclass(frozen=True)
 class ExpertJob:
-    """Everything :func:`train_one_expert` needs for expert ``k`` (picklable, for Ray tasks)."""
+    """Everything :func:`train_one_expert` needs for expert ``k`` (picklable, for Ray tasks).
+
+    ``on_step``: an optional ``(k, step)`` callback after each training step (see
+    :func:`~experts.train_loop.run_training`); never stored in the run folder. For a Ray task it
+    must be picklable (a module-level function or an instance of a module-level class).
+    """
 
     k: int
     out_dir: Path
@@ -131,6 +136,7 @@ class ExpertJob:
     labels: torch.Tensor | None = None
     condition_dropout: float = 0.0
     null_label: int | None = None
+    on_step: Callable[[int, int], None] | None = None
 
 
 def prepare_expert_jobs(
@@ -220,12 +226,14 @@ def train_one_expert(
     labels: torch.Tensor | None = None,
     condition_dropout: float = 0.0,
     null_label: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> ExpertResult:
     """Train (or resume, or reuse) expert ``k`` from ``<out>/supernet`` into ``<out>/expert_<k>``.
 
     Needs :func:`prepare_expert_jobs` to have run (it writes the supernet and the identity).
     Safe to run in another process or on another machine that sees ``out_dir``. ``labels``,
     ``condition_dropout``, ``null_label``: a class-conditional base (:func:`run_training`).
+    ``on_step``: called as ``on_step(k, step)`` after each step (:func:`run_training`).
     """
     out = Path(out_dir)
     final = expert_dir(out, k)
@@ -251,7 +259,7 @@ def train_one_expert(
     tlog = run_training(
         student, teacher, images, intervals, k, settings, sched, out / CHECKPOINTS_DIR / f"expert_{k}", ident,
         choose_archs=choose, device=device, model_kwargs=kw, progress=progress,
-        desc=f"expert {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call,
+        desc=f"expert {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call, on_step=on_step,
         **({"labels": labels, "condition_dropout": condition_dropout, "null_label": null_label}
            if labels is not None else {}),
     )
@@ -277,7 +285,7 @@ def run_expert_job(job: ExpertJob, device: str | torch.device = "cpu", progress:
         job.k, job.out_dir, job.intervals, job.images, job.settings, job.scheduler_config, job.identity,
         device=device, encoder_hidden_states=job.encoder_hidden_states, progress=progress,
         max_steps_this_call=max_steps_this_call, labels=job.labels, condition_dropout=job.condition_dropout,
-        null_label=job.null_label,
+        null_label=job.null_label, on_step=job.on_step,
     )
 
 

@@ -11,7 +11,7 @@ reused. Each task uses ``cpus_per_task`` torch threads and the torch device that
 (``cuda`` for a task with a GPU), so on the CPU with the same seeds and thread count the weights
 are those of the sequential path, bit for bit.
 
-The driver records where each expert ran (node, host, device, the step it resumed from) in
+The driver records where each expert ran (node, GPU ids, host, device, the step it resumed from) in
 ``<experts>/ray_jobs.json``.
 
 Example (a local Ray with two CPUs, two experts of a tiny UNet)::
@@ -117,14 +117,16 @@ def _train_expert_task(job: Any, threads: int) -> dict[str, Any]:
     from experts.training import run_expert_job
 
     torch.set_num_threads(max(1, threads))
-    device = trial_device(ray.get_gpu_ids())
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = trial_device(gpu_ids)
     ctx = ray.get_runtime_context()
     resumed_from = _checkpoint_step(job.out_dir, job.k)
     t0 = time.perf_counter()
     res = run_expert_job(job, device=device, progress=False)
-    return {"result": res, "k": job.k, "node_id": ctx.get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads(),
-            "resumed_from_step": resumed_from, "task_wall_s": round(time.perf_counter() - t0, 3)}
+    return {"result": res, "k": job.k, "node_id": ctx.get_node_id(), "gpu_ids": gpu_ids,
+            "host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+            "torch_threads": torch.get_num_threads(), "resumed_from_step": resumed_from,
+            "task_wall_s": round(time.perf_counter() - t0, 3)}
 
 
 def _write_jobs_file(out_dir: Path, records: list[dict[str, Any]]) -> None:
