@@ -266,6 +266,17 @@ def cleanup_stale_ray(state_dir: Path, wait_s: float = 10.0) -> list[int]:
     ours |= set(_session_processes(session_dir))
     # the raylet dies with the driver; its agents do not, and their names no longer carry the session
     pids = sorted(ours | set(_raylet_children(set(recorded))))
+    _terminate(pids, wait_s)
+    if pids:
+        log.warning("stopped %d Ray process(es) left by a killed search driver (pid %d): %s", len(pids), driver,
+                    " ".join(map(str, pids)))
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return pids
+
+
+def _terminate(pids: list[int], wait_s: float) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still alive after ``wait_s`` (bounded polling)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [p for p in pids if _proc_cmdline(p)]
         for pid in alive:
@@ -277,12 +288,6 @@ def cleanup_stale_ray(state_dir: Path, wait_s: float = 10.0) -> list[int]:
             alive = [p for p in alive if _proc_cmdline(p) and not _zombie(p)]
         if not alive:
             break
-    if pids:
-        log.warning("stopped %d Ray process(es) left by a killed search driver (pid %d): %s", len(pids), driver,
-                    " ".join(map(str, pids)))
-    with contextlib.suppress(OSError):
-        path.unlink()
-    return pids
 
 
 def stop_ray_under(temp_dir: str | Path, wait_s: float = 10.0) -> list[int]:
@@ -304,17 +309,7 @@ def stop_ray_under(temp_dir: str | Path, wait_s: float = 10.0) -> list[int]:
     ours = set(_session_processes(root))
     raylets = {p for p in ours if Path(_proc_cmdline(p).split(" ", 1)[0]).name == "raylet"}
     pids = sorted(ours | set(_raylet_children(raylets)))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [p for p in pids if _proc_cmdline(p)]
-        for pid in alive:
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = [p for p in alive if _proc_cmdline(p) and not _zombie(p)]
-        if not alive:
-            break
+    _terminate(pids, wait_s)
     return pids
 
 
