@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from experts.denoising import as_tensor as _prediction
 from experts.text_condition import call_denoiser
 from search_spaces.errors import UserError
 
@@ -53,17 +54,6 @@ __all__ = [
     "guided_prediction",
     "guided_unet_calls",
 ]
-
-
-def _prediction(out: Any) -> torch.Tensor:
-    if torch.is_tensor(out):
-        return out
-    sample = getattr(out, "sample", None)
-    if torch.is_tensor(sample):
-        return sample
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
-    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
 
 
 @dataclass(frozen=True)
