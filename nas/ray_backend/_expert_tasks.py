@@ -137,6 +137,19 @@ def _write_jobs_file(out_dir: Path, records: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def task_failure(what: str, err: Exception, retries: int,
+                 rerun: str = "rerun (finished jobs are kept)") -> UserError:
+    """One line for a Ray task that failed (its error) or died ``retries + 1`` times (``rerun``: the remedy)."""
+    if isinstance(err, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
+        return UserError(f"{what}: its Ray task died {retries + 1} time(s) ({type(err).__name__}); raise "
+                         f"experts.max_retries, or {rerun}")
+    cause = err.cause if getattr(err, "cause", None) is not None else err
+    if isinstance(cause, UserError):
+        return UserError(f"{what}: {cause}")
+    text = " ".join(str(cause).split())[-400:]
+    return UserError(f"{what} failed in its Ray task: {type(cause).__name__}: {text}")
+
+
 def run_expert_jobs_ray(
     jobs: Sequence[Any],
     cluster: SearchConfig,
@@ -179,17 +192,10 @@ def run_expert_jobs_ray(
                 k = refs[done[0]]
                 try:
                     rec = ray.get(done[0])
-                except ray.exceptions.RayTaskError as err:
-                    cause = err.cause if getattr(err, "cause", None) is not None else err
-                    if isinstance(cause, UserError):
-                        raise UserError(f"expert {k}: {cause}") from None
-                    text = " ".join(str(cause).split())[-400:]
-                    raise UserError(f"expert {k} failed in its Ray task: {type(cause).__name__}: {text}") from None
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
-                    raise UserError(
-                        f"expert {k}: its Ray task died {resources.max_retries + 1} time(s) "
-                        f"({type(err).__name__}); raise experts.max_retries, or rerun to resume from its checkpoint"
-                    ) from None
+                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.NodeDiedError) as err:
+                    raise task_failure(f"expert {k}", err, resources.max_retries,
+                                       rerun="rerun to resume from its checkpoint") from None
                 records[k] = rec
                 log.info("expert %d done on %s (%s), resumed from step %d", k, rec["host"], rec["device"],
                          rec["resumed_from_step"])

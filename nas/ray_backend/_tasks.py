@@ -34,7 +34,7 @@ import ray
 from nas.config import SearchConfig
 from nas.errors import UserError
 from nas.ray_backend._cluster import alive_nodes, ray_cluster, trial_device
-from nas.ray_backend._expert_tasks import ExpertTaskResources, expert_task_resources
+from nas.ray_backend._expert_tasks import ExpertTaskResources, expert_task_resources, task_failure
 
 __all__ = ["TaskCall", "job_info", "run_tasks_ray"]
 
@@ -82,18 +82,6 @@ def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], threads: int) -> di
     return {**job, "result": result, "task_wall_s": round(time.perf_counter() - t0, 3)}
 
 
-def _fail(what: str, err: Exception, retries: int) -> UserError:
-    """One line for a task that failed or died."""
-    if isinstance(err, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
-        return UserError(f"{what}: its Ray task died {retries + 1} time(s) ({type(err).__name__}); raise "
-                         "experts.max_retries, or rerun (finished jobs are kept)")
-    cause = err.cause if getattr(err, "cause", None) is not None else err
-    if isinstance(cause, UserError):
-        return UserError(f"{what}: {cause}")
-    text = " ".join(str(cause).split())[-400:]
-    return UserError(f"{what} failed in its Ray task: {type(cause).__name__}: {text}")
-
-
 def run_tasks_ray(
     calls: Sequence[TaskCall],
     cluster: SearchConfig,
@@ -139,7 +127,7 @@ def run_tasks_ray(
                     rec = ray.get(done[0])
                 except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.NodeDiedError) as err:
-                    raise _fail(f"{name} {key}", err, resources.max_retries) from None
+                    raise task_failure(f"{name} {key}", err, resources.max_retries) from None
                 out[key] = rec
                 if on_done is not None:
                     on_done(key, rec)
