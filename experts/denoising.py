@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from experts.intervals import Intervals
-from experts.text_condition import call_denoiser
+from experts.text_condition import as_tensor, call_denoiser  # as_tensor re-exported: the model-output helper
 
 __all__ = [
     "ExpertLoss",
@@ -66,18 +66,6 @@ def training_scheduler(scheduler_config: Mapping[str, Any]) -> Any:
 
     config = {k: v for k, v in dict(scheduler_config).items() if k not in _CLASS_KEYS}
     return DDPMScheduler.from_config(config)
-
-
-def as_tensor(out: Any) -> torch.Tensor:
-    """The prediction of a model call: a tensor, ``out.sample`` or ``out[0]``."""
-    if torch.is_tensor(out):
-        return out
-    sample = getattr(out, "sample", None)
-    if torch.is_tensor(sample):
-        return sample
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
-    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
 
 
 def interval_timesteps(

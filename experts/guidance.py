@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from experts.denoising import as_tensor as _prediction
+from experts.text_condition import as_tensor as _prediction
 from experts.text_condition import call_denoiser
 from search_spaces.errors import UserError
 

@@ -52,6 +52,7 @@ __all__ = [
     "EMBEDS_KEY",
     "PROMPTS_KEY",
     "PromptLabels",
+    "as_tensor",
     "call_denoiser",
     "class_prompts",
     "condition_kwargs",
@@ -122,6 +123,18 @@ def condition_kwargs(model: Any, sample: torch.Tensor, kwargs: Mapping[str, Any]
     kw["encoder_hidden_states"] = emb[torch.as_tensor(labels, device=sample.device).long()]  # (B,L,D)
     del kw["class_labels"]
     return kw
+
+
+def as_tensor(out: Any) -> torch.Tensor:
+    """The prediction of a model call: a tensor, ``out.sample`` or ``out[0]``."""
+    if torch.is_tensor(out):
+        return out
+    sample = getattr(out, "sample", None)
+    if torch.is_tensor(sample):
+        return sample
+    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+        return out[0]
+    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor or an object with .sample")
 
 
 def call_denoiser(model: Any, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
