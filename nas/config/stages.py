@@ -45,7 +45,8 @@ class SearchConfig:
             ``null`` (auto): skip with ``tpe`` and ``random`` (TPE learns feasibility from pruned
             trials), evaluate with ``gp`` and ``nsga2`` (they learn only from evaluated trials).
         shrink_infeasible: constrained mode: a skipped arch over the budget is also shrunk to
-            the budget (random one-choice steps down, seeded by the study and trial number) and
+            the budget (one-choice steps down, each drawn by the MACs it saves, seeded by the study
+            and trial number; a timestep spacing is never changed) and
             the shrunk arch is evaluated next (source ``shrunk``), so the search explores the
             feasible region even where the sampler's proposals mostly land outside it (a tight
             budget such as 0.3).

@@ -11,7 +11,9 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from experts.allocation import Allocation
 from experts.intervals import Intervals
@@ -20,9 +22,6 @@ from experts.steps_space import JointSpace
 from nas.errors import UserError
 from search_spaces import Arch, ProductSpace, SearchSpace
 from search_spaces.uniform import uniform_arch
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
 
 __all__ = [
     "KNOWN_POINT_SOURCES",
@@ -182,11 +181,14 @@ def known_points(
 
 
 def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: float,
-                     rng: "np.random.Generator") -> Arch | None:
-    """``arch`` shrunk until its MACs are at most ``max_macs``: one random free dimension at a
-    time steps one choice down (a kept layer is removed), so the result keeps the proposal's
-    pattern (which experts and blocks were large) while meeting the budget. ``None`` when even
-    stepping everything down does not fit. Bounded by the number of possible steps.
+                     rng: np.random.Generator) -> Arch | None:
+    """``arch`` shrunk until its MACs are at most ``max_macs``: one free dimension at a time
+    steps one choice down (a kept layer is removed), drawn with probability proportional to the
+    MACs that step saves. A step count (a whole network call per step) therefore goes down
+    long before a sliver of width, a dimension that saves nothing (a timestep spacing) is never
+    changed, and the result keeps the proposal's pattern (which experts and blocks were large)
+    while meeting the budget. ``None`` when even stepping everything down does not fit. Bounded
+    by the number of possible steps.
 
     Example:
         >>> import numpy as np
@@ -199,13 +201,36 @@ def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: floa
     """
     free = {d.name: d for d in space.free_dimensions() if len(d.choices) > 1}
     idx = {n: d.index(arch[n]) for n, d in free.items()}
+    # a product space's MACs add up over its parts: a step in one part changes only the savings
+    # of that part's dimensions, so only those are recounted (all of them for any other space)
+    sep = getattr(space, "SEP", None) if isinstance(space, ProductSpace) else None
+    group = {n: (n.split(sep, 1)[0] if sep else "") for n in free}
+
+    def build(at: Mapping[str, int]) -> tuple[Arch, float | None]:
+        cand = space.repair(space.complete({n: free[n].choices[i] for n, i in at.items()}))
+        return cand, (float(space.macs(cand)) if space.is_valid(cand) else None)
+
+    def raw_macs(at: Mapping[str, int]) -> float:
+        # the savings only weight the draw: MACs of the unrepaired arch, far cheaper than build
+        return float(space.macs(space.complete({n: free[n].choices[i] for n, i in at.items()})))
+
+    saved: dict[str, float] = {}  # name -> MACs its one-step-down saves now (stale ones dropped)
     for _ in range(sum(idx.values()) + 1):
-        cand = space.repair(space.complete({n: free[n].choices[i] for n, i in idx.items()}))
-        if space.is_valid(cand) and space.macs(cand) <= max_macs:
+        cand, macs = build(idx)
+        if macs is not None and macs <= max_macs:
             return cand
         movable = sorted(n for n, i in idx.items() if i > 0)
         if not movable:
             return None
-        idx[movable[int(rng.integers(len(movable)))]] -= 1
+        if any(n not in saved for n in movable):
+            here = raw_macs(idx)
+            for n in movable:
+                if n not in saved:
+                    saved[n] = max(here - raw_macs({**idx, n: idx[n] - 1}), 0.0)
+        w = np.array([saved[n] for n in movable])  # (M,)
+        # nothing saves MACs (only zero-cost dimensions left): step any down, so the loop ends
+        p = w / w.sum() if w.sum() > 0 else np.full(len(movable), 1.0 / len(movable))
+        stepped = movable[int(rng.choice(len(movable), p=p))]
+        idx[stepped] -= 1
+        saved = {n: v for n, v in saved.items() if group[n] != group[stepped]}
     return None
-

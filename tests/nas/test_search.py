@@ -536,3 +536,31 @@ def test_objective_hooks_choose_known_points_reference_and_router(tmp_path):
     assert [n for n, _ in SearchSession(space, Hooked(space), cfg, run, iv)._known_points(0.5)] == ["mine", "router"]
     no_router = SearchSession(space, Hooked(space, enqueue_router=False, reference_macs=7), cfg, run, iv)
     assert [n for n, _ in no_router._known_points(0.5)] == ["mine"] and no_router.reference_macs == 7
+
+
+def test_shrink_to_budget_lowers_what_costs_and_never_moves_a_spacing():
+    """On a steps x widths joint space, the shrink draws each step down by the MACs it saves:
+    a timestep spacing (which saves nothing) is never changed, and the step counts (a whole
+    network call each) go down before the widths. A uniform draw over the dimensions changed
+    30 spacings in these 20 shrinks and kept 0.70 of the widths."""
+    import numpy as np
+
+    from experts.intervals import Intervals
+    from experts.steps_space import joint_space
+    from nas.search.allocations import shrink_to_budget
+    from nas.search.objective import _LinearMacs
+
+    expert = SimpleSpace([Dimension("b0.width", (8, 16, 24, 32)), Dimension("b1.width", (8, 16, 24, 32))],
+                         macs_fn=_LinearMacs((("b0.width", 100.0), ("b1.width", 200.0)), base=320.0))
+    space = joint_space(Intervals(1000, (300, 700)), [expert] * 3, [(1, 2, 4, 8), (0, 2, 4, 8), (0, 2, 4, 8)],
+                        spacings=("uniform", "quadratic", "leading"))
+    widths = [n for n in space.free_names() if n.endswith(".width")]
+    kept = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        arch = space.sample(rng)
+        small = shrink_to_budget(space, arch, 0.25 * space.macs(arch), rng)
+        assert small is not None and space.macs(small) <= 0.25 * space.macs(arch)
+        assert all(small[n] == arch[n] for n in space.free_names() if n.endswith("/spacing"))
+        kept.append(np.mean([small[n] / arch[n] for n in widths]))
+    assert np.mean(kept) > 0.85
