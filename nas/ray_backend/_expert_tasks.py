@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,35 @@ def task_failure(what: str, err: Exception, retries: int,
     return UserError(f"{what} failed in its Ray task: {type(cause).__name__}: {text}")
 
 
+
+def gather_tasks(refs: Mapping[Any, Hashable], what: str, retries: int, *,
+                 on_done: Callable[[Hashable, dict[str, Any]], None] | None = None,
+                 rerun: str = "rerun (finished jobs are kept)") -> dict[Hashable, dict[str, Any]]:
+    """Wait for the Ray tasks ``refs`` (``{ObjectRef: key}``), ``{key: record}`` in finishing order.
+
+    ``on_done(key, record)`` runs in the driver as each finishes. The first failure raises
+    :func:`task_failure` (``"<what> <key>"``, with ``rerun``) and cancels the tasks still running.
+    """
+    out: dict[Hashable, dict[str, Any]] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            key = refs[ready[0]]
+            try:
+                rec = ray.get(ready[0])
+            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.NodeDiedError) as err:
+                raise task_failure(f"{what} {key}", err, retries, rerun=rerun) from None
+            out[key] = rec
+            if on_done is not None:
+                on_done(key, rec)
+    finally:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+    return out
+
 def run_expert_jobs_ray(
     jobs: Sequence[Any],
     cluster: SearchConfig,
@@ -184,24 +213,12 @@ def run_expert_jobs_ray(
         )
         log.info("training %d experts as Ray tasks (%g CPU, %g GPU each)", len(jobs), need["cpu"], need["gpu"])
         refs = {task.remote(job, threads): job.k for job in jobs}
-        records: dict[int, dict[str, Any]] = {}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                k = refs[done[0]]
-                try:
-                    rec = ray.get(done[0])
-                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.NodeDiedError) as err:
-                    raise task_failure(f"expert {k}", err, resources.max_retries,
-                                       rerun="rerun to resume from its checkpoint") from None
-                records[k] = rec
-                log.info("expert %d done on %s (%s), resumed from step %d", k, rec["host"], rec["device"],
-                         rec["resumed_from_step"])
-        finally:
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+
+        def done(k: int, rec: dict[str, Any]) -> None:
+            log.info("expert %d done on %s (%s), resumed from step %d", k, rec["host"], rec["device"],
+                     rec["resumed_from_step"])
+
+        records = gather_tasks(refs, "expert", resources.max_retries, on_done=done,
+                               rerun="rerun to resume from its checkpoint")
     _write_jobs_file(out_dir, [{key: v for key, v in records[k].items() if key != "result"} for k in sorted(records)])
     return [records[j.k]["result"] for j in jobs]

@@ -20,7 +20,6 @@ Example (a local Ray with one CPU)::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -34,7 +33,7 @@ import ray
 from nas.config import SearchConfig
 from nas.errors import UserError
 from nas.ray_backend._cluster import alive_nodes, ray_cluster, trial_device
-from nas.ray_backend._expert_tasks import ExpertTaskResources, expert_task_resources, task_failure
+from nas.ray_backend._expert_tasks import ExpertTaskResources, expert_task_resources, gather_tasks
 
 __all__ = ["TaskCall", "job_info", "run_tasks_ray"]
 
@@ -117,22 +116,4 @@ def run_tasks_ray(
                                              max_retries=resources.max_retries, name=name)
         log.info("%d %s jobs as Ray tasks (%g CPU, %g GPU each)", len(calls), name, need["cpu"], need["gpu"])
         refs = {task.remote(c.fn, c.args, threads): c.key for c in calls}
-        out: dict[Hashable, dict[str, Any]] = {}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                key = refs[done[0]]
-                try:
-                    rec = ray.get(done[0])
-                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.NodeDiedError) as err:
-                    raise task_failure(f"{name} {key}", err, resources.max_retries) from None
-                out[key] = rec
-                if on_done is not None:
-                    on_done(key, rec)
-        finally:
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-    return out
+        return gather_tasks(refs, name, resources.max_retries, on_done=on_done)
