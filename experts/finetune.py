@@ -37,13 +37,11 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +52,18 @@ from torch import nn
 
 from experts.allocation import Allocation
 from experts.denoising import training_scheduler
-from experts.losses import HeldOutSet, proxy_loss
+from experts.losses import HeldOutSet
 from experts.mixture import MixtureOfExperts
 from experts.checkpoint import jsonable
-from experts.train_loop import ExpertTrainSettings, condition_identity, run_training
+from experts.train_loop import ExpertTrainSettings, condition_identity
 from experts.expert_folder import CHECKPOINTS_DIR, load_experts, load_supernet, reading_artefact
-from search_spaces.base import Arch
+from experts._finetune_loops import (
+    TUNED_DIR,
+    TUNED_INFO,
+    distill_experts,
+    finetune_experts,
+    trajectory_plan,
+)
 from search_spaces.errors import UserError
 from search_spaces.materialize import drop_source_paths
 
@@ -69,10 +73,6 @@ __all__ = ["FINETUNE_FILE", "TUNED_DIR", "FinetuneResult", "finetune_allocation"
            "tuned_expert_done"]
 
 FINETUNE_FILE = "finetune.json"
-#: Per-expert results of ``experts_only`` calls (inside the mixture folder; removed with the checkpoints).
-TUNED_DIR = "tuned"
-_TUNED_WEIGHTS = "model.safetensors"
-_TUNED_INFO = "expert.json"
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,6 @@ class FinetuneResult:
             "loss_before": list(self.loss_before), "loss_after": list(self.loss_after),
             "macs_per_expert": list(self.macs_per_expert),
         }
-
-
-def _heldout_loss(model: nn.Module, heldout: HeldOutSet, k: int, sched: Any, kw: Mapping[str, Any] | None) -> float:
-    models: list[Any] = [model] * heldout.intervals.num_intervals
-    return proxy_loss(models, None, _only(heldout, k), sched, model_kwargs=kw).per_interval[k]
-
-
-def _only(heldout: HeldOutSet, k: int) -> HeldOutSet:
-    """The held-out set with every interval but ``k`` reduced to one sample (cheap)."""
-    return HeldOutSet(heldout.intervals,
-                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.x0)),
-                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.noise)),
-                      tuple(x if j == k else x[:1] for j, x in enumerate(heldout.t)), heldout.seed,
-                      None if heldout.labels is None else
-                      tuple(y if j == k else y[:1] for j, y in enumerate(heldout.labels)))
 
 
 def finetune_allocation(
@@ -198,7 +183,7 @@ def finetune_allocation(
     traj = None
     if target == "trajectory":
         sampler_scheduler = sampler_scheduler if sampler_scheduler is not None else _default_sampler(scheduler_config)
-        traj = _trajectory_plan(allocation, teacher, sampler_scheduler, timesteps, reference_timesteps)
+        traj = trajectory_plan(allocation, teacher, sampler_scheduler, timesteps, reference_timesteps)
         identity["target"] = {"name": target, "timesteps": traj[0], "reference": traj[1]}
     elif target != "denoise":
         raise UserError(f"unknown fine-tuning target {target!r}; choices: denoise, trajectory")
@@ -212,7 +197,7 @@ def finetune_allocation(
         return _reuse_finished(marker, identity, out)
     sched = training_scheduler(scheduler_config)
     kw = {"encoder_hidden_states": encoder_hidden_states} if encoder_hidden_states is not None else None
-    run = _finetune_experts if traj is None else _distill_experts
+    run = finetune_experts if traj is None else distill_experts
     extra = {} if traj is None else {"plan": traj, "sampler": sampler_scheduler}
     only = None if experts_only is None else frozenset(int(k) for k in experts_only)
     if only is not None and not only <= set(range(n)):
@@ -271,59 +256,7 @@ def tuned_expert_done(out_dir: str | Path, k: int) -> bool:
     """Whether ``out_dir`` (a mixture folder) holds expert ``k``'s stored result (its identity is
     checked when it is loaded), or the finished mixture."""
     out = Path(out_dir)
-    return (out / FINETUNE_FILE).is_file() or (out / TUNED_DIR / f"expert_{int(k)}" / _TUNED_INFO).is_file()
-
-
-def _load_tuned(out: Path, identity: Mapping[str, Any], k: int) -> dict[str, Any] | None:
-    """Expert ``k``'s stored result (``info`` and ``state`` on the CPU) if stored for ``identity``."""
-    from safetensors.torch import load_file
-
-    folder = out / TUNED_DIR / f"expert_{k}"
-    try:
-        info = json.loads((folder / _TUNED_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("identity") != jsonable({**identity, "k": k}):
-        log.info("%s was stored for other settings: trained again", folder)
-        return None
-    return {"info": info, "state": load_file(str(folder / _TUNED_WEIGHTS))}
-
-
-def _store_tuned(out: Path, identity: Mapping[str, Any], k: int, model: nn.Module, before: float | None,
-                 after: float | None, seconds: float) -> None:
-    """Expert ``k``'s weights and losses in ``<out>/tuned/expert_<k>/``: written in a temp sibling
-    folder, then renamed (a reader sees the whole result or none)."""
-    from safetensors.torch import save_file
-
-    final = out / TUNED_DIR / f"expert_{k}"
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.mkdir(parents=True)
-    state = {name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(tmp / _TUNED_WEIGHTS))
-    (tmp / _TUNED_INFO).write_text(json.dumps({"identity": jsonable({**identity, "k": k}), "loss_before": before,
-                                               "loss_after": after, "seconds": seconds}, indent=1, sort_keys=True))
-    if final.exists():  # stale (other settings) or a twin task's: the newest result wins
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        tmp.rename(final)
-    except OSError:  # a twin task renamed its own copy first: the same weights
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _use_tuned(stored: dict[str, Any], model: nn.Module, heldout: HeldOutSet | None, k: int, sched: Any,
-               kw: Mapping[str, Any] | None, before: list[float], after: list[float]) -> float:
-    """Load a stored expert into ``model`` (its losses appended; measured when stored without);
-    returns its training seconds."""
-    info = stored["info"]
-    if heldout is not None:
-        b = info.get("loss_before")
-        before.append(float(b) if b is not None else _heldout_loss(model, heldout, k, sched, kw))
-    model.load_state_dict(stored["state"], strict=True)
-    model.eval().requires_grad_(False)
-    if heldout is not None:
-        a = info.get("loss_after")
-        after.append(float(a) if a is not None else _heldout_loss(model, heldout, k, sched, kw))
-    return float(info.get("seconds") or 0.0)
+    return (out / FINETUNE_FILE).is_file() or (out / TUNED_DIR / f"expert_{int(k)}" / TUNED_INFO).is_file()
 
 
 def _resolve_experts(experts: str | Path | nn.Module | Sequence[nn.Module], allocation: Allocation,
@@ -400,132 +333,6 @@ def _reuse_finished(marker: Path, identity: Mapping[str, Any], out: Path) -> Fin
         return FinetuneResult(out, int(r["steps_per_expert"]), int(r["batch_size"]), float(r["seconds"]),
                               tuple(r["loss_before"]), tuple(r["loss_after"]), tuple(r["macs_per_expert"]))
     raise UserError(f"{out} holds a mixture fine-tuned with other settings; delete it or choose another folder")
-
-
-def _finetune_experts(allocation: Allocation, supernets: Sequence[Any], teacher: nn.Module | None,
-                      images: torch.Tensor, settings: ExpertTrainSettings, sched: Any, out: Path,
-                      identity: Mapping[str, Any], *, device: str | torch.device, kw: Mapping[str, Any] | None,
-                      heldout: HeldOutSet | None, progress: bool, max_steps_this_call: int | None,
-                      cond: Mapping[str, Any] | None = None, only: frozenset[int] | None = None,
-                      ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
-    """Materialise and fine-tune each interval's expert in turn (held-out loss before and after);
-    an expert stored by an ``experts_only`` call is loaded instead; with ``only``, just those
-    experts, each stored once finished.
-
-    Returns (tuned experts, losses before, losses after, training seconds, all experts finished).
-    """
-    tuned: list[nn.Module] = []
-    before: list[float] = []
-    after: list[float] = []
-    seconds = 0.0
-    finished = True
-    for k in range(allocation.intervals.num_intervals):
-        if only is not None and k not in only:
-            continue
-        if k in allocation.base_intervals:  # the base model itself: nothing pruned, nothing to fine-tune
-            model = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
-            if heldout is not None:
-                before.append(_heldout_loss(model, heldout, k, sched, kw))
-                after.append(before[-1])
-            tuned.append(model)
-            continue
-        arch = Arch(allocation.archs[k])
-        model = supernets[k].materialize(arch).to(device)
-        stored = _load_tuned(out, identity, k)
-        if stored is not None:
-            seconds += _use_tuned(stored, model, heldout, k, sched, kw, before, after)
-            tuned.append(model)
-            continue
-        if heldout is not None:
-            before.append(_heldout_loss(model, heldout, k, sched, kw))
-        span = allocation.intervals.spans()[k]
-        tlog = run_training(
-            model, teacher, images, allocation.intervals, k, settings, sched,
-            out / CHECKPOINTS_DIR / f"expert_{k}", {**identity, "k": k},
-            choose_archs=None, device=device, model_kwargs=kw, progress=progress,
-            desc=f"finetune {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call, **(cond or {}),
-        )
-        seconds += tlog.seconds
-        finished = finished and tlog.step >= settings.steps
-        model.eval().requires_grad_(False)
-        if heldout is not None:
-            after.append(_heldout_loss(model, heldout, k, sched, kw))
-        if only is not None and tlog.step >= settings.steps:
-            _store_tuned(out, identity, k, model, before[-1] if heldout is not None else None,
-                         after[-1] if heldout is not None else None, tlog.seconds)
-        tuned.append(model)
-    return tuned, before, after, seconds, finished
-
-
-def _trajectory_plan(allocation: Allocation, teacher: nn.Module | None, sampler: Any,
-                     timesteps: Sequence[int] | None, reference: Sequence[int] | None) -> tuple[list[int], list[int]]:
-    """(the mixture's timesteps, the teacher's reference timesteps), both descending; UserError
-    when trajectory distillation cannot run (no teacher, no DDIM sampler, no schedule)."""
-    from diffusers import DDIMScheduler
-
-    if teacher is None:
-        raise UserError("trajectory fine-tuning needs the base model as teacher: give the experts folder or teacher=")
-    if not isinstance(sampler, DDIMScheduler):
-        raise UserError(f"trajectory fine-tuning follows DDIM steps; the sampler is {type(sampler).__name__}: "
-                        "set sampling.sampler=ddim or the fine-tuning target to denoise")
-    ts = allocation.timesteps()
-    ts = list(timesteps) if ts is None and timesteps is not None else ts
-    if not ts or not reference:
-        raise UserError("trajectory fine-tuning needs the mixture's timesteps and the reference sampler's")
-    return sorted({int(t) for t in ts}, reverse=True), sorted({int(t) for t in reference}, reverse=True)
-
-
-def _distill_experts(allocation: Allocation, supernets: Sequence[Any], teacher: nn.Module, images: torch.Tensor,
-                     settings: ExpertTrainSettings, sched: Any, out: Path, identity: Mapping[str, Any], *,
-                     device: str | torch.device, kw: Mapping[str, Any] | None, heldout: HeldOutSet | None,
-                     progress: bool, max_steps_this_call: int | None, plan: tuple[list[int], list[int]],
-                     sampler: Any, only: frozenset[int] | None = None,
-                     ) -> tuple[list[nn.Module], list[float], list[float], float, bool]:
-    """Each interval's expert (a copy of the base where the allocation keeps it) distilled along the
-    mixture's schedule (:func:`experts.schedule_distill.distill_along_schedule`); same returns as
-    :func:`_finetune_experts`."""
-    from experts.schedule_distill import DistillSettings, ScheduleTeacher, distill_along_schedule
-
-    timesteps, reference = plan
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    guide = ScheduleTeacher(teacher, sampler, timesteps, reference=reference)
-    dset = DistillSettings(steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                           weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
-                           checkpoint_every=settings.checkpoint_every, seed=settings.seed)
-    tuned, before, after, seconds, finished = [], [], [], 0.0, True
-    for k in range(allocation.intervals.num_intervals):
-        if only is not None and k not in only:
-            continue
-        if k in allocation.base_intervals:
-            model = copy.deepcopy(teacher).requires_grad_(True)
-        else:
-            model = supernets[k].materialize(Arch(allocation.archs[k])).to(device)
-        stored = _load_tuned(out, identity, k)
-        if stored is not None:
-            seconds += _use_tuned(stored, model, heldout, k, sched, kw, before, after)
-            tuned.append(model)
-            continue
-        if heldout is not None:
-            before.append(_heldout_loss(model, heldout, k, sched, kw))
-        mine = [t for t in timesteps if allocation.intervals.index(t) == k]
-        done_k, seconds_k = True, 0.0
-        if mine:  # an interval the schedule skips keeps its expert as it is
-            span = allocation.intervals.spans()[k]
-            dlog = distill_along_schedule(
-                model, guide, images, mine, dset, out / CHECKPOINTS_DIR / f"expert_{k}", {**identity, "k": k},
-                stream=k, device=device, model_kwargs=kw, progress=progress,
-                desc=f"distil {k} t∈[{span[0]},{span[1]})", max_steps_this_call=max_steps_this_call)
-            seconds += dlog.seconds
-            seconds_k, done_k = dlog.seconds, dlog.step >= settings.steps
-            finished = finished and done_k
-        model.eval().requires_grad_(False)
-        if heldout is not None:
-            after.append(_heldout_loss(model, heldout, k, sched, kw))
-        if only is not None and done_k:
-            _store_tuned(out, identity, k, model, before[-1] if heldout is not None else None,
-                         after[-1] if heldout is not None else None, seconds_k)
-        tuned.append(model)
-    return tuned, before, after, seconds, finished
 
 
 def _save_mixture(allocation: Allocation, tuned: list[nn.Module], settings: ExpertTrainSettings, seconds: float,

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-import experts.finetune as ft
+import experts._finetune_loops as ft  # where the per-expert loop calls run_training
 from experts.finetune import TUNED_DIR, finetune_allocation, split_experts, tuned_expert_done
 from experts.losses import make_heldout
 from experts.mixture import MixtureOfExperts
