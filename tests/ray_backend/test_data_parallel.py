@@ -83,7 +83,11 @@ def test_two_gloo_workers_follow_the_loss_curve_of_one_at_the_same_global_batch(
         w_ref, w_two = _weights(tmp_path / "seq", k), _weights(tmp_path / "two", k)
         assert w_ref.keys() == w_two.keys()
         for name in w_ref:
-            torch.testing.assert_close(w_two[name], w_ref[name], rtol=1e-4, atol=1e-5)
+            # Adam normalises each element's step, so where a gradient is near zero a rounding
+            # difference of the all-reduced mean can move the weight by a visible fraction of one
+            # step (lr 1e-3; measured: 1 of 2,304 elements of a conv weight off by 3.0e-5): a
+            # tenth of one step is the tolerance
+            torch.testing.assert_close(w_two[name], w_ref[name], rtol=1e-4, atol=0.1 * SETTINGS.learning_rate)
         # one worker is the sequential loop itself: the same weights and losses, bit for bit
         assert _losses(tmp_path / "one", k) == ref
         w_one = _weights(tmp_path / "one", k)
