@@ -14,19 +14,14 @@ the folder afterwards. Skipped, saying why, where the binaries or a psycopg driv
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import glob
 import importlib.util
-import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +30,7 @@ optuna = pytest.importorskip("optuna")
 
 from nas.config import SearchConfig  # noqa: E402
 from nas.run import RunDir  # noqa: E402
+from tests.nas._driver_kill import assert_optuna_agrees, kill_mid_search_and_rerun  # noqa: E402
 from nas.search import RECORD_KIND, SyntheticObjective, run_search, synthetic_mixture_space  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,19 +138,6 @@ def test_a_search_stores_its_studies_in_postgres_and_a_rerun_resumes_them(postgr
             for b in ("0.5", "0.8")} == n_trials
 
 
-def _committed(results: Path) -> list[dict]:
-    out = []
-    if results.exists():
-        for line in results.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == RECORD_KIND:
-                out.append(rec)
-    return out
-
-
 @pytest.fixture
 def two_nodes():
     """Two Ray nodes on this machine (1 CPU + 1 logical GPU each), held by the test, so the
@@ -188,45 +171,10 @@ def test_killing_the_driver_of_a_postgres_backed_ray_search_loses_and_repeats_no
            "--set", f"search.n_trials={n_trials}", "--set", "search.budgets=[0.5]",
            "--set", "search.promote_top_k=1", "--set", f"search.storage={postgres.url}",
            "--set", "search.study_prefix=pgkill"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    results = tmp_path / "k" / "results.jsonl"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while len(_committed(results)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-search
-        proc.wait(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it started (its process group)
-    before = _committed(results)
-    assert 3 <= len(before) < n_trials, "the kill must land mid-search"
-
-    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    after = _committed(results)
-    proxy = [r for r in after if r["fidelity"] == "proxy"]
-    keys = [r["key"] for r in proxy]
-    assert len(keys) == n_trials and len(set(keys)) == n_trials  # none missing, none twice
-    assert after[: len(before)] == before  # the committed lines are kept as they were
-    events = [json.loads(line) for line in
-              (tmp_path / "k" / "search" / "synthetic-evals.jsonl").read_text().splitlines()]
-    starts = collections.Counter((e["key"], e["fidelity"]) for e in events if e["event"] == "start")
-    for rec in before:  # completed results were not recomputed
-        assert starts[(rec["key"], rec["fidelity"])] == 1
+    _, proxy, rerun = kill_mid_search_and_rerun(cmd, tmp_path, tmp_path / "k", n_trials)
     assert not (tmp_path / "k" / "search" / "study.db").exists()
     study = optuna.load_study(study_name="pgkill-b0.5", storage=postgres.url)
-    trials = study.trials
-    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    told = {t.number: t for t in trials}
-    for rec in proxy:  # Optuna, in Postgres, agrees with the ledger
-        t = told[rec["number"]]
-        assert t.user_attrs["diffnas_key"] == rec["key"] and t.state == optuna.trial.TrialState.COMPLETE
-        assert t.values == [rec["quality"]]
+    assert_optuna_agrees(study, proxy)  # Optuna, in Postgres, agrees with the ledger
     assert "study pgkill-b0.5: 10 evaluated" in rerun.stdout
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     placed = {r["placement"]["node_id"] for r in proxy}

@@ -8,10 +8,8 @@ seconds and memory); the kill test runs the real CLI in subprocesses with their 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ from nas.ray_backend import (  # noqa: E402
     trial_resources,
 )
 from nas.run import RunDir  # noqa: E402
+from tests.nas._driver_kill import assert_optuna_agrees, kill_mid_search_and_rerun  # noqa: E402
 from nas.search import RECORD_KIND, SyntheticObjective, arch_key, run_search, synthetic_mixture_space  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -218,59 +217,13 @@ def _search_cmd(root: Path, name: str, n_trials: int) -> list[str]:
     ]
 
 
-def _committed(results: Path) -> list[dict]:
-    out = []
-    if results.exists():
-        for line in results.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == RECORD_KIND:
-                out.append(rec)
-    return out
-
-
 def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(tmp_path):
     n_trials = 10
-    cmd = _search_cmd(tmp_path, "k", n_trials)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    results = tmp_path / "k" / "results.jsonl"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while len(_committed(results)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-search
-        proc.wait(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it started (its process group)
-    before = _committed(results)
-    assert 3 <= len(before) < n_trials, "the kill must land mid-search"
-
-    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    after = _committed(results)
-    proxy = [r for r in after if r["fidelity"] == "proxy"]
+    _, proxy, rerun = kill_mid_search_and_rerun(_search_cmd(tmp_path, "k", n_trials), tmp_path,
+                                                tmp_path / "k", n_trials)
     keys = [r["key"] for r in proxy]
-    assert len(keys) == n_trials and len(set(keys)) == n_trials  # none missing, none twice
-    assert [r for r in after[: len(before)]] == before  # the committed lines are kept as they were
-    events = _events(tmp_path / "k" / "search" / "synthetic-evals.jsonl")
-    starts = collections.Counter((e["key"], e["fidelity"]) for e in events if e["event"] == "start")
-    for rec in before:  # completed results were not recomputed
-        assert starts[(rec["key"], rec["fidelity"])] == 1
     study = optuna.load_study(study_name="search-b0.5", storage=f"sqlite:///{tmp_path / 'k' / 'search' / 'study.db'}")
-    trials = study.trials
-    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    told = {t.number: t for t in trials}
-    for rec in proxy:  # Optuna agrees with the ledger
-        t = told[rec["number"]]
-        assert t.user_attrs["diffnas_key"] == rec["key"] and t.state == optuna.trial.TrialState.COMPLETE
-        assert t.values == [rec["quality"]]
+    trials = assert_optuna_agrees(study, proxy)  # Optuna agrees with the ledger
     # a trial in flight at the kill is re-run, not lost (one killed while its parameters were being
     # drawn was never dispatched and has no architecture; one killed after it was found over the
     # budget is settled as skipped, not interrupted)
@@ -278,7 +231,6 @@ def test_killing_the_driver_mid_search_and_rerunning_loses_and_repeats_nothing(t
     assert all(t.user_attrs.get("diffnas_feasible") is not False for t in interrupted)
     assert {t.user_attrs["diffnas_key"] for t in interrupted if "diffnas_key" in t.user_attrs} <= set(keys)
     assert "study search-b0.5: 10 evaluated" in rerun.stdout
-
 
 
 # ------------------------------------------------------- the searchers, driven without Ray running
