@@ -184,9 +184,11 @@ def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: floa
                      rng: np.random.Generator) -> Arch | None:
     """``arch`` shrunk until its MACs are at most ``max_macs``: one free dimension at a time
     steps one choice down (a kept layer is removed), drawn with probability proportional to the
-    MACs that step saves. A step count (a whole network call per step) therefore goes down
-    long before a sliver of width, a dimension that saves nothing (a timestep spacing) is never
-    changed, and the result keeps the proposal's pattern (which experts and blocks were large)
+    MACs that step saves times the dimension's current choice index. So a step count (a whole
+    network call per step) goes down long before a sliver of width, a dimension that saves
+    nothing (a timestep spacing) is never changed, and every dimension shrinks at a rate
+    proportional to its size: the result keeps the proposal's proportions (which intervals got
+    more steps, which experts and blocks were large; an interval's steps seldom drop to 0)
     while meeting the budget. ``None`` when even stepping everything down does not fit. Bounded
     by the number of possible steps.
 
@@ -227,7 +229,7 @@ def shrink_to_budget(space: SearchSpace, arch: Mapping[str, Any], max_macs: floa
             for n in movable:
                 if n not in saved:
                     saved[n] = max(here - raw_macs({**idx, n: idx[n] - 1}), 0.0)
-        w = np.array([saved[n] for n in movable])  # (M,)
+        w = np.array([saved[n] * idx[n] for n in movable])  # (M,) MACs saved x size: a proportional shrink
         # nothing saves MACs (only zero-cost dimensions left): step any down, so the loop ends
         p = w / w.sum() if w.sum() > 0 else np.full(len(movable), 1.0 / len(movable))
         stepped = movable[int(rng.choice(len(movable), p=p))]

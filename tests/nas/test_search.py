@@ -539,10 +539,10 @@ def test_objective_hooks_choose_known_points_reference_and_router(tmp_path):
 
 
 def test_shrink_to_budget_lowers_what_costs_and_never_moves_a_spacing():
-    """On a steps x widths joint space, the shrink draws each step down by the MACs it saves:
-    a timestep spacing (which saves nothing) is never changed, and the step counts (a whole
-    network call each) go down before the widths. A uniform draw over the dimensions changed
-    30 spacings in these 20 shrinks and kept 0.70 of the widths."""
+    """On a steps x widths joint space, the shrink draws each step down by the MACs it saves (times
+    the dimension's size): a timestep spacing (which saves nothing) is never changed, and the
+    step counts (a whole network call each) go down before the widths. A uniform draw over the
+    dimensions changed 30 spacings in these 20 shrinks and kept 0.70 of the widths."""
     import numpy as np
 
     from experts.intervals import Intervals
