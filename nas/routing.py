@@ -121,7 +121,7 @@ def _route_joint(ctx: RunContext, loss: Any, key: str, seed: int) -> RouteOutcom
         "below the cheapest joint trajectory (fewest steps, smallest experts)")
     fitted, sensitivity = _fit_width_agent(ctx, loss, settings)
     joint = JointSettings(max_steps=sc.steps_limit(cfg.sampling), spacings=tuple(sc.spacings),
-                          base_choice=sc.base_choice)
+                          base_choice=sc.base_choice, refine_evaluations=sc.refine_evaluations)
     log.info("joint routing: %d experts, steps per interval from %s, up to %d schedules per budget, budgets %s",
              mixture.num_experts, [list(a) for a in allowed], joint.max_schedules, budgets)
     try:

@@ -58,7 +58,13 @@ from experts.mixture_space import MixtureSpace
 from experts.schedule import StepSchedule
 from router.agent import ExpertRoutingAgent
 from router.feasibility import logit_scorer, make_feasible
-from router.schedules import JointSettings, candidate_counts, candidate_schedules, interval_step_counts
+from router.schedules import (
+    JointSettings,
+    candidate_counts,
+    candidate_schedules,
+    interval_step_counts,
+    neighbour_schedules,
+)
 from search_spaces import Arch
 from search_spaces.errors import UserError
 
@@ -282,8 +288,9 @@ def route_joint(
         if not schedules:
             raise UserError(f"budget {b:g}: no step schedule of at most {settings.max_steps} steps fits it, even "
                             "with every expert at its smallest arch")
+        refine = _Refine(int(settings.refine_evaluations), allowed, settings.ordered_spacings())
         outcomes.append(_route_budget(float(b), schedules, considered, decoder, scorer, budget_macs, cache,
-                                      settings.base_choice))
+                                      settings.base_choice, refine))
         o = outcomes[-1]
         log.info("joint router budget %g: %d schedules scored (%d new evaluations, %.1f s) of %d that fit; best "
                  "steps %s (%s) at MACs ratio %.4f, proxy %.4g", b, len(o.candidates), o.evaluations,
@@ -293,38 +300,89 @@ def route_joint(
     return outcomes
 
 
+@dataclass(frozen=True)
+class _Refine:
+    """The bounded local search after the candidates (``JointSettings.refine_evaluations``)."""
+
+    evaluations: int
+    allowed: Sequence[Sequence[int]]
+    spacings: Sequence[str]
+
+
 def _route_budget(b: float, schedules: Sequence[StepSchedule], considered: int, decoder: _Decoder,
                   scorer: Scorer, budget_macs: float, cache: dict[tuple[Any, ...], CandidateScore],
-                  base_choice: bool = False) -> JointOutcome:
+                  base_choice: bool = False, refine: _Refine | None = None) -> JointOutcome:
     """Decode and score each schedule of one budget (and, with ``base_choice``, its variant with
-    the base model serving the full-arch intervals); the best (first on ties) wins."""
-    decode_s = proxy_s = 0.0
-    decodes = evaluations = 0
-    candidates = []
+    the base model serving the full-arch intervals), then refine from the best (bounded); the
+    best (first on ties) wins."""
+    cost = {"decode_s": 0.0, "proxy_s": 0.0, "decodes": 0, "evaluations": 0}
+    candidates: list[JointCandidate] = []
     for schedule in schedules:
-        t0 = time.perf_counter()
-        arch, macs, p, repaired, n = decoder(schedule, budget_macs)
-        decode_s += time.perf_counter() - t0
-        decodes += n
-        archs = decoder.mixture.split(arch)
-        variants: list[tuple[int, ...]] = [()]
-        if base_choice:
-            full = tuple(k for k, (part, a) in enumerate(zip(decoder.mixture.parts, archs)) if a == part.full())
-            if full:
-                variants.append(full)
-        for on_base in variants:
-            key = _candidate_key(schedule, arch, on_base)
-            cached = key in cache
-            if not cached:
-                t1 = time.perf_counter()
-                served = [None if k in on_base else a for k, a in enumerate(archs)]
-                cache[key] = _as_score(scorer(schedule, served))
-                proxy_s += time.perf_counter() - t1
-                evaluations += 1
-            candidates.append(JointCandidate(schedule, arch, int(macs), float(p), repaired, cache[key], cached,
-                                             on_base))
+        candidates += _score_schedule(schedule, decoder, scorer, budget_macs, cache, base_choice, cost)
+    if refine is not None and refine.evaluations > 0:
+        candidates += _refine(candidates, decoder, scorer, budget_macs, cache, base_choice, cost, refine)
     best = min(candidates, key=_sort_value)
-    return JointOutcome(b, best, tuple(candidates), considered, decodes, evaluations, decode_s, proxy_s)
+    return JointOutcome(b, best, tuple(candidates), considered, int(cost["decodes"]), int(cost["evaluations"]),
+                        cost["decode_s"], cost["proxy_s"])
+
+
+def _score_schedule(schedule: StepSchedule, decoder: _Decoder, scorer: Scorer, budget_macs: float,
+                    cache: dict[tuple[Any, ...], CandidateScore], base_choice: bool,
+                    cost: dict[str, Any], only_if_fits: bool = False) -> list[JointCandidate]:
+    """The candidates of one schedule (its decode, and the base-served variant), scored once each
+    (none when ``only_if_fits`` and the decode stays over the budget); ``cost`` accumulates
+    decodes, evaluations and seconds."""
+    t0 = time.perf_counter()
+    arch, macs, p, repaired, n = decoder(schedule, budget_macs)
+    cost["decode_s"] += time.perf_counter() - t0
+    cost["decodes"] += n
+    if only_if_fits and macs > budget_macs + 1e-9:
+        return []
+    archs = decoder.mixture.split(arch)
+    variants: list[tuple[int, ...]] = [()]
+    if base_choice:
+        full = tuple(k for k, (part, a) in enumerate(zip(decoder.mixture.parts, archs)) if a == part.full())
+        if full:
+            variants.append(full)
+    out = []
+    for on_base in variants:
+        key = _candidate_key(schedule, arch, on_base)
+        cached = key in cache
+        if not cached:
+            t1 = time.perf_counter()
+            served = [None if k in on_base else a for k, a in enumerate(archs)]
+            cache[key] = _as_score(scorer(schedule, served))
+            cost["proxy_s"] += time.perf_counter() - t1
+            cost["evaluations"] += 1
+        out.append(JointCandidate(schedule, arch, int(macs), float(p), repaired, cache[key], cached, on_base))
+    return out
+
+
+def _refine(candidates: Sequence[JointCandidate], decoder: _Decoder, scorer: Scorer, budget_macs: float,
+            cache: dict[tuple[Any, ...], CandidateScore], base_choice: bool, cost: dict[str, Any],
+            refine: _Refine) -> list[JointCandidate]:
+    """Best-improvement local search over one-move neighbour schedules of the best candidate
+    (:func:`router.schedules.neighbour_schedules`), within budget and at most
+    ``refine.evaluations`` new exact evaluations; the candidates it scored."""
+    out: list[JointCandidate] = []
+    seen = {tuple(c.schedule.timesteps()) for c in candidates}
+    limit = int(cost["evaluations"]) + refine.evaluations
+    centre = min(candidates, key=_sort_value)
+    for _ in range(refine.evaluations):  # bounded: every round spends at least one evaluation
+        scored = []
+        for schedule in neighbour_schedules(centre.schedule, refine.allowed, refine.spacings):
+            ts = tuple(schedule.timesteps())
+            if ts in seen or cost["evaluations"] >= limit:
+                continue
+            seen.add(ts)
+            scored += _score_schedule(schedule, decoder, scorer, budget_macs, cache, base_choice, cost,
+                                      only_if_fits=True)
+        out += scored
+        best = min(scored, key=_sort_value, default=None)
+        if best is None or _sort_value(best) >= _sort_value(centre):
+            break
+        centre = best
+    return out
 
 
 def joint_allocation(outcome: JointOutcome, mixture: MixtureSpace, *, base_trajectory_macs: float,

@@ -228,7 +228,8 @@ def _plain(value: Any) -> Any:
 #: (a later key registers here: ``(section, key): default``).
 LATE_KEYS: dict[tuple[str, str], Any] = {("bench", "finetune_target"): "denoise",
                                           ("bench", "latency_batch_sizes"): [1, 64],
-                                          ("experts", "data_parallel_workers"): 1, ("bench", "parallel"): False}
+                                          ("experts", "data_parallel_workers"): 1, ("bench", "parallel"): False,
+                                          ("schedule", "refine_evaluations"): 0}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

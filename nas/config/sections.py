@@ -176,6 +176,10 @@ class ScheduleConfig:
         base_choice: each interval may be served by the base model itself, unpruned, instead of
             its expert (so the base with fewer or searched steps is a point of the joint space,
             and an expert is used only where it pays for itself).
+        refine_evaluations: the router's local search after its candidates: at most this many
+            more proxy evaluations of one-move neighbours of its best schedule (a step moved
+            between intervals, one interval's spacing changed; see
+            :class:`router.schedules.JointSettings`); 0: off.
     """
 
     joint: bool = False
@@ -187,8 +191,10 @@ class ScheduleConfig:
     proxy_seed: int = 12345
     reference_steps: int = 50
     base_choice: bool = True
+    refine_evaluations: int = 0
 
     def __post_init__(self) -> None:
+        require(self.refine_evaluations >= 0, "refine_evaluations", f"must be >= 0, got {self.refine_evaluations}")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps",
                 f"must be >= 1 or null, got {self.max_steps}")
         if self.counts is not None:

@@ -153,3 +153,33 @@ def test_fit_agents_then_export_is_train_router(bench):
     assert [fit.agents[b].decode(b) for b in (0.4, 0.7)] == [res.agents[0].decode(b) for b in (0.4, 0.7)]
     assert math.isclose(fit.ref_macs, res.base_macs) and fit.evaluations == res.train_evaluations
     assert fit.record == res.settings
+
+
+class _MixedScorer(_Scorer):
+    """As :class:`_Scorer`, but the best placement gives the highest-noise interval one step more
+    than its share and a ``trailing`` spacing there only: a schedule none of the shared-spacing
+    candidates is."""
+
+    def __call__(self, schedule, archs):
+        base = super().__call__(schedule, archs)
+        counts = schedule.steps_per_interval
+        bonus = 1.0 if schedule.parts[-1].spacing == "trailing" and schedule.parts[0].spacing != "trailing" else 0.0
+        bonus += 0.5 if counts[-1] > counts[0] else 0.0
+        return CandidateScore(base.value - bonus, base.details)
+
+
+def test_refine_walks_one_move_neighbours_within_its_evaluations_and_the_budget(bench, fitted):
+    plain, refined = _MixedScorer(bench), _MixedScorer(bench)
+    kw = dict(base_trajectory_macs=fitted.ref_macs, budget_range=fitted.budget_range)
+    [a] = route_joint(fitted.agents[0.3], bench.mixture, [0.3], plain, JointSettings(max_steps=40, max_schedules=8),
+                      **kw)
+    [b] = route_joint(fitted.agents[0.3], bench.mixture, [0.3], refined,
+                      JointSettings(max_steps=40, max_schedules=8, refine_evaluations=12), **kw)
+    assert a.candidates == b.candidates[: len(a.candidates)]  # the same candidates first
+    assert a.evaluations < b.evaluations <= a.evaluations + 12 and refined.calls == b.evaluations
+    assert b.best.score.value < a.best.score.value  # it found a better, mixed-spacing schedule
+    spacings = {p.spacing for p in b.best.schedule.parts}
+    assert len(spacings) > 1 and b.best.schedule.parts[-1].spacing == "trailing"
+    assert all(c.macs <= 0.3 * fitted.ref_macs + 1e-6 for c in b.candidates)
+    with pytest.raises(UserError, match="refine_evaluations"):
+        JointSettings(max_steps=4, refine_evaluations=-1)
