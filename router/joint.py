@@ -361,27 +361,33 @@ def _score_schedule(schedule: StepSchedule, decoder: _Decoder, scorer: Scorer, b
 def _refine(candidates: Sequence[JointCandidate], decoder: _Decoder, scorer: Scorer, budget_macs: float,
             cache: dict[tuple[Any, ...], CandidateScore], base_choice: bool, cost: dict[str, Any],
             refine: _Refine) -> list[JointCandidate]:
-    """Best-improvement local search over one-move neighbour schedules of the best candidate
-    (:func:`router.schedules.neighbour_schedules`), within budget and at most
-    ``refine.evaluations`` new exact evaluations; the candidates it scored."""
+    """First-improvement local search over the one-move neighbour schedules of the best candidate
+    (:func:`router.schedules.neighbour_schedules`): the first neighbour that scores better becomes
+    the centre; it ends when none does, within the budget and at most ``refine.evaluations`` new
+    exact evaluations (first-improvement walks further than best-improvement on so few). Returns
+    the candidates it scored."""
     out: list[JointCandidate] = []
     seen = {tuple(c.schedule.timesteps()) for c in candidates}
     limit = int(cost["evaluations"]) + refine.evaluations
     centre = min(candidates, key=_sort_value)
-    for _ in range(refine.evaluations):  # bounded: every round spends at least one evaluation
-        scored = []
+    for _ in range(refine.evaluations + 1):  # bounded: a pass that moves has scored a new schedule
+        moved = False
         for schedule in neighbour_schedules(centre.schedule, refine.allowed, refine.spacings):
             ts = tuple(schedule.timesteps())
-            if ts in seen or cost["evaluations"] >= limit:
+            if ts in seen:
                 continue
+            if cost["evaluations"] >= limit:
+                return out
             seen.add(ts)
-            scored += _score_schedule(schedule, decoder, scorer, budget_macs, cache, base_choice, cost,
-                                      only_if_fits=True)
-        out += scored
-        best = min(scored, key=_sort_value, default=None)
-        if best is None or _sort_value(best) >= _sort_value(centre):
+            scored = _score_schedule(schedule, decoder, scorer, budget_macs, cache, base_choice, cost,
+                                     only_if_fits=True)
+            out += scored
+            better = min(scored, key=_sort_value, default=None)
+            if better is not None and _sort_value(better) < _sort_value(centre):
+                centre, moved = better, True
+                break
+        if not moved:
             break
-        centre = best
     return out
 
 

@@ -49,9 +49,9 @@ class JointSettings:
             the base model serving those intervals is scored too (at most one more exact
             evaluation per schedule; same MACs).
         refine_evaluations: after the candidates, a bounded local search from the best one:
-            its one-move neighbours (one step moved from one interval to another; one
-            interval's spacing changed) are scored, the best becomes the centre, until none
-            improves or this many more exact evaluations are spent (0: off). The candidates
+            its one-move neighbours (one interval's spacing changed; one step moved from one
+            interval to another) are scored in turn, the first that improves becomes the
+            centre, until none improves or this many more exact evaluations are spent (0: off). The candidates
             share one spacing across intervals; the neighbours need not (on the standard
             workload a 10x TPE search's best at 0.1, bench FID 0.224 against the router's
             0.508, was such a neighbour of the router's pick).
