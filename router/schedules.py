@@ -51,10 +51,10 @@ class JointSettings:
         refine_evaluations: after the candidates, a bounded local search from the best one:
             its one-move neighbours (one interval's spacing changed; one step moved from one
             interval to another) are scored in turn, the first that improves becomes the
-            centre, until none improves or this many more exact evaluations are spent (0: off). The candidates
-            share one spacing across intervals; the neighbours need not (on the standard
-            workload a 10x TPE search's best at 0.1, bench FID 0.224 against the router's
-            0.508, was such a neighbour of the router's pick).
+            centre, until none improves or this many more exact evaluations are spent (0: off).
+            The candidates share one spacing across intervals; the neighbours need not (on the
+            standard workload the walk reached, three moves from the router's pick at 0.1, a
+            10x TPE search's best: bench FID 0.224 against 0.508).
 
     Raises:
         UserError: a count or cap out of range, no spacing.

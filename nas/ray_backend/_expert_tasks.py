@@ -150,7 +150,6 @@ def task_failure(what: str, err: Exception, retries: int,
     return UserError(f"{what} failed in its Ray task: {type(cause).__name__}: {text}")
 
 
-
 def gather_tasks(refs: Mapping[Any, Hashable], what: str, retries: int, *,
                  on_done: Callable[[Hashable, dict[str, Any]], None] | None = None,
                  rerun: str = "rerun (finished jobs are kept)") -> dict[Hashable, dict[str, Any]]:
@@ -178,6 +177,7 @@ def gather_tasks(refs: Mapping[Any, Hashable], what: str, retries: int, *,
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
     return out
+
 
 def run_expert_jobs_ray(
     jobs: Sequence[Any],
