@@ -146,14 +146,15 @@ def finetune_target(ctx: Any) -> dict[str, Any]:
 
 
 def _finetune_call(ctx: Any, alloc: Allocation, budget: float, settings: ExpertTrainSettings,
-                   **more: Any) -> tuple[Any, Path]:
+                   out: Path | None = None, **more: Any) -> tuple[Any, Path]:
     """:func:`experts.finetune.finetune_allocation` of ``alloc`` with the run's data, base and
-    target (``more``: e.g. ``experts_only``); (its result, the mixture folder)."""
+    target into ``out`` (default ``mixtures/<method>-<budget>``; ``more``: e.g. ``experts_only``);
+    (its result, the mixture folder)."""
     from experts.finetune import finetune_allocation
 
     run = ctx.run
     train, heldout = ctx.data()
-    out = run.mixture_dir(alloc.method, budget)
+    out = out or run.mixture_dir(alloc.method, budget)
     res = finetune_allocation(
         alloc, run.experts_dir, train, settings, out, scheduler_config=ctx.base.scheduler_config,
         device=ctx.device, heldout=heldout, vae=ctx.base.vae, encoder_hidden_states=ctx.base.encoder_hidden_states,
@@ -175,16 +176,77 @@ def _finetune_mixture(ctx: Any, alloc: Allocation, budget: float,
     model = load_model_folder(out, device=ctx.device).model
     timesteps = alloc.timesteps()
     timesteps = ctx.timesteps if timesteps is None else timesteps  # the allocation's schedule, if any
+    validation = None
+    if ctx.cfg.bench.finetune_validation_images:
+        model, out, validation = _validated(ctx, alloc, budget, settings, model, out, list(timesteps))
     traj = int(model.trajectory_macs(timesteps))
     k = alloc.intervals.num_intervals
     extra = {
         "model_path": str(out.relative_to(run.path)),
         "finetune": {"steps_per_expert": res.steps_per_expert, "batch_size": res.batch_size, "num_experts": k,
                      "steps_total": res.steps_per_expert * k, "images_total": res.steps_per_expert * res.batch_size * k,
-                     "seconds": res.seconds, "loss_before": list(res.loss_before), "loss_after": list(res.loss_after)},
+                     "seconds": res.seconds, "loss_before": list(res.loss_before), "loss_after": list(res.loss_after),
+                     **({"validation": validation} if validation else {})},
         "macs_per_expert": list(model.macs_per_expert()),
         "steps_per_expert": alloc.intervals.steps_per_interval(timesteps),
         "intervals": alloc.intervals.spans(),
         "allocation_achieved_ratio": alloc.achieved_ratio,
     }
     return model, traj, extra
+
+
+VALIDATION_FILE = "validation.json"
+
+
+def _validation_fid(ctx: Any, model: Any, timesteps: list[int]) -> float:
+    """FID of ``bench.finetune_validation_images`` samples of ``model`` along ``timesteps`` from
+    ``bench.finetune_validation_seed`` against the dataset's reference features."""
+    from nas.metrics import frechet_distance_from_features
+
+    b = ctx.cfg.bench
+    images = ctx.generate(model, b.finetune_validation_images, b.finetune_validation_seed, len(timesteps),
+                          timesteps=timesteps, progress=False)  # (N, C, H, W)
+    return float(frechet_distance_from_features(ctx.extractor()(images), ctx.reference_features()))
+
+
+def _validated(ctx: Any, alloc: Allocation, budget: float, settings: ExpertTrainSettings, tuned: Any, out: Path,
+               timesteps: list[int]) -> tuple[Any, Path, dict[str, Any]]:
+    """The fine-tuned mixture ``tuned`` (in ``out``) or, when its validation FID is worse, the
+    allocation's untuned experts saved as ``mixtures/<method>-untuned-<budget>``: (model, its
+    folder, the record). The record is cached in ``out/validation.json`` (written to a temporary
+    sibling and renamed) and recomputed when the validation images, seed or timesteps change."""
+    from dataclasses import replace
+
+    from experts.pipeline import load_model_folder
+
+    b = ctx.cfg.bench
+    untuned_dir = ctx.run.mixture_dir(alloc.method + "-untuned", budget)
+    wanted = {"images": b.finetune_validation_images, "seed": b.finetune_validation_seed, "timesteps": timesteps}
+    path = out / VALIDATION_FILE
+    record = None
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or any(record.get(k) != v for k, v in wanted.items()):
+            record = None
+    untuned = None
+    if record is None or record.get("kept") == "untuned":
+        # the same materialisation with no optimiser step: what the router and the search scored
+        _finetune_call(ctx, alloc, budget, replace(settings, steps=0), out=untuned_dir)
+        ctx.run.write_config(ctx.cfg, untuned_dir)
+        untuned = load_model_folder(untuned_dir, device=ctx.device).model
+    if record is None:
+        fid_tuned, fid_untuned = _validation_fid(ctx, tuned, timesteps), _validation_fid(ctx, untuned, timesteps)
+        record = {**wanted, "fid_finetuned": fid_tuned, "fid_untuned": fid_untuned,
+                  "kept": "untuned" if fid_untuned < fid_tuned else "finetuned"}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(path)
+    log.info("%s: validation FID fine-tuned %.4f, untuned %.4f: %s kept", out.name, record["fid_finetuned"],
+             record["fid_untuned"], record["kept"])
+    summary = {k: record[k] for k in ("images", "seed", "fid_finetuned", "fid_untuned", "kept")}
+    if record["kept"] == "untuned":
+        return untuned, untuned_dir, {**summary, "untuned_path": str(untuned_dir.relative_to(ctx.run.path))}
+    return tuned, out, summary

@@ -229,7 +229,9 @@ def _plain(value: Any) -> Any:
 LATE_KEYS: dict[tuple[str, str], Any] = {("bench", "finetune_target"): "denoise",
                                           ("bench", "latency_batch_sizes"): [1, 64],
                                           ("experts", "data_parallel_workers"): 1, ("bench", "parallel"): False,
-                                          ("schedule", "refine_evaluations"): 0}
+                                          ("schedule", "refine_evaluations"): 0,
+                                          ("bench", "finetune_validation_images"): 0,
+                                          ("bench", "finetune_validation_seed"): 10_000}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

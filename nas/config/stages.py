@@ -305,6 +305,14 @@ class BenchConfig:
             (``schedule.reference_steps``, else ``sampling.num_steps``) lands
             (:mod:`experts.schedule_distill`); needs ``sampling.sampler: ddim``. The
             ``fewer_steps_tuned`` baseline gets the same fine-tuning on the base model.
+        finetune_validation_images: a fine-tuned mixture is kept only if it beats its untuned
+            experts (the allocation's sub-networks as the router and the search scored them) on
+            the FID of this many images sampled from ``finetune_validation_seed`` (noise the bench
+            never scores); else the bench scores the untuned mixture, saved beside it as
+            ``mixtures/<method>-untuned-<budget>``. Fine-tuning on a mixture's own trajectory can
+            make a schedule worse (it can overfit a few large steps); this is model selection on
+            held-out noise, as early stopping is. ``0``: every fine-tuned mixture is kept.
+        finetune_validation_seed: the seed of the validation images; must not be one of ``seeds``.
         parallel: run the fine-tuning of every pruned model (one Ray task per method and budget)
             and the sampling and scoring of every row (one Ray task per method, budget and seed)
             on the local Ray (``search.num_cpus``/``search.num_gpus``) or the cluster of
@@ -328,6 +336,8 @@ class BenchConfig:
     static_max_iterations: int = 12
     static_tolerance: float = 0.02
     finetune_target: str = "denoise"
+    finetune_validation_images: int = 0
+    finetune_validation_seed: int = 10_000
     latency_batch_size: int = 16
     latency_repeats: int = 3
     latency_batch_sizes: tuple[int, ...] = (1, 64)
@@ -359,6 +369,11 @@ class BenchConfig:
         require(self.grid_images >= 1, "grid_images", f"must be >= 1, got {self.grid_images}")
         require(self.finetune_target in ("denoise", "trajectory"), "finetune_target",
                 f"must be denoise or trajectory, got {self.finetune_target!r}")
+        require(self.finetune_validation_images == 0 or self.finetune_validation_images >= 2,
+                "finetune_validation_images", f"must be 0 (off) or >= 2, got {self.finetune_validation_images}")
+        require(self.finetune_validation_seed >= 0 and self.finetune_validation_seed not in self.seeds,
+                "finetune_validation_seed", f"must be >= 0 and not one of seeds {list(self.seeds)} (the validation "
+                f"images must be noise the bench does not score), got {self.finetune_validation_seed}")
 
 
 @dataclass(frozen=True)
