@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, r, path in todo:
         alloc = Allocation.load(path)
-        on_base = set(alloc.base_intervals or ())
+        # the steps-only baseline samples the base model itself along its schedule
+        on_base = set(range(len(alloc.archs))) if r["method"] == "steps" else set(alloc.base_intervals or ())
         archs = [None if k in on_base else a for k, a in enumerate(alloc.archs)]
         model = MixtureOfExperts(intervals, [base if a is None else e for a, e in zip(archs, experts)], archs)
         images = ctx.generate(model, args.images, ctx.cfg.schedule.proxy_seed, 0,

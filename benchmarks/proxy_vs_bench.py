@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s: no allocation file, skipped", name)
             continue
         alloc = Allocation.load(alloc_path)
-        on_base = set(alloc.base_intervals or ())
+        # the steps-only baseline samples the base model itself along its schedule
+        on_base = set(range(len(alloc.archs))) if r["method"] == "steps" else set(alloc.base_intervals or ())
         archs = [None if k in on_base else a for k, a in enumerate(alloc.archs)]
         models = [base if a is None else e for a, e in zip(archs, experts)]
         before = _score(proxy, MixtureOfExperts(intervals, models, archs), alloc.schedule)
