@@ -40,6 +40,10 @@ def _cells(r: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     html carries ``value`` in ``data-value`` (what the consistency test compares)."""
     ft = r.get("finetune") or {}
     ft_text = "-" if not ft else f"{ft.get('steps_total', ft.get('steps_per_expert', '?'))} x {ft.get('batch_size', '?')}"
+    val = ft.get("validation")
+    if val:  # bench.finetune_validation_images: which of the two mixtures the bench scored
+        ft_text += (f"; validation FID {float(val['fid_finetuned']):.3f} fine-tuned, {float(val['fid_untuned']):.3f} "
+                    f"untuned: {val['kept']} kept")
     cost = r.get("allocation_cost") or {}
     cost_text = "-"
     if cost:
@@ -176,6 +180,14 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
             f"{ft.get('batch_size')} images per expert ({ft.get('images_total')} images in all per method; "
             f"the static model gets all of them)."
         )
+        val = next((r["finetune"]["validation"] for r in summary["rows"]
+                    if isinstance(r.get("finetune"), dict) and r["finetune"].get("validation")), None)
+        if val:
+            lines.append(
+                f"A fine-tuned mixture is kept only if its FID on {val['images']} validation images (seed "
+                f"{val['seed']}, noise no scored row uses) beats its untuned experts'; else the untuned mixture is "
+                "scored (bench.finetune_validation_images; the fine-tune column says which)."
+            )
     ref = summary["reference_point"]
     lines.append(
         f"Hypervolume reference point: MACs ratio {ref['macs_ratio']:g}, FID {fmt_num(ref['fid'], 3)} "

@@ -66,6 +66,12 @@ def test_harmful_finetuning_keeps_the_untuned_mixture(trained, tmp_path, monkeyp
     record = json.loads((run.path / "mixtures/search-0.7" / _mixture.VALIDATION_FILE).read_text())
     assert record["kept"] == "untuned" and record["fid_finetuned"] == v["fid_finetuned"]
 
+    assert main(["report", "--config", str(TINY), "--set", f"run_root={root}", "--set", "bench.methods=[search, base]",
+                 "--set", "bench.finetune_validation_images=16", "--set", "experts.finetune_learning_rate=5.0",
+                 "-q"]) == 0
+    report = (run.report_dir / "report.md").read_text()
+    assert "untuned: untuned kept" in report and "on 16 validation images (seed 10000" in report
+
     # a rerun reads the stored verdict: no validation images are sampled again
     def fail(*a, **k):
         raise AssertionError("validated twice")
