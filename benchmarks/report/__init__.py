@@ -82,7 +82,9 @@ reported row)``, the same for every method of one report (stated in ``summary.js
                         (:mod:`~benchmarks.report.latency_fronts`)
     verdicts          [ {budget, ship, base, best_own, best_baseline (each {method, budget_ratio, fid_mean,
                          fid_ci_low, fid_ci_high, macs_ratio, latency_ms_per_image, speedup, num_steps} or
-                         null), baseline_wins, overlaps_runner_up, export_command (or null), text} ]
+                         null), baseline_wins, overlaps_runner_up, paired_vs_rival ({mean, low, high,
+                         num_seeds, confidence, resolved}: the rival's FID minus the shipped row's, seed by
+                         seed, or null), export_command (or null), text} ]
 
 Example:
     >>> hypervolume_2d([(0.2, 3.0), (0.5, 2.0), (0.8, 1.0)], (1.0, 4.0))

@@ -279,7 +279,7 @@ def _select_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
 _ROW_KEYS = ("method", "budget_ratio", "fid_mean", "fid_ci_low", "fid_ci_high", "fid_values", "kid_mean",
              "kid_ci_low", "kid_ci_high", "kid_values", "macs_per_trajectory", "macs_ratio", "latency_ms_per_image",
              "base_latency_ms_per_image", "speedup", "latency_group", "finetune", "allocation_cost", "grid",
-             "num_steps", "model_path")
+             "num_steps", "model_path", "seeds", "confidence")
 
 
 def _schedule_keys(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,3 +91,26 @@ def test_the_interactive_plot_renders_offline_with_the_allocation_in_its_hover(t
                      and not any(re.match(rf"https?://([^/]+\.)?{re.escape(h)}(/|:|$)", u) for h in own)}
     assert page_requests == set()
     assert not re.search(r'<(img|script|link|iframe)[^>]+(src|href)="https?:', dom)
+
+
+def test_a_paired_difference_resolves_what_overlapping_intervals_do_not():
+    from benchmarks.report.verdict import budget_verdicts, paired_difference
+
+    # a noise batch that is hard for every method (seed 2): the rows' own intervals overlap, the
+    # seed-by-seed difference is the same 0.1 each time
+    seeds = [0, 1, 2]
+    router = {"method": "router", "budget_ratio": 0.3, "fid_values": [0.20, 0.25, 0.40], "seeds": seeds,
+              "fid_mean": 0.283, "fid_ci_low": 0.03, "fid_ci_high": 0.54, "confidence": 0.95}
+    steps = {"method": "fewer_steps", "budget_ratio": 0.3, "fid_values": [0.30, 0.35, 0.50], "seeds": seeds,
+             "fid_mean": 0.383, "fid_ci_low": 0.13, "fid_ci_high": 0.64, "confidence": 0.95, "num_steps": 3}
+    v = budget_verdicts({"rows": [router, steps]}, "runs/x", exportable=lambda r: False)[0]
+    assert v["overlaps_runner_up"] and v["paired_vs_rival"]["resolved"]
+    assert abs(v["paired_vs_rival"]["mean"] - 0.1) < 1e-9
+    assert "paired over the same 3 seeds, fewer_steps is 0.100 [0.100, 0.100] worse (resolved)" in v["text"]
+    # scored on other seeds (or one seed): nothing paired is claimed
+    assert paired_difference(router, {**steps, "seeds": [3, 4, 5]}) is None
+    assert paired_difference({**router, "fid_values": [0.2], "seeds": [0]}, {**steps, "fid_values": [0.3],
+                                                                             "seeds": [0]}) is None
+    noisy = {**steps, "fid_values": [0.10, 0.35, 0.70]}
+    d = paired_difference(router, noisy)
+    assert not d["resolved"] and d["low"] < 0 < d["high"]
