@@ -17,8 +17,8 @@ It prints Kendall's tau of each against the bench FID over all rows and per budg
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/proxy_fidelity.py --preset standard --run-root runs \\
-        --extra-run-root old:runs-before --out benchmarks/results/standard-rerun/proxy-fidelity
+    OMP_NUM_THREADS=1 python benchmarks/proxy_fidelity.py --preset standard --run-root runs-a \\
+        --extra-run-root b:runs-b --out benchmarks/results/standard-rerun/proxy-fidelity
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = _rows(ctx, "")
     for spec in args.extra_run_root:
         prefix, _, root = spec.partition(":")
-        todo += [x for x in _rows(context(Path(root)), prefix + ":") if x[1]["method"] in ("router", "search")]
+        todo += _rows(context(Path(root)), prefix + ":")
     sizes = [n for n in (64, 256, 1024, 4096) if n <= args.images]
     rows = []
     for name, r, path in todo:
