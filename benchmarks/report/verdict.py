@@ -171,12 +171,15 @@ def budget_verdicts(summary: Mapping[str, Any], run_text: str,
             what = ("diffnas's best" if baseline_wins else "the best baseline")
             text += f"; {what}, {rival['method']} ({method_label(rival['method'])}), gives {_fid(rival)}"
         paired = paired_difference(best, rival) if rival is not None else None
-        if paired is not None:
-            text += _paired_text(paired, rival["method"])
         runner_up = here[1] if len(here) > 1 else None
         if runner_up is not None and _overlap(best, runner_up):
-            text += (f" (its interval overlaps {runner_up['method']}'s: the difference is not resolved at this "
-                     f"sample count)")
+            if paired is not None and runner_up is rival:  # the paired difference below decides
+                text += f" (its interval overlaps {runner_up['method']}'s)"
+            else:
+                text += (f" (its interval overlaps {runner_up['method']}'s: the difference is not resolved at this "
+                         f"sample count)")
+        if paired is not None:
+            text += _paired_text(paired, rival["method"])
         if cmd is None:
             text += f"; {_instead(best, run_text)}"
         out.append({"budget": key, "ship": _brief(best), "base": _brief(base), "best_own": _brief(own[0] if own else None),
