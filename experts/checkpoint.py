@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import nn
 from experts.expert_folder import reading_artefact
 
 __all__ = [
+    "finish_uninterrupted",
     "flatten_optimizer",
     "is_supernet",
     "jsonable",
@@ -130,7 +131,17 @@ def save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, ge
             old.rename(ckpt)
         remove_tree(tmp)
         raise
-    remove_tree(old)
+    finish_uninterrupted(lambda: remove_tree(old))
+
+
+def finish_uninterrupted(clean_up: Callable[[], None]) -> None:
+    """Run an idempotent ``clean_up``; if an interrupt (Ctrl-C, SIGTERM raised by the CLI) lands
+    inside it, run it once more to the end, then re-raise, so no half-removed folder is left."""
+    try:
+        clean_up()
+    except BaseException:
+        clean_up()
+        raise
 
 
 _RESTART = "delete {ckpt} to restart that training from step 0 (the rest of the run is kept)"

@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from experts.checkpoint import flatten_optimizer, remove_tree, unflatten_optimizer  # one checkpoint format
+from experts.checkpoint import (  # one checkpoint format
+    finish_uninterrupted,
+    flatten_optimizer,
+    recover_checkpoint,
+    remove_tree,
+    unflatten_optimizer,
+)
 from experts.expert_folder import reading_artefact
 from experts.text_condition import call_denoiser
 from nas.model_folders import MARKER_FILE, read_json
@@ -168,27 +174,15 @@ def _save_checkpoint(ckpt: Path, step: int, unet, ema: dict, opt, gen: torch.Gen
     except BaseException:
         remove_tree(tmp)
         raise
-    # swap atomically-ish: a kill leaves either the old or the new checkpoint complete
+    # swap atomically-ish: a kill leaves either the old or the new checkpoint complete, and SIGTERM
+    # (raised as an exception by the CLI) landing in the swap or the clean-up still leaves no .old
     old = ckpt.with_name(ckpt.name + ".old")
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    if old.exists():
-        for p in old.iterdir():
-            p.unlink()
-        old.rmdir()
-
-
-def _recover_checkpoint_dir(ckpt: Path) -> None:
-    """After a kill during the swap, restore whichever complete checkpoint is left."""
-    old = ckpt.with_name(ckpt.name + ".old")
-    if not ckpt.exists() and old.exists():
-        old.rename(ckpt)
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if tmp.exists():
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+    try:
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+    finally:
+        finish_uninterrupted(lambda: recover_checkpoint(ckpt))
 
 
 def train_embedded_digits(
@@ -242,7 +236,7 @@ def train_embedded_digits(
     if _is_trained(marker, digest, out_dir):
         return out_dir
     ckpt = out_dir / CHECKPOINT_DIR
-    _recover_checkpoint_dir(ckpt)
+    recover_checkpoint(ckpt)
     every = max(1, int(getattr(model_cfg, "checkpoint_every", 250) if model_cfg is not None else 250))
     total = int(settings["train_steps"])
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
