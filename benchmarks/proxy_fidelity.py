@@ -36,7 +36,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from proxy_vs_bench import _fmt, _kendall, _latest_rows  # noqa: E402
+from proxy_vs_bench import _fmt, _latest_rows, _taus  # noqa: E402
 
 log = logging.getLogger("proxy_fidelity")
 
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from experts.allocation import Allocation
-    from experts.trajectory_proxy import _as_features
     from experts.mixture import MixtureOfExperts
     from nas.config import load_config
     from nas.run import RunContext
@@ -103,21 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         model = MixtureOfExperts(intervals, [base if a is None else e for a, e in zip(archs, experts)], archs)
         images = ctx.generate(model, args.images, ctx.cfg.schedule.proxy_seed, 0,
                               timesteps=alloc.schedule, progress=False)
-        feats = np.asarray(_as_features(extractor(images)), dtype=np.float64)
+        feats = np.asarray(extractor(images), dtype=np.float64)  # (N, D)
         m = _metrics(feats, ref, sizes)
         m["distance@64"] = float(proxy.score(model, alloc.schedule).distance)
         rows.append({"name": name, "budget_ratio": r["budget_ratio"], "fid_mean": r["fid_mean"],
                      "steps_per_interval": list(alloc.schedule.steps_per_interval), "metrics": m})
         log.info("%s: bench FID %.3f, %s", name, r["fid_mean"], {k: round(v, 4) for k, v in m.items()})
     budgets = sorted({x["budget_ratio"] for x in rows})
-    taus: dict[str, Any] = {}
-    for k in rows[0]["metrics"]:
-        values, fid = [x["metrics"][k] for x in rows], [x["fid_mean"] for x in rows]
-        per = {str(b): _kendall([x["metrics"][k] for x in rows if x["budget_ratio"] == b],
-                                [x["fid_mean"] for x in rows if x["budget_ratio"] == b]) for b in budgets}
-        vals = [t for t in per.values() if t is not None]
-        taus[k] = {"all": _kendall(values, fid), "per_budget": per,
-                   "per_budget_mean": sum(vals) / len(vals) if vals else None}
+    taus = {k: _taus([x["metrics"][k] for x in rows], rows) for k in rows[0]["metrics"]}
     result = {"rows": rows, "taus": taus, "images": args.images, "machine": platform.platform(),
               "command": " ".join(["python", "benchmarks/proxy_fidelity.py", *(argv or sys.argv[1:])])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

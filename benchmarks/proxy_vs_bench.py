@@ -58,6 +58,17 @@ def _kendall(xs: list[float], ys: list[float]) -> float | None:
     return None if tau != tau else float(tau)  # NaN: constant input
 
 
+def _taus(values: list[float], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Kendall's tau of ``values`` (one per row) against the rows' bench FID: over all rows, per
+    budget, and the mean of the per-budget taus."""
+    budgets = sorted({x["budget_ratio"] for x in rows})
+    per = {str(b): _kendall([v for v, x in zip(values, rows) if x["budget_ratio"] == b],
+                            [x["fid_mean"] for x in rows if x["budget_ratio"] == b]) for b in budgets}
+    known = [t for t in per.values() if t is not None]
+    return {"all": _kendall(values, [x["fid_mean"] for x in rows]), "per_budget": per,
+            "per_budget_mean": sum(known) / len(known) if known else None}
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -111,17 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                      "fid_mean": r["fid_mean"], "proxy_before": before, "proxy_after": after,
                      "steps_per_interval": list(alloc.schedule.steps_per_interval)})
         log.info("%s: FID %.3f, proxy before fine-tuning %s, after %s", name, r["fid_mean"], before, after)
-    fid = [x["fid_mean"] for x in rows]
-    budgets = sorted({x["budget_ratio"] for x in rows})
-    taus: dict[str, Any] = {}
-    for when in ("before", "after"):
-        for kind in ("small_fid", "distance"):
-            values = [x[f"proxy_{when}"][kind] for x in rows]
-            per = [_kendall([v for v, x in zip(values, rows) if x["budget_ratio"] == b],
-                            [x["fid_mean"] for x in rows if x["budget_ratio"] == b]) for b in budgets]
-            per = [t for t in per if t is not None]
-            taus[f"{kind} {when} fine-tuning"] = {"all": _kendall(values, fid),
-                                                  "per_budget_mean": sum(per) / len(per) if per else None}
+    taus = {f"{kind} {when} fine-tuning": _taus([x[f"proxy_{when}"][kind] for x in rows], rows)
+            for when in ("before", "after") for kind in ("small_fid", "distance")}
     result: dict[str, Any] = {
         "rows": rows, "taus": taus, "proxy_images": ctx.cfg.schedule.proxy_images,
         "search_proxy": ctx.cfg.schedule.proxy, "machine": platform.platform(),

@@ -127,9 +127,7 @@ def save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, ge
             ckpt.rename(old)
         tmp.rename(ckpt)
     except BaseException:
-        if not ckpt.exists() and old.exists():
-            old.rename(ckpt)
-        remove_tree(tmp)
+        finish_uninterrupted(lambda: recover_checkpoint(ckpt))
         raise
     finish_uninterrupted(lambda: remove_tree(old))
 

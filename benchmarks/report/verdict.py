@@ -83,18 +83,15 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, A
         >>> round(d["mean"], 3), d["low"] > 0, d["num_seeds"]
         (0.1, True, 3)
     """
-    from scipy import stats
+    from nas.metrics import t_interval
 
     va, vb, sa, sb = a.get("fid_values"), b.get("fid_values"), a.get("seeds"), b.get("seeds")
     if not (va and vb and sa and sb) or list(sa) != list(sb) or len(va) != len(vb) or len(va) < 2:
         return None
-    diff = [float(y) - float(x) for x, y in zip(va, vb)]
-    n = len(diff)
-    mean = sum(diff) / n
-    std = (sum((d - mean) ** 2 for d in diff) / (n - 1)) ** 0.5
     confidence = float(a.get("confidence") or 0.95)
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * std / n ** 0.5
-    return {"mean": mean, "low": mean - half, "high": mean + half, "num_seeds": n, "confidence": confidence,
+    mean, _, half = t_interval([float(y) - float(x) for x, y in zip(va, vb)], confidence)
+    assert half is not None  # two or more seeds
+    return {"mean": mean, "low": mean - half, "high": mean + half, "num_seeds": len(va), "confidence": confidence,
             "resolved": bool(mean - half > 0 or mean + half < 0)}
 
 

@@ -84,6 +84,7 @@ from nas.metrics.fid_kid import (
     kernel_distance_seeded,
     quality_from_features,
     quality_with_ci,
+    t_interval,
 )
 from nas.metrics.inception_weights import (
     resolve_inception_weights,
@@ -114,6 +115,7 @@ __all__ = [
     "kernel_distance_seeded",
     "quality_from_features",
     "quality_with_ci",
+    "t_interval",
     "quantize_uint8",
     "reference_cache_path",
     "reference_features",

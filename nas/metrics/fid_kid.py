@@ -201,8 +201,14 @@ def compute_quality(
     )
 
 
-def _t_interval(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
-    """mean, sample std, half-width of the two-sided t interval (None for fewer than 2 values)."""
+def t_interval(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
+    """mean, sample std, half-width of the two-sided t interval (None for fewer than 2 values).
+
+    Example:
+        >>> mean, std, half = t_interval([1.0, 2.0, 3.0], 0.95)
+        >>> mean, std, round(half, 3)
+        (2.0, 1.0, 2.484)
+    """
     from scipy import stats
 
     arr = np.asarray(values, dtype=np.float64)
@@ -254,7 +260,7 @@ def quality_with_ci(results: Sequence[QualityResult], confidence: float = 0.95) 
     }
     for metric in ("fid", "kid"):
         values = [float(getattr(r, metric)) for r in results]
-        mean, std, half = _t_interval(values, confidence)
+        mean, std, half = t_interval(values, confidence)
         out[f"{metric}_mean"] = mean
         out[f"{metric}_std"] = std
         out[f"{metric}_ci_halfwidth"] = half
